@@ -1,0 +1,49 @@
+# fedguard: `make demo` and `make test` set up a fresh machine on their own.
+SHELL := /bin/bash
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Keep every Flower/Ray process quiet and offline (FLOWER-NOTES.md).
+export FLWR_TELEMETRY_ENABLED := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+# Generated folders whose contents mirror the packages, for mypy (see `typecheck`).
+TYPECHECK_ROOT := build/typecheck
+SUBPACKAGES := privacy client server simulations
+
+.PHONY: demo test lint typecheck unit venv clean bench
+
+venv: $(STAMP)
+
+# torch first, from the CPU wheel on disk: anything that pulls torch in before it gets a
+# multi-GB CUDA build. constraints.txt then keeps pip from replacing it.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fedguard simulate --dataset digits --clients 10 --epsilon 3 --delta 1e-5 --out runs/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy resolves modules by folder; our subpackages live in top-level folders mapped by
+# pyproject's package-dir, so give it a tree of links that mirrors the import namespace.
+typecheck: $(STAMP)
+	@rm -rf $(TYPECHECK_ROOT) && mkdir -p $(TYPECHECK_ROOT)/fedguard
+	@for f in fedguard/*; do ln -s "$$PWD/$$f" "$(TYPECHECK_ROOT)/fedguard/$$(basename $$f)"; done
+	@for d in $(SUBPACKAGES); do ln -s "$$PWD/$$d" "$(TYPECHECK_ROOT)/fedguard/$$d"; done
+	cd $(TYPECHECK_ROOT) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p fedguard
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) build runs .pytest_cache .mypy_cache .ruff_cache
