@@ -1,0 +1,117 @@
+"""Small models that Opacus can train privately.
+
+Every model here passes ``opacus.validators.ModuleValidator.validate(model, strict=True)``:
+no BatchNorm (it mixes examples of a batch, so per-example gradients and the DP
+guarantee would not hold); GroupNorm normalises within one example instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedguard.errors import invalid
+
+__all__ = ["MODEL_NAMES", "build_model"]
+
+MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp", "cnn")
+"""``logreg``: one linear layer; ``mlp``: one hidden ReLU layer; ``cnn``: two conv
+blocks for images (about 26k parameters on 28x28 inputs with 10 classes)."""
+
+
+def build_model(
+    *,
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    generator: torch.Generator | None = None,
+    hidden: int = 128,
+) -> nn.Module:
+    """Build a freshly initialised model.
+
+    Parameters
+    ----------
+    name
+        One of :data:`MODEL_NAMES`.
+    input_shape
+        Shape of one example: ``(F,)`` for tabular data, ``(C, H, W)`` for images.
+    num_classes
+        Number of output logits (>= 2).
+    generator
+        Seeds the initialisation; the same generator state gives the same weights and
+        the global torch RNG is left untouched. ``None`` draws from the global RNG, as
+        plain PyTorch does.
+    hidden
+        Width of the ``mlp`` hidden layer.
+
+    Raises
+    ------
+    ConfigError
+        Unknown name, ``cnn`` for tabular data, or a bad shape/size.
+    """
+    if name not in MODEL_NAMES:
+        raise invalid("--model", allowed=MODEL_NAMES, got=name)
+    shape = tuple(int(d) if isinstance(d, np.integer) else d for d in input_shape)
+    if len(shape) not in (1, 3) or not all(_is_int(d) and d >= 1 for d in shape):
+        raise invalid("input_shape", allowed="(F,) or (C, H, W) of positive integers", got=shape)
+    if not _is_int(num_classes) or num_classes < 2:
+        raise invalid("num_classes", allowed="an integer >= 2", got=num_classes)
+    if not _is_int(hidden) or hidden < 1:
+        raise invalid("hidden", allowed="an integer >= 1", got=hidden)
+    if name == "cnn":
+        if len(shape) != 3:
+            raise invalid("--model", allowed="logreg or mlp for tabular data", got="cnn")
+        if min(shape[1:]) < 2:
+            raise invalid("--model", allowed="cnn for images of at least 2x2 pixels", got="cnn")
+    if generator is None:
+        return _build(name, shape, num_classes, hidden)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    # fork_rng restores the global CPU RNG on exit; devices=[] leaves CUDA RNGs alone
+    # (layers are built on the CPU).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(name, shape, num_classes, hidden)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _build(name: str, shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
+    features = math.prod(shape)
+    if name == "logreg":
+        return nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
+    if name == "mlp":
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
+    return _SmallCNN(shape[0], num_classes)
+
+
+class _SmallCNN(nn.Sequential):
+    """conv3x3(16)-GN-tanh-maxpool2, conv3x3(32)-GN-tanh, adaptive-avgpool 4x4, FC 40, FC.
+
+    Tanh rather than ReLU: bounded activations keep clipped DP-SGD gradients informative
+    (Papernot et al. 2021, "Tempered Sigmoid Activations for Deep Learning with
+    Differential Privacy"). The adaptive pool makes one architecture fit 8x8 digits and
+    28x28 Fashion-MNIST alike.
+    """
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__(
+            nn.Conv2d(channels, 16, kernel_size=3, padding=1),
+            nn.GroupNorm(4, 16),
+            nn.Tanh(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.GroupNorm(4, 32),
+            nn.Tanh(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(32 * 4 * 4, 40),
+            nn.Tanh(),
+            nn.Linear(40, num_classes),
+        )
