@@ -1,0 +1,180 @@
+"""Budget calibration: the noise multiplier that makes a planned run fit (epsilon, delta).
+
+The search runs on fedguard's own :class:`~fedguard.privacy.accountants.Accountant`, so the
+guarantee is checked by the same code that later reports epsilon: the returned sigma gives
+``(1 - tolerance) * target <= epsilon <= target`` for one event of ``steps`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from fedguard.errors import ConfigError, invalid
+
+from .accountants import Accountant, AccountantMethod, GaussianEvent
+
+__all__ = ["MAX_NOISE_MULTIPLIER", "MIN_NOISE_MULTIPLIER", "calibrate_noise_multiplier"]
+
+MAX_NOISE_MULTIPLIER = 1e3
+"""Largest sigma searched. Past ~1e3 the noise swamps any model update, so a budget that
+needs more is reported as unreachable rather than "met" with a useless run."""
+
+MIN_NOISE_MULTIPLIER = 1e-2
+"""Smallest sigma searched; below it epsilon is in the hundreds or more for any useful run."""
+
+_MAX_ITERATIONS = 100
+
+
+def _epsilon_for(
+    sigma: float, *, method: AccountantMethod, q: float, steps: int, delta: float
+) -> float:
+    acc = Accountant(method=method)
+    acc.compose(GaussianEvent(noise_multiplier=sigma, sample_rate=q, steps=steps))
+    return acc.get_privacy_spent(delta=delta).epsilon
+
+
+def _positive(
+    key: str, value: object, *, upper: float | None = None, closed: bool = False
+) -> float:
+    if upper is None:
+        allowed = "a finite number > 0"
+    else:
+        allowed = f"a number with 0 < {key.lstrip('-')} {'<=' if closed else '<'} {upper:g}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise invalid(key, allowed=allowed, got=value)
+    out = float(value)
+    too_big = upper is not None and (out > upper if closed else out >= upper)
+    if not math.isfinite(out) or out <= 0.0 or too_big:
+        raise invalid(key, allowed=allowed, got=value)
+    return out
+
+
+def calibrate_noise_multiplier(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    method: AccountantMethod | str,
+    tolerance: float = 0.01,
+) -> float:
+    """Smallest-noise sigma (within ``tolerance``) whose epsilon stays within the target.
+
+    Parameters
+    ----------
+    target_epsilon : float
+        Budget for the whole planned run (the ``--epsilon`` option); finite, > 0.
+    delta : float
+        The ``--delta`` option; 0 < delta < 1.
+    sample_rate : float
+        Poisson sampling rate per step; 0 < q <= 1.
+    steps : int
+        All DP-SGD steps of the run (rounds x local steps); >= 1.
+    method : AccountantMethod or str
+        Accountant analysis, ``"rdp"`` or ``"prv"``.
+    tolerance : float
+        Relative slack: the result's epsilon is in ``[(1 - tolerance) * target, target]``.
+
+    Returns
+    -------
+    float
+        The noise multiplier.
+
+    Raises
+    ------
+    ConfigError
+        A bad argument (named as its command-line option), or a target that no sigma
+        in ``[MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER]`` reaches.
+    """
+    target = _positive("--epsilon", target_epsilon)
+    d = _positive("--delta", delta, upper=1.0)
+    q = _positive("sample_rate", sample_rate, upper=1.0, closed=True)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise invalid("steps", allowed="an integer >= 1", got=steps)
+    tol = _positive("tolerance", tolerance, upper=1.0)
+    accountant_method = Accountant(method=method).method
+    n_steps = int(steps)
+
+    def eps(sigma: float) -> float:
+        return _epsilon_for(sigma, method=accountant_method, q=q, steps=n_steps, delta=d)
+
+    def good(e: float) -> bool:
+        return (1.0 - tol) * target <= e <= target
+
+    # RDP is cheap (~10 ms) and within ~15% of PRV in sigma, so it seeds the PRV search.
+    if accountant_method is AccountantMethod.PRV:
+        start = calibrate_noise_multiplier(
+            target_epsilon=target,
+            delta=d,
+            sample_rate=q,
+            steps=n_steps,
+            method=AccountantMethod.RDP,
+            tolerance=tol,
+        )
+        step_down = 1.25
+    else:
+        start, step_down = 1.0, 2.0
+
+    # Bracket: eps(lo) > target >= eps(hi).
+    lo: float | None = None
+    e_lo = math.inf
+    hi = start
+    e_hi = eps(hi)
+    while e_hi > target:
+        if hi >= MAX_NOISE_MULTIPLIER:
+            raise invalid(
+                "--epsilon",
+                allowed=f"a budget reachable with noise_multiplier <= {MAX_NOISE_MULTIPLIER:g}",
+                got=target_epsilon,
+                hint=f"even noise_multiplier={hi:g} spends epsilon={e_hi:.4g} at delta={d:g}, "
+                f"sample_rate={q:g}, steps={n_steps}; raise --epsilon or take fewer steps",
+            )
+        lo, e_lo = hi, e_hi
+        hi = min(hi * 2.0, MAX_NOISE_MULTIPLIER)
+        e_hi = eps(hi)
+    if good(e_hi):
+        return hi
+    while lo is None:
+        candidate = hi / step_down
+        if candidate < MIN_NOISE_MULTIPLIER:
+            raise invalid(
+                "--epsilon",
+                allowed=f"a budget that needs noise_multiplier >= {MIN_NOISE_MULTIPLIER:g}",
+                got=target_epsilon,
+                hint=f"noise_multiplier={hi:g} already spends only epsilon={e_hi:.4g}; "
+                "such a budget protects nothing",
+            )
+        e = eps(candidate)
+        if e > target:
+            lo, e_lo = candidate, e
+        else:
+            hi, e_hi = candidate, e
+            if good(e_hi):
+                return hi
+
+    # Refine in log-log space, where epsilon is close to a power law in sigma: interpolate
+    # towards the middle of the accepted band, kept 10% inside the bracket and replaced by
+    # plain bisection whenever the previous step failed to halve it (so it always converges).
+    aim = math.log(target * (1.0 - tol / 2.0))
+    width = math.log(hi / lo)
+    for _ in range(_MAX_ITERATIONS):
+        a, b = math.log(lo), math.log(hi)
+        t = (a + b) / 2.0
+        if b - a <= width / 2.0 and math.isfinite(e_lo) and e_lo > 0.0 and e_hi > 0.0:
+            fa, fb = math.log(e_lo) - aim, math.log(e_hi) - aim
+            t = min(max(a + (b - a) * fa / (fa - fb), a + 0.1 * (b - a)), b - 0.1 * (b - a))
+        width = b - a
+        mid = math.exp(t)
+        if not lo < mid < hi:
+            break  # floating-point resolution reached; hi is still within the budget
+        e_mid = eps(mid)
+        if e_mid > target:
+            lo, e_lo = mid, e_mid
+        else:
+            hi, e_hi = mid, e_mid
+            if good(e_hi):
+                return hi
+    if e_hi > target:  # unreachable by construction; refuse rather than overspend
+        raise ConfigError(f"--epsilon: calibration failed to stay within {target!r}")
+    return hi

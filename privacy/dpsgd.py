@@ -1,0 +1,347 @@
+"""DP-SGD training of one model for any number of clients (Opacus underneath).
+
+:class:`DPTrainer` wraps the model once in Opacus's ``GradSampleModule`` (per-sample
+gradients through hooks) and reuses the wrapping for every client: load that client's
+weights into :attr:`DPTrainer.module`, restore its accountant, call :meth:`DPTrainer.train`.
+Wrapping per client would fail (Opacus: "Trying to add hooks twice to the same model") and
+cost far more than the training itself for small models.
+
+One call of :meth:`~DPTrainer.train` is one Poisson-subsampled Gaussian event of
+``epochs * ceil(n / batch_size)`` steps at sample rate ``1 / ceil(n / batch_size)``, the
+same accounting as Opacus's ``DPDataLoader``. The event is composed into the caller's
+accountant, and the caller's ``before_training`` hook persists it, BEFORE the first
+gradient step (write-ahead): a crash during training leaves the epsilon counted as spent.
+
+Each step samples every example independently with probability q, clips each example's
+gradient to ``max_grad_norm``, sums, adds N(0, (noise_multiplier * max_grad_norm)^2) noise
+and divides by the expected batch size q*n (Opacus's ``DPOptimizer``). An empty sample
+still releases a noisy (noise-only) step, as the analysis assumes.
+
+Randomness: sampling and noise come only from the ``torch.Generator`` the caller passes;
+the global RNGs are never touched. Secure mode is OFF: Opacus's ``secure_mode`` needs
+``torchcsprng``, which is not available for this torch, so noise is drawn from the
+generator's Mersenne Twister in floating point. It is therefore vulnerable to the
+floating-point attacks on Gaussian noise (Mironov 2012; Jin et al. 2022) and its
+seed-determined noise is only as secret as the seed. Seed the generator from the OS
+(``torch.Generator().manual_seed(secrets.randbits(63))``) in deployment.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - conventional alias
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.utils.module_utils import trainable_modules
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from fedguard.errors import ConfigError, invalid
+
+from .accountants import Accountant, GaussianEvent
+
+__all__ = [
+    "GRAD_SAMPLE_MODES",
+    "DPTrainResult",
+    "DPTrainer",
+    "sample_rate_for",
+    "steps_per_epoch",
+]
+
+GRAD_SAMPLE_MODES = ("hooks", "functorch")
+"""Opacus per-sample gradient modes :class:`DPTrainer` supports. Both use the plain
+``GradSampleModule`` + ``DPOptimizer`` pair; ghost clipping needs a different optimizer
+and loss wrapper, and expanded weights ("ew") cannot be wrapped once and reused."""
+
+# Opacus sets these on parameters during a step; none may survive into the next client.
+_STEP_ATTRS = ("grad_sample", "summed_grad", "_current_grad_sample")
+
+
+@dataclass(frozen=True)
+class DPTrainResult:
+    """What one :meth:`DPTrainer.train` call did.
+
+    ``mean_loss`` and ``examples`` are computed on the private data and are NOT
+    differentially private: release them only through a DP mechanism (or not at all).
+    ``mean_loss`` is the mean cross-entropy over all sampled examples before each update,
+    0.0 when no example was sampled.
+    """
+
+    steps: int
+    examples: int
+    mean_loss: float
+    noise_multiplier: float
+    sample_rate: float
+    max_grad_norm: float
+
+
+def _int(key: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise invalid(key, allowed=f"an integer >= {minimum}", got=value)
+    return int(value)
+
+
+def _real(key: str, value: object, *, allowed: str, ok: Callable[[float], bool]) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise invalid(key, allowed=allowed, got=value)
+    out = float(value)
+    if not math.isfinite(out) or not ok(out):
+        raise invalid(key, allowed=allowed, got=value)
+    return out
+
+
+def steps_per_epoch(*, num_examples: int, batch_size: int) -> int:
+    """``ceil(num_examples / batch_size)``: Opacus's ``DPDataLoader`` length."""
+    n = _int("num_examples", num_examples, minimum=1)
+    b = _int("batch_size", batch_size, minimum=1)
+    return -(-n // b)
+
+
+def sample_rate_for(*, num_examples: int, batch_size: int) -> float:
+    """``1 / steps_per_epoch``: Opacus's Poisson sample rate for this batch size."""
+    return 1.0 / steps_per_epoch(num_examples=num_examples, batch_size=batch_size)
+
+
+def _first_sentence(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text.split(". ")[0].rstrip(".")
+
+
+def _model_problems(model: nn.Module) -> list[str]:
+    """Every reason Opacus refuses ``model``, one short phrase each, naming the submodule."""
+    was_training = model.training
+    model.train()  # Opacus refuses eval mode; DPTrainer.train switches modes itself
+    try:
+        problems = [
+            f"{name or '<model>'} ({type(sub).__name__}): {_first_sentence(err)}"
+            for name, sub in trainable_modules(model)
+            for err in ModuleValidator.VALIDATORS.get(type(sub), lambda _m: [])(sub)
+        ]
+        # GradSampleModule(strict=True) also refuses trainable layers with buffers.
+        problems += [
+            f"{name or '<model>'} ({type(sub).__name__}): trainable layer with buffers"
+            for name, sub in trainable_modules(model)
+            if any(True for _ in sub.buffers(recurse=False))
+            and type(sub) not in ModuleValidator.VALIDATORS
+        ]
+        # Anything Opacus's own check finds that the named pass above did not.
+        if not problems:
+            problems = [_first_sentence(e) for e in ModuleValidator.validate(model, strict=False)]
+    finally:
+        model.train(was_training)
+    return problems
+
+
+class DPTrainer:
+    """Wraps a model ONCE (opacus GradSampleModule) and trains any number of clients with DP-SGD.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier returning logits. Must pass Opacus's ``ModuleValidator`` (no
+        BatchNorm and the like, which mix examples within a batch and void per-sample DP).
+    grad_sample_mode : str
+        One of :data:`GRAD_SAMPLE_MODES`.
+
+    Raises
+    ------
+    ConfigError
+        The model cannot be trained with per-sample gradients (every problem listed), it
+        is already wrapped by another trainer, or the mode is unknown.
+    """
+
+    def __init__(self, *, model: nn.Module, grad_sample_mode: str = "hooks") -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise invalid("grad_sample_mode", allowed=GRAD_SAMPLE_MODES, got=grad_sample_mode)
+        problems = _model_problems(model)
+        if problems:
+            raise ConfigError(
+                f"model: expected a module Opacus can train with per-sample gradients, got "
+                f"{len(problems)} problem(s): {'; '.join(problems)} "
+                "(opacus.validators.ModuleValidator.fix replaces e.g. BatchNorm with GroupNorm)"
+            )
+        if hasattr(model, "autograd_grad_sample_hooks"):
+            raise ConfigError(
+                "model: expected a module not yet wrapped by Opacus, got one that already has "
+                "per-sample-gradient hooks (reuse the existing DPTrainer instead of building "
+                "another)"
+            )
+        # Per-sample gradients of the SUM of losses are the plain per-example gradients;
+        # the optimizer divides the noisy sum by the expected batch size itself.
+        self._gsm = GradSampleModule(
+            model,
+            batch_first=True,
+            loss_reduction="sum",
+            strict=True,
+            force_functorch=grad_sample_mode == "functorch",
+        )
+        self._model = model
+        # Outside train() the module must behave like a plain one (evaluation with grad on
+        # must not collect activations or per-sample gradients).
+        self._gsm.disable_hooks()
+        self._clear()
+
+    @property
+    def module(self) -> nn.Module:
+        """The original (unwrapped) module, to load or read weights."""
+        return self._model
+
+    def train(
+        self,
+        *,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        momentum: float = 0.0,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        accountant: Accountant,
+        generator: torch.Generator,
+        before_training: Callable[[GaussianEvent], None] | None = None,
+    ) -> DPTrainResult:
+        """Train :attr:`module` in place with DP-SGD on one client's data.
+
+        Parameters
+        ----------
+        x, y : torch.Tensor
+            Features ``[n, ...]`` and integer class labels ``[n]``, on the model's device.
+        epochs, batch_size : int
+            Steps = ``epochs * ceil(n / batch_size)``; sample rate ``1 / ceil(n / batch_size)``.
+        lr, momentum : float
+            Plain SGD on the noisy gradient.
+        noise_multiplier, max_grad_norm : float
+            Noise std is ``noise_multiplier * max_grad_norm``; per-example gradients are
+            clipped to L2 norm ``max_grad_norm``.
+        accountant : Accountant
+            This client's accountant; the event is composed into it before training.
+        generator : torch.Generator
+            The only randomness source (Poisson sampling and noise).
+        before_training : callable, optional
+            Called once with the composed event before the first step; persist the
+            accountant here. If it raises, no training happens (the event stays composed).
+
+        Returns
+        -------
+        DPTrainResult
+        """
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError("x, y: expected torch.Tensor")
+        if x.ndim < 1 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            raise invalid(
+                "x, y",
+                allowed="non-empty tensors [n, ...] and [n] with the same n",
+                got=(tuple(x.shape), tuple(y.shape)),
+            )
+        if y.dtype not in (torch.int64, torch.int32, torch.uint8):
+            raise invalid("y", allowed="integer class labels", got=str(y.dtype))
+        if not isinstance(accountant, Accountant):
+            raise TypeError(f"accountant: expected an Accountant, got {type(accountant).__name__}")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator: expected a torch.Generator, got {type(generator).__name__}"
+            )
+        n = int(x.shape[0])
+        n_epochs = _int("epochs", epochs, minimum=1)
+        per_epoch = steps_per_epoch(num_examples=n, batch_size=batch_size)
+        q = 1.0 / per_epoch
+        sigma = _real(
+            "noise_multiplier", noise_multiplier, allowed="a finite number > 0", ok=lambda v: v > 0
+        )
+        clip = _real(
+            "max_grad_norm", max_grad_norm, allowed="a finite number > 0", ok=lambda v: v > 0
+        )
+        rate = _real("lr", lr, allowed="a finite number > 0", ok=lambda v: v > 0)
+        mom = _real(
+            "momentum", momentum, allowed="a number with 0 <= momentum < 1", ok=lambda v: 0 <= v < 1
+        )
+        steps = n_epochs * per_epoch
+        expected_batch = max(1, round(q * n))
+        event = GaussianEvent(noise_multiplier=sigma, sample_rate=q, steps=steps)
+
+        self._clear()
+        params = [p for p in self._model.parameters() if p.requires_grad]
+        if not params:
+            raise invalid("model", allowed="a module with trainable parameters", got="none")
+        for p in params:
+            # GradSampleModule's hooks expect the attribute (Opacus adds it to Parameter).
+            p.grad_sample = None  # type: ignore[attr-defined]
+        optimizer = DPOptimizer(
+            optimizer=torch.optim.SGD(params, lr=rate, momentum=mom),
+            noise_multiplier=sigma,
+            max_grad_norm=clip,
+            expected_batch_size=expected_batch,
+            loss_reduction="mean",  # divide the noisy sum by expected_batch
+            generator=generator,
+            secure_mode=False,  # torchcsprng unavailable; see the module docstring
+        )
+        was_training = self._model.training
+        loss_sum, examples = 0.0, 0
+        try:
+            # Write-ahead: the release is counted (and persisted by the caller) before any
+            # gradient of this data is computed.
+            accountant.compose(event)
+            if before_training is not None:
+                before_training(event)
+            self._model.train()
+            self._gsm.enable_hooks()
+            # Opacus's hooks fire on the first layer, whose input needs no gradient; torch
+            # warns about that on every step although the per-sample gradients are right.
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", message="Full backward hook is firing", category=UserWarning
+                )
+                for _ in range(steps):
+                    # Poisson sampling on the preloaded tensors: each example independently.
+                    mask = torch.rand(n, generator=generator, device=generator.device) < q
+                    idx = mask.nonzero(as_tuple=True)[0].to(x.device)
+                    optimizer.zero_grad(set_to_none=True)
+                    if idx.numel() == 0:
+                        # Nothing to differentiate; the sum of zero clipped gradients is 0 and
+                        # DPOptimizer still adds the noise, releasing a noise-only step.
+                        for p in params:
+                            empty = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+                            p.grad_sample = empty  # type: ignore[attr-defined]
+                    else:
+                        loss = F.cross_entropy(self._gsm(x[idx]), y[idx].long(), reduction="sum")
+                        loss.backward()
+                        loss_sum += float(loss.detach())
+                        examples += int(idx.numel())
+                    optimizer.step()
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            self._gsm.disable_hooks()
+            self._clear()
+            self._model.train(was_training)
+        return DPTrainResult(
+            steps=steps,
+            examples=examples,
+            mean_loss=loss_sum / examples if examples else 0.0,
+            noise_multiplier=sigma,
+            sample_rate=q,
+            max_grad_norm=clip,
+        )
+
+    def _clear(self) -> None:
+        # No gradient, per-sample gradient or cached activation of one client may leak
+        # into the next client's step or into the weights the caller reads.
+        for p in self._model.parameters():
+            p.grad = None
+            for attr in _STEP_ATTRS:
+                if hasattr(p, attr):
+                    delattr(p, attr)
+            if hasattr(p, "_forward_counter"):
+                p._forward_counter = 0
+        for m in self._model.modules():
+            for attr in ("activations", "max_batch_len"):
+                if hasattr(m, attr):
+                    delattr(m, attr)
