@@ -1,0 +1,204 @@
+"""A node's local round: check the request against the node's budget, train, account.
+
+This module is the one place where client training happens. The Flower ClientApp
+(``fedguard.client.app``) and the in-process simulation engine both call
+:meth:`LocalTrainer.run`, so both engines train, clip, add noise and count epsilon the same
+way. It does not import Flower.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedguard.errors import FedguardError
+from fedguard.federation import TrainRequest
+from fedguard.privacy import (
+    Accountant,
+    AccountantStore,
+    DPTrainer,
+    GaussianEvent,
+    calibrate_noise_multiplier,
+    sample_rate_for,
+    steps_per_epoch,
+)
+from fedguard.task import get_weights, set_weights, train_plain
+
+__all__ = [
+    "BudgetExceededError",
+    "LocalResult",
+    "LocalTrainer",
+    "PrivacyBudget",
+    "noise_for_budget",
+]
+
+
+class BudgetExceededError(FedguardError):
+    """The node refuses a round: training it would spend more than the node's budget."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyBudget:
+    """A node's own privacy policy: the whole federation must fit in (epsilon, delta).
+
+    ``planned_rounds`` is the number of rounds the budget is spread over; the noise
+    multiplier is calibrated once for all of them, so every round costs the same and the
+    last planned round lands at (just under) ``target_epsilon``.
+    """
+
+    target_epsilon: float
+    delta: float
+    accountant: str
+    planned_rounds: int
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """A node's reply for one round."""
+
+    weights: list[np.ndarray]
+    num_examples: int
+    train_loss: float
+    steps: int
+    epsilon: float | None  # None when training without DP
+    delta: float | None
+    noise_multiplier: float | None
+    sample_rate: float | None
+
+
+@functools.lru_cache(maxsize=4096)
+def noise_for_budget(
+    *, budget: PrivacyBudget, num_examples: int, batch_size: int, local_epochs: int
+) -> float:
+    """Noise multiplier that spends exactly ``budget`` over the planned rounds.
+
+    Cached: it is a pure function of its arguments and a bisection over the accountant,
+    and simulations ask it for hundreds of clients with the same data size.
+    """
+    steps = (
+        budget.planned_rounds
+        * local_epochs
+        * steps_per_epoch(num_examples=num_examples, batch_size=batch_size)
+    )
+    return calibrate_noise_multiplier(
+        target_epsilon=budget.target_epsilon,
+        delta=budget.delta,
+        sample_rate=sample_rate_for(num_examples=num_examples, batch_size=batch_size),
+        steps=steps,
+        method=budget.accountant,
+    )
+
+
+class LocalTrainer:
+    """Trains one model object for any number of (virtual) clients, one call per round.
+
+    The model and its DP wrapping are built once and reused: each call loads the global
+    weights, restores the client's accountant from its store and trains.
+    """
+
+    def __init__(self, *, model: nn.Module, dp: bool) -> None:
+        self._dp = DPTrainer(model=model) if dp else None
+        self.model = self._dp.module if self._dp is not None else model
+
+    @property
+    def private(self) -> bool:
+        return self._dp is not None
+
+    def run(
+        self,
+        *,
+        global_weights: Sequence[np.ndarray],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        request: TrainRequest,
+        generator: torch.Generator,
+        budget: PrivacyBudget | None = None,
+        store: AccountantStore | None = None,
+    ) -> LocalResult:
+        """Train one round; with DP, refuse (``BudgetExceededError``) rather than overspend."""
+        set_weights(self.model, global_weights)
+        n = int(x.shape[0])
+        if self._dp is None:
+            stats = train_plain(
+                model=self.model,
+                x=x,
+                y=y,
+                epochs=request.local_epochs,
+                batch_size=request.batch_size,
+                lr=request.lr,
+                momentum=request.momentum,
+                generator=generator,
+            )
+            return LocalResult(
+                weights=get_weights(self.model),
+                num_examples=n,
+                train_loss=stats.mean_loss,
+                steps=stats.steps,
+                epsilon=None,
+                delta=None,
+                noise_multiplier=None,
+                sample_rate=None,
+            )
+        if budget is None or store is None:
+            raise ValueError("DP training needs the node's budget and accountant store")
+        sigma = noise_for_budget(
+            budget=budget,
+            num_examples=n,
+            batch_size=request.batch_size,
+            local_epochs=request.local_epochs,
+        )
+        accountant = store.load(method=budget.accountant)
+        self._refuse_if_over_budget(accountant, budget=budget, sigma=sigma, n=n, request=request)
+        result = self._dp.train(
+            x=x,
+            y=y,
+            epochs=request.local_epochs,
+            batch_size=request.batch_size,
+            lr=request.lr,
+            momentum=request.momentum,
+            noise_multiplier=sigma,
+            max_grad_norm=request.max_grad_norm,
+            accountant=accountant,
+            generator=generator,
+            # Write-ahead: the epsilon is on disk as spent before the first step.
+            before_training=lambda _event: store.save(accountant),
+        )
+        spent = accountant.get_privacy_spent(delta=budget.delta)
+        return LocalResult(
+            weights=get_weights(self.model),
+            num_examples=n,
+            train_loss=result.mean_loss,
+            steps=result.steps,
+            epsilon=spent.epsilon,
+            delta=budget.delta,
+            noise_multiplier=sigma,
+            sample_rate=result.sample_rate,
+        )
+
+    @staticmethod
+    def _refuse_if_over_budget(
+        accountant: Accountant,
+        *,
+        budget: PrivacyBudget,
+        sigma: float,
+        n: int,
+        request: TrainRequest,
+    ) -> None:
+        q = sample_rate_for(num_examples=n, batch_size=request.batch_size)
+        steps = request.local_epochs * steps_per_epoch(
+            num_examples=n, batch_size=request.batch_size
+        )
+        event = GaussianEvent(noise_multiplier=sigma, sample_rate=q, steps=steps)
+        if accountant.would_exceed(event, delta=budget.delta, max_epsilon=budget.target_epsilon):
+            now = accountant.get_privacy_spent(delta=budget.delta).epsilon
+            after = accountant.epsilon_after(event, delta=budget.delta)
+            raise BudgetExceededError(
+                f"round {request.server_round} refused: epsilon would reach {after:.4f} > "
+                f"budget {budget.target_epsilon:g} at delta {budget.delta:g} "
+                f"(spent so far {now:.4f}, {budget.accountant})"
+            )

@@ -1,0 +1,5 @@
+"""``python -m fedguard`` is the ``fedguard`` command."""
+
+from fedguard.cli import main
+
+main()

@@ -1,0 +1,130 @@
+"""The ``fedguard`` command.
+
+Errors a user can fix (bad options, config keys, data files) print one line and exit
+with status 2; nothing is written in that case.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedguard.errors import FedguardError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="fedguard: privacy-preserving federated training.",
+)
+
+# Quiet, offline Flower/Ray in every process fedguard starts (FLOWER-NOTES.md).
+_QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+}
+
+Opt = typer.Option
+
+
+@app.callback()
+def _root() -> None:
+    """fedguard: privacy-preserving federated training."""
+
+
+@app.command()
+def simulate(
+    config: Annotated[Path | None, Opt("--config", help="TOML file; keys as these options")] = None,
+    dataset: Annotated[
+        str | None, Opt(help="digits, breast_cancer, fashion_mnist, or a .csv/.parquet/.npz path")
+    ] = None,
+    target: Annotated[str | None, Opt(help="label column of a CSV/Parquet file")] = None,
+    model: Annotated[str | None, Opt(help="logreg, mlp or cnn")] = None,
+    clients: Annotated[int | None, Opt(help="number of virtual clients")] = None,
+    clients_per_round: Annotated[int | None, Opt(help="cohort size (default: all)")] = None,
+    rounds: Annotated[int | None, Opt()] = None,
+    local_epochs: Annotated[int | None, Opt()] = None,
+    batch_size: Annotated[
+        int | None, Opt(help="expected batch size (Poisson sampling with DP)")
+    ] = None,
+    lr: Annotated[float | None, Opt(help="client learning rate")] = None,
+    momentum: Annotated[float | None, Opt(help="client SGD momentum")] = None,
+    server_lr: Annotated[float | None, Opt()] = None,
+    server_momentum: Annotated[float | None, Opt(help="FedAvgM momentum (0: FedAvg)")] = None,
+    epsilon: Annotated[
+        float | None, Opt(help="each client's target epsilon for the whole run")
+    ] = None,
+    delta: Annotated[float | None, Opt()] = None,
+    no_dp: Annotated[bool | None, Opt("--no-dp", help="train without differential privacy")] = None,
+    max_grad_norm: Annotated[float | None, Opt(help="per-sample clipping norm")] = None,
+    accountant: Annotated[str | None, Opt(help="rdp or prv")] = None,
+    partition: Annotated[str | None, Opt(help="iid, dirichlet or shards")] = None,
+    alpha: Annotated[float | None, Opt(help="Dirichlet concentration (smaller: more skew)")] = None,
+    seed: Annotated[int | None, Opt()] = None,
+    engine: Annotated[
+        str | None, Opt(help="inprocess (fast) or flower (Flower's Ray engine)")
+    ] = None,
+    threads: Annotated[int | None, Opt(help="torch threads for the in-process engine")] = None,
+    out: Annotated[Path | None, Opt("--out", help="results folder")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="replace an earlier run in --out")] = False,
+) -> None:
+    """Simulate a federation of virtual clients on this machine."""
+    from fedguard.config import load_simulation_config
+    from fedguard.simulations.progress import run_with_progress
+
+    overrides = {
+        "dataset": dataset,
+        "target": target,
+        "model": model,
+        "clients": clients,
+        "clients-per-round": clients_per_round,
+        "rounds": rounds,
+        "local-epochs": local_epochs,
+        "batch-size": batch_size,
+        "lr": lr,
+        "momentum": momentum,
+        "server-lr": server_lr,
+        "server-momentum": server_momentum,
+        "epsilon": epsilon,
+        "delta": delta,
+        "no-dp": no_dp,
+        "max-grad-norm": max_grad_norm,
+        "accountant": accountant,
+        "partition": partition,
+        "alpha": alpha,
+        "seed": seed,
+        "engine": engine,
+        "threads": threads,
+        "out": out,
+    }
+    cfg = load_simulation_config(path=config, overrides=overrides)
+    run_with_progress(cfg, overwrite=overwrite)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``fedguard`` console script."""
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=False)
+    except FedguardError as exc:
+        print(f"fedguard: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:
+        # click's usage errors (unknown option, bad int) carry their own exit code.
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,232 @@
+"""Typed, validated configuration for simulations.
+
+Options and TOML keys share one name (``--clients-per-round`` is ``clients-per-round`` in
+the file), so a config file is the command line written down. Every error names the file
+(when there is one), the key, what is allowed and the value received.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from fedguard.errors import ConfigError, invalid
+
+__all__ = [
+    "ACCOUNTANTS",
+    "ENGINES",
+    "SimulationConfig",
+    "load_simulation_config",
+    "option_name",
+]
+
+
+class Engine(StrEnum):
+    INPROCESS = "inprocess"
+    FLOWER = "flower"
+
+
+ENGINES: tuple[str, ...] = tuple(e.value for e in Engine)
+ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationConfig:
+    """One federated simulation: task, federation shape, local training and privacy.
+
+    Defaults are the demo's: digits, 10 clients, epsilon 3 at delta 1e-5 per client.
+    Tuned on a grid (model, batch, lr, clipping norm, rounds, server momentum; 3 seeds):
+    logistic regression with a small clipping norm and many cheap rounds was the most
+    accurate at this budget (0.886-0.91 over seeds, ~2 s on 2 cores); the MLP's extra
+    parameters cost more noise than they earn on 8x8 digits.
+    """
+
+    dataset: str = "digits"
+    target: str | None = None
+    model: str = "logreg"
+    clients: int = 10
+    clients_per_round: int | None = None  # None: every client, every round
+    rounds: int = 60
+    local_epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.5
+    momentum: float = 0.0
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    no_dp: bool = False
+    max_grad_norm: float = 0.5
+    accountant: str = "rdp"
+    partition: str = "iid"
+    alpha: float = 0.5
+    seed: int = 0
+    engine: str = "inprocess"
+    threads: int = 1
+    out: Path = field(default_factory=lambda: Path("runs/latest"))
+
+    def __post_init__(self) -> None:
+        _validate(self, source=None)
+
+    @property
+    def cohort_size(self) -> int:
+        return self.clients if self.clients_per_round is None else self.clients_per_round
+
+    def replace(self, **changes: Any) -> SimulationConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with option names as keys (for summary.json and the Flower apps)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[option_name(f.name)] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def option_name(field_name: str) -> str:
+    """``clients_per_round`` -> ``clients-per-round`` (the option and TOML key)."""
+    return field_name.replace("_", "-")
+
+
+_FIELDS = {option_name(f.name): f for f in dataclasses.fields(SimulationConfig)}
+
+
+def load_simulation_config(
+    *, path: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> SimulationConfig:
+    """Read ``path`` (TOML, keys as the options), then apply ``overrides`` (option names).
+
+    Options given on the command line override the file. Raises ``ConfigError``.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read_toml(path))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    source: Path | None = path
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        f = _FIELDS.get(key)
+        if f is None:
+            raise invalid(
+                key, allowed="a known key: " + ", ".join(sorted(_FIELDS)), got=key, source=source
+            )
+        kwargs[f.name] = _coerce(key, value, f.type, source=source)
+    try:
+        return SimulationConfig(**kwargs)
+    except ConfigError as exc:
+        if source is not None and not str(exc).startswith(str(source)):
+            raise ConfigError(f"{source}: {exc}") from None
+        raise
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config: {path} is not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise invalid(key, allowed="a value (tables are not used)", got=value, source=path)
+    return data
+
+
+def _coerce(key: str, value: Any, annotation: Any, *, source: Path | None) -> Any:
+    """Turn a TOML/CLI value into the field's type, refusing lossy or odd conversions."""
+    kind = str(annotation)
+    if "Path" in kind:
+        if not isinstance(value, str | Path):
+            raise invalid(key, allowed="a folder path", got=value, source=source)
+        return Path(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise invalid(key, allowed="true or false", got=value, source=source)
+        return value
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise invalid(key, allowed="an integer", got=value, source=source)
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise invalid(key, allowed="a number", got=value, source=source)
+        return float(value)
+    if isinstance(value, bool) or (value is not None and not isinstance(value, str)):
+        raise invalid(key, allowed="a string", got=value, source=source)
+    return value
+
+
+def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
+    # Imported here: the registries live with the code they name (one source of truth).
+    from fedguard.task.models import MODEL_NAMES
+    from fedguard.task.partition import PARTITION_SCHEMES
+
+    def need(ok: bool, key: str, allowed: str | tuple[str, ...], got: object) -> None:
+        if not ok:
+            raise invalid(key, allowed=allowed, got=got, source=source)
+
+    def positive_int(key: str, value: object, low: int = 1) -> None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        need(ok, key, f"an integer >= {low}", value)
+
+    def positive_float(
+        key: str,
+        value: object,
+        *,
+        upper: float = math.inf,
+        strict_upper: bool = False,
+        allow_zero: bool = False,
+    ) -> None:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            v = float(value)  # type: ignore[arg-type]
+            ok = (
+                math.isfinite(v)
+                and (v >= 0 if allow_zero else v > 0)
+                and (v < upper if strict_upper else v <= upper)
+            )
+        low = ">= 0" if allow_zero else "> 0"
+        high = "" if upper == math.inf else f" and {'<' if strict_upper else '<='} {upper:g}"
+        need(ok, key, f"a finite number {low}{high}", value)
+
+    need(cfg.model in MODEL_NAMES, "--model", MODEL_NAMES, cfg.model)
+    need(cfg.partition in PARTITION_SCHEMES, "--partition", PARTITION_SCHEMES, cfg.partition)
+    need(cfg.accountant in ACCOUNTANTS, "--accountant", ACCOUNTANTS, cfg.accountant)
+    need(cfg.engine in ENGINES, "--engine", ENGINES, cfg.engine)
+    positive_int("--clients", cfg.clients)
+    if cfg.clients_per_round is not None:
+        positive_int("--clients-per-round", cfg.clients_per_round)
+        need(
+            cfg.clients_per_round <= cfg.clients,
+            "--clients-per-round",
+            f"an integer between 1 and --clients ({cfg.clients})",
+            cfg.clients_per_round,
+        )
+    positive_int("--rounds", cfg.rounds)
+    positive_int("--local-epochs", cfg.local_epochs)
+    positive_int("--batch-size", cfg.batch_size)
+    positive_int("--threads", cfg.threads)
+    positive_int("--seed", cfg.seed, low=0)
+    positive_float("--lr", cfg.lr)
+    positive_float("--momentum", cfg.momentum, upper=1.0, strict_upper=True, allow_zero=True)
+    positive_float("--server-lr", cfg.server_lr)
+    positive_float(
+        "--server-momentum", cfg.server_momentum, upper=1.0, strict_upper=True, allow_zero=True
+    )
+    positive_float("--epsilon", cfg.epsilon)
+    positive_float("--delta", cfg.delta, upper=1.0, strict_upper=True)
+    positive_float("--max-grad-norm", cfg.max_grad_norm)
+    positive_float("--alpha", cfg.alpha)

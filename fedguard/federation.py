@@ -1,0 +1,303 @@
+"""What a federated round means, shared by every engine and the deployed server.
+
+Cohort sampling, per-(round, client) seeds and the FedAvg(M) update live here once, so the
+in-process engine and the Flower apps compute the same thing (the parity test relies on
+it). All randomness derives from the run seed through ``numpy.random.SeedSequence``;
+nothing touches a global generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedguard.config import SimulationConfig
+from fedguard.task import Dataset, Metrics, build_model, load_dataset, partition
+
+__all__ = [
+    "ClientUpdate",
+    "FedAvgM",
+    "FederatedData",
+    "Refusal",
+    "RoundRecord",
+    "TrainRequest",
+    "WeightedSum",
+    "client_generator",
+    "federated_data",
+    "initial_model",
+    "load_federated_data",
+    "request_for",
+    "run_rounds",
+    "sample_cohort",
+]
+
+_log = logging.getLogger(__name__)
+
+# Distinct streams per purpose, so that e.g. changing the cohort size never shifts the
+# noise a client draws.
+_STREAM_COHORT = 1
+_STREAM_CLIENT = 2
+_STREAM_PARTITION = 3
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """A data set split among virtual clients (simulation: every engine splits alike)."""
+
+    dataset: Dataset
+    partitions: tuple[np.ndarray, ...]
+
+
+@functools.lru_cache(maxsize=4)
+def load_federated_data(
+    *, dataset: str, target: str | None, seed: int, clients: int, scheme: str, alpha: float
+) -> FederatedData:
+    """Load ``dataset`` and split its training part among ``clients``, seeded.
+
+    Cached per process: a Flower ClientApp is rebuilt for every message, but the virtual
+    node's worker process keeps the loaded data.
+    """
+    data = load_dataset(name=dataset, seed=seed, target=target)
+    parts = partition(
+        labels=data.y_train,
+        num_clients=clients,
+        scheme=scheme,
+        rng=np.random.default_rng([seed, _STREAM_PARTITION]),
+        alpha=alpha,
+    )
+    return FederatedData(dataset=data, partitions=tuple(parts))
+
+
+def sample_cohort(*, seed: int, server_round: int, num_clients: int, cohort_size: int) -> list[int]:
+    """Client ids taking part in ``server_round`` (sorted, without replacement)."""
+    if cohort_size >= num_clients:
+        return list(range(num_clients))
+    rng = np.random.default_rng([seed, _STREAM_COHORT, server_round])
+    return sorted(int(i) for i in rng.choice(num_clients, size=cohort_size, replace=False))
+
+
+def client_generator(*, seed: int, server_round: int, client_id: int) -> torch.Generator:
+    """The torch generator one client uses in one round (batch sampling and DP noise)."""
+    state = np.random.SeedSequence([seed, _STREAM_CLIENT, server_round, client_id])
+    return torch.Generator().manual_seed(int(state.generate_state(1, dtype=np.uint64)[0]))
+
+
+class WeightedSum:
+    """Running example-weighted sum of client updates: memory O(model), not O(cohort)."""
+
+    def __init__(self) -> None:
+        self._sum: list[np.ndarray] | None = None
+        self.total_weight = 0.0
+        self.count = 0
+
+    def add(self, update: Sequence[np.ndarray], *, weight: float) -> None:
+        if not weight > 0:
+            raise ValueError(f"update weight: expected a number > 0, got {weight!r}")
+        if self._sum is None:
+            self._sum = [np.asarray(u, dtype=np.float64) * weight for u in update]
+        else:
+            if len(update) != len(self._sum):
+                raise ValueError(f"update: expected {len(self._sum)} arrays, got {len(update)}")
+            for acc, u in zip(self._sum, update, strict=True):
+                if acc.shape != u.shape:
+                    raise ValueError(f"update: expected shape {acc.shape}, got {u.shape}")
+                acc += np.asarray(u, dtype=np.float64) * weight
+        self.total_weight += weight
+        self.count += 1
+
+    def mean(self) -> list[np.ndarray]:
+        if self._sum is None:
+            raise ValueError("no update was added: nothing to average")
+        return [(s / self.total_weight).astype(np.float32) for s in self._sum]
+
+
+@dataclass
+class FedAvgM:
+    """FedAvg with server learning rate and momentum (Hsu et al. 2019, "FedAvgM").
+
+    ``server_momentum=0`` and ``server_lr=1`` is plain FedAvg. Momentum smooths the DP
+    noise in the averaged update across rounds, which is why the demo uses it.
+    """
+
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._velocity: list[np.ndarray] | None = None
+
+    def apply(
+        self, *, weights: Sequence[np.ndarray], mean_update: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        """New global weights from the current ones and the averaged client update."""
+        if self._velocity is None:
+            self._velocity = [np.zeros_like(u, dtype=np.float32) for u in mean_update]
+        new = []
+        for i, (w, u) in enumerate(zip(weights, mean_update, strict=True)):
+            self._velocity[i] = self.server_momentum * self._velocity[i] + u
+            new.append((w + self.server_lr * self._velocity[i]).astype(np.float32))
+        return new
+
+    def state(self) -> list[np.ndarray]:
+        return [] if self._velocity is None else [v.copy() for v in self._velocity]
+
+    def load_state(self, velocity: Sequence[np.ndarray]) -> None:
+        self._velocity = [np.asarray(v, dtype=np.float32).copy() for v in velocity] or None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest:
+    """What the server asks of a node for one round."""
+
+    server_round: int
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One client's trained weights for a round, with what the server may know of it."""
+
+    client_id: int
+    weights: list[np.ndarray]
+    num_examples: int
+    train_loss: float
+    epsilon: float | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A client declined (or failed) the round; ``reason`` is logged, never trained on."""
+
+    client_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One line of ``metrics.jsonl``."""
+
+    round: int
+    accuracy: float
+    loss: float
+    precision_macro: float
+    recall_macro: float
+    f1_macro: float
+    roc_auc: float | None
+    epsilon_max: float | None  # over all clients (those never sampled have spent 0)
+    epsilon_mean: float | None
+    clients: int  # updates aggregated this round
+    refused: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return dataclasses.asdict(self)
+
+
+TrainCohort = Callable[[int, list[int], list[np.ndarray]], Iterable[ClientUpdate | Refusal]]
+
+
+def run_rounds(
+    *,
+    first_round: int,
+    last_round: int,
+    seed: int,
+    num_clients: int,
+    cohort_size: int,
+    weights: list[np.ndarray],
+    server: FedAvgM,
+    train_cohort: TrainCohort,
+    evaluate: Callable[[list[np.ndarray]], Metrics],
+    on_round: Callable[[RoundRecord, list[np.ndarray]], None],
+    epsilons: dict[int, float] | None = None,
+    dp: bool = True,
+) -> list[np.ndarray]:
+    """The federated loop every engine shares; returns the final global weights.
+
+    ``train_cohort(round, cohort, weights)`` yields each sampled client's reply; updates
+    are folded into a running sum as they arrive. A round where every client refuses
+    keeps the global model unchanged.
+    """
+    spent: dict[int, float] = dict(epsilons or {})
+    for server_round in range(first_round, last_round + 1):
+        start = time.perf_counter()
+        cohort = sample_cohort(
+            seed=seed, server_round=server_round, num_clients=num_clients, cohort_size=cohort_size
+        )
+        total = WeightedSum()
+        refused = 0
+        for reply in train_cohort(server_round, cohort, weights):
+            if isinstance(reply, Refusal):
+                refused += 1
+                _log.warning(
+                    "round %d: client %d refused: %s", server_round, reply.client_id, reply.reason
+                )
+                continue
+            delta = [w - g for w, g in zip(reply.weights, weights, strict=True)]
+            total.add(delta, weight=float(reply.num_examples))
+            if reply.epsilon is not None:
+                spent[reply.client_id] = reply.epsilon
+        if total.count:
+            weights = server.apply(weights=weights, mean_update=total.mean())
+        metrics = evaluate(weights)
+        eps = [spent.get(c, 0.0) for c in range(num_clients)]
+        record = RoundRecord(
+            round=server_round,
+            accuracy=metrics.accuracy,
+            loss=metrics.loss,
+            precision_macro=metrics.precision_macro,
+            recall_macro=metrics.recall_macro,
+            f1_macro=metrics.f1_macro,
+            roc_auc=metrics.roc_auc,
+            epsilon_max=max(eps) if dp else None,
+            epsilon_mean=float(np.mean(eps)) if dp else None,
+            clients=total.count,
+            refused=refused,
+            seconds=time.perf_counter() - start,
+        )
+        on_round(record, weights)
+    return weights
+
+
+def initial_model(config: SimulationConfig, data: FederatedData) -> torch.nn.Module:
+    """The global model of round 0, seeded so every engine starts from the same weights."""
+    ds = data.dataset
+    return build_model(
+        name=config.model,
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+
+
+def request_for(config: SimulationConfig, server_round: int) -> TrainRequest:
+    """The round's training request, as the server sends it."""
+    return TrainRequest(
+        server_round=server_round,
+        local_epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        momentum=config.momentum,
+        max_grad_norm=config.max_grad_norm,
+    )
+
+
+def federated_data(config: SimulationConfig) -> FederatedData:
+    """The simulation's data set and partition (cached per process)."""
+    return load_federated_data(
+        dataset=config.dataset,
+        target=config.target,
+        seed=config.seed,
+        clients=config.clients,
+        scheme=config.partition,
+        alpha=config.alpha,
+    )

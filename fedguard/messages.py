@@ -1,0 +1,154 @@
+"""The records fedguard's ServerApp and ClientApp exchange over Flower's Message API.
+
+One module owns every record name and key, and both halves encode/decode through it, so
+they cannot drift apart. Only numpy arrays (Flower serialises them with
+``allow_pickle=False``), numbers and strings cross the wire; a client reply carries its
+updated weights and whitelisted metrics, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedguard.config import SimulationConfig, load_simulation_config
+from fedguard.federation import TrainRequest
+
+__all__ = [
+    "ERROR_BUDGET_REFUSED",
+    "ERROR_CLIENT_FAILED",
+    "REPLY_METRIC_KEYS",
+    "TrainReply",
+    "decode_reply",
+    "decode_request",
+    "decode_simulation",
+    "encode_reply",
+    "encode_train",
+]
+
+# Application error codes in a client's error reply (Flower reserves small codes).
+ERROR_BUDGET_REFUSED = 4001
+ERROR_CLIENT_FAILED = 4002
+
+_WEIGHTS = "weights"
+_REQUEST = "request"
+_SIMULATION = "simulation"
+_METRICS = "metrics"
+
+# Everything a client may tell the server about its round. Anything else is dropped.
+REPLY_METRIC_KEYS: tuple[str, ...] = (
+    "client-id",
+    "num-examples",
+    "train-loss",
+    "steps",
+    "epsilon",
+    "delta",
+    "noise-multiplier",
+    "sample-rate",
+)
+
+
+def encode_train(
+    *,
+    weights: list[np.ndarray],
+    request: TrainRequest,
+    simulation: SimulationConfig | None,
+    state_dir: str | None,
+) -> RecordDict:
+    """Content of a ``train`` message: global weights, the round's request and, for
+    virtual clients only, the simulation they belong to."""
+    content = RecordDict(
+        {
+            _WEIGHTS: ArrayRecord(weights),
+            _REQUEST: ConfigRecord(
+                {
+                    "server-round": request.server_round,
+                    "local-epochs": request.local_epochs,
+                    "batch-size": request.batch_size,
+                    "lr": request.lr,
+                    "momentum": request.momentum,
+                    "max-grad-norm": request.max_grad_norm,
+                }
+            ),
+        }
+    )
+    if simulation is not None:
+        content[_SIMULATION] = ConfigRecord(
+            {
+                "config": json.dumps(simulation.to_dict()),
+                "state-dir": state_dir or "",
+            }
+        )
+    return content
+
+
+def decode_request(message: Message) -> tuple[list[np.ndarray], TrainRequest]:
+    content = message.content
+    weights = content.array_records[_WEIGHTS].to_numpy_ndarrays()
+    r = content.config_records[_REQUEST]
+    request = TrainRequest(
+        server_round=_int(r, "server-round"),
+        local_epochs=_int(r, "local-epochs"),
+        batch_size=_int(r, "batch-size"),
+        lr=_float(r, "lr"),
+        momentum=_float(r, "momentum"),
+        max_grad_norm=_float(r, "max-grad-norm"),
+    )
+    return weights, request
+
+
+def decode_simulation(message: Message) -> tuple[SimulationConfig, str]:
+    record = message.content.config_records[_SIMULATION]
+    raw = json.loads(str(record["config"]))
+    return load_simulation_config(overrides=raw), str(record["state-dir"])
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    weights: list[np.ndarray]
+    metrics: dict[str, float]
+
+
+def encode_reply(*, weights: list[np.ndarray], metrics: dict[str, float | int]) -> RecordDict:
+    unknown = sorted(set(metrics) - set(REPLY_METRIC_KEYS))
+    if unknown:
+        raise ValueError(f"reply metrics: expected keys among {REPLY_METRIC_KEYS}, got {unknown}")
+    values: dict[str, int | float | list[int] | list[float]] = dict(metrics)
+    return RecordDict({_WEIGHTS: ArrayRecord(weights), _METRICS: MetricRecord(values)})
+
+
+def decode_reply(message: Message) -> TrainReply:
+    """Weights and whitelisted metrics of a client's reply (ValueError when malformed)."""
+    content = message.content
+    if _WEIGHTS not in content.array_records or _METRICS not in content.metric_records:
+        raise ValueError("reply lacks the weights or metrics record")
+    weights = content.array_records[_WEIGHTS].to_numpy_ndarrays()
+    raw = content.metric_records[_METRICS]
+    metrics = {
+        k: float(v)
+        for k, v in raw.items()
+        if k in REPLY_METRIC_KEYS and isinstance(v, int | float)
+    }
+    if not all(math.isfinite(v) for v in metrics.values()):
+        raise ValueError("reply metrics are not finite")
+    if metrics.get("num-examples", 0) < 1:
+        raise ValueError("reply has no num-examples >= 1")
+    return TrainReply(weights=weights, metrics=metrics)
+
+
+def _int(record: ConfigRecord, key: str) -> int:
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"request {key}: expected an integer, got {value!r}")
+    return value
+
+
+def _float(record: ConfigRecord, key: str) -> float:
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"request {key}: expected a finite number, got {value!r}")
+    return float(value)

@@ -1,0 +1,3 @@
+"""The operator side: fedguard's Flower ServerApp."""
+
+__all__: list[str] = []

@@ -1,0 +1,157 @@
+"""fedguard's Flower ServerApp (Message API): FedAvg(M) over the shared round loop.
+
+The round itself (cohort sampling, running weighted sum, server update, evaluation) is
+:func:`fedguard.federation.run_rounds`, the same function the in-process engine runs; this
+module only turns a cohort into messages and replies into updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedguard.config import SimulationConfig
+from fedguard.federation import (
+    ClientUpdate,
+    FedAvgM,
+    Refusal,
+    RoundRecord,
+    federated_data,
+    initial_model,
+    request_for,
+    run_rounds,
+)
+from fedguard.messages import decode_reply, encode_train
+from fedguard.task import Metrics, evaluate, get_weights, set_weights
+
+__all__ = ["make_simulation_server_app"]
+
+_log = logging.getLogger(__name__)
+
+# How long the server waits for a round's replies before counting the missing as dropped.
+ROUND_TIMEOUT_S = 600.0
+NODE_WAIT_S = 120.0
+
+
+def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
+    deadline = time.monotonic() + NODE_WAIT_S
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= count:
+            return nodes
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {len(nodes)} of {count} nodes connected within {NODE_WAIT_S:.0f}s"
+            )
+        time.sleep(0.1)
+
+
+def _client_ids(grid: Grid, nodes: list[int]) -> dict[int, int]:
+    """Ask every node which client id it holds: {client id: node id}."""
+    msgs = [Message(RecordDict(), dst_node_id=n, message_type="query.describe") for n in nodes]
+    mapping: dict[int, int] = {}
+    for reply in grid.send_and_receive(msgs, timeout=NODE_WAIT_S):
+        if reply.has_error():
+            raise RuntimeError(
+                f"node {reply.metadata.src_node_id} failed to describe itself: {reply.error.reason}"
+            )
+        cid = int(reply.content.metric_records["node"]["client-id"])  # type: ignore[arg-type]
+        mapping[cid] = reply.metadata.src_node_id
+    return mapping
+
+
+def make_simulation_server_app(
+    *,
+    config: SimulationConfig,
+    state_dir: Path,
+    on_round: Callable[[RoundRecord, list[np.ndarray]], None],
+) -> ServerApp:
+    """A ServerApp that runs ``config``'s federation over whatever grid Flower gives it."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        torch.set_num_threads(config.threads)
+        data = federated_data(config)
+        ds = data.dataset
+        model = initial_model(config, data)
+        node_of = _client_ids(grid, _wait_for_nodes(grid, config.clients))
+        x_test, y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+
+        def train_cohort(
+            server_round: int, cohort: list[int], weights: list[np.ndarray]
+        ) -> Iterator[ClientUpdate | Refusal]:
+            content = encode_train(
+                weights=weights,
+                request=request_for(config, server_round),
+                simulation=config,
+                state_dir=str(state_dir),
+            )
+            msgs = [
+                Message(
+                    content,
+                    dst_node_id=node_of[c],
+                    message_type=MessageType.TRAIN,
+                    group_id=str(server_round),
+                )
+                for c in cohort
+            ]
+            client_of = {node: cid for cid, node in node_of.items()}
+            replies = list(grid.send_and_receive(msgs, timeout=ROUND_TIMEOUT_S))
+            answered = set()
+            # Sorted by client id: the running sum is then added in the in-process order.
+            for reply in sorted(replies, key=lambda r: client_of.get(r.metadata.src_node_id, -1)):
+                cid = client_of.get(reply.metadata.src_node_id)
+                if cid is None or cid not in cohort or cid in answered:
+                    _log.warning(
+                        "round %d: dropped a reply from node %s (not asked)",
+                        server_round,
+                        reply.metadata.src_node_id,
+                    )
+                    continue
+                answered.add(cid)
+                if reply.has_error():
+                    yield Refusal(client_id=cid, reason=str(reply.error.reason))
+                    continue
+                try:
+                    decoded = decode_reply(reply)
+                except (ValueError, KeyError) as exc:
+                    yield Refusal(client_id=cid, reason=f"malformed reply: {exc}")
+                    continue
+                m = decoded.metrics
+                yield ClientUpdate(
+                    client_id=cid,
+                    weights=decoded.weights,
+                    num_examples=int(m["num-examples"]),
+                    train_loss=m.get("train-loss", float("nan")),
+                    epsilon=m.get("epsilon"),
+                )
+            for cid in sorted(set(cohort) - answered):
+                yield Refusal(client_id=cid, reason="no reply before the round timeout")
+
+        def evaluate_global(weights: list[np.ndarray]) -> Metrics:
+            set_weights(model, weights)
+            return evaluate(model=model, x=x_test, y=y_test, num_classes=ds.num_classes)
+
+        run_rounds(
+            first_round=1,
+            last_round=config.rounds,
+            seed=config.seed,
+            num_clients=config.clients,
+            cohort_size=config.cohort_size,
+            weights=get_weights(model),
+            server=FedAvgM(server_lr=config.server_lr, server_momentum=config.server_momentum),
+            train_cohort=train_cohort,
+            evaluate=evaluate_global,
+            on_round=on_round,
+            dp=not config.no_dp,
+        )
+
+    return app

@@ -1,0 +1,3 @@
+"""Virtual clients and the engines that run them."""
+
+__all__: list[str] = []

@@ -1,0 +1,63 @@
+"""The Flower engine: fedguard's real ServerApp and ClientApp on Flower's Simulation
+Engine (Ray), for parity with deployment and to scale out over a Ray cluster.
+
+It is slower than the in-process engine on one machine (Ray start-up, a worker process
+per virtual node, serialised messages); see FLOWER-NOTES.md for the measured costs.
+
+Flower 1.39 marks ``run_simulation`` deprecated in favour of ``flwr run`` against a
+simulation SuperLink; it is still the only in-process entry point, and it stays behind
+this one function so that a move is one contained change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from fedguard.config import SimulationConfig
+from fedguard.federation import RoundRecord
+
+__all__ = ["run_flower"]
+
+
+def run_flower(
+    *,
+    config: SimulationConfig,
+    state_dir: Path,
+    on_round: Callable[[RoundRecord, list[np.ndarray]], None],
+) -> None:
+    """Run ``config`` on Flower's simulation engine; ``on_round`` as in the other engine."""
+    # Ray and Flower read these at import/start: quiet, offline, state inside our folder.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    from flwr.simulation import run_simulation
+
+    from fedguard.client.app import app as client_app
+    from fedguard.server.app import make_simulation_server_app
+
+    # Flower logs its own deprecation of run_simulation at WARNING on every call.
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    server_app = make_simulation_server_app(
+        config=config, state_dir=state_dir.resolve(), on_round=on_round
+    )
+    cpus = os.cpu_count() or 1
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=config.clients,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {
+                "num_cpus": cpus,
+                "num_gpus": 0,
+                "include_dashboard": False,
+                "log_to_driver": False,
+            },
+        },
+    )
