@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from fedguard.cli_certs import certs_app
 from fedguard.errors import FedguardError
 
 __all__ = ["app", "main"]
@@ -23,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="fedguard: privacy-preserving federated training.",
 )
+app.add_typer(certs_app, name="certs")
 
 # Quiet, offline Flower/Ray in every process fedguard starts (FLOWER-NOTES.md).
 _QUIET_ENV = {

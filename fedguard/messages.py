@@ -129,9 +129,7 @@ def decode_reply(message: Message) -> TrainReply:
     weights = content.array_records[_WEIGHTS].to_numpy_ndarrays()
     raw = content.metric_records[_METRICS]
     metrics = {
-        k: float(v)
-        for k, v in raw.items()
-        if k in REPLY_METRIC_KEYS and isinstance(v, int | float)
+        k: float(v) for k, v in raw.items() if k in REPLY_METRIC_KEYS and isinstance(v, int | float)
     }
     if not all(math.isfinite(v) for v in metrics.values()):
         raise ValueError("reply metrics are not finite")
