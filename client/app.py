@@ -14,14 +14,16 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedguard.client.training import BudgetExceededError, LocalTrainer
+from fedguard.client.node import node_runtime
+from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer
 from fedguard.client.virtual import budget_for, client_state_dir
-from fedguard.config import load_simulation_config
-from fedguard.federation import client_generator, federated_data, initial_model
+from fedguard.config import SimulationConfig, load_simulation_config
+from fedguard.federation import TrainRequest, client_generator, federated_data, initial_model
 from fedguard.messages import (
     ERROR_BUDGET_REFUSED,
     ERROR_CLIENT_FAILED,
@@ -31,7 +33,10 @@ from fedguard.messages import (
 )
 from fedguard.privacy import AccountantStore
 
-__all__ = ["app"]
+__all__ = ["NODE_CONFIG_KEY", "app"]
+
+# The --node-config key through which `fedguard client` tells the ClientApp its node.toml.
+NODE_CONFIG_KEY = "fedguard-node-config"
 
 _log = logging.getLogger(__name__)
 
@@ -43,53 +48,88 @@ def _client_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
+def _node_config_path(context: Context) -> str | None:
+    """A deployed node is started by `fedguard client` with the path of its node.toml."""
+    value = context.node_config.get(NODE_CONFIG_KEY)
+    return str(value) if value else None
+
+
 @app.query("describe")
 def describe(message: Message, context: Context) -> Message:
-    """Tell the server which client id this node holds (it samples cohorts by id)."""
-    return Message(
-        RecordDict({"node": MetricRecord({"client-id": _client_id(context)})}), reply_to=message
-    )
+    """Tell the server who this node is: its name (deployment) or client id (simulation)."""
+    path = _node_config_path(context)
+    if path is not None:
+        runtime = node_runtime(path)
+        info: dict[str, str | int] = {
+            "name": runtime.config.node.name,
+            "client-id": -1,
+            "num-examples": int(runtime.x.shape[0]),
+        }
+    else:
+        cid = _client_id(context)
+        info = {"name": f"client-{cid:05d}", "client-id": cid, "num-examples": 0}
+    return Message(RecordDict({"node": ConfigRecord(dict(info))}), reply_to=message)
 
 
 @functools.lru_cache(maxsize=2)
 def _trainer(config_json: str) -> LocalTrainer:
     """One DP-wrapped model per worker process and simulation (a speed-up only)."""
     config = load_simulation_config(overrides=json.loads(config_json))
+    return LocalTrainer(model=initial_model(config, federated_data(config)), dp=not config.no_dp)
+
+
+def _train_virtual(
+    message: Message,
+    context: Context,
+    weights: list[np.ndarray],
+    request: TrainRequest,
+    config: SimulationConfig,
+    state_dir: str,
+) -> tuple[LocalResult, dict[str, float | int]]:
+    cid = _client_id(context)
+    torch.set_num_threads(config.threads)
     data = federated_data(config)
-    return LocalTrainer(model=initial_model(config, data), dp=not config.no_dp)
+    idx = data.partitions[cid]
+    result = _trainer(json.dumps(config.to_dict(), sort_keys=True)).run(
+        global_weights=weights,
+        x=torch.from_numpy(data.dataset.x_train[idx]),
+        y=torch.from_numpy(data.dataset.y_train[idx]),
+        request=request,
+        generator=client_generator(
+            seed=config.seed, server_round=request.server_round, client_id=cid
+        ),
+        budget=budget_for(config),
+        store=AccountantStore(path=client_state_dir(Path(state_dir), cid) / "accountant.json"),
+    )
+    return result, {"client-id": cid}
 
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Train one round on this node's data, within its privacy budget, and reply."""
-    cid = _client_id(context)
+    who = _node_config_path(context) or f"partition {context.node_config.get('partition-id')}"
     try:
         weights, request = decode_request(message)
-        config, state_dir = decode_simulation(message)
-        torch.set_num_threads(config.threads)
-        data = federated_data(config)
-        idx = data.partitions[cid]
-        trainer = _trainer(json.dumps(config.to_dict(), sort_keys=True))
-        result = trainer.run(
-            global_weights=weights,
-            x=torch.from_numpy(data.dataset.x_train[idx]),
-            y=torch.from_numpy(data.dataset.y_train[idx]),
-            request=request,
-            generator=client_generator(
-                seed=config.seed, server_round=request.server_round, client_id=cid
-            ),
-            budget=budget_for(config),
-            store=AccountantStore(path=client_state_dir(Path(state_dir), cid) / "accountant.json"),
-        )
+        simulation = decode_simulation(message)
+        if simulation is not None:
+            result, extra = _train_virtual(message, context, weights, request, *simulation)
+        else:
+            path = _node_config_path(context)
+            if path is None:
+                raise ValueError("this node was started without its fedguard node config")
+            result = node_runtime(path).train(
+                model_name=request.model, weights=weights, request=request
+            )
+            extra = {}
     except BudgetExceededError as exc:
         return Message(Error(code=ERROR_BUDGET_REFUSED, reason=str(exc)), reply_to=message)
     except Exception as exc:  # the server logs the reason; the node keeps serving
-        _log.exception("client %d: round failed", cid)
+        _log.exception("node %s: round failed", who)
         return Message(
             Error(code=ERROR_CLIENT_FAILED, reason=f"{type(exc).__name__}: {exc}"), reply_to=message
         )
     metrics: dict[str, float | int] = {
-        "client-id": cid,
+        **extra,
         "num-examples": result.num_examples,
         "train-loss": result.train_loss,
         "steps": result.steps,

@@ -55,6 +55,7 @@ class PrivacyBudget:
     delta: float
     accountant: str
     planned_rounds: int
+    min_noise_multiplier: float = 0.0  # the node never trains with less noise than this
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,14 @@ def noise_for_budget(
         * local_epochs
         * steps_per_epoch(num_examples=num_examples, batch_size=batch_size)
     )
-    return calibrate_noise_multiplier(
+    sigma = calibrate_noise_multiplier(
         target_epsilon=budget.target_epsilon,
         delta=budget.delta,
         sample_rate=sample_rate_for(num_examples=num_examples, batch_size=batch_size),
         steps=steps,
         method=budget.accountant,
     )
+    return max(sigma, budget.min_noise_multiplier)
 
 
 class LocalTrainer:

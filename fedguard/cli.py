@@ -110,6 +110,41 @@ def simulate(
     run_with_progress(cfg, overwrite=overwrite)
 
 
+@app.command()
+def server(
+    config: Annotated[Path, Opt("--config", help="federation.toml")],
+    insecure: Annotated[
+        bool, Opt("--insecure", help="no TLS, no node auth: local experiments only")
+    ] = False,
+) -> None:
+    """Run the aggregation server (Flower SuperLink + fedguard's ServerApp)."""
+    from fedguard.server.launcher import run_server
+
+    run_server(config_path=config, insecure=insecure)
+
+
+@app.command()
+def client(config: Annotated[Path, Opt("--config", help="node.toml")]) -> None:
+    """Run a node (Flower SuperNode + fedguard's ClientApp) under its own privacy policy."""
+    from fedguard.client.launcher import run_client
+
+    run_client(config_path=config)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, Opt("--out", help="folder for certificates, configs and results")] = Path(
+        "runs/demo-deploy"
+    ),
+    nodes: Annotated[int, Opt(help="client processes")] = 3,
+    rounds: Annotated[int, Opt()] = 10,
+) -> None:
+    """A real local federation on loopback: CA, server, nodes with TLS + node auth + DP."""
+    from fedguard.deploy_demo import run_demo
+
+    run_demo(out=out, nodes=nodes, rounds=rounds)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``fedguard`` console script."""
     for key, value in _QUIET_ENV.items():

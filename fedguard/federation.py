@@ -161,6 +161,9 @@ class TrainRequest:
     lr: float
     momentum: float = 0.0
     max_grad_norm: float = 1.0
+    total_rounds: int = 1  # the run's planned rounds: nodes spread their budget over them
+    federation: str = ""
+    model: str = ""  # the model architecture's name (fedguard.task.MODEL_NAMES)
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,9 @@ def request_for(config: SimulationConfig, server_round: int) -> TrainRequest:
         lr=config.lr,
         momentum=config.momentum,
         max_grad_norm=config.max_grad_norm,
+        total_rounds=config.rounds,
+        federation="simulation",
+        model=config.model,
     )
 
 

@@ -72,6 +72,9 @@ def encode_train(
                     "lr": request.lr,
                     "momentum": request.momentum,
                     "max-grad-norm": request.max_grad_norm,
+                    "total-rounds": request.total_rounds,
+                    "federation": request.federation,
+                    "model": request.model,
                 }
             ),
         }
@@ -97,11 +100,17 @@ def decode_request(message: Message) -> tuple[list[np.ndarray], TrainRequest]:
         lr=_float(r, "lr"),
         momentum=_float(r, "momentum"),
         max_grad_norm=_float(r, "max-grad-norm"),
+        total_rounds=_int(r, "total-rounds"),
+        federation=_str(r, "federation"),
+        model=_str(r, "model"),
     )
     return weights, request
 
 
-def decode_simulation(message: Message) -> tuple[SimulationConfig, str]:
+def decode_simulation(message: Message) -> tuple[SimulationConfig, str] | None:
+    """The simulation a virtual client belongs to; None for a real (deployed) node."""
+    if _SIMULATION not in message.content.config_records:
+        return None
     record = message.content.config_records[_SIMULATION]
     raw = json.loads(str(record["config"]))
     return load_simulation_config(overrides=raw), str(record["state-dir"])
@@ -142,6 +151,13 @@ def _int(record: ConfigRecord, key: str) -> int:
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"request {key}: expected an integer, got {value!r}")
+    return value
+
+
+def _str(record: ConfigRecord, key: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise ValueError(f"request {key}: expected a string, got {value!r}")
     return value
 
 

@@ -31,7 +31,7 @@ from fedguard.federation import (
 from fedguard.messages import decode_reply, encode_train
 from fedguard.task import Metrics, evaluate, get_weights, set_weights
 
-__all__ = ["make_simulation_server_app"]
+__all__ = ["describe_nodes", "exchange_round", "make_simulation_server_app", "wait_for_nodes"]
 
 _log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ ROUND_TIMEOUT_S = 600.0
 NODE_WAIT_S = 120.0
 
 
-def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
-    deadline = time.monotonic() + NODE_WAIT_S
+def wait_for_nodes(grid: Grid, count: int, *, wait_s: float = NODE_WAIT_S) -> list[int]:
+    deadline = time.monotonic() + wait_s
     while True:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= count:
@@ -53,18 +53,80 @@ def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
         time.sleep(0.1)
 
 
-def _client_ids(grid: Grid, nodes: list[int]) -> dict[int, int]:
-    """Ask every node which client id it holds: {client id: node id}."""
+def describe_nodes(grid: Grid, nodes: list[int]) -> dict[int, dict[str, str | int]]:
+    """Ask every node who it is: {node id: {"name", "client-id", "num-examples"}}."""
     msgs = [Message(RecordDict(), dst_node_id=n, message_type="query.describe") for n in nodes]
-    mapping: dict[int, int] = {}
+    info: dict[int, dict[str, str | int]] = {}
     for reply in grid.send_and_receive(msgs, timeout=NODE_WAIT_S):
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            raise RuntimeError(
-                f"node {reply.metadata.src_node_id} failed to describe itself: {reply.error.reason}"
+            _log.warning("node %s did not describe itself: %s", node, reply.error.reason)
+            continue
+        record = reply.content.config_records["node"]
+        cid, count = record["client-id"], record["num-examples"]
+        if not isinstance(cid, int) or not isinstance(count, int):
+            _log.warning("node %s described itself badly: %s", node, record)
+            continue
+        info[node] = {"name": str(record["name"]), "client-id": cid, "num-examples": count}
+    return info
+
+
+def exchange_round(
+    *,
+    grid: Grid,
+    server_round: int,
+    cohort: list[int],
+    node_of: dict[int, int],
+    content: RecordDict,
+    timeout: float,
+    label: Callable[[int], str] = str,
+) -> Iterator[ClientUpdate | Refusal]:
+    """Send ``content`` to the cohort's nodes and turn their replies into updates.
+
+    A reply from a node not asked, a second reply, an error reply or a malformed one is
+    never aggregated; a node that does not answer in time counts as dropped.
+    """
+    msgs = [
+        Message(
+            content,
+            dst_node_id=node_of[c],
+            message_type=MessageType.TRAIN,
+            group_id=str(server_round),
+        )
+        for c in cohort
+    ]
+    client_of = {node_of[c]: c for c in cohort}
+    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    answered: set[int] = set()
+    # Sorted by client id: the running sum is then added in the same order on every engine.
+    for reply in sorted(replies, key=lambda r: client_of.get(r.metadata.src_node_id, -1)):
+        cid = client_of.get(reply.metadata.src_node_id)
+        if cid is None or cid in answered:
+            _log.warning(
+                "round %d: dropped a reply from node %s (not asked, or a repeat)",
+                server_round,
+                reply.metadata.src_node_id,
             )
-        cid = int(reply.content.metric_records["node"]["client-id"])  # type: ignore[arg-type]
-        mapping[cid] = reply.metadata.src_node_id
-    return mapping
+            continue
+        answered.add(cid)
+        if reply.has_error():
+            yield Refusal(client_id=cid, reason=f"{label(cid)}: {reply.error.reason}")
+            continue
+        try:
+            decoded = decode_reply(reply)
+        except (ValueError, KeyError, TypeError) as exc:
+            yield Refusal(client_id=cid, reason=f"{label(cid)}: malformed reply: {exc}")
+            continue
+        m = decoded.metrics
+        yield ClientUpdate(
+            client_id=cid,
+            weights=decoded.weights,
+            num_examples=int(m["num-examples"]),
+            train_loss=m.get("train-loss", float("nan")),
+            epsilon=m.get("epsilon"),
+        )
+    for cid in sorted(set(cohort) - answered):
+        yield Refusal(client_id=cid, reason=f"{label(cid)}: no reply within {timeout:.0f}s")
 
 
 def make_simulation_server_app(
@@ -82,7 +144,8 @@ def make_simulation_server_app(
         data = federated_data(config)
         ds = data.dataset
         model = initial_model(config, data)
-        node_of = _client_ids(grid, _wait_for_nodes(grid, config.clients))
+        info = describe_nodes(grid, wait_for_nodes(grid, config.clients))
+        node_of = {int(v["client-id"]): node for node, v in info.items()}
         x_test, y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
 
         def train_cohort(
@@ -94,47 +157,14 @@ def make_simulation_server_app(
                 simulation=config,
                 state_dir=str(state_dir),
             )
-            msgs = [
-                Message(
-                    content,
-                    dst_node_id=node_of[c],
-                    message_type=MessageType.TRAIN,
-                    group_id=str(server_round),
-                )
-                for c in cohort
-            ]
-            client_of = {node: cid for cid, node in node_of.items()}
-            replies = list(grid.send_and_receive(msgs, timeout=ROUND_TIMEOUT_S))
-            answered = set()
-            # Sorted by client id: the running sum is then added in the in-process order.
-            for reply in sorted(replies, key=lambda r: client_of.get(r.metadata.src_node_id, -1)):
-                cid = client_of.get(reply.metadata.src_node_id)
-                if cid is None or cid not in cohort or cid in answered:
-                    _log.warning(
-                        "round %d: dropped a reply from node %s (not asked)",
-                        server_round,
-                        reply.metadata.src_node_id,
-                    )
-                    continue
-                answered.add(cid)
-                if reply.has_error():
-                    yield Refusal(client_id=cid, reason=str(reply.error.reason))
-                    continue
-                try:
-                    decoded = decode_reply(reply)
-                except (ValueError, KeyError) as exc:
-                    yield Refusal(client_id=cid, reason=f"malformed reply: {exc}")
-                    continue
-                m = decoded.metrics
-                yield ClientUpdate(
-                    client_id=cid,
-                    weights=decoded.weights,
-                    num_examples=int(m["num-examples"]),
-                    train_loss=m.get("train-loss", float("nan")),
-                    epsilon=m.get("epsilon"),
-                )
-            for cid in sorted(set(cohort) - answered):
-                yield Refusal(client_id=cid, reason="no reply before the round timeout")
+            return exchange_round(
+                grid=grid,
+                server_round=server_round,
+                cohort=cohort,
+                node_of=node_of,
+                content=content,
+                timeout=ROUND_TIMEOUT_S,
+            )
 
         def evaluate_global(weights: list[np.ndarray]) -> Metrics:
             set_weights(model, weights)

@@ -1,0 +1,117 @@
+"""A deployed node: its own data, its own privacy policy, its own state folder.
+
+The server only *asks* (epochs, batch size, learning rate, how many rounds the run plans);
+the node decides. It refuses a request that breaks its policy (too many local epochs,
+a run that would take it past its epsilon) with a reason the server logs, calibrates its
+noise to its own budget, never below its minimum noise multiplier, and counts the
+epsilon in its state folder before training (write-ahead). It does not import Flower.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer, PrivacyBudget
+from fedguard.deploy_config import NodeConfig, load_node_config
+from fedguard.federation import TrainRequest, load_federated_data
+from fedguard.privacy import AccountantStore
+from fedguard.task import build_model, load_dataset
+
+__all__ = ["NodeRuntime", "PolicyRefusalError", "node_runtime"]
+
+ACCOUNTANT_FILE = "accountant.json"
+
+
+class PolicyRefusalError(BudgetExceededError):
+    """The request breaks the node's policy (node.toml [privacy])."""
+
+
+@dataclass
+class NodeRuntime:
+    config: NodeConfig
+    x: torch.Tensor
+    y: torch.Tensor
+    input_shape: tuple[int, ...]
+    num_classes: int
+    _trainers: dict[str, LocalTrainer]
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.node.state_dir
+
+    def accountant_store(self) -> AccountantStore:
+        return AccountantStore(path=self.state_dir / ACCOUNTANT_FILE)
+
+    def train(
+        self, *, model_name: str, weights: list[np.ndarray], request: TrainRequest
+    ) -> LocalResult:
+        """One round under the node's policy; raises ``BudgetExceededError`` to refuse."""
+        policy = self.config.privacy
+        if request.local_epochs > policy.max_local_epochs:
+            raise PolicyRefusalError(
+                f"round {request.server_round} refused: local-epochs {request.local_epochs} > "
+                f"this node's max-local-epochs {policy.max_local_epochs}"
+            )
+        budget = PrivacyBudget(
+            target_epsilon=policy.max_epsilon,
+            delta=policy.delta,
+            accountant=policy.accountant,
+            planned_rounds=max(1, request.total_rounds),
+            min_noise_multiplier=policy.min_noise_multiplier,
+        )
+        trainer = self._trainers.get(model_name)
+        if trainer is None:
+            model = build_model(
+                name=model_name, input_shape=self.input_shape, num_classes=self.num_classes
+            )
+            trainer = self._trainers[model_name] = LocalTrainer(model=model, dp=True)
+        # Deployed nodes draw noise and batches from OS entropy: nothing the server or
+        # another node knows (a seed) may predict them.
+        generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+        return trainer.run(
+            global_weights=weights,
+            x=self.x,
+            y=self.y,
+            request=request,
+            generator=generator,
+            budget=budget,
+            store=self.accountant_store(),
+        )
+
+
+@functools.lru_cache(maxsize=2)
+def node_runtime(config_path: str) -> NodeRuntime:
+    """Load the node's config and data once per process (the ClientApp is rebuilt per
+    message; this cache only saves the loading, never privacy state)."""
+    cfg = load_node_config(Path(config_path))
+    cfg.node.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    d = cfg.data
+    if d.num_partitions is not None and d.partition_id is not None:
+        fed = load_federated_data(
+            dataset=d.dataset,
+            target=d.target,
+            seed=d.seed,
+            clients=d.num_partitions,
+            scheme="iid",
+            alpha=1.0,
+        )
+        ds = fed.dataset
+        idx = fed.partitions[d.partition_id]
+        x, y = ds.x_train[idx], ds.y_train[idx]
+    else:
+        ds = load_dataset(name=d.dataset, seed=d.seed, target=d.target)
+        x, y = ds.x_train, ds.y_train
+    return NodeRuntime(
+        config=cfg,
+        x=torch.from_numpy(x),
+        y=torch.from_numpy(y),
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        _trainers={},
+    )

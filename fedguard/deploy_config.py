@@ -1,0 +1,304 @@
+"""Deployment configuration: ``federation.toml`` (operator) and ``node.toml`` (hospital/bank).
+
+Each file has sections of typed keys. Every error is one line naming the file, the
+``section.key``, what is allowed and the value received. Relative paths are resolved
+against the config file's folder, so a config can be moved with its certificates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fedguard.config import ACCOUNTANTS
+from fedguard.errors import ConfigError, invalid
+
+__all__ = [
+    "FederationConfig",
+    "NodeConfig",
+    "load_federation_config",
+    "load_node_config",
+]
+
+STRATEGIES: tuple[str, ...] = ("fedavg", "fedavgm")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederationSection:
+    name: str = "federation"
+    rounds: int = 3
+    min_nodes: int = 2
+    fraction: float = 1.0
+    strategy: str = "fedavg"
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    round_timeout: float = 300.0
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSection:
+    model: str = "logreg"
+    input_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
+    num_classes: int = 10
+    eval_dataset: str | None = None  # built-in name or a file, held out on the server
+    eval_target: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingSection:
+    local_epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.5
+    momentum: float = 0.0
+    max_grad_norm: float = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerNetwork:
+    host: str = "127.0.0.1"
+    fleet_port: int = 9092
+    control_port: int = 9093
+    ca_cert: Path | None = None
+    server_cert: Path | None = None
+    server_key: Path | None = None
+    keys_dir: Path | None = None  # enrolled nodes' *.pub
+    insecure: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederationConfig:
+    """``federation.toml``: sections [federation], [task], [training], [server]."""
+
+    source: Path
+    federation: FederationSection
+    task: TaskSection
+    training: TrainingSection
+    server: ServerNetwork
+    state_dir: Path
+    out: Path
+
+    def digest(self) -> str:
+        """Hash of the settings that define the model's training (stored in checkpoints)."""
+        doc = {k: dataclasses.asdict(getattr(self, k)) for k in ("federation", "task", "training")}
+        return hashlib.sha256(repr(sorted(doc.items())).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSection:
+    name: str
+    server: str = "127.0.0.1:9092"
+    ca_cert: Path | None = None
+    private_key: Path | None = None
+    state_dir: Path = Path("state")
+    port: int = 9094
+    insecure: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSection:
+    dataset: str = "digits"  # built-in name or a .csv/.parquet/.npz path
+    target: str | None = None
+    partition_id: int | None = None  # demo: take one IID share of a shared data set
+    num_partitions: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicySection:
+    max_epsilon: float = 3.0
+    delta: float = 1e-5
+    min_noise_multiplier: float = 0.3
+    max_local_epochs: int = 5
+    accountant: str = "rdp"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    """``node.toml``: sections [node], [data], [privacy] (the node's own policy)."""
+
+    source: Path
+    node: NodeSection
+    data: DataSection
+    privacy: PolicySection
+
+
+def load_federation_config(path: Path) -> FederationConfig:
+    raw = _read(path)
+    _only(raw, {"federation", "task", "training", "server", "state-dir", "out"}, path, "")
+    cfg = FederationConfig(
+        source=path.resolve(),
+        federation=_section(raw, "federation", FederationSection, path),
+        task=_section(raw, "task", TaskSection, path),
+        training=_section(raw, "training", TrainingSection, path),
+        server=_section(raw, "server", ServerNetwork, path),
+        state_dir=_path(raw.get("state-dir", "server-state"), "state-dir", path),
+        out=_path(raw.get("out", "results"), "out", path),
+    )
+    f, t, tr, s = cfg.federation, cfg.task, cfg.training, cfg.server
+    _check(path, "federation.rounds", f.rounds >= 1, "an integer >= 1", f.rounds)
+    _check(path, "federation.min-nodes", f.min_nodes >= 1, "an integer >= 1", f.min_nodes)
+    _check(path, "federation.fraction", 0 < f.fraction <= 1, "a number in (0, 1]", f.fraction)
+    _check(path, "federation.strategy", f.strategy in STRATEGIES, STRATEGIES, f.strategy)
+    _check(path, "federation.round-timeout", f.round_timeout > 0, "seconds > 0", f.round_timeout)
+    _check(path, "task.num-classes", t.num_classes >= 2, "an integer >= 2", t.num_classes)
+    _check(
+        path,
+        "task.input-shape",
+        bool(t.input_shape) and all(isinstance(d, int) and d >= 1 for d in t.input_shape),
+        "a list of integers >= 1",
+        t.input_shape,
+    )
+    _check(path, "training.local-epochs", tr.local_epochs >= 1, "an integer >= 1", tr.local_epochs)
+    _check(path, "training.batch-size", tr.batch_size >= 1, "an integer >= 1", tr.batch_size)
+    _check(path, "training.lr", tr.lr > 0, "a number > 0", tr.lr)
+    _check(path, "training.max-grad-norm", tr.max_grad_norm > 0, "a number > 0", tr.max_grad_norm)
+    for key, port in (("server.fleet-port", s.fleet_port), ("server.control-port", s.control_port)):
+        _check(path, key, 1 <= port <= 65535, "a port 1-65535", port)
+    if not s.insecure:
+        for key in ("ca_cert", "server_cert", "server_key", "keys_dir"):
+            value = getattr(s, key)
+            _check(
+                path,
+                f"server.{key.replace('_', '-')}",
+                value is not None and value.exists(),
+                "an existing path (run `fedguard certs init`), or insecure = true",
+                None if value is None else str(value),
+            )
+    return cfg
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    raw = _read(path)
+    _only(raw, {"node", "data", "privacy"}, path, "")
+    if "node" not in raw or "name" not in raw["node"]:
+        raise invalid("node.name", allowed="the node's name", got=None, source=path)
+    cfg = NodeConfig(
+        source=path.resolve(),
+        node=_section(raw, "node", NodeSection, path),
+        data=_section(raw, "data", DataSection, path),
+        privacy=_section(raw, "privacy", PolicySection, path),
+    )
+    n, d, p = cfg.node, cfg.data, cfg.privacy
+    _check(path, "node.server", ":" in n.server, "HOST:PORT", n.server)
+    _check(path, "node.port", 1 <= n.port <= 65535, "a port 1-65535", n.port)
+    if not n.insecure:
+        for key in ("ca_cert", "private_key"):
+            value = getattr(n, key)
+            _check(
+                path,
+                f"node.{key.replace('_', '-')}",
+                value is not None and value.exists(),
+                "an existing file (from the operator / `fedguard certs node`)",
+                None if value is None else str(value),
+            )
+    if (d.partition_id is None) != (d.num_partitions is None):
+        raise invalid(
+            "data.partition-id",
+            allowed="set together with data.num-partitions",
+            got=d.partition_id,
+            source=path,
+        )
+    if d.num_partitions is not None and d.partition_id is not None:
+        _check(
+            path,
+            "data.partition-id",
+            0 <= d.partition_id < d.num_partitions,
+            f"an integer in [0, {d.num_partitions})",
+            d.partition_id,
+        )
+    _check(path, "privacy.max-epsilon", p.max_epsilon > 0, "a number > 0", p.max_epsilon)
+    _check(path, "privacy.delta", 0 < p.delta < 1, "a number in (0, 1)", p.delta)
+    _check(
+        path,
+        "privacy.min-noise-multiplier",
+        p.min_noise_multiplier >= 0,
+        "a number >= 0",
+        p.min_noise_multiplier,
+    )
+    _check(
+        path,
+        "privacy.max-local-epochs",
+        p.max_local_epochs >= 1,
+        "an integer >= 1",
+        p.max_local_epochs,
+    )
+    _check(path, "privacy.accountant", p.accountant in ACCOUNTANTS, ACCOUNTANTS, p.accountant)
+    return cfg
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _only(raw: dict[str, Any], allowed: set[str], path: Path, prefix: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise invalid(
+                f"{prefix}{key}",
+                allowed="a known key: " + ", ".join(sorted(allowed)),
+                got=key,
+                source=path,
+            )
+
+
+def _section(raw: dict[str, Any], name: str, cls: type[T], path: Path) -> T:
+    values = raw.get(name, {})
+    if not isinstance(values, dict):
+        raise invalid(name, allowed="a [section]", got=values, source=path)
+    fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    _only(values, set(fields), path, f"{name}.")
+    kwargs = {
+        fields[k].name: _coerce(f"{name}.{k}", v, str(fields[k].type), path)
+        for k, v in values.items()
+    }
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, kind: str, path: Path) -> Any:
+    if "Path" in kind:
+        return _path(value, key, path)
+    if kind.startswith("list"):
+        if not isinstance(value, list):
+            raise invalid(key, allowed="a list", got=value, source=path)
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise invalid(key, allowed="true or false", got=value, source=path)
+        return value
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise invalid(key, allowed="an integer", got=value, source=path)
+        return value
+    if kind == "float":
+        ok = not isinstance(value, bool) and isinstance(value, int | float)
+        if not ok or not math.isfinite(float(value)):
+            raise invalid(key, allowed="a finite number", got=value, source=path)
+        return float(value)
+    if not isinstance(value, str):
+        raise invalid(key, allowed="a string", got=value, source=path)
+    return value
+
+
+def _path(value: Any, key: str, source: Path) -> Path:
+    if not isinstance(value, str):
+        raise invalid(key, allowed="a path string", got=value, source=source)
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (source.resolve().parent / p)
+
+
+def _check(path: Path, key: str, ok: bool, allowed: str | tuple[str, ...], got: object) -> None:
+    if not ok:
+        raise invalid(key, allowed=allowed, got=got, source=path)

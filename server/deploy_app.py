@@ -1,0 +1,226 @@
+"""The ServerApp of a real deployment (`fedguard server`): FedAvg(M) over enrolled nodes.
+
+It reads the operator's ``federation.toml`` (path given as the run config key
+``config-path``), waits for ``min-nodes`` nodes, and runs the shared round loop
+(:func:`fedguard.federation.run_rounds`). After every round it checkpoints the global
+model (safetensors, with round and config digest) and rewrites ``metrics.jsonl``; a
+restarted server resumes after the last checkpointed round, so no round runs twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedguard._io import atomic_write_json, atomic_write_text
+from fedguard.deploy_config import FederationConfig, load_federation_config
+from fedguard.federation import (
+    ClientUpdate,
+    FedAvgM,
+    Refusal,
+    RoundRecord,
+    TrainRequest,
+    run_rounds,
+)
+from fedguard.messages import encode_train
+from fedguard.server.app import describe_nodes, exchange_round, wait_for_nodes
+from fedguard.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedguard.task import Metrics, build_model, evaluate, get_weights, load_dataset, set_weights
+
+__all__ = ["CONFIG_KEY", "app"]
+
+CONFIG_KEY = "config-path"
+CHECKPOINT = "checkpoint.safetensors"
+
+_log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+def _say(text: str) -> None:
+    # `flwr run --stream` relays the ServerApp's stdout to the operator's terminal.
+    print(text, flush=True)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = load_federation_config(Path(str(context.run_config[CONFIG_KEY])))
+    torch.set_num_threads(1)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    t = cfg.task
+    model = build_model(
+        name=t.model,
+        input_shape=tuple(t.input_shape),
+        num_classes=t.num_classes,
+        generator=torch.Generator().manual_seed(cfg.federation.seed),
+    )
+    server = FedAvgM(
+        server_lr=cfg.federation.server_lr,
+        server_momentum=(
+            cfg.federation.server_momentum if cfg.federation.strategy == "fedavgm" else 0.0
+        ),
+    )
+    weights = get_weights(model)
+    first_round = 1
+    records: list[dict[str, Any]] = []
+    checkpoint = load_checkpoint(cfg.state_dir / CHECKPOINT)
+    if checkpoint is not None:
+        if checkpoint.config_digest != cfg.digest():
+            raise RuntimeError(
+                f"{cfg.state_dir / CHECKPOINT} was made with another federation "
+                f"config (digest {checkpoint.config_digest} != {cfg.digest()}); "
+                "move it away to start over"
+            )
+        weights, first_round = checkpoint.weights, checkpoint.server_round + 1
+        server.load_state(checkpoint.velocity)
+        records = _read_metrics(cfg.out / "metrics.jsonl", upto=checkpoint.server_round)
+        _say(f"resuming after round {checkpoint.server_round} from {cfg.state_dir / CHECKPOINT}")
+    if first_round > cfg.federation.rounds:
+        _say("all rounds already done")
+        return
+
+    nodes = wait_for_nodes(grid, cfg.federation.min_nodes, wait_s=cfg.federation.round_timeout)
+    info = describe_nodes(grid, nodes)
+    names = sorted(str(v["name"]) for v in info.values())
+    node_of = {names.index(str(v["name"])): node for node, v in info.items()}
+    _say(f"{len(names)} nodes: {', '.join(names)}")
+    epsilon_of: dict[str, float] = dict(records[-1].get("epsilon_by_node", {})) if records else {}
+    evaluate_global = _evaluator(cfg, model)
+
+    def train_cohort(
+        server_round: int, cohort: list[int], global_weights: list[np.ndarray]
+    ) -> Iterator[ClientUpdate | Refusal]:
+        tr = cfg.training
+        request = TrainRequest(
+            server_round=server_round,
+            local_epochs=tr.local_epochs,
+            batch_size=tr.batch_size,
+            lr=tr.lr,
+            momentum=tr.momentum,
+            max_grad_norm=tr.max_grad_norm,
+            total_rounds=cfg.federation.rounds,
+            federation=cfg.federation.name,
+            model=t.model,
+        )
+        content = encode_train(
+            weights=global_weights, request=request, simulation=None, state_dir=None
+        )
+        for reply in exchange_round(
+            grid=grid,
+            server_round=server_round,
+            cohort=cohort,
+            node_of=node_of,
+            content=content,
+            timeout=cfg.federation.round_timeout,
+            label=lambda c: names[c],
+        ):
+            if isinstance(reply, ClientUpdate) and reply.epsilon is not None:
+                epsilon_of[names[reply.client_id]] = reply.epsilon
+            yield reply
+
+    def on_round(record: RoundRecord, new_weights: list[np.ndarray]) -> None:
+        # No held-out set: metrics are NaN, written as null (JSON has no NaN).
+        row: dict[str, Any] = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in record.as_dict().items()
+        }
+        row["epsilon_by_node"] = dict(sorted(epsilon_of.items()))
+        records.append(row)
+        # Checkpoint first: a crash after it replays nothing; before it, the round reruns.
+        save_checkpoint(
+            cfg.state_dir / CHECKPOINT,
+            Checkpoint(
+                server_round=record.round,
+                config_digest=cfg.digest(),
+                weights=new_weights,
+                velocity=server.state(),
+            ),
+        )
+        atomic_write_text(
+            cfg.out / "metrics.jsonl",
+            "".join(json.dumps(r, allow_nan=False) + "\n" for r in records),
+        )
+        eps = ", ".join(f"{k} {v:.3f}" for k, v in sorted(epsilon_of.items()))
+        quality = (
+            ""
+            if math.isnan(record.accuracy)
+            else f" accuracy {record.accuracy:.4f} loss {record.loss:.4f}"
+        )
+        _say(
+            f"round {record.round}:{quality} nodes {record.clients} refused {record.refused} "
+            f"{record.seconds:.2f}s; epsilon: {eps}"
+        )
+
+    started = time.perf_counter()
+    cohort_size = max(cfg.federation.min_nodes, math.ceil(cfg.federation.fraction * len(names)))
+    run_rounds(
+        first_round=first_round,
+        last_round=cfg.federation.rounds,
+        seed=cfg.federation.seed,
+        num_clients=len(names),
+        cohort_size=min(cohort_size, len(names)),
+        weights=weights,
+        server=server,
+        train_cohort=train_cohort,
+        evaluate=evaluate_global,
+        on_round=on_round,
+    )
+    last = records[-1]
+    atomic_write_json(
+        cfg.out / "summary.json",
+        {
+            "federation": cfg.federation.name,
+            "rounds": cfg.federation.rounds,
+            "final_accuracy": last[
+                "accuracy"
+            ],  # null without a held-out set "epsilon_by_node": last["epsilon_by_node"],
+            "nodes": names,
+            "wall_seconds_this_run": time.perf_counter() - started,
+            "config_digest": cfg.digest(),
+        },
+    )
+    _say(f"done: accuracy {last['accuracy']}; results in {cfg.out}")
+
+
+def _evaluator(
+    cfg: FederationConfig, model: torch.nn.Module
+) -> Callable[[list[np.ndarray]], Metrics]:
+    """Server-side evaluation on the held-out set named in [task] (if any)."""
+    t = cfg.task
+    if t.eval_dataset is None:
+        nan = float("nan")
+        return lambda _w: Metrics(
+            loss=nan,
+            accuracy=nan,
+            precision_macro=nan,
+            recall_macro=nan,
+            f1_macro=nan,
+            roc_auc=None,
+            examples=0,
+        )
+    ds = load_dataset(name=t.eval_dataset, seed=cfg.federation.seed, target=t.eval_target)
+    x, y = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+
+    def evaluate_global(w: list[np.ndarray]) -> Metrics:
+        set_weights(model, w)
+        return evaluate(model=model, x=x, y=y, num_classes=t.num_classes)
+
+    return evaluate_global
+
+
+def _read_metrics(path: Path, *, upto: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if int(r["round"]) <= upto]

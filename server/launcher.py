@@ -1,0 +1,175 @@
+"""`fedguard server --config federation.toml`: SuperLink + enrolment + the ServerApp.
+
+Starts Flower's SuperLink (gRPC Fleet API, TLS and SuperNode authentication on, runtime
+dependency installation off, state database in the server's folder), enrols every node
+public key found in ``server.keys-dir``, then submits fedguard's ServerApp with
+``flwr run`` and relays its progress. Everything it started is stopped when it returns,
+also on Ctrl-C. Run it again with the same config to resume from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from fedguard._io import atomic_write_text
+from fedguard._procs import flower_env, start, stop, venv_tool, wait_for_port
+from fedguard.deploy_config import FederationConfig, load_federation_config
+from fedguard.errors import FedguardError
+from fedguard.server.checkpoint import load_checkpoint
+from fedguard.server.deploy_app import CHECKPOINT, CONFIG_KEY
+
+__all__ = ["run_server"]
+
+CONNECTION = "fedguard"
+STARTUP_TIMEOUT_S = 60.0
+
+_APP_PYPROJECT = """\
+# Written by `fedguard server`: the Flower app that runs fedguard's ServerApp/ClientApp.
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedguard-federation"
+version = "1.0.0"
+description = "fedguard federation"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "fedguard"
+
+[tool.flwr.app.components]
+serverapp = "fedguard.server.deploy_app:app"
+clientapp = "fedguard.client.app:app"
+
+[tool.flwr.app.config]
+{key} = ""
+"""
+
+
+class ServerFailedError(FedguardError):
+    """The federation did not complete; the message says where to look."""
+
+
+def run_server(*, config_path: Path, insecure: bool = False) -> None:
+    cfg = load_federation_config(config_path)
+    insecure = insecure or cfg.server.insecure
+    if insecure:
+        print(
+            "WARNING: --insecure: no TLS and no node authentication. Model updates travel "
+            "in clear text and anyone can join. For local experiments only.",
+            file=sys.stderr,
+            flush=True,
+        )
+    state = cfg.state_dir
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    flwr_home = state / "flwr"
+    flwr_home.mkdir(mode=0o700, exist_ok=True)
+    env = flower_env(flwr_home)
+    s = cfg.server
+    control = f"{s.host}:{s.control_port}"
+    tls = "insecure = true" if insecure else f'root-certificates = "{s.ca_cert}"'
+    atomic_write_text(
+        flwr_home / "config.toml",
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "{control}"\n{tls}\n',
+    )
+    args = [
+        venv_tool("flower-superlink"),
+        "--host",
+        s.host,
+        "--port",
+        str(s.control_port),
+        "--fleet-api-type",
+        "grpc-rere",
+        "--fleet-api-address",
+        f"{s.host}:{s.fleet_port}",
+        "--database",
+        str(state / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+    ]
+    if insecure:
+        args.append("--insecure")
+    else:
+        args += [
+            "--ssl-ca-certfile",
+            str(s.ca_cert),
+            "--ssl-certfile",
+            str(s.server_cert),
+            "--ssl-keyfile",
+            str(s.server_key),
+            "--enable-supernode-auth",
+        ]
+    with (state / "superlink.log").open("ab") as log:
+        link = start(args, env=env, log=log)
+        try:
+            wait_for_port(s.host, s.control_port, timeout=STARTUP_TIMEOUT_S, alive=link)
+            wait_for_port(s.host, s.fleet_port, timeout=STARTUP_TIMEOUT_S, alive=link)
+            print(
+                f"SuperLink up: fleet {s.host}:{s.fleet_port} "
+                f"({'plaintext' if insecure else 'TLS, node auth'}), "
+                f"state {state}",
+                flush=True,
+            )
+            if not insecure and s.keys_dir is not None:
+                _enrol_all(s.keys_dir, env=env)
+            app_dir = state / "app"
+            app_dir.mkdir(exist_ok=True)
+            atomic_write_text(app_dir / "pyproject.toml", _APP_PYPROJECT.format(key=CONFIG_KEY))
+            run = subprocess.run(
+                [
+                    venv_tool("flwr"),
+                    "run",
+                    str(app_dir),
+                    CONNECTION,
+                    "--stream",
+                    "--run-config",
+                    f'{CONFIG_KEY}="{cfg.source}"',
+                ],
+                env=env,
+                check=False,
+            )
+            _check_finished(cfg, flwr_run_status=run.returncode)
+        finally:
+            stop(link)
+
+
+def _enrol_all(keys_dir: Path, *, env: dict[str, str]) -> None:
+    """Register every ``*.pub`` in ``keys_dir``; one already registered is fine."""
+    for pub in sorted(keys_dir.glob("*.pub")):
+        out = subprocess.run(
+            [venv_tool("flwr"), "supernode", "register", str(pub), CONNECTION],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        text = out.stdout + out.stderr
+        if "registered successfully" in text:
+            print(f"enrolled {pub.stem}", flush=True)
+        elif "already" in text.lower():
+            print(f"enrolled {pub.stem} (already)", flush=True)
+        else:
+            raise ServerFailedError(f"could not enrol {pub}: {' '.join(text.split())[-300:]}")
+
+
+def _check_finished(cfg: FederationConfig, *, flwr_run_status: int) -> None:
+    # `flwr run` exits 0 even when the ServerApp raised: the checkpoint is the truth.
+    checkpoint = load_checkpoint(cfg.state_dir / CHECKPOINT)
+    done = 0 if checkpoint is None else checkpoint.server_round
+    if flwr_run_status != 0 or done < cfg.federation.rounds:
+        raise ServerFailedError(
+            f"federation {cfg.federation.name!r} stopped after round {done} of "
+            f"{cfg.federation.rounds} (flwr run status {flwr_run_status}); see "
+            f"{cfg.state_dir / 'superlink.log'}; run the same command again to resume"
+        )
+    print(
+        f"federation {cfg.federation.name!r} finished {done} rounds; results in {cfg.out}",
+        flush=True,
+    )

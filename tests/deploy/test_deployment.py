@@ -1,0 +1,95 @@
+"""A real federation on loopback: `fedguard server` + 3 `fedguard client` processes over
+gRPC with TLS and node authentication, DP on. Also: nodes that must be refused are, with
+a reason that says which problem it is."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fedguard._procs import start, stop
+from fedguard.certs import init_federation
+from fedguard.deploy_demo import _relay, fedguard_cmd, prepare_demo
+from fedguard.privacy import AccountantStore
+from fedguard.server.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.deploy
+
+ROUNDS = 2
+
+
+def run_client(toml: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        fedguard_cmd("client", "--config", str(toml)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path):
+    layout = prepare_demo(out=tmp_path / "fed", nodes=4, rounds=ROUNDS, enrol=3)
+    members, outsider = layout.nodes[:3], layout.nodes[3]
+    procs = []
+    try:
+        server = start(
+            fedguard_cmd("server", "--config", str(layout.federation)),
+            env=dict(os.environ),
+            log=subprocess.PIPE,
+        )
+        procs.append(server)
+        ready = _relay(server, expect=[f"enrolled {t.parent.name}" for t in members])
+        assert ready.wait(timeout=120), "server did not enrol the nodes"
+        for toml in members:
+            procs.append(
+                start(
+                    fedguard_cmd("client", "--config", str(toml)),
+                    env=dict(os.environ),
+                    log=(toml.parent / "client.log").open("ab"),
+                )
+            )
+
+        # A node whose key the operator never enrolled: refused, and told so.
+        refused = run_client(outsider)
+        assert refused.returncode == 2, refused.stderr
+        assert "not enrolled" in refused.stderr and "node-d.pub" in refused.stderr
+
+        # A node holding another federation's CA certificate: refused before connecting.
+        other = init_federation(out=tmp_path / "other-ca")
+        wrong_ca = tmp_path / "wrong-ca.toml"
+        wrong_ca.write_text(
+            members[0]
+            .read_text()
+            .replace(str(layout.root / "certs" / "ca.crt"), str(other.ca_cert))
+            .replace(str(members[0].parent / "state"), str(tmp_path / "wrong-ca-state"))
+        )
+        result = run_client(wrong_ca)
+        assert result.returncode == 2
+        assert "node.ca-cert" in result.stderr and "not signed by the CA" in result.stderr
+
+        server.wait(timeout=400)
+        assert server.returncode == 0
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+    rows = [json.loads(x) for x in (layout.results / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+    assert all(r["clients"] == 3 and r["refused"] == 0 for r in rows)
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"] > 0.15  # learning (10 classes)
+    checkpoint = load_checkpoint(layout.root / "server" / "state" / "checkpoint.safetensors")
+    assert checkpoint is not None and checkpoint.server_round == ROUNDS
+    # Each member's own accountant holds the spent epsilon, within its budget, and the
+    # server's per-node figures are those the nodes reported.
+    for toml in members:
+        spent = (
+            AccountantStore(path=toml.parent / "state" / "accountant.json")
+            .load(method="rdp")
+            .get_privacy_spent(delta=1e-5)
+        )
+        assert 0.97 * 3.0 <= spent.epsilon <= 3.0
+        assert rows[-1]["epsilon_by_node"][toml.parent.name] == pytest.approx(spent.epsilon)
+    assert not (outsider.parent / "state" / "accountant.json").exists()
+    assert not (tmp_path / "wrong-ca-state" / "accountant.json").exists()
