@@ -4,19 +4,28 @@ The server only *asks* (epochs, batch size, learning rate, how many rounds the r
 the node decides. It refuses a request that breaks its policy (too many local epochs,
 a run that would take it past its epsilon) with a reason the server logs, calibrates its
 noise to its own budget, never below its minimum noise multiplier, and counts the
-epsilon in its state folder before training (write-ahead). It does not import Flower.
+epsilon in its state folder before training (write-ahead). Asked the very same request
+again (a server restarted from its checkpoint), it resends its stored reply instead of
+training again, so a server crash does not make it spend twice. It does not import Flower.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
+from fedguard._io import atomic_write_bytes
 from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer, PrivacyBudget
 from fedguard.deploy_config import NodeConfig, load_node_config
 from fedguard.federation import TrainRequest, load_federated_data
@@ -26,6 +35,7 @@ from fedguard.task import build_model, load_dataset
 __all__ = ["NodeRuntime", "PolicyRefusalError", "node_runtime"]
 
 ACCOUNTANT_FILE = "accountant.json"
+LAST_REPLY_FILE = "last-reply.safetensors"
 
 
 class PolicyRefusalError(BudgetExceededError):
@@ -71,10 +81,14 @@ class NodeRuntime:
                 name=model_name, input_shape=self.input_shape, num_classes=self.num_classes
             )
             trainer = self._trainers[model_name] = LocalTrainer(model=model, dp=True)
+        key = _round_key(request, weights)
+        replayed = self._replay(key)
+        if replayed is not None:
+            return replayed
         # Deployed nodes draw noise and batches from OS entropy: nothing the server or
         # another node knows (a seed) may predict them.
         generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
-        return trainer.run(
+        result = trainer.run(
             global_weights=weights,
             x=self.x,
             y=self.y,
@@ -83,6 +97,43 @@ class NodeRuntime:
             budget=budget,
             store=self.accountant_store(),
         )
+        self._remember(key, result)
+        return result
+
+    def _replay(self, key: str) -> LocalResult | None:
+        """The reply already sent for this very request (a restarted server asking again).
+
+        Sending the same released output twice costs no privacy; training again would.
+        """
+        path = self.state_dir / LAST_REPLY_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        (size,) = struct.unpack("<Q", data[:8])
+        meta = json.loads(data[8 : 8 + size]).get("__metadata__", {})
+        if meta.get("key") != key:
+            return None
+        tensors = st_load(data)
+        fields = json.loads(meta["result"])
+        return LocalResult(weights=[tensors[k] for k in sorted(tensors)], **fields)
+
+    def _remember(self, key: str, result: LocalResult) -> None:
+        fields = {k: v for k, v in dataclasses.asdict(result).items() if k != "weights"}
+        tensors = {f"{i:05d}": np.ascontiguousarray(w) for i, w in enumerate(result.weights)}
+        atomic_write_bytes(
+            self.state_dir / LAST_REPLY_FILE,
+            st_save(tensors, metadata={"key": key, "result": json.dumps(fields)}),
+            mode=0o600,
+        )
+
+
+def _round_key(request: TrainRequest, weights: list[np.ndarray]) -> str:
+    """Identifies a request: federation, round, training settings and global weights."""
+    h = hashlib.sha256(repr(dataclasses.astuple(request)).encode())
+    for w in weights:
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=2)

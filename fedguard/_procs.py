@@ -8,6 +8,7 @@ SIGTERM, a grace period, then SIGKILL: a SuperNode has been seen ignoring SIGTER
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -18,7 +19,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["flower_env", "free_port", "start", "stop", "venv_tool", "wait_for_port"]
+__all__ = [
+    "flower_env",
+    "free_port",
+    "kill_stale_group",
+    "start",
+    "stop",
+    "venv_tool",
+    "wait_for_port",
+]
 
 
 def venv_tool(name: str) -> str:
@@ -49,6 +58,44 @@ def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[
     return env
 
 
+def _die_with_parent() -> None:
+    # Linux: the child is killed when the process that started it dies, even by SIGKILL,
+    # so a crashed `fedguard server` never leaves a SuperLink holding its ports. SIGKILL,
+    # because a SuperLink with a run in progress does not act on SIGTERM for a long time.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def kill_stale_group(pid_file: Path, *, command: str) -> bool:
+    """Kill the process group recorded in ``pid_file`` if it still runs ``command``.
+
+    A SIGKILLed leader takes nothing with it: its children (Flower's SuperExec and
+    ServerApp processes) keep running until their group is killed. Returns True if a
+    stale group was found.
+    """
+    try:
+        pgid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    found = False
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.getpgid(int(proc.name)) == pgid and command in (proc / "cmdline").read_text(
+                errors="replace"
+            ):
+                found = True
+        except (OSError, ProcessLookupError):
+            continue
+    if found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return found
+
+
 def start(
     args: Sequence[str],
     *,
@@ -63,6 +110,7 @@ def start(
         stderr=subprocess.STDOUT if log is not None else None,
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
 
 

@@ -53,11 +53,13 @@ def wait_for_nodes(grid: Grid, count: int, *, wait_s: float = NODE_WAIT_S) -> li
         time.sleep(0.1)
 
 
-def describe_nodes(grid: Grid, nodes: list[int]) -> dict[int, dict[str, str | int]]:
+def describe_nodes(
+    grid: Grid, nodes: list[int], *, timeout: float = NODE_WAIT_S
+) -> dict[int, dict[str, str | int]]:
     """Ask every node who it is: {node id: {"name", "client-id", "num-examples"}}."""
     msgs = [Message(RecordDict(), dst_node_id=n, message_type="query.describe") for n in nodes]
     info: dict[int, dict[str, str | int]] = {}
-    for reply in grid.send_and_receive(msgs, timeout=NODE_WAIT_S):
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             _log.warning("node %s did not describe itself: %s", node, reply.error.reason)

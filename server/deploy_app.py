@@ -41,6 +41,7 @@ __all__ = ["CONFIG_KEY", "app"]
 
 CONFIG_KEY = "config-path"
 CHECKPOINT = "checkpoint.safetensors"
+NODE_GRACE_S = 20.0
 
 _log = logging.getLogger(__name__)
 
@@ -90,8 +91,7 @@ def main(grid: Grid, context: Context) -> None:
         _say("all rounds already done")
         return
 
-    nodes = wait_for_nodes(grid, cfg.federation.min_nodes, wait_s=cfg.federation.round_timeout)
-    info = describe_nodes(grid, nodes)
+    info = _gather_nodes(grid, cfg)
     names = sorted(str(v["name"]) for v in info.values())
     node_of = {names.index(str(v["name"])): node for node, v in info.items()}
     _say(f"{len(names)} nodes: {', '.join(names)}")
@@ -191,6 +191,31 @@ def main(grid: Grid, context: Context) -> None:
         },
     )
     _say(f"done: accuracy {last['accuracy']}; results in {cfg.out}")
+
+
+def _gather_nodes(grid: Grid, cfg: FederationConfig) -> dict[int, dict[str, str | int]]:
+    """Describe the connected nodes until every known one answered, or ``min-nodes`` did
+    and a grace period passed (after a server restart nodes reconnect one by one)."""
+    deadline = time.monotonic() + cfg.federation.round_timeout
+    grace_end: float | None = None
+    info: dict[int, dict[str, str | int]] = {}
+    while True:
+        nodes = wait_for_nodes(
+            grid, cfg.federation.min_nodes, wait_s=max(1.0, deadline - time.monotonic())
+        )
+        missing = [n for n in nodes if n not in info]
+        if missing:
+            info.update(describe_nodes(grid, missing, timeout=NODE_GRACE_S))
+        if len(info) >= cfg.federation.min_nodes:
+            grace_end = grace_end or time.monotonic() + NODE_GRACE_S
+        if not [n for n in nodes if n not in info] or (grace_end and time.monotonic() > grace_end):
+            return info
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {len(info)} of {cfg.federation.min_nodes} nodes answered "
+                f"within {cfg.federation.round_timeout:.0f}s"
+            )
+        time.sleep(0.5)
 
 
 def _evaluator(

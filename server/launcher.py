@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 
 from fedguard._io import atomic_write_text
-from fedguard._procs import flower_env, start, stop, venv_tool, wait_for_port
+from fedguard._procs import (
+    flower_env,
+    kill_stale_group,
+    start,
+    stop,
+    venv_tool,
+    wait_for_port,
+)
 from fedguard.deploy_config import FederationConfig, load_federation_config
 from fedguard.errors import FedguardError
 from fedguard.server.checkpoint import load_checkpoint
@@ -106,8 +113,12 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
             str(s.server_key),
             "--enable-supernode-auth",
         ]
+    pid_file = state / "superlink.pgid"
+    if kill_stale_group(pid_file, command="flower-superlink"):
+        print("stopped a SuperLink left running by an earlier, crashed server", flush=True)
     with (state / "superlink.log").open("ab") as log:
         link = start(args, env=env, log=log)
+        atomic_write_text(pid_file, f"{link.pid}\n")
         try:
             wait_for_port(s.host, s.control_port, timeout=STARTUP_TIMEOUT_S, alive=link)
             wait_for_port(s.host, s.fleet_port, timeout=STARTUP_TIMEOUT_S, alive=link)
@@ -122,7 +133,9 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
             app_dir = state / "app"
             app_dir.mkdir(exist_ok=True)
             atomic_write_text(app_dir / "pyproject.toml", _APP_PYPROJECT.format(key=CONFIG_KEY))
-            run = subprocess.run(
+            # Own process (dies with us) rather than subprocess.run: a crashed launcher
+            # must not leave `flwr run` streaming forever.
+            runner = start(
                 [
                     venv_tool("flwr"),
                     "run",
@@ -133,9 +146,13 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
                     f'{CONFIG_KEY}="{cfg.source}"',
                 ],
                 env=env,
-                check=False,
+                log=None,
             )
-            _check_finished(cfg, flwr_run_status=run.returncode)
+            try:
+                status = runner.wait()
+            finally:
+                stop(runner)
+            _check_finished(cfg, flwr_run_status=status)
         finally:
             stop(link)
 

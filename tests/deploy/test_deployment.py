@@ -3,15 +3,13 @@ gRPC with TLS and node authentication, DP on. Also: nodes that must be refused a
 a reason that says which problem it is."""
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from fedguard._procs import start, stop
 from fedguard.certs import init_federation
-from fedguard.deploy_demo import _relay, fedguard_cmd, prepare_demo
+from fedguard.deploy_demo import fedguard_cmd, prepare_demo
 from fedguard.privacy import AccountantStore
 from fedguard.server.checkpoint import load_checkpoint
 
@@ -29,51 +27,35 @@ def run_client(toml: Path, timeout: float = 90) -> subprocess.CompletedProcess[s
     )
 
 
-def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path):
+def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
     layout = prepare_demo(out=tmp_path / "fed", nodes=4, rounds=ROUNDS, enrol=3)
     members, outsider = layout.nodes[:3], layout.nodes[3]
-    procs = []
-    try:
-        server = start(
-            fedguard_cmd("server", "--config", str(layout.federation)),
-            env=dict(os.environ),
-            log=subprocess.PIPE,
-        )
-        procs.append(server)
-        ready = _relay(server, expect=[f"enrolled {t.parent.name}" for t in members])
-        assert ready.wait(timeout=120), "server did not enrol the nodes"
-        for toml in members:
-            procs.append(
-                start(
-                    fedguard_cmd("client", "--config", str(toml)),
-                    env=dict(os.environ),
-                    log=(toml.parent / "client.log").open("ab"),
-                )
-            )
+    server, ready = processes.server(layout, expect=[f"enrolled {t.parent.name}" for t in members])
+    assert ready.wait(timeout=120), "server did not enrol the nodes"
+    for toml in members:
+        processes.client(toml)
 
-        # A node whose key the operator never enrolled: refused, and told so.
-        refused = run_client(outsider)
-        assert refused.returncode == 2, refused.stderr
-        assert "not enrolled" in refused.stderr and "node-d.pub" in refused.stderr
+    # A node whose key the operator never enrolled: refused, and told so.
+    refused = run_client(outsider)
+    assert refused.returncode == 2, refused.stderr
+    assert "not enrolled" in refused.stderr and "node-d.pub" in refused.stderr
 
-        # A node holding another federation's CA certificate: refused before connecting.
-        other = init_federation(out=tmp_path / "other-ca")
-        wrong_ca = tmp_path / "wrong-ca.toml"
-        wrong_ca.write_text(
-            members[0]
-            .read_text()
-            .replace(str(layout.root / "certs" / "ca.crt"), str(other.ca_cert))
-            .replace(str(members[0].parent / "state"), str(tmp_path / "wrong-ca-state"))
-        )
-        result = run_client(wrong_ca)
-        assert result.returncode == 2
-        assert "node.ca-cert" in result.stderr and "not signed by the CA" in result.stderr
+    # A node holding another federation's CA certificate: refused before connecting.
+    other = init_federation(out=tmp_path / "other-ca")
+    wrong_ca = tmp_path / "wrong-ca.toml"
+    wrong_ca.write_text(
+        members[0]
+        .read_text()
+        .replace(str(layout.root / "certs" / "ca.crt"), str(other.ca_cert))
+        .replace(str(members[0].parent / "state"), str(tmp_path / "wrong-ca-state"))
+    )
+    result = run_client(wrong_ca)
+    assert result.returncode == 2
+    assert "node.ca-cert" in result.stderr and "not signed by the CA" in result.stderr
 
-        server.wait(timeout=400)
-        assert server.returncode == 0
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
+    server.wait(timeout=400)
+    assert server.returncode == 0
+    processes.stop_all()
 
     rows = [json.loads(x) for x in (layout.results / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))

@@ -1,0 +1,48 @@
+"""Real processes for the deployment tests; every one is stopped by PID, pass or fail."""
+
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedguard._procs import start, stop
+from fedguard.deploy_demo import DemoLayout, _relay, fedguard_cmd
+
+
+class Processes:
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def server(
+        self, layout: DemoLayout, *, expect: list[str]
+    ) -> tuple[subprocess.Popen[bytes], threading.Event]:
+        proc = start(
+            fedguard_cmd("server", "--config", str(layout.federation)),
+            env=dict(os.environ),
+            log=subprocess.PIPE,
+        )
+        self.started.append(proc)
+        return proc, _relay(proc, expect=expect)
+
+    def client(self, toml: Path) -> subprocess.Popen[bytes]:
+        log = (toml.parent / "client.log").open("ab")
+        proc = start(fedguard_cmd("client", "--config", str(toml)), env=dict(os.environ), log=log)
+        log.close()  # the child holds its own copy
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            stop(proc)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
