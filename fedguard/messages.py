@@ -24,6 +24,7 @@ __all__ = [
     "REPLY_METRIC_KEYS",
     "TrainReply",
     "decode_reply",
+    "decode_reply_content",
     "decode_request",
     "decode_simulation",
     "encode_reply",
@@ -132,7 +133,11 @@ def encode_reply(*, weights: list[np.ndarray], metrics: dict[str, float | int]) 
 
 def decode_reply(message: Message) -> TrainReply:
     """Weights and whitelisted metrics of a client's reply (ValueError when malformed)."""
-    content = message.content
+    return decode_reply_content(message.content)
+
+
+def decode_reply_content(content: RecordDict) -> TrainReply:
+    """:func:`decode_reply` on the records themselves."""
     if _WEIGHTS not in content.array_records or _METRICS not in content.metric_records:
         raise ValueError("reply lacks the weights or metrics record")
     weights = content.array_records[_WEIGHTS].to_numpy_ndarrays()

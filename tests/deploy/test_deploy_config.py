@@ -1,0 +1,75 @@
+"""federation.toml / node.toml: one-line errors naming file, key, allowed and received."""
+
+from pathlib import Path
+
+import pytest
+
+from fedguard.deploy_config import load_federation_config, load_node_config
+from fedguard.deploy_demo import prepare_demo
+from fedguard.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    return prepare_demo(out=tmp_path_factory.mktemp("cfg") / "demo", nodes=1, rounds=2)
+
+
+def test_demo_configs_load(layout):
+    fed = load_federation_config(layout.federation)
+    node = load_node_config(layout.nodes[0])
+    assert fed.federation.rounds == 2 and fed.server.ca_cert.exists()
+    assert node.privacy.max_epsilon == 3.0 and node.node.private_key.exists()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragments"),
+    [
+        ("rounds = 2", "rounds = 0", ["federation.rounds", ">= 1", "0"]),
+        ("rounds = 2", "roundz = 2", ["federation.roundz", "a known key", "rounds"]),
+        ("rounds = 2", 'rounds = "two"', ["federation.rounds", "an integer", "'two'"]),
+        ('model = "logreg"', 'model = "logreg"\nfraction = 1.5', ["fraction"]),
+        ("fleet-port = ", "fleet-port = 70000\nold-fleet-port = ", ["server.old-fleet-port"]),
+        ("fleet-port = ", "fleet-port = 70000 #", ["server.fleet-port", "1-65535", "70000"]),
+    ],
+)
+def test_federation_errors(layout, tmp_path: Path, old, new, fragments):
+    bad = tmp_path / "federation.toml"
+    bad.write_text(layout.federation.read_text().replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_federation_config(bad)
+    message = str(info.value)
+    assert "\n" not in message and str(bad) in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragments"),
+    [
+        ("max-epsilon = 3.0", "max-epsilon = -1", ["privacy.max-epsilon", "> 0", "-1"]),
+        ("delta = 1e-05", "delta = 2.0", ["privacy.delta", "(0, 1)", "2.0"]),
+        ('accountant = "rdp"', 'accountant = "gdp"', ["privacy.accountant", "rdp", "prv"]),
+        ("partition-id = 0", "partition-id = 5", ["data.partition-id", "[0, 1)", "5"]),
+        ("[privacy]", "[privacy]\nbudget = 1", ["privacy.budget", "a known key"]),
+    ],
+)
+def test_node_errors(layout, tmp_path: Path, old, new, fragments):
+    text = layout.nodes[0].read_text()
+    assert old in text
+    bad = tmp_path / "node.toml"
+    bad.write_text(text.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_node_config(bad)
+    message = str(info.value)
+    assert "\n" not in message and str(bad) in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_missing_key_file_is_named(layout, tmp_path: Path):
+    bad = tmp_path / "node.toml"
+    text = layout.nodes[0].read_text()
+    key = next(line for line in text.splitlines() if line.startswith("private-key"))
+    bad.write_text(text.replace(key, 'private-key = "/nonexistent/key"'))
+    with pytest.raises(ConfigError, match=r"node\.private-key: expected an existing file"):
+        load_node_config(bad)
