@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
+# 1) a simulation: 10 virtual clients in one process; 2) a real federation on loopback:
+# CA + certificates, one server and three client processes, TLS + node auth + DP.
 demo: $(STAMP)
-	$(BIN)/fedguard simulate --dataset digits --clients 10 --epsilon 3 --delta 1e-5 --out runs/demo
+	$(BIN)/fedguard simulate --dataset digits --clients 10 --epsilon 3 --delta 1e-5 \
+		--out runs/demo --overwrite
+	$(BIN)/fedguard demo --out runs/demo-deploy --nodes 3 --rounds 12
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -135,6 +135,7 @@ class LocalTrainer:
                 lr=request.lr,
                 momentum=request.momentum,
                 generator=generator,
+                prox_mu=request.prox_mu,
             )
             return LocalResult(
                 weights=get_weights(self.model),
@@ -169,6 +170,7 @@ class LocalTrainer:
             generator=generator,
             # Write-ahead: the epsilon is on disk as spent before the first step.
             before_training=lambda _event: store.save(accountant),
+            prox_mu=request.prox_mu,
         )
         spent = accountant.get_privacy_spent(delta=budget.delta)
         return LocalResult(

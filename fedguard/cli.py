@@ -137,7 +137,7 @@ def demo(
         "runs/demo-deploy"
     ),
     nodes: Annotated[int, Opt(help="client processes")] = 3,
-    rounds: Annotated[int, Opt()] = 10,
+    rounds: Annotated[int, Opt()] = 12,
 ) -> None:
     """A real local federation on loopback: CA, server, nodes with TLS + node auth + DP."""
     from fedguard.deploy_demo import run_demo

@@ -74,6 +74,7 @@ accountant = "rdp"
 def prepare_demo(*, out: Path, nodes: int, rounds: int, enrol: int | None = None) -> DemoLayout:
     """Write certificates, keys and configs for ``nodes`` nodes (the first ``enrol`` of
     them enrolled; default all) under ``out``, replacing an earlier demo there."""
+    out = out.resolve()  # the configs name absolute paths: they are read from elsewhere
     if nodes < 1:
         raise ConfigError(f"--nodes: expected an integer >= 1, got {nodes}")
     if rounds < 1:

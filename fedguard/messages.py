@@ -76,6 +76,7 @@ def encode_train(
                     "total-rounds": request.total_rounds,
                     "federation": request.federation,
                     "model": request.model,
+                    "prox-mu": float(request.prox_mu),
                 }
             ),
         }
@@ -104,6 +105,8 @@ def decode_request(message: Message) -> tuple[list[np.ndarray], TrainRequest]:
         total_rounds=_int(r, "total-rounds"),
         federation=_str(r, "federation"),
         model=_str(r, "model"),
+        # Absent from servers older than FedProx support: no proximal term.
+        prox_mu=_float(r, "prox-mu") if "prox-mu" in r else 0.0,
     )
     return weights, request
 

@@ -208,6 +208,7 @@ class DPTrainer:
         accountant: Accountant,
         generator: torch.Generator,
         before_training: Callable[[GaussianEvent], None] | None = None,
+        prox_mu: float = 0.0,
     ) -> DPTrainResult:
         """Train :attr:`module` in place with DP-SGD on one client's data.
 
@@ -229,6 +230,10 @@ class DPTrainer:
         before_training : callable, optional
             Called once with the composed event before the first step; persist the
             accountant here. If it raises, no training happens (the event stays composed).
+        prox_mu : float
+            FedProx (Li et al. 2020): adds ``(prox_mu / 2) * ||w - w_start||^2`` to the
+            local objective, ``w_start`` being the weights at the call (the global model).
+            Its gradient is added after clipping and noise; 0 turns it off.
 
         Returns
         -------
@@ -264,6 +269,7 @@ class DPTrainer:
         mom = _real(
             "momentum", momentum, allowed="a number with 0 <= momentum < 1", ok=lambda v: 0 <= v < 1
         )
+        mu = _real("prox_mu", prox_mu, allowed="a finite number >= 0", ok=lambda v: v >= 0)
         steps = n_epochs * per_epoch
         expected_batch = max(1, round(q * n))
         event = GaussianEvent(noise_multiplier=sigma, sample_rate=q, steps=steps)
@@ -272,6 +278,8 @@ class DPTrainer:
         params = [p for p in self._model.parameters() if p.requires_grad]
         if not params:
             raise invalid("model", allowed="a module with trainable parameters", got="none")
+        # FedProx anchor: the weights this call starts from (the global model).
+        anchor = [p.detach().clone() for p in params] if mu > 0 else []
         for p in params:
             # GradSampleModule's hooks expect the attribute (Opacus adds it to Parameter).
             p.grad_sample = None  # type: ignore[attr-defined]
@@ -316,7 +324,17 @@ class DPTrainer:
                         loss.backward()
                         loss_sum += float(loss.detach())
                         examples += int(idx.numel())
-                    optimizer.step()
+                    if mu == 0:
+                        optimizer.step()
+                    elif optimizer.pre_step():  # clip, sum, add noise, scale into p.grad
+                        # The proximal gradient mu * (w - w_start) depends on no example (w
+                        # is already a DP release), so adding it after clipping and noise
+                        # is post-processing: it costs no privacy and is not clipped.
+                        with torch.no_grad():
+                            for p, w0 in zip(params, anchor, strict=True):
+                                if p.grad is not None:
+                                    p.grad.add_(p.detach() - w0, alpha=mu)
+                        optimizer.original_optimizer.step()
         finally:
             optimizer.zero_grad(set_to_none=True)
             self._gsm.disable_hooks()

@@ -26,9 +26,11 @@ from fedguard._io import atomic_write_json, atomic_write_text
 from fedguard.deploy_config import FederationConfig, load_federation_config
 from fedguard.federation import (
     ClientUpdate,
+    FedAdam,
     FedAvgM,
     Refusal,
     RoundRecord,
+    ServerOptimizer,
     TrainRequest,
     run_rounds,
 )
@@ -37,7 +39,7 @@ from fedguard.server.app import describe_nodes, exchange_round, wait_for_nodes
 from fedguard.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedguard.task import Metrics, build_model, evaluate, get_weights, load_dataset, set_weights
 
-__all__ = ["CONFIG_KEY", "app"]
+__all__ = ["CONFIG_KEY", "app", "make_server_optimizer"]
 
 CONFIG_KEY = "config-path"
 CHECKPOINT = "checkpoint.safetensors"
@@ -66,12 +68,7 @@ def main(grid: Grid, context: Context) -> None:
         num_classes=t.num_classes,
         generator=torch.Generator().manual_seed(cfg.federation.seed),
     )
-    server = FedAvgM(
-        server_lr=cfg.federation.server_lr,
-        server_momentum=(
-            cfg.federation.server_momentum if cfg.federation.strategy == "fedavgm" else 0.0
-        ),
-    )
+    server = make_server_optimizer(cfg)
     weights = get_weights(model)
     first_round = 1
     records: list[dict[str, Any]] = []
@@ -112,6 +109,7 @@ def main(grid: Grid, context: Context) -> None:
             total_rounds=cfg.federation.rounds,
             federation=cfg.federation.name,
             model=t.model,
+            prox_mu=cfg.federation.prox_mu if cfg.federation.strategy == "fedprox" else 0.0,
         )
         content = encode_train(
             weights=global_weights, request=request, simulation=None, state_dir=None
@@ -182,15 +180,28 @@ def main(grid: Grid, context: Context) -> None:
         {
             "federation": cfg.federation.name,
             "rounds": cfg.federation.rounds,
-            "final_accuracy": last[
-                "accuracy"
-            ],  # null without a held-out set "epsilon_by_node": last["epsilon_by_node"],
+            "final_accuracy": last["accuracy"],  # null without a held-out set
+            "epsilon_by_node": last["epsilon_by_node"],
             "nodes": names,
             "wall_seconds_this_run": time.perf_counter() - started,
             "config_digest": cfg.digest(),
         },
     )
     _say(f"done: accuracy {last['accuracy']}; results in {cfg.out}")
+
+
+def make_server_optimizer(cfg: FederationConfig) -> ServerOptimizer:
+    """The server optimiser for ``[federation] strategy``.
+
+    fedadam: FedAdam with step size ``server-lr``; fedavgm: FedAvgM with
+    ``server-momentum``; fedavg and fedprox: FedAvgM without momentum (FedProx changes
+    the nodes' objective, not the aggregation).
+    """
+    f = cfg.federation
+    if f.strategy == "fedadam":
+        return FedAdam(server_lr=f.server_lr)
+    momentum = f.server_momentum if f.strategy == "fedavgm" else 0.0
+    return FedAvgM(server_lr=f.server_lr, server_momentum=momentum)
 
 
 def _gather_nodes(grid: Grid, cfg: FederationConfig) -> dict[int, dict[str, str | int]]:

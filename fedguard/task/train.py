@@ -91,6 +91,7 @@ def train_plain(
     lr: float,
     momentum: float = 0.0,
     generator: torch.Generator,
+    prox_mu: float = 0.0,
 ) -> TrainStats:
     """Train ``model`` in place with non-private minibatch SGD on cross-entropy.
 
@@ -106,6 +107,9 @@ def train_plain(
         SGD learning rate (> 0) and momentum (in [0, 1)).
     generator
         Orders the examples; the only randomness used.
+    prox_mu
+        FedProx (Li et al. 2020): adds ``(prox_mu / 2) * ||w - w_start||^2`` to the loss,
+        ``w_start`` being the weights at the call (the global model); 0 turns it off.
 
     Raises
     ------
@@ -118,9 +122,13 @@ def train_plain(
         raise invalid("--lr", allowed="a finite number > 0", got=lr)
     if not _is_real(momentum) or not 0.0 <= momentum < 1.0:
         raise invalid("--momentum", allowed="a number in [0, 1)", got=momentum)
+    if not _is_real(prox_mu) or not math.isfinite(prox_mu) or prox_mu < 0:
+        raise invalid("prox-mu", allowed="a finite number >= 0", got=prox_mu)
     _check_xy(x, y)
     y = y.long()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    # FedProx anchor: the weights this call starts from (the global model).
+    anchor = [(p, p.detach().clone()) for p in model.parameters()] if prox_mu > 0 else []
     was_training = model.training
     model.train()
     steps = examples = 0
@@ -142,6 +150,11 @@ def train_plain(
                     hint=f"the training loss became {value} at step {steps + 1}",
                 )
             loss.backward()
+            if prox_mu > 0:
+                with torch.no_grad():  # gradient of the proximal term, mu * (w - w_start)
+                    for p, w0 in anchor:
+                        if p.grad is not None:
+                            p.grad.add_(p.detach() - w0, alpha=prox_mu)
             optimizer.step()
             steps += 1
             examples += len(idx)
