@@ -34,6 +34,7 @@ from fedguard.federation import (
     TrainRequest,
     run_rounds,
 )
+from fedguard.flower_compat import check_flower_version, patch_object_pull_backoff
 from fedguard.messages import encode_train
 from fedguard.server.app import describe_nodes, exchange_round, wait_for_nodes
 from fedguard.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -57,6 +58,9 @@ def _say(text: str) -> None:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    check_flower_version()
+    # A message seen before its payload costs a 1 s back-off per retry in stock Flower.
+    patch_object_pull_backoff()
     cfg = load_federation_config(Path(str(context.run_config[CONFIG_KEY])))
     torch.set_num_threads(1)
     cfg.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,394 @@
+"""Every workaround fedguard applies to Flower's internals lives here, pinned to one version.
+
+A deployment round with trivial work takes ~6 s in stock Flower 1.39, almost all of it
+waiting (see ../shared/FLOWER-NOTES.md):
+
+1. ``HttpGrid.send_and_receive`` sleeps a hard-coded 3 s between pulls for replies.
+   :func:`send_and_receive` replaces it using only the PUBLIC ``Grid.push_messages`` /
+   ``Grid.pull_messages``; no patch, so it works on any Flower version.
+2. The SuperNode's Fleet loop sleeps a hard-coded 3 s when the SuperLink has nothing for
+   it, and 0.5 s between checks for the ClientApp's reply
+   (``flwr/supernode/start_client_internal.py``). :func:`patch_supernode_polling` caps
+   these sleeps (that module's ``time`` reference only).
+3. A message (or reply) is visible before its payload has been uploaded, and the puller
+   then backs off 1 s, 2 s, ... (``pull_objects``' ``initial_backoff``). With fast polls
+   this race is the common case. :func:`patch_object_pull_backoff` starts it at 0.05 s;
+   call it in the ServerApp's process (the SuperNode gets it from :func:`supernode_main`).
+4. The SuperExec that starts the ClientApp polls every 1 s for a task. Flower reads
+   ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` for this: :data:`FAST_POLL_ENV` sets it (no patch).
+5. Every message starts a fresh ``flwr-clientapp`` process that re-imports flwr and the
+   app's libraries (~3.6 s with torch). :func:`supernode_main` makes the SuperNode start
+   ``python -m fedguard.flower_compat superexec`` instead of ``flower-superexec``: Flower's
+   own SuperExec, whose local executor forks an already-imported process per ClientApp
+   task and runs Flower's own ClientApp runner in it. Preload extra libraries
+   (``torch,opacus``) with ``FEDGUARD_CLIENTAPP_PRELOAD``.
+
+Launch a patched SuperNode with ``python -m fedguard.flower_compat supernode <args of
+flower-supernode>``; it applies 2, 3 and 5 unless ``FEDGUARD_SUPERNODE_PATCHES`` names
+fewer (comma-separated from ``poll,backoff,warm``; empty: none). Patches 2, 3 and 5 touch
+private Flower code: they refuse to run on any Flower but :data:`FLWR_VERSION`
+(:func:`check_flower_version`) and check that what they replace still looks as expected.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from fedguard.errors import FedguardError
+
+if TYPE_CHECKING:
+    from flwr.app import Message
+    from flwr.serverapp import Grid
+
+__all__ = [
+    "FAST_POLL_ENV",
+    "FLWR_VERSION",
+    "PATCHES_ENV",
+    "PRELOAD_ENV",
+    "check_flower_version",
+    "patch_object_pull_backoff",
+    "patch_supernode_polling",
+    "patch_supernode_warm_clientapp",
+    "send_and_receive",
+    "superexec_main",
+    "supernode_main",
+]
+
+FLWR_VERSION = "1.39.0"
+"""The only Flower version whose internals the patches below were written against."""
+
+FAST_POLL_ENV: dict[str, str] = {
+    # SuperExec task poll (flwr/supercore/superexec/run_superexec.py; default 1 s, range
+    # 0.01-60). Read by the SuperExec the SuperNode starts (ClientApp tasks) and by the one
+    # the SuperLink starts (ServerApp). The only poll/interval setting Flower 1.39 reads
+    # from the environment. 0.1 s costs ~10 cheap loopback HTTP calls/s per SuperExec.
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+}
+"""Environment for every Flower process fedguard starts (merged by the launchers)."""
+
+PATCHES_ENV = "FEDGUARD_SUPERNODE_PATCHES"
+"""Which patches :func:`supernode_main` applies: comma-separated ``poll,backoff,warm``."""
+
+_ALL_PATCHES = ("poll", "backoff", "warm")
+
+PRELOAD_ENV = "FEDGUARD_CLIENTAPP_PRELOAD"
+"""Comma-separated modules the warm executor imports once (e.g. ``torch,opacus``)."""
+
+_SUPERNODE_MODULE = "flwr.supernode.start_client_internal"
+
+
+def _installed_flower_version() -> str | None:
+    try:
+        return metadata.version("flwr")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_flower_version() -> None:
+    """Refuse to patch a Flower other than :data:`FLWR_VERSION`.
+
+    Raises:
+        FedguardError: naming the installed and the pinned version.
+    """
+    installed = _installed_flower_version()
+    if installed != FLWR_VERSION:
+        raise FedguardError(
+            f"flwr {installed or 'is not installed'}"
+            f"{' is installed' if installed else ''}, but fedguard.flower_compat is"
+            f" written for flwr=={FLWR_VERSION} (it patches Flower internals); install"
+            f" flwr=={FLWR_VERSION} or review fedguard/flower_compat.py for the new version"
+        )
+
+
+# ---------------------------------------------------------------- 1. ServerApp replies
+
+
+def send_and_receive(
+    grid: Grid,
+    messages: Iterable[Message],
+    *,
+    timeout: float,
+    poll_interval: float = 0.05,
+) -> list[Message]:
+    """Push ``messages`` and pull replies until all are in or ``timeout`` s have passed.
+
+    Same contract as ``Grid.send_and_receive`` (replies in arrival order, possibly fewer
+    than sent on timeout) but pulls every ``poll_interval`` s instead of every 3 s. Uses
+    only the public ``push_messages``/``pull_messages``. Each pull is one local HTTP call
+    from the ServerApp to the SuperLink.
+    """
+    if not timeout >= 0:
+        raise ValueError(f"timeout: expected a number of seconds >= 0, got {timeout!r}")
+    if not poll_interval > 0:
+        raise ValueError(f"poll_interval: expected seconds > 0, got {poll_interval!r}")
+    deadline = time.monotonic() + timeout
+    pending = set(grid.push_messages(messages))
+    replies: list[Message] = []
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        remaining = deadline - time.monotonic()
+        if not pending or remaining <= 0:
+            break
+        time.sleep(min(poll_interval, remaining))
+    return replies
+
+
+# ---------------------------------------------------------------- 2. SuperNode idle poll
+
+
+class _CappedSleepTime:
+    """Stands in for the ``time`` module inside one Flower module: ``sleep`` is capped."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self.cap))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def _supernode_module() -> ModuleType:
+    check_flower_version()
+    return importlib.import_module(_SUPERNODE_MODULE)
+
+
+def patch_supernode_polling(*, interval: float = 0.1) -> None:
+    """Cap every ``time.sleep`` in Flower's SuperNode main loop at ``interval`` seconds.
+
+    Flower 1.39 hard-codes ``time.sleep(3)`` when the SuperLink has no message for the
+    node and ``time.sleep(0.5)`` while waiting for the ClientApp's reply (and its
+    payload). Only that module's ``time`` name is replaced, so nothing else in the
+    process changes. Costs one TLS gRPC pull per ``interval`` per idle node.
+    Idempotent; a later call changes the cap.
+    """
+    if not 0 < interval <= 3:
+        raise ValueError(f"interval: expected seconds in (0, 3], got {interval!r}")
+    module = _supernode_module()
+    current = getattr(module, "time", None)
+    if isinstance(current, _CappedSleepTime):
+        current.cap = interval
+        return
+    if current is not time:
+        raise FedguardError(f"{_SUPERNODE_MODULE}.time is not the time module; patch is stale")
+    module.time = _CappedSleepTime(interval)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- 3. payload back-off
+
+
+def patch_object_pull_backoff(*, initial: float = 0.05) -> None:
+    """Start Flower's object-pull retry back-off at ``initial`` s instead of 1 s.
+
+    ``pull_objects`` retries an object that is announced but not yet uploaded with
+    exponential back-off (1, 2, 4, ... s, cap 10 s, 500 tries). The patch changes only
+    the default of ``initial_backoff`` (no caller passes it); cap and tries stay.
+    """
+    if not 0 < initial <= 1:
+        raise ValueError(f"initial: expected seconds in (0, 1], got {initial!r}")
+    check_flower_version()
+    utils = importlib.import_module("flwr.supercore.inflatable.inflatable_utils")
+    for fn in (utils.pull_objects, utils.pull_and_inflate_object_from_tree):
+        defaults = fn.__kwdefaults__
+        if not defaults or "initial_backoff" not in defaults:
+            raise FedguardError(f"flwr {fn.__name__} has no initial_backoff; patch is stale")
+        defaults["initial_backoff"] = initial
+
+
+# ---------------------------------------------------------------- 5. warm ClientApp
+
+
+class _SuperExecRedirect:
+    """Stands in for ``subprocess`` in the SuperNode module: starts our SuperExec."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(args: Any, *rest: Any, **kwargs: Any) -> subprocess.Popen[Any]:  # noqa: N802
+        if isinstance(args, list) and args[:1] == ["flower-superexec"]:
+            args = [sys.executable, "-m", "fedguard.flower_compat", "superexec", *args[1:]]
+        return subprocess.Popen(args, *rest, **kwargs)
+
+
+def patch_supernode_warm_clientapp() -> None:
+    """Make the SuperNode start :func:`superexec_main` instead of ``flower-superexec``.
+
+    Flower 1.39's SuperNode (``--isolation subprocess``, the default) runs
+    ``subprocess.Popen(["flower-superexec", ...])`` once at start-up; only that module's
+    ``subprocess`` name is replaced. ``--isolation process`` is unaffected.
+    """
+    module = _supernode_module()
+    current = getattr(module, "subprocess", None)
+    if isinstance(current, _SuperExecRedirect):
+        return
+    if current is not subprocess:
+        raise FedguardError(f"{_SUPERNODE_MODULE}.subprocess is not subprocess; stale patch")
+    module.subprocess = _SuperExecRedirect()  # type: ignore[attr-defined]
+
+
+_EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+
+
+def _run_forked_clientapp(spec: Any, sigmask: Iterable[int]) -> NoReturn:
+    """Child side of the fork: what ``flwr-clientapp`` would do, minus the imports."""
+    code = 1
+    try:
+        from flwr.supercore.exit import exit_handler
+        from flwr.supercore.tls import validate_and_resolve_root_certificates
+        from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+        # The parent's exit handlers close ITS Runtime API client: running them here
+        # could shut down the parent's TLS connection. Start from a clean slate.
+        exit_handler.registered_exit_handlers.clear()
+        for sig in _EXIT_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+        sys.argv = ["flwr-clientapp"]  # Flower derives its telemetry event from argv[0]
+        run_clientapp(
+            runtime_api_address=spec.runtime_api_address,
+            token=spec.token,
+            insecure=spec.insecure,
+            certificates=validate_and_resolve_root_certificates(
+                spec.root_certificates_path, spec.insecure
+            ),
+            parent_pid=spec.parent_pid,
+            runtime_dependency_install=spec.runtime_dependency_install,
+        )
+        code = 0
+    except SystemExit as exc:  # Flower ends every task with sys.exit
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:  # never return into the parent's loop, nor run its atexit/finalizers
+            os._exit(code)
+
+
+def _make_fork_executor() -> Any:
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor import LaunchResult
+    from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
+
+    class ForkExecutor(SubprocessExecutor):
+        """Flower's local executor, but ClientApp tasks run in a fork of this process."""
+
+        def __init__(self) -> None:
+            self.children: set[int] = set()
+
+        def launch(self, spec: Any) -> Any:
+            # A run that installs its own dependencies gets its own interpreter (stock).
+            if spec.task_type != TaskType.CLIENT_APP or spec.runtime_dependency_install:
+                return super().launch(spec)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Block exit signals until the child has dropped the parent's handlers.
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, _EXIT_SIGNALS)
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    _run_forked_clientapp(spec, old)
+            except OSError as err:
+                return LaunchResult.failed(f"fork failed: {err}")
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            self.children.add(pid)
+            return LaunchResult.accepted()
+
+        def reconcile(self) -> None:  # called every poll: reap finished children
+            for pid in list(self.children):
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done = pid
+                if done:
+                    self.children.discard(pid)
+
+    return ForkExecutor()
+
+
+def superexec_main(argv: list[str] | None = None) -> None:
+    """``flower-superexec`` whose ClientApp tasks run in forks of a pre-imported process."""
+    check_flower_version()
+    from flwr.supercore.cli import flower_superexec
+    from flwr.supercore.constant import ExecutorType
+    from flwr.supercore.superexec import run_superexec as rs
+
+    extra = [m.strip() for m in os.environ.get(PRELOAD_ENV, "").split(",") if m.strip()]
+    for name in ["flwr.supernode.runtime.run_clientapp", *extra]:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # a missing optional library must not stop the node
+            print(f"fedguard: could not preload {name}: {err}", file=sys.stderr, flush=True)
+    patch_object_pull_backoff()  # the node announces a task before its payload is in
+    original = rs.get_executor
+    if not callable(original):
+        raise FedguardError("flwr run_superexec.get_executor is missing; patch is stale")
+
+    def get_executor(executor_type: Any, *args: Any, **kwargs: Any) -> Any:
+        if executor_type == ExecutorType.SUBPROCESS:
+            return _make_fork_executor()
+        return original(executor_type, *args, **kwargs)
+
+    rs.get_executor = get_executor
+    sys.argv = ["flower-superexec", *(sys.argv[1:] if argv is None else argv)]
+    flower_superexec()
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def supernode_main(argv: list[str] | None = None) -> None:
+    """Run Flower's ``flower-supernode`` with ``argv`` and the patches above applied."""
+    check_flower_version()
+    wanted = {p.strip() for p in os.environ.get(PATCHES_ENV, ",".join(_ALL_PATCHES)).split(",")}
+    wanted.discard("")
+    if unknown := wanted - set(_ALL_PATCHES):
+        raise FedguardError(
+            f"{PATCHES_ENV}: expected names from {','.join(_ALL_PATCHES)}, got {sorted(unknown)}"
+        )
+    if "poll" in wanted:
+        patch_supernode_polling()
+    if "backoff" in wanted:
+        patch_object_pull_backoff()
+    if "warm" in wanted:
+        patch_supernode_warm_clientapp()
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv = ["flower-supernode", *(sys.argv[1:] if argv is None else argv)]
+    flower_supernode()
+
+
+def _main(argv: Sequence[str]) -> None:
+    commands = {"supernode": supernode_main, "superexec": superexec_main}
+    if not argv or argv[0] not in commands:
+        sys.exit(
+            "usage: python -m fedguard.flower_compat {supernode|superexec} ARGS...\n"
+            "  ARGS are those of flower-supernode / flower-superexec"
+        )
+    try:
+        commands[argv[0]](list(argv[1:]))
+    except FedguardError as err:
+        sys.exit(f"fedguard: {err}")
+
+
+if __name__ == "__main__":  # run the copy other modules import, not a second __main__
+    from fedguard.flower_compat import _main as main
+
+    main(sys.argv[1:])

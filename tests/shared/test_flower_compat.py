@@ -1,0 +1,299 @@
+"""fedguard.flower_compat: version pin, each Flower patch taking effect, own send_and_receive.
+
+The patches are checked against the real Flower module they replace (restored by
+monkeypatch afterwards); send_and_receive runs against a fake of Flower's transport (a
+Grid whose push/pull follow the SuperLink's contract); one real TLS + auth deployment
+checks the round time end to end.
+"""
+
+import importlib
+import inspect
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterable
+
+import pytest
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.constant import TaskType
+from flwr.supercore.exit import exit_handler
+from flwr.supercore.inflatable import inflatable_utils
+from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus
+from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime import run_clientapp as run_clientapp_module
+
+import fedguard.flower_compat as fc
+from fedguard.errors import FedguardError
+
+SUPERNODE = importlib.import_module("flwr.supernode.start_client_internal")
+
+
+@pytest.fixture
+def restore_flower(monkeypatch):
+    """Undo every patch at teardown: monkeypatch restores what it saw before the test."""
+    monkeypatch.setattr(SUPERNODE, "time", SUPERNODE.time)
+    monkeypatch.setattr(SUPERNODE, "subprocess", SUPERNODE.subprocess)
+    for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
+        monkeypatch.setitem(fn.__kwdefaults__, "initial_backoff", 1)
+
+
+# ---------------------------------------------------------------- version pin
+
+
+def test_pinned_version_is_installed_and_accepted():
+    assert fc._installed_flower_version() == fc.FLWR_VERSION == "1.39.0"
+    fc.check_flower_version()
+
+
+@pytest.mark.parametrize("installed", ["1.40.0", None])
+def test_other_version_is_refused_before_anything_is_patched(
+    monkeypatch, restore_flower, installed
+):
+    monkeypatch.setattr(fc, "_installed_flower_version", lambda: installed)
+    with pytest.raises(FedguardError) as err:
+        fc.check_flower_version()
+    assert "1.39.0" in str(err.value)
+    assert (installed or "not installed") in str(err.value)
+    for patch in (
+        fc.patch_supernode_polling,
+        fc.patch_object_pull_backoff,
+        fc.patch_supernode_warm_clientapp,
+    ):
+        with pytest.raises(FedguardError):
+            patch()
+    assert SUPERNODE.time is time
+    assert inflatable_utils.pull_objects.__kwdefaults__["initial_backoff"] == 1
+    with pytest.raises(FedguardError):
+        fc.supernode_main(["--help"])
+
+
+# ---------------------------------------------------------------- SuperNode polling
+
+
+def test_supernode_idle_sleep_is_capped(restore_flower):
+    # The patch targets exactly these calls; if Flower changes them the patch is stale.
+    source = inspect.getsource(SUPERNODE)
+    assert source.count("time.sleep(3)") == 1
+    assert source.count("time.sleep(0.5)") == 2
+
+    fc.patch_supernode_polling(interval=0.05)
+    t = time.monotonic()
+    SUPERNODE.time.sleep(3)  # the call Flower makes when the SuperLink has nothing
+    assert time.monotonic() - t < 1.0
+    t = time.monotonic()
+    SUPERNODE.time.sleep(0.02)  # shorter sleeps are untouched
+    assert time.monotonic() - t >= 0.02
+    assert SUPERNODE.time.monotonic is time.monotonic  # the rest of `time` is the real one
+    assert time.sleep is not SUPERNODE.time.sleep  # nothing outside the module changes
+
+    fc.patch_supernode_polling(interval=0.2)  # idempotent; a second call moves the cap
+    assert SUPERNODE.time.cap == 0.2
+
+
+def test_supernode_polling_refuses_bad_interval_and_stale_target(monkeypatch, restore_flower):
+    with pytest.raises(ValueError):
+        fc.patch_supernode_polling(interval=0)
+    monkeypatch.setattr(SUPERNODE, "time", object())
+    with pytest.raises(FedguardError, match="stale"):
+        fc.patch_supernode_polling()
+
+
+def test_payload_pull_backoff_starts_short(restore_flower):
+    calls = []
+
+    def pull(object_id: str) -> bytes:  # the payload arrives just after the message
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise ObjectUnavailableError(object_id)
+        return b"payload"
+
+    fc.patch_object_pull_backoff(initial=0.05)
+    t = time.monotonic()
+    assert inflatable_utils.pull_objects(["obj"], pull) == {"obj": b"payload"}
+    assert len(calls) == 2
+    assert time.monotonic() - t < 0.6  # stock: ~1 s (0.8-1.2 with jitter)
+
+
+def test_warm_clientapp_redirects_only_flower_superexec(monkeypatch, restore_flower):
+    fc.patch_supernode_warm_clientapp()
+    started = []
+    monkeypatch.setattr(fc.subprocess, "Popen", lambda args, *a, **k: started.append(args))
+    SUPERNODE.subprocess.Popen(["flower-superexec", "--insecure"])
+    SUPERNODE.subprocess.Popen(["other", "x"])
+    assert started[0][1:] == ["-m", "fedguard.flower_compat", "superexec", "--insecure"]
+    assert started[1] == ["other", "x"]
+    assert SUPERNODE.subprocess.DEVNULL == fc.subprocess.DEVNULL
+
+
+def _spec(task_type: TaskType, *, install: bool = False) -> ExecutionSpec:
+    return ExecutionSpec(
+        task_type=task_type, runtime_api_address="127.0.0.1:9", token="tok", insecure=True,
+        root_certificates_path=None, runtime_dependency_install=install,
+        parent_pid=os.getpid(), suppress_output=False, task_id=5,
+    )  # fmt: skip
+
+
+def test_fork_executor_runs_flowers_clientapp_runner_in_a_clean_child(monkeypatch, tmp_path):
+    report = tmp_path / "child.json"
+
+    def runner(**kwargs: object) -> None:  # stands in for Flower's runner, like a task
+        report.write_text(
+            json.dumps({"pid": os.getpid(), "handlers": len(exit_handler.registered_exit_handlers),
+                        "token": kwargs["token"], "argv0": sys.argv[0]})
+        )  # fmt: skip
+        sys.exit(3)
+
+    monkeypatch.setattr(run_clientapp_module, "run_clientapp", runner)
+    # a handler of the parent SuperExec (closes ITS connection): must not run in the child
+    monkeypatch.setattr(exit_handler, "registered_exit_handlers", [object()])
+    executor = fc._make_fork_executor()
+    assert executor.launch(_spec(TaskType.CLIENT_APP)).status == LaunchResultStatus.ACCEPTED
+    (pid,) = executor.children
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3  # Flower's exit code is passed on
+    child = json.loads(report.read_text())
+    assert child == {"pid": pid, "handlers": 0, "token": "tok", "argv0": "flwr-clientapp"}
+    executor.reconcile()
+    assert executor.children == set()
+    assert len(exit_handler.registered_exit_handlers) == 1  # the parent's are untouched
+
+
+def test_fork_executor_leaves_other_tasks_to_flower(monkeypatch):
+    launched = []
+    monkeypatch.setattr(SubprocessExecutor, "launch", lambda self, spec: launched.append(spec))
+    executor = fc._make_fork_executor()
+    executor.launch(_spec(TaskType.SERVER_APP))
+    executor.launch(_spec(TaskType.CLIENT_APP, install=True))  # needs its own interpreter
+    assert len(launched) == 2
+    assert executor.children == set()
+
+
+def test_supernode_patch_selection_is_validated(monkeypatch, restore_flower):
+    monkeypatch.setenv(fc.PATCHES_ENV, "poll,turbo")
+    with pytest.raises(FedguardError, match="turbo"):
+        fc.supernode_main(["--help"])
+
+
+# ---------------------------------------------------------------- send_and_receive
+
+
+class FakeGrid(Grid):
+    """Flower's transport as the ServerApp sees it: a reply to the message for node N can
+    be pulled ``delays[N]`` s after the push (never if None), once."""
+
+    def __init__(self, delays: dict[int, float | None]) -> None:
+        self.delays = delays
+        self.pushed: dict[str, tuple[Message, float]] = {}
+        self.delivered: set[str] = set()
+        self.pulls: list[float] = []
+
+    def set_run(self, run):
+        raise NotImplementedError
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type,
+                       group_id=group_id)  # fmt: skip
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.delays)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg.object_id  # as HttpGrid does
+            self.pushed[msg.object_id] = (msg, time.monotonic())
+            ids.append(msg.object_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        now = time.monotonic()
+        self.pulls.append(now)
+        out = []
+        for mid in list(message_ids):
+            msg, pushed_at = self.pushed[mid]
+            delay = self.delays[msg.metadata.dst_node_id]
+            if mid not in self.delivered and delay is not None and now >= pushed_at + delay:
+                self.delivered.add(mid)
+                node = float(msg.metadata.dst_node_id)
+                out.append(Message(RecordDict({"m": MetricRecord({"node": node})}), reply_to=msg))
+        return out
+
+    def send_and_receive(self, messages, *, timeout=None):
+        raise AssertionError("fedguard must not call Flower's send_and_receive")
+
+
+@pytest.fixture
+def identity(monkeypatch):
+    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 3)
+
+
+def _messages(grid: FakeGrid) -> list[Message]:
+    return [
+        grid.create_message(RecordDict({"m": MetricRecord({"x": 1.0})}), "train", n, "1")
+        for n in grid.get_node_ids()
+    ]
+
+
+def test_send_and_receive_returns_every_reply_soon_after_the_last(identity):
+    grid = FakeGrid({11: 0.0, 12: 0.15, 13: 0.3})
+    t = time.monotonic()
+    replies = fc.send_and_receive(grid, _messages(grid), timeout=30)
+    elapsed = time.monotonic() - t
+    assert sorted(r.content["m"]["node"] for r in replies) == [11.0, 12.0, 13.0]
+    assert {r.metadata.reply_to_message_id for r in replies} == set(grid.pushed)
+    assert 0.3 <= elapsed < 1.5  # Flower's own would take >= 3 s
+    # not a busy loop: about one pull per poll interval (0.05 s), never hundreds
+    assert len(grid.pulls) <= elapsed / 0.05 + 2
+    gaps = [b - a for a, b in zip(grid.pulls, grid.pulls[1:], strict=False)]
+    assert min(gaps) >= 0.04
+
+
+def test_send_and_receive_stops_at_timeout_with_what_arrived(identity):
+    grid = FakeGrid({21: 0.0, 22: None})
+    t = time.monotonic()
+    replies = fc.send_and_receive(grid, _messages(grid), timeout=0.5, poll_interval=0.1)
+    elapsed = time.monotonic() - t
+    assert [r.content["m"]["node"] for r in replies] == [21.0]
+    assert 0.5 <= elapsed < 1.5
+    assert 4 <= len(grid.pulls) <= 8
+
+
+def test_send_and_receive_with_no_messages_and_bad_arguments(identity):
+    grid = FakeGrid({})
+    assert fc.send_and_receive(grid, [], timeout=5) == []
+    assert grid.pulls == []
+    with pytest.raises(ValueError):
+        fc.send_and_receive(grid, [], timeout=-1)
+    with pytest.raises(ValueError):
+        fc.send_and_receive(grid, [], timeout=1, poll_interval=0)
+
+
+def test_send_and_receive_zero_timeout_pulls_once(identity):
+    grid = FakeGrid({31: None})
+    assert fc.send_and_receive(grid, _messages(grid), timeout=0) == []
+    assert len(grid.pulls) == 1
+
+
+# ---------------------------------------------------------------- real deployment
+
+
+@pytest.mark.deploy
+def test_patched_deployment_round_is_fast(tmp_path):
+    """SuperLink (TLS + node auth) and 2 patched SuperNodes on loopback; stock: ~6 s/round."""
+    from fedguard.simulations.bench_deploy_overhead import Deployment
+
+    # Deployment stops every process it started (SIGTERM, then SIGKILL) on the way out.
+    with Deployment(tmp_path, nodes=2, config="warm") as dep:
+        times = dep.run(rounds=3, timeout=90)
+    assert statistics.mean(times[1:]) < 2.5, times
