@@ -12,7 +12,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 TYPECHECK_ROOT := build/typecheck
 SUBPACKAGES := privacy client server simulations
 
-.PHONY: demo test lint typecheck unit venv clean bench
+.PHONY: demo test lint typecheck unit venv clean bench-deploy
 
 venv: $(STAMP)
 
@@ -48,6 +48,10 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test: lint typecheck unit
+
+# Benchmarks: not part of `make test`.
+bench-deploy: $(STAMP)
+	$(BIN)/python -m fedguard.simulations.bench_deploy_overhead --nodes 3 --rounds 5
 
 clean:
 	rm -rf $(VENV) build runs .pytest_cache .mypy_cache .ruff_cache

@@ -6,7 +6,6 @@ import ssl
 import stat
 import subprocess
 import sys
-from concurrent import futures
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedguard.certs import (
     CertificateProblem,
@@ -123,17 +122,6 @@ def test_python_ssl_strict_mode_accepts_the_chain(fed: FederationCerts):
 # --- a real TLS handshake with gRPC (what Flower's Fleet API uses) ------------------
 
 
-def _serve(fed: FederationCerts) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
-    creds = grpc.ssl_server_credentials(
-        [(fed.server_key.read_bytes(), fed.server_cert.read_bytes())]
-    )
-    port = server.add_secure_port("127.0.0.1:0", creds)
-    server.start()
-    return server, port
-
-
 def _health_check(port: int, ca: Path, *, target_name: str | None = None) -> str:
     """Return "OK" or the gRPC error's code and details."""
     options = [("grpc.ssl_target_name_override", target_name)] if target_name else []
@@ -149,29 +137,23 @@ def _health_check(port: int, ca: Path, *, target_name: str | None = None) -> str
         return "OK"
 
 
-def test_grpc_accepts_the_certs_and_refuses_another_ca(fed, other_fed):
-    server, port = _serve(fed)
-    try:
-        creds = grpc.ssl_channel_credentials(root_certificates=fed.ca_cert.read_bytes())
-        with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
-            grpc.channel_ready_future(channel).result(timeout=10)
-        assert _health_check(port, fed.ca_cert) == "OK"
-        refused = _health_check(port, other_fed.ca_cert)
-        assert "UNAVAILABLE" in refused and "CERTIFICATE_VERIFY_FAILED" in refused
-    finally:
-        server.stop(grace=None)
+def test_grpc_accepts_the_certs_and_refuses_another_ca(fed, other_fed, tls_server):
+    port = tls_server(fed)
+    creds = grpc.ssl_channel_credentials(root_certificates=fed.ca_cert.read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
+    assert _health_check(port, fed.ca_cert) == "OK"
+    refused = _health_check(port, other_fed.ca_cert)
+    assert "UNAVAILABLE" in refused and "CERTIFICATE_VERIFY_FAILED" in refused
 
 
-def test_grpc_refuses_a_cert_for_another_host(tmp_path: Path):
+def test_grpc_refuses_a_cert_for_another_host(tmp_path: Path, tls_server):
     elsewhere = init_federation(out=tmp_path / "fed", hosts=["10.9.9.9", "other.example"])
-    server, port = _serve(elsewhere)
-    try:
-        refused = _health_check(port, elsewhere.ca_cert)
-        assert "UNAVAILABLE" in refused and "hostname" in refused.lower()
-        # Same server, same CA, only the name checked differs: the name is what failed.
-        assert _health_check(port, elsewhere.ca_cert, target_name="other.example") == "OK"
-    finally:
-        server.stop(grace=None)
+    port = tls_server(elsewhere)
+    refused = _health_check(port, elsewhere.ca_cert)
+    assert "UNAVAILABLE" in refused and "hostname" in refused.lower()
+    # Same server, same CA, only the name checked differs: the name is what failed.
+    assert _health_check(port, elsewhere.ca_cert, target_name="other.example") == "OK"
 
 
 # --- refusing to overwrite, and bad options ------------------------------------------
