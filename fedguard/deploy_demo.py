@@ -23,7 +23,7 @@ from fedguard.certs import init_federation, make_node_keys
 from fedguard.errors import ConfigError, FedguardError
 from fedguard.privacy import AccountantStore
 
-__all__ = ["DemoLayout", "prepare_demo", "run_demo"]
+__all__ = ["DemoLayout", "fedguard_cmd", "prepare_demo", "relay_output", "run_demo"]
 
 MARKER = ".fedguard-demo"
 DELTA = 1e-5
@@ -154,7 +154,7 @@ keys-dir = "{enrolled}"
     )
 
 
-def _relay(proc: subprocess.Popen[bytes], *, expect: list[str]) -> threading.Event:
+def relay_output(proc: subprocess.Popen[bytes], *, expect: list[str]) -> threading.Event:
     """Print ``proc``'s output as it comes; the event is set once every line in ``expect``
     has been seen (each as the start of a line)."""
     seen = threading.Event()
@@ -191,7 +191,7 @@ def run_demo(*, out: Path, nodes: int, rounds: int, timeout: float | None = None
             fedguard_cmd("server", "--config", str(layout.federation)), env=env, log=subprocess.PIPE
         )
         procs.append(server)
-        enrolled = _relay(server, expect=[f"enrolled {t.parent.name}" for t in layout.nodes])
+        enrolled = relay_output(server, expect=[f"enrolled {t.parent.name}" for t in layout.nodes])
         # Nodes join once the server has enrolled their keys (else they are refused).
         if not enrolled.wait(timeout=120.0):
             raise FedguardError(f"demo: the server did not enrol the nodes; logs under {out}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedguard._procs import start, stop
-from fedguard.deploy_demo import DemoLayout, _relay, fedguard_cmd
+from fedguard.deploy_demo import DemoLayout, fedguard_cmd, relay_output
 
 
 class Processes:
@@ -25,7 +25,7 @@ class Processes:
             log=subprocess.PIPE,
         )
         self.started.append(proc)
-        return proc, _relay(proc, expect=expect)
+        return proc, relay_output(proc, expect=expect)
 
     def client(self, toml: Path) -> subprocess.Popen[bytes]:
         log = (toml.parent / "client.log").open("ab")
