@@ -29,7 +29,8 @@ from fedguard._io import atomic_write_bytes
 from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer, PrivacyBudget
 from fedguard.deploy_config import NodeConfig, load_node_config
 from fedguard.federation import TrainRequest, load_federated_data
-from fedguard.privacy import AccountantStore
+from fedguard.privacy import AccountantStore, GaussianEvent
+from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, LedgerEntry
 from fedguard.task import build_model, load_dataset
 
 __all__ = ["NodeRuntime", "PolicyRefusalError", "node_runtime"]
@@ -50,6 +51,7 @@ class NodeRuntime:
     input_shape: tuple[int, ...]
     num_classes: int
     _trainers: dict[str, LocalTrainer]
+    fingerprint: str  # sha256 of the node's training data: the ledger's budget key
 
     @property
     def state_dir(self) -> Path:
@@ -88,6 +90,27 @@ class NodeRuntime:
         # Deployed nodes draw noise and batches from OS entropy: nothing the server or
         # another node knows (a seed) may predict them.
         generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+        ledger = Ledger(path=self.state_dir / LEDGER_FILENAME)
+        pending: list[LedgerEntry] = []
+
+        def record_pending(event: GaussianEvent, epsilon_after: float) -> None:
+            # Written (and fsynced) before the first gradient step: a crash mid-round
+            # leaves a pending entry, which counts as spent.
+            pending.append(
+                ledger.begin(
+                    run=request.federation or "unnamed",
+                    server_round=request.server_round,
+                    dataset_fingerprint=self.fingerprint,
+                    sample_rate=event.sample_rate,
+                    noise_multiplier=event.noise_multiplier,
+                    steps=event.steps,
+                    max_grad_norm=request.max_grad_norm,
+                    epsilon_after=epsilon_after,
+                    delta=policy.delta,
+                    accountant=policy.accountant,
+                )
+            )
+
         result = trainer.run(
             global_weights=weights,
             x=self.x,
@@ -96,7 +119,10 @@ class NodeRuntime:
             generator=generator,
             budget=budget,
             store=self.accountant_store(),
+            on_spend=record_pending,
         )
+        for entry in pending:
+            ledger.commit(entry)
         self._remember(key, result)
         return result
 
@@ -165,4 +191,13 @@ def node_runtime(config_path: str) -> NodeRuntime:
         input_shape=ds.input_shape,
         num_classes=ds.num_classes,
         _trainers={},
+        fingerprint=_fingerprint(x, y),
     )
+
+
+def _fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for array in (x, y):
+        h.update(str((array.dtype.str, array.shape)).encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    return "sha256:" + h.hexdigest()

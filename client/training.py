@@ -9,7 +9,7 @@ way. It does not import Flower.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,8 +121,13 @@ class LocalTrainer:
         generator: torch.Generator,
         budget: PrivacyBudget | None = None,
         store: AccountantStore | None = None,
+        on_spend: Callable[[GaussianEvent, float], None] | None = None,
     ) -> LocalResult:
-        """Train one round; with DP, refuse (``BudgetExceededError``) rather than overspend."""
+        """Train one round; with DP, refuse (``BudgetExceededError``) rather than overspend.
+
+        ``on_spend(event, epsilon_after)`` runs once the round's cost is on disk and
+        before the first gradient step.
+        """
         set_weights(self.model, global_weights)
         n = int(x.shape[0])
         if self._dp is None:
@@ -149,6 +154,7 @@ class LocalTrainer:
             )
         if budget is None or store is None:
             raise ValueError("DP training needs the node's budget and accountant store")
+
         sigma = noise_for_budget(
             budget=budget,
             num_examples=n,
@@ -157,6 +163,12 @@ class LocalTrainer:
         )
         accountant = store.load(method=budget.accountant)
         self._refuse_if_over_budget(accountant, budget=budget, sigma=sigma, n=n, request=request)
+
+        def write_ahead(event: GaussianEvent) -> None:
+            store.save(accountant)
+            if on_spend is not None:  # e.g. the node's ledger: a pending entry
+                on_spend(event, accountant.get_privacy_spent(delta=budget.delta).epsilon)
+
         result = self._dp.train(
             x=x,
             y=y,
@@ -169,7 +181,7 @@ class LocalTrainer:
             accountant=accountant,
             generator=generator,
             # Write-ahead: the epsilon is on disk as spent before the first step.
-            before_training=lambda _event: store.save(accountant),
+            before_training=write_ahead,
             prox_mu=request.prox_mu,
         )
         spent = accountant.get_privacy_spent(delta=budget.delta)

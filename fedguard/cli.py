@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from fedguard.cli_certs import certs_app
+from fedguard.cli_ledger import ledger_app
 from fedguard.errors import FedguardError
 
 __all__ = ["app", "main"]
@@ -25,6 +26,7 @@ app = typer.Typer(
     help="fedguard: privacy-preserving federated training.",
 )
 app.add_typer(certs_app, name="certs")
+app.add_typer(ledger_app, name="ledger")
 
 # Quiet, offline Flower/Ray in every process fedguard starts (FLOWER-NOTES.md).
 _QUIET_ENV = {

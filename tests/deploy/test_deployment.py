@@ -11,6 +11,7 @@ import pytest
 from fedguard.certs import init_federation
 from fedguard.deploy_demo import fedguard_cmd, prepare_demo
 from fedguard.privacy import AccountantStore
+from fedguard.privacy.ledger import Ledger
 from fedguard.server.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.deploy
@@ -73,5 +74,14 @@ def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
         )
         assert 0.97 * 3.0 <= spent.epsilon <= 3.0
         assert rows[-1]["epsilon_by_node"][toml.parent.name] == pytest.approx(spent.epsilon)
+        # ... and its hash-chained ledger: one committed entry per round, chain intact.
+        ledger = Ledger(path=toml.parent / "state" / "ledger.jsonl")
+        assert ledger.verify().ok
+        assert len(ledger.committed()) == ROUNDS
+        pending = [e for e in ledger.entries() if e.kind == "pending"]
+        assert [e.server_round for e in pending] == list(range(1, ROUNDS + 1))
+        fingerprint = pending[-1].dataset_fingerprint
+        assert fingerprint is not None and fingerprint.startswith("sha256:")
+        assert ledger.spent(dataset_fingerprint=fingerprint) == pytest.approx(spent.epsilon)
     assert not (outsider.parent / "state" / "accountant.json").exists()
     assert not (tmp_path / "wrong-ca-state" / "accountant.json").exists()
