@@ -10,6 +10,9 @@ Write-ahead: a node calls :meth:`Ledger.begin` *before* training (the "pending" 
 disk, fsynced, before any data is touched) and :meth:`Ledger.commit` after. A crash in
 between leaves a pending entry, which counts as spent.
 
+(Over the 400-line guide on purpose: the writer and the verifier share the format, and
+naming each kind of damage precisely is most of the verifier; one file keeps them in step.)
+
 Every append reads and verifies the whole chain first (a broken ledger is never extended)
 and replaces the file atomically, so a crash leaves the old or the new ledger.
 
