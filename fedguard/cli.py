@@ -16,6 +16,7 @@ import typer
 
 from fedguard.cli_certs import certs_app
 from fedguard.cli_ledger import ledger_app
+from fedguard.cli_sweep import sweep
 from fedguard.errors import FedguardError
 
 __all__ = ["app", "main"]
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(certs_app, name="certs")
 app.add_typer(ledger_app, name="ledger")
+app.command("sweep")(sweep)
 
 # Quiet, offline Flower/Ray in every process fedguard starts (FLOWER-NOTES.md).
 _QUIET_ENV = {
@@ -76,6 +78,13 @@ def simulate(
         str | None, Opt(help="inprocess (fast) or flower (Flower's Ray engine)")
     ] = None,
     threads: Annotated[int | None, Opt(help="torch threads for the in-process engine")] = None,
+    secagg: Annotated[
+        bool | None, Opt("--secagg/--no-secagg", help="SecAgg+ secure aggregation (in-process)")
+    ] = None,
+    secagg_clip_range: Annotated[
+        float | None, Opt(help="secure aggregation: updates clipped to [-c, c] per coordinate")
+    ] = None,
+    secagg_bits: Annotated[int | None, Opt(help="secure aggregation: quantisation bits")] = None,
     out: Annotated[Path | None, Opt("--out", help="results folder")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="replace an earlier run in --out")] = False,
 ) -> None:
@@ -106,6 +115,9 @@ def simulate(
         "seed": seed,
         "engine": engine,
         "threads": threads,
+        "secagg": secagg,
+        "secagg-clip-range": secagg_clip_range,
+        "secagg-bits": secagg_bits,
         "out": out,
     }
     cfg = load_simulation_config(path=config, overrides=overrides)

@@ -69,6 +69,10 @@ class SimulationConfig:
     seed: int = 0
     engine: str = "inprocess"
     threads: int = 1
+    secagg: bool = False  # in-process SecAgg+: the same protocol code as a deployment
+    secagg_clip_range: float = 1.0
+    secagg_bits: int = 16
+    secagg_dropout_tolerance: float = 1 / 3
     out: Path = field(default_factory=lambda: Path("runs/latest"))
 
     def __post_init__(self) -> None:
@@ -230,3 +234,23 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
     positive_float("--delta", cfg.delta, upper=1.0, strict_upper=True)
     positive_float("--max-grad-norm", cfg.max_grad_norm)
     positive_float("--alpha", cfg.alpha)
+    _validate_secagg(cfg, need)
+
+
+def _validate_secagg(cfg: SimulationConfig, need: Any) -> None:
+    if not cfg.secagg:
+        return
+    need(
+        cfg.engine == Engine.INPROCESS,
+        "--engine",
+        "inprocess with --secagg (a deployment runs it over Flower: fedguard server/client)",
+        cfg.engine,
+    )
+    need(cfg.cohort_size >= 2, "--clients-per-round", "at least 2 with --secagg", cfg.cohort_size)
+    bits = cfg.secagg_bits
+    ok = isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 30
+    need(ok, "--secagg-bits", "an integer in [1, 30]", bits)
+    c = cfg.secagg_clip_range
+    need(math.isfinite(c) and c > 0, "--secagg-clip-range", "a finite number > 0", c)
+    tol = cfg.secagg_dropout_tolerance
+    need(1 / 3 <= tol < 0.5, "--secagg-dropout-tolerance", "a fraction in [1/3, 1/2)", tol)

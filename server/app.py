@@ -20,7 +20,6 @@ from flwr.serverapp import Grid, ServerApp
 from fedguard.config import SimulationConfig
 from fedguard.federation import (
     ClientUpdate,
-    FedAvgM,
     Refusal,
     RoundRecord,
     federated_data,
@@ -30,6 +29,7 @@ from fedguard.federation import (
 )
 from fedguard.flower_compat import send_and_receive  # polls every 0.05 s, not 3 s
 from fedguard.messages import decode_reply, encode_train
+from fedguard.optimizers import FedAvgM
 from fedguard.task import Metrics, evaluate, get_weights, set_weights
 
 __all__ = ["describe_nodes", "exchange_round", "make_simulation_server_app", "wait_for_nodes"]

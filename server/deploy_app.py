@@ -26,16 +26,14 @@ from fedguard._io import atomic_write_json, atomic_write_text
 from fedguard.deploy_config import FederationConfig, load_federation_config
 from fedguard.federation import (
     ClientUpdate,
-    FedAdam,
-    FedAvgM,
     Refusal,
     RoundRecord,
-    ServerOptimizer,
     TrainRequest,
     run_rounds,
 )
 from fedguard.flower_compat import check_flower_version, patch_object_pull_backoff
 from fedguard.messages import encode_train
+from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
 from fedguard.server.app import describe_nodes, exchange_round, wait_for_nodes
 from fedguard.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedguard.task import Metrics, build_model, evaluate, get_weights, load_dataset, set_weights

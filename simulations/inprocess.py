@@ -4,11 +4,14 @@ No messages, no serialisation, no per-client processes (the approach of Apple's
 pfl-research): one model object and one DP wrapping are reused for every client, client
 data is preloaded as tensors, and updates are folded into a running sum. The client
 training itself is :class:`fedguard.client.training.LocalTrainer`, the same code the
-Flower ClientApp runs.
+Flower ClientApp runs. With ``--secagg`` each round runs the SecAgg+ protocol
+(:mod:`fedguard.privacy.secagg`) with every party in this process.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,19 +23,29 @@ from fedguard.client.virtual import budget_for, client_state_dir
 from fedguard.config import SimulationConfig
 from fedguard.federation import (
     ClientUpdate,
-    FedAvgM,
     FederatedData,
     Refusal,
     RoundRecord,
+    SecureMean,
     client_generator,
     initial_model,
     request_for,
     run_rounds,
 )
+from fedguard.optimizers import FedAvgM
 from fedguard.privacy import AccountantStore
+from fedguard.privacy.secagg import (
+    SecAggAbortedError,
+    dequantize_mean,
+    make_params,
+    secure_sum_in_process,
+)
 from fedguard.task import Metrics, evaluate, get_weights, set_weights
 
 __all__ = ["run_inprocess"]
+
+_log = logging.getLogger(__name__)
+_STREAM_QUANTIZE = 4  # the stochastic rounding of secure aggregation (federation.py: 1-3)
 
 
 def run_inprocess(
@@ -54,34 +67,81 @@ def run_inprocess(
     x_test, y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
     budget = budget_for(config)
 
+    def train_one(
+        server_round: int, cid: int, global_weights: list[np.ndarray]
+    ) -> ClientUpdate | Refusal:
+        store = AccountantStore(path=client_state_dir(state_dir, cid) / "accountant.json")
+        try:
+            result = trainer.run(
+                global_weights=global_weights,
+                x=xs[cid],
+                y=ys[cid],
+                request=request_for(config, server_round),
+                generator=client_generator(
+                    seed=config.seed, server_round=server_round, client_id=cid
+                ),
+                budget=budget,
+                store=store,
+            )
+        except BudgetExceededError as exc:
+            return Refusal(client_id=cid, reason=str(exc))
+        return ClientUpdate(
+            client_id=cid,
+            weights=result.weights,
+            num_examples=result.num_examples,
+            train_loss=result.train_loss,
+            epsilon=result.epsilon,
+        )
+
     def train_cohort(
         server_round: int, cohort: list[int], global_weights: list[np.ndarray]
     ) -> Iterator[ClientUpdate | Refusal]:
-        request = request_for(config, server_round)
         for cid in cohort:
-            store = AccountantStore(path=client_state_dir(state_dir, cid) / "accountant.json")
-            try:
-                result = trainer.run(
-                    global_weights=global_weights,
-                    x=xs[cid],
-                    y=ys[cid],
-                    request=request,
-                    generator=client_generator(
-                        seed=config.seed, server_round=server_round, client_id=cid
-                    ),
-                    budget=budget,
-                    store=store,
-                )
-            except BudgetExceededError as exc:
-                yield Refusal(client_id=cid, reason=str(exc))
-                continue
-            yield ClientUpdate(
-                client_id=cid,
-                weights=result.weights,
-                num_examples=result.num_examples,
-                train_loss=result.train_loss,
-                epsilon=result.epsilon,
+            yield train_one(server_round, cid, global_weights)
+
+    def train_cohort_secure(
+        server_round: int, cohort: list[int], global_weights: list[np.ndarray]
+    ) -> Iterator[ClientUpdate | Refusal | SecureMean]:
+        # Training happens inside the masked-input stage, one client at a time: the
+        # engine holds one update at once, never the cohort's.
+        params = make_params(
+            run="simulation",
+            server_round=server_round,
+            cohort=len(cohort),
+            clip_range=config.secagg_clip_range,
+            bits=config.secagg_bits,
+            weight_cap=max(len(data.partitions[c]) for c in cohort),
+            dropout_tolerance=config.secagg_dropout_tolerance,
+            graph_seed=config.seed,
+        )
+        replies: list[ClientUpdate | Refusal] = []
+
+        def input_for(slot: int) -> tuple[list[np.ndarray], int] | None:
+            reply = train_one(server_round, cohort[slot - 1], global_weights)
+            replies.append(dataclasses.replace(reply, weights=None) if reply.weights else reply)
+            if isinstance(reply, Refusal) or reply.weights is None:
+                return None  # drops out after sharing keys: its masks are removed
+            delta = [w - g for w, g in zip(reply.weights, global_weights, strict=True)]
+            return delta, reply.num_examples
+
+        try:
+            total = secure_sum_in_process(
+                params=params,
+                input_for=input_for,
+                rng=np.random.default_rng([config.seed, _STREAM_QUANTIZE, server_round]),
             )
+        except SecAggAbortedError as exc:
+            _log.warning("round %d: %s", server_round, exc)
+            yield from replies
+            return
+        mean, _ = dequantize_mean(
+            total.total,
+            clip_range=params.clip_range,
+            bits=params.bits,
+            shapes=[w.shape for w in global_weights],
+        )
+        yield from replies
+        yield SecureMean(mean_update=mean, count=len(total.survivors), dropped=len(total.dropped))
 
     def evaluate_global(global_weights: list[np.ndarray]) -> Metrics:
         set_weights(trainer.model, global_weights)
@@ -95,7 +155,7 @@ def run_inprocess(
         cohort_size=config.cohort_size,
         weights=weights,
         server=FedAvgM(server_lr=config.server_lr, server_momentum=config.server_momentum),
-        train_cohort=train_cohort,
+        train_cohort=train_cohort_secure if config.secagg else train_cohort,
         evaluate=evaluate_global,
         on_round=on_round,
         dp=not config.no_dp,

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedguard.federation import FedAvgM, WeightedSum, client_generator, sample_cohort
+from fedguard.federation import WeightedSum, client_generator, sample_cohort
+from fedguard.optimizers import FedAvgM
 
 
 def test_cohort_is_seeded_sorted_and_within_range():

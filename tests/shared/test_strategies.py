@@ -12,8 +12,9 @@ from torch import nn
 
 from fedguard.deploy_config import STRATEGIES, load_federation_config
 from fedguard.errors import ConfigError
-from fedguard.federation import FedAdam, FedAvgM, TrainRequest
+from fedguard.federation import TrainRequest
 from fedguard.messages import decode_request, encode_train
+from fedguard.optimizers import FedAdam, FedAvgM
 from fedguard.privacy import Accountant, DPTrainer
 from fedguard.server.deploy_app import make_server_optimizer
 from fedguard.task import train_plain

@@ -1,0 +1,1 @@
+"""Generated protobuf code (``make protos`` from ``protos/``). Never edit by hand."""

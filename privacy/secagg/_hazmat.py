@@ -1,0 +1,130 @@
+"""The few cryptographic primitives secure aggregation is built from (``cryptography`` only).
+
+Nothing outside :mod:`fedguard.privacy.secagg` imports this module; the protocol code uses
+these functions, never the primitives directly. Every key is derived with HKDF-SHA256 and
+an ``info`` label naming the protocol, its version, the purpose, and the run and round, so
+keys for different purposes, runs or rounds are never the same. Every failure raises
+:class:`SecAggError` with a fixed message (no padding or tag oracle to probe).
+
+Each public function that needs randomness draws it from the OS and calls a deterministic
+``_..._from_parts`` core that tests pin with known-answer vectors.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+__all__ = [
+    "KEY_BYTES",
+    "LABEL_PREFIX",
+    "SEAL_VERSION",
+    "SecAggError",
+    "agree",
+    "derive_key",
+    "expand_mask",
+    "new_keypair",
+    "open_sealed",
+    "public_key",
+    "seal",
+]
+
+KEY_BYTES = 32
+"""X25519 keys, HKDF outputs and AES-256 keys are all 32 bytes (RFC 7748, FIPS 197)."""
+LABEL_PREFIX = b"fedguard/v1/secagg/"
+"""Start of every HKDF ``info`` label: protocol and version (STYLE.md, crypto rule 7)."""
+SEAL_VERSION = 1
+"""First byte of every sealed payload, so a future format is told apart, not misread."""
+_NONCE_BYTES = 12  # AES-GCM's 96-bit nonce (NIST SP 800-38D, 8.2)
+
+
+class SecAggError(Exception):
+    """A secure-aggregation check failed (bad key, tag, length or protocol state)."""
+
+
+def new_keypair() -> tuple[bytes, bytes]:
+    """A fresh X25519 key pair from the OS CSPRNG: ``(private, public)``, 32 bytes each."""
+    private = os.urandom(KEY_BYTES)
+    return private, public_key(private)
+
+
+def public_key(private: bytes) -> bytes:
+    """The X25519 public key of ``private`` (32 raw bytes)."""
+    if len(private) != KEY_BYTES:
+        raise SecAggError("bad private key")
+    key = X25519PrivateKey.from_private_bytes(private)
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def agree(private: bytes, peer_public: bytes) -> bytes:
+    """X25519 shared secret; rejects malformed and low-order peer keys."""
+    if len(private) != KEY_BYTES or len(peer_public) != KEY_BYTES:
+        raise SecAggError("bad key length")
+    try:
+        # `cryptography` raises ValueError on an all-zero result (a low-order point).
+        return X25519PrivateKey.from_private_bytes(private).exchange(
+            X25519PublicKey.from_public_bytes(peer_public)
+        )
+    except ValueError:
+        raise SecAggError("key agreement failed") from None
+
+
+def derive_key(secret: bytes, *, purpose: str, context: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869) of ``secret`` under ``fedguard/v1/secagg/<purpose>`` + context."""
+    info = LABEL_PREFIX + purpose.encode() + b"\x00" + context
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(secret)
+
+
+def seal(key: bytes, plaintext: bytes, *, aad: bytes) -> bytes:
+    """AES-256-GCM encrypt: ``version || nonce || ciphertext+tag`` with a random nonce."""
+    return _seal_from_parts(key, plaintext, aad=aad, nonce=os.urandom(_NONCE_BYTES))
+
+
+def _seal_from_parts(key: bytes, plaintext: bytes, *, aad: bytes, nonce: bytes) -> bytes:
+    if len(key) != KEY_BYTES or len(nonce) != _NONCE_BYTES:
+        raise SecAggError("bad key or nonce length")
+    header = bytes([SEAL_VERSION]) + nonce
+    return header + AESGCM(key).encrypt(nonce, plaintext, bytes([SEAL_VERSION]) + aad)
+
+
+def open_sealed(key: bytes, payload: bytes, *, aad: bytes) -> bytes:
+    """Decrypt and authenticate a :func:`seal` payload; any failure is one SecAggError."""
+    if len(key) != KEY_BYTES or len(payload) < 1 + _NONCE_BYTES + 16:
+        raise SecAggError("cannot open sealed payload")
+    if payload[0] != SEAL_VERSION:
+        raise SecAggError("cannot open sealed payload")
+    nonce, body = payload[1 : 1 + _NONCE_BYTES], payload[1 + _NONCE_BYTES :]
+    try:
+        return AESGCM(key).decrypt(nonce, body, bytes([SEAL_VERSION]) + aad)
+    except InvalidTag:
+        raise SecAggError("cannot open sealed payload") from None
+
+
+def expand_mask(key: bytes, *, length: int, dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """``length`` uniform integers of ``dtype`` from the AES-256-CTR keystream of ``key``.
+
+    The counter starts at zero: each mask key comes from HKDF with the run, round and
+    node pair in its label and expands exactly one mask, so a (key, counter) pair is
+    never used twice. Little-endian, so every platform expands the same mask.
+    """
+    if len(key) != KEY_BYTES:
+        raise SecAggError("bad mask key length")
+    itemsize = np.dtype(dtype).itemsize
+    size = length * itemsize
+    # update_into writes into a preallocated buffer: several times faster than update().
+    out = bytearray(size + 15)
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    written = encryptor.update_into(bytes(size), out)
+    if written != size:
+        raise SecAggError("keystream too short")
+    return np.frombuffer(memoryview(out)[:size], dtype=np.dtype(dtype).newbyteorder("<")).astype(
+        dtype, copy=False
+    )

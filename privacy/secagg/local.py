@@ -1,0 +1,73 @@
+"""One SecAgg+ round with every party in this process: the protocol without a transport.
+
+The in-process simulation engine and the benchmarks call this; the deployed server and
+nodes run the very same :class:`SecAggServer` and :class:`SecAggClient` stage by stage
+over Flower messages. Each node's input is produced only when its masked input is due
+(``input_for``), so a simulation trains and masks one client at a time and holds one
+update at once, never the cohort's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .client import SecAggClient
+from .messages import MaskedInputReply
+from .params import SecAggParams
+from .server import SecAggServer, SecureSum
+
+__all__ = ["MessageHook", "secure_sum_in_process"]
+
+InputFor = Callable[[int], tuple[Sequence[np.ndarray], int] | None]
+MessageHook = Callable[[str, int, object], None]
+
+
+def secure_sum_in_process(
+    *,
+    params: SecAggParams,
+    input_for: InputFor,
+    rng: np.random.Generator,
+    min_holders: int = 0,
+    on_message: MessageHook | None = None,
+) -> SecureSum:
+    """Run the four stages for slots ``1..params.cohort``; returns the unmasked sum.
+
+    ``input_for(slot)`` returns ``(update arrays, weight)``, or ``None`` for a node that
+    drops after sharing its keys (a refusal, a crash). ``on_message(direction, slot,
+    message)`` sees every message ("up" node->server, "down" server->node), e.g. to count
+    bytes. Raises :class:`~fedguard.privacy.secagg.server.SecAggAbortedError` like a deployment.
+    """
+    hook = on_message or (lambda _d, _s, _m: None)
+    server = SecAggServer(params)
+    clients = {
+        s: SecAggClient.create(params=params, slot=s, min_holders=min_holders)
+        for s in range(1, params.cohort + 1)
+    }
+    adverts = [c.advertise() for c in clients.values()]
+    for a in adverts:
+        hook("up", a.slot, a)
+    share_requests = server.receive_keys(adverts)
+    share_replies = []
+    for slot, request in share_requests.items():
+        hook("down", slot, request)
+        share_replies.append(clients[slot].share_keys(request))
+        hook("up", slot, share_replies[-1])
+    for slot, mask_request in server.receive_shares(share_replies).items():
+        hook("down", slot, mask_request)
+        given = input_for(slot)
+        if given is None:
+            continue
+        update, weight = given
+        reply: MaskedInputReply = clients[slot].masked_input(
+            mask_request, update=update, weight=weight, rng=rng
+        )
+        hook("up", slot, reply)
+        server.add_masked_input(reply)
+    unmask_replies = []
+    for slot, unmask_request in server.unmask_requests().items():
+        hook("down", slot, unmask_request)
+        unmask_replies.append(clients[slot].unmask(unmask_request))
+        hook("up", slot, unmask_replies[-1])
+    return server.receive_unmask(unmask_replies)

@@ -1,0 +1,160 @@
+"""The public parameters of one secure-aggregation round, and the neighbour graph.
+
+SecAgg+ (Bell et al. 2020, "Secure Single-Server Aggregation with (Poly)Logarithmic
+Overhead", CCS) lets each node mask its input with only ``k`` neighbours instead of all
+``n - 1`` other nodes. fedguard picks ``k`` as the smallest even degree for which, when
+each node drops independently with probability ``dropout_tolerance``, the chance that any
+neighbourhood loses more holders than the threshold allows is below 2**-20 (binomial
+tail, union bound over the cohort). Small cohorts get the complete graph, which tolerates
+exactly ``floor(dropout_tolerance * (n))`` dropouts deterministically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedguard.errors import invalid
+
+__all__ = ["SecAggParams", "choose_degree", "make_params", "neighbours"]
+
+FAILURE_PROBABILITY = 2.0**-20
+"""Bound on the chance that random dropouts within the tolerance abort a round (the
+correctness parameter of Bell et al. 2020, Table 2)."""
+RING_BITS = (32, 64)
+"""Integer rings (mod 2**32 or 2**64) the masked sum lives in; numpy wraps natively."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecAggParams:
+    """Everything every party of a round must agree on (sent by the server, checked by nodes)."""
+
+    run: str  # the federation's name: part of every key label
+    server_round: int
+    cohort: int  # n: nodes asked to take part
+    degree: int  # k: neighbours per node (n - 1 = complete graph)
+    threshold: int  # t: shares needed out of a node's k + 1 holders
+    clip_range: float
+    bits: int
+    weight_cap: int
+    ring_bits: int
+    graph_seed: int  # the server's seed for the neighbour permutation
+
+    def __post_init__(self) -> None:
+        holders = self.degree + 1
+        checks = (
+            ("secagg cohort", self.cohort, self.cohort >= 2, "an integer >= 2"),
+            ("secagg degree", self.degree, 1 <= self.degree < self.cohort, "1 <= k < cohort"),
+            (
+                "secagg threshold",
+                self.threshold,
+                holders // 2 < self.threshold <= holders,
+                f"more than half of the {holders} holders, at most all",
+            ),
+            ("secagg bits", self.bits, 1 <= self.bits <= 30, "an integer in [1, 30]"),
+            ("secagg weight-cap", self.weight_cap, self.weight_cap >= 1, "an integer >= 1"),
+            ("secagg ring-bits", self.ring_bits, self.ring_bits in RING_BITS, RING_BITS),
+            (
+                "secagg clip-range",
+                self.clip_range,
+                math.isfinite(self.clip_range) and self.clip_range > 0,
+                "a finite number > 0",
+            ),
+        )
+        for key, value, ok, allowed in checks:
+            if isinstance(value, bool) or not ok:
+                raise invalid(key, allowed=allowed, got=value)
+        if self.degree < self.cohort - 1 and self.degree % 2:
+            raise invalid(
+                "secagg degree", allowed="an even number below cohort - 1", got=self.degree
+            )
+        bound = self.cohort * self.weight_cap * (2**self.bits - 1)
+        if bound >= 2**self.ring_bits:
+            raise invalid(
+                "secagg ring-bits",
+                allowed=f"a ring holding cohort x weight-cap x 2**bits = {bound}",
+                got=self.ring_bits,
+                hint="the masked sum would overflow",
+            )
+
+    @property
+    def dtype(self) -> type[np.unsignedinteger]:
+        return np.uint32 if self.ring_bits == 32 else np.uint64
+
+    def context(self) -> bytes:
+        """The run and round, bound into every derived key and every sealed share."""
+        return f"{self.run}\x00{self.server_round}".encode()
+
+
+def _tail(holders: int, p: float, allowed: int) -> float:
+    """P[more than ``allowed`` of ``holders`` drop], each independently with probability p."""
+    return sum(
+        math.comb(holders, x) * p**x * (1 - p) ** (holders - x)
+        for x in range(allowed + 1, holders + 1)
+    )
+
+
+def _threshold(holders: int, dropout_tolerance: float) -> int:
+    # Tolerate floor(tolerance * holders) missing holders, but never go to half or below:
+    # then the server could collect both kinds of share of one node.
+    return max(holders // 2 + 1, holders - math.floor(dropout_tolerance * holders))
+
+
+def choose_degree(*, cohort: int, dropout_tolerance: float) -> int:
+    """The smallest even k (or ``cohort - 1``) meeting :data:`FAILURE_PROBABILITY`."""
+    for k in range(2, cohort - 1, 2):
+        holders = k + 1
+        allowed = holders - _threshold(holders, dropout_tolerance)
+        if cohort * _tail(holders, dropout_tolerance, allowed) <= FAILURE_PROBABILITY:
+            return k
+    return cohort - 1
+
+
+def make_params(
+    *,
+    run: str,
+    server_round: int,
+    cohort: int,
+    clip_range: float,
+    bits: int,
+    weight_cap: int,
+    dropout_tolerance: float,
+    graph_seed: int,
+) -> SecAggParams:
+    """Parameters for a round of ``cohort`` nodes: degree, threshold and ring chosen here."""
+    if not 1 / 3 <= dropout_tolerance < 0.5:
+        raise invalid(
+            "secagg dropout-tolerance",
+            allowed="a fraction in [1/3, 1/2)",
+            got=dropout_tolerance,
+        )
+    degree = choose_degree(cohort=cohort, dropout_tolerance=dropout_tolerance)
+    bound = cohort * weight_cap * (2**bits - 1)
+    ring = next((r for r in RING_BITS if bound < 2**r), RING_BITS[-1])
+    return SecAggParams(
+        run=run,
+        server_round=server_round,
+        cohort=cohort,
+        degree=degree,
+        threshold=_threshold(degree + 1, dropout_tolerance),
+        clip_range=clip_range,
+        bits=bits,
+        weight_cap=weight_cap,
+        ring_bits=ring,
+        graph_seed=graph_seed,
+    )
+
+
+def neighbours(params: SecAggParams, slot: int) -> list[int]:
+    """Slots adjacent to ``slot`` (1..cohort): a Harary graph over a seeded permutation."""
+    n = params.cohort
+    if not 1 <= slot <= n:
+        raise ValueError(f"slot: expected 1..{n}, got {slot}")
+    if params.degree >= n - 1:
+        return [s for s in range(1, n + 1) if s != slot]
+    order = np.random.default_rng([params.graph_seed, params.server_round]).permutation(n) + 1
+    pos = int(np.flatnonzero(order == slot)[0])
+    half = params.degree // 2
+    return sorted(int(order[(pos + d) % n]) for d in range(-half, half + 1) if d != 0)
