@@ -70,22 +70,99 @@ def test_shards_give_each_client_few_labels() -> None:
 
 
 def test_dirichlet_honours_min_size() -> None:
-    # A single Dir(0.5) draw meets min_size=25 for 20 clients only ~11% of the time,
-    # so this needs the resampling.
+    # A single unconstrained Dir(0.5) draw meets min_size=25 for 20 clients only ~11% of
+    # the time; filling clients to capacity meets it on the first draw.
     parts = _split("dirichlet", 3, num_clients=20, alpha=0.5, min_size=25)
     assert min(len(p) for p in parts) >= 25
 
 
-def test_dirichlet_gives_up_with_a_data_error() -> None:
+def test_dirichlet_works_where_resampling_gave_up() -> None:
+    # 100 clients, 200 examples of 2 classes, alpha=0.001: no unconstrained draw gives
+    # every client 2 examples; the capacity split gives each exactly 2, mostly one label.
     labels = np.repeat(np.arange(2), 100)
-    with pytest.raises(DataError, match=r"no draw in 100 .* raise --alpha or lower --clients"):
-        partition(
-            labels=labels,
-            num_clients=100,
-            scheme="dirichlet",
-            rng=np.random.default_rng(0),
-            alpha=0.001,
-        )
+    parts = partition(
+        labels=labels,
+        num_clients=100,
+        scheme="dirichlet",
+        rng=np.random.default_rng(0),
+        alpha=0.001,
+    )
+    assert {len(p) for p in parts} == {2}
+    assert np.mean([len(np.unique(labels[p])) == 1 for p in parts]) > 0.9
+
+
+# 1000 clients with ~50 examples each (issue #5): far more clients than digits can feed.
+BIG = np.random.default_rng(42).integers(0, 10, size=50_000)
+
+
+def _big_split(alpha: float, seed: int) -> list[np.ndarray]:
+    return partition(
+        labels=BIG,
+        num_clients=1000,
+        scheme="dirichlet",
+        rng=np.random.default_rng(seed),
+        alpha=alpha,
+    )
+
+
+def _big_dominant_share(parts: list[np.ndarray]) -> float:
+    return float(np.mean([np.bincount(BIG[p]).max() / len(p) for p in parts]))
+
+
+def test_dirichlet_1000_clients_of_50() -> None:
+    for alpha in (0.01, 0.1, 0.5, 100.0):
+        parts = _big_split(alpha, 0)
+        assert len(parts) == 1000 and {len(p) for p in parts} == {50}
+        np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(BIG)))
+
+
+def test_dirichlet_1000_clients_keeps_the_label_skew() -> None:
+    shares = [_big_dominant_share(_big_split(alpha, 1)) for alpha in (0.01, 0.1, 1.0, 100.0)]
+    assert shares == sorted(shares, reverse=True)  # smaller alpha: more skew
+    assert shares[0] > 0.9 and shares[1] > 0.6 and shares[-1] < 0.25
+    # Not just balanced classes dealt out: a client's label mix differs from the global one.
+    iid = partition(labels=BIG, num_clients=1000, scheme="iid", rng=np.random.default_rng(1))
+    assert shares[1] > 2 * _big_dominant_share(iid)
+
+
+def test_dirichlet_1000_clients_is_deterministic() -> None:
+    a, b, c = _big_split(0.5, 5), _big_split(0.5, 5), _big_split(0.5, 6)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    class_weights=st.lists(st.floats(0.01, 1.0), min_size=1, max_size=12),
+    per_client=st.integers(1, 60),
+    extra=st.integers(0, 999),
+    num_clients=st.sampled_from([1, 7, 100, 1000]),
+    alpha=st.floats(1e-3, 1e3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_dirichlet_sizes_are_balanced_for_any_labels(
+    class_weights: list[float],
+    per_client: int,
+    extra: int,
+    num_clients: int,
+    alpha: float,
+    seed: int,
+) -> None:
+    n = num_clients * per_client + extra % num_clients
+    probs = np.array(class_weights) / sum(class_weights)
+    labels = np.random.default_rng(seed).choice(len(probs), size=n, p=probs)
+    parts = partition(
+        labels=labels,
+        num_clients=num_clients,
+        scheme="dirichlet",
+        rng=np.random.default_rng(seed),
+        alpha=alpha,
+        min_size=1,
+    )
+    sizes = [len(p) for p in parts]
+    assert len(parts) == num_clients
+    assert set(sizes) <= {n // num_clients, n // num_clients + 1} and min(sizes) >= 1
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(n))
 
 
 @pytest.mark.parametrize(
@@ -160,3 +237,13 @@ def test_iid_and_shards_cover_every_example_once(
     sizes = [len(p) for p in parts]
     if scheme == "iid":
         assert max(sizes) - min(sizes) <= 1
+
+
+def test_labels_must_be_1d_integers() -> None:
+    with pytest.raises(DataError, match=r"^partition: labels must be 1-D integers"):
+        partition(
+            labels=np.zeros((4, 2), dtype=np.int64),
+            num_clients=2,
+            scheme="dirichlet",
+            rng=np.random.default_rng(0),
+        )
