@@ -20,9 +20,11 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedguard.client.node import node_runtime
+from fedguard.client.secure import NodeSecAgg
 from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer
 from fedguard.client.virtual import budget_for, client_state_dir
 from fedguard.config import SimulationConfig, load_simulation_config
+from fedguard.deploy_config import NodeConfig, load_node_config
 from fedguard.federation import TrainRequest, client_generator, federated_data, initial_model
 from fedguard.messages import (
     ERROR_BUDGET_REFUSED,
@@ -30,6 +32,9 @@ from fedguard.messages import (
     decode_request,
     decode_simulation,
     encode_reply,
+    encode_secagg,
+    encode_secure_reply,
+    secagg_payload,
 )
 from fedguard.privacy import AccountantStore
 
@@ -69,6 +74,11 @@ def describe(message: Message, context: Context) -> Message:
         cid = _client_id(context)
         info = {"name": f"client-{cid:05d}", "client-id": cid, "num-examples": 0}
     return Message(RecordDict({"node": ConfigRecord(dict(info))}), reply_to=message)
+
+
+@functools.lru_cache(maxsize=2)
+def _node_config(path: str) -> NodeConfig:
+    return load_node_config(Path(path))
 
 
 @functools.lru_cache(maxsize=2)
@@ -117,10 +127,21 @@ def train(message: Message, context: Context) -> Message:
             path = _node_config_path(context)
             if path is None:
                 raise ValueError("this node was started without its fedguard node config")
-            result = node_runtime(path).train(
-                model_name=request.model, weights=weights, request=request
+            runtime = node_runtime(path)
+            secure = NodeSecAgg(config=runtime.config, examples=int(runtime.x.shape[0]))
+            # Policy first: a round the node would refuse is refused before any training.
+            setup = secure.check_request(
+                setup_bytes=secagg_payload(message.content), request=request
             )
+            result = runtime.train(model_name=request.model, weights=weights, request=request)
             extra = {}
+            if setup is not None:
+                delta = [w - g for w, g in zip(result.weights, weights, strict=True)]
+                advert = secure.begin(setup=setup, update=delta)
+                return Message(
+                    encode_secure_reply(metrics=_reply_metrics(result, extra), payload=advert),
+                    reply_to=message,
+                )
     except BudgetExceededError as exc:
         return Message(Error(code=ERROR_BUDGET_REFUSED, reason=str(exc)), reply_to=message)
     except Exception as exc:  # the server logs the reason; the node keeps serving
@@ -128,6 +149,29 @@ def train(message: Message, context: Context) -> Message:
         return Message(
             Error(code=ERROR_CLIENT_FAILED, reason=f"{type(exc).__name__}: {exc}"), reply_to=message
         )
+    metrics = _reply_metrics(result, extra)
+    return Message(encode_reply(weights=result.weights, metrics=metrics), reply_to=message)
+
+
+@app.query("secagg")
+def secagg(message: Message, context: Context) -> Message:
+    """Answer a secure-aggregation stage (share keys, masked input, unmask)."""
+    path = _node_config_path(context)
+    try:
+        payload = secagg_payload(message.content)
+        if path is None or payload is None:
+            raise ValueError("secure aggregation runs on deployed nodes only, with a payload")
+        # The node's config only: these stages need no data (and no data loading).
+        reply = NodeSecAgg(config=_node_config(path)).step(payload)
+    except Exception as exc:  # the server counts the node as dropped and logs the reason
+        _log.warning("node %s: secure aggregation stage failed: %s", path, exc)
+        return Message(
+            Error(code=ERROR_CLIENT_FAILED, reason=f"{type(exc).__name__}: {exc}"), reply_to=message
+        )
+    return Message(encode_secagg(reply), reply_to=message)
+
+
+def _reply_metrics(result: LocalResult, extra: dict[str, float | int]) -> dict[str, float | int]:
     metrics: dict[str, float | int] = {
         **extra,
         "num-examples": result.num_examples,
@@ -143,4 +187,4 @@ def train(message: Message, context: Context) -> Message:
                 "sample-rate": float(result.sample_rate or 0.0),
             }
         )
-    return Message(encode_reply(weights=result.weights, metrics=metrics), reply_to=message)
+    return metrics

@@ -78,6 +78,16 @@ class ServerNetwork:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SecAggSection:
+    """[secagg] of federation.toml: SecAgg+ secure aggregation (on unless disabled)."""
+
+    enabled: bool = True
+    clip_range: float = 1.0  # each update coordinate is clipped to [-clip-range, clip-range]
+    bits: int = 16  # quantisation levels 2**bits - 1 over that range
+    dropout_tolerance: float = 1 / 3  # fraction of a cohort that may drop mid-round
+
+
+@dataclass(frozen=True, kw_only=True)
 class FederationConfig:
     """``federation.toml``: sections [federation], [task], [training], [server]."""
 
@@ -88,6 +98,7 @@ class FederationConfig:
     server: ServerNetwork
     state_dir: Path
     out: Path
+    secagg: SecAggSection = field(default_factory=SecAggSection)
 
     def digest(self) -> str:
         """Hash of the settings that define the model's training (stored in checkpoints)."""
@@ -128,18 +139,27 @@ class PolicySection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NodeSecAggSection:
+    """[secagg] of node.toml: what this node demands of secure aggregation."""
+
+    required: bool = True  # refuse to send an update the server could read alone
+    min_neighbours: int = 2  # live neighbours needed before the node reveals anything
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeConfig:
-    """``node.toml``: sections [node], [data], [privacy] (the node's own policy)."""
+    """``node.toml``: sections [node], [data], [privacy], [secagg] (the node's own policy)."""
 
     source: Path
     node: NodeSection
     data: DataSection
     privacy: PolicySection
+    secagg: NodeSecAggSection = field(default_factory=NodeSecAggSection)
 
 
 def load_federation_config(path: Path) -> FederationConfig:
     raw = _read(path)
-    _only(raw, {"federation", "task", "training", "server", "state-dir", "out"}, path, "")
+    _only(raw, {"federation", "task", "training", "server", "secagg", "state-dir", "out"}, path, "")
     cfg = FederationConfig(
         source=path.resolve(),
         federation=_section(raw, "federation", FederationSection, path),
@@ -148,6 +168,25 @@ def load_federation_config(path: Path) -> FederationConfig:
         server=_section(raw, "server", ServerNetwork, path),
         state_dir=_path(raw.get("state-dir", "server-state"), "state-dir", path),
         out=_path(raw.get("out", "results"), "out", path),
+        secagg=_section(raw, "secagg", SecAggSection, path),
+    )
+    sa = cfg.secagg
+    _check(path, "secagg.clip-range", sa.clip_range > 0, "a number > 0", sa.clip_range)
+    _check(path, "secagg.bits", 1 <= sa.bits <= 30, "an integer in [1, 30]", sa.bits)
+    if sa.enabled:
+        _check(
+            path,
+            "federation.min-nodes",
+            cfg.federation.min_nodes >= 2,
+            "an integer >= 2 with secure aggregation (a sum of one update is that update)",
+            cfg.federation.min_nodes,
+        )
+    _check(
+        path,
+        "secagg.dropout-tolerance",
+        1 / 3 <= sa.dropout_tolerance < 0.5,
+        "a fraction in [1/3, 1/2)",
+        sa.dropout_tolerance,
     )
     f, t, tr, s = cfg.federation, cfg.task, cfg.training, cfg.server
     _check(path, "federation.rounds", f.rounds >= 1, "an integer >= 1", f.rounds)
@@ -185,7 +224,7 @@ def load_federation_config(path: Path) -> FederationConfig:
 
 def load_node_config(path: Path) -> NodeConfig:
     raw = _read(path)
-    _only(raw, {"node", "data", "privacy"}, path, "")
+    _only(raw, {"node", "data", "privacy", "secagg"}, path, "")
     if "node" not in raw or "name" not in raw["node"]:
         raise invalid("node.name", allowed="the node's name", got=None, source=path)
     cfg = NodeConfig(
@@ -193,7 +232,10 @@ def load_node_config(path: Path) -> NodeConfig:
         node=_section(raw, "node", NodeSection, path),
         data=_section(raw, "data", DataSection, path),
         privacy=_section(raw, "privacy", PolicySection, path),
+        secagg=_section(raw, "secagg", NodeSecAggSection, path),
     )
+    mn = cfg.secagg.min_neighbours
+    _check(path, "secagg.min-neighbours", mn >= 1, "an integer >= 1", mn)
     n, d, p = cfg.node, cfg.data, cfg.privacy
     _check(path, "node.server", ":" in n.server, "HOST:PORT", n.server)
     _check(path, "node.port", 1 <= n.port <= 65535, "a port 1-65535", n.port)

@@ -26,9 +26,13 @@ __all__ = [
     "decode_reply",
     "decode_reply_content",
     "decode_request",
+    "decode_secure_reply",
     "decode_simulation",
     "encode_reply",
+    "encode_secagg",
+    "encode_secure_reply",
     "encode_train",
+    "secagg_payload",
 ]
 
 # Application error codes in a client's error reply (Flower reserves small codes).
@@ -39,6 +43,8 @@ _WEIGHTS = "weights"
 _REQUEST = "request"
 _SIMULATION = "simulation"
 _METRICS = "metrics"
+_SECAGG = "secagg"
+_PAYLOAD = "payload"
 
 # Everything a client may tell the server about its round. Anything else is dropped.
 REPLY_METRIC_KEYS: tuple[str, ...] = (
@@ -59,8 +65,10 @@ def encode_train(
     request: TrainRequest,
     simulation: SimulationConfig | None,
     state_dir: str | None,
+    secagg: bytes | None = None,
 ) -> RecordDict:
-    """Content of a ``train`` message: global weights, the round's request and, for
+    """Content of a ``train`` message: global weights, the round's request, the secure
+    aggregation setup (a ``fedguard.v1.SecAggMessage``) when the round uses it and, for
     virtual clients only, the simulation they belong to."""
     content = RecordDict(
         {
@@ -81,6 +89,8 @@ def encode_train(
             ),
         }
     )
+    if secagg is not None:
+        content[_SECAGG] = ConfigRecord({_PAYLOAD: secagg})
     if simulation is not None:
         content[_SIMULATION] = ConfigRecord(
             {
@@ -127,10 +137,7 @@ class TrainReply:
 
 
 def encode_reply(*, weights: list[np.ndarray], metrics: dict[str, float | int]) -> RecordDict:
-    unknown = sorted(set(metrics) - set(REPLY_METRIC_KEYS))
-    if unknown:
-        raise ValueError(f"reply metrics: expected keys among {REPLY_METRIC_KEYS}, got {unknown}")
-    values: dict[str, int | float | list[int] | list[float]] = dict(metrics)
+    values: dict[str, int | float | list[int] | list[float]] = dict(_checked_metrics(metrics))
     return RecordDict({_WEIGHTS: ArrayRecord(weights), _METRICS: MetricRecord(values)})
 
 
@@ -144,6 +151,49 @@ def decode_reply_content(content: RecordDict) -> TrainReply:
     if _WEIGHTS not in content.array_records or _METRICS not in content.metric_records:
         raise ValueError("reply lacks the weights or metrics record")
     weights = content.array_records[_WEIGHTS].to_numpy_ndarrays()
+    return TrainReply(weights=weights, metrics=_metrics(content))
+
+
+def secagg_payload(content: RecordDict) -> bytes | None:
+    """The ``fedguard.v1.SecAggMessage`` bytes a message carries, if any."""
+    if _SECAGG not in content.config_records:
+        return None
+    value = content.config_records[_SECAGG].get(_PAYLOAD)
+    if not isinstance(value, bytes):
+        raise ValueError("secagg record lacks its payload bytes")
+    return value
+
+
+def encode_secagg(payload: bytes) -> RecordDict:
+    """Content of a secure-aggregation stage message (either direction)."""
+    return RecordDict({_SECAGG: ConfigRecord({_PAYLOAD: payload})})
+
+
+def encode_secure_reply(*, metrics: dict[str, float | int], payload: bytes) -> RecordDict:
+    """A train reply under secure aggregation: metrics and public keys, no weights."""
+    content = encode_secagg(payload)
+    content[_METRICS] = MetricRecord(dict(_checked_metrics(metrics)))
+    return content
+
+
+def decode_secure_reply(content: RecordDict) -> tuple[dict[str, float], bytes]:
+    """Metrics and key advertisement of a train reply under secure aggregation."""
+    if content.array_records:
+        raise ValueError("a reply under secure aggregation must not carry arrays")
+    payload = secagg_payload(content)
+    if payload is None or _METRICS not in content.metric_records:
+        raise ValueError("reply lacks the secagg or metrics record")
+    return _metrics(content), payload
+
+
+def _checked_metrics(metrics: dict[str, float | int]) -> dict[str, float | int]:
+    unknown = sorted(set(metrics) - set(REPLY_METRIC_KEYS))
+    if unknown:
+        raise ValueError(f"reply metrics: expected keys among {REPLY_METRIC_KEYS}, got {unknown}")
+    return metrics
+
+
+def _metrics(content: RecordDict) -> dict[str, float]:
     raw = content.metric_records[_METRICS]
     metrics = {
         k: float(v) for k, v in raw.items() if k in REPLY_METRIC_KEYS and isinstance(v, int | float)
@@ -152,7 +202,7 @@ def decode_reply_content(content: RecordDict) -> TrainReply:
         raise ValueError("reply metrics are not finite")
     if metrics.get("num-examples", 0) < 1:
         raise ValueError("reply has no num-examples >= 1")
-    return TrainReply(weights=weights, metrics=metrics)
+    return metrics
 
 
 def _int(record: ConfigRecord, key: str) -> int:

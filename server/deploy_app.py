@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,17 @@ from fedguard.federation import (
     ClientUpdate,
     Refusal,
     RoundRecord,
+    SecureMean,
     TrainRequest,
     run_rounds,
 )
 from fedguard.flower_compat import check_flower_version, patch_object_pull_backoff
 from fedguard.messages import encode_train
 from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
+from fedguard.privacy.secagg import SecAggParams, make_params
 from fedguard.server.app import describe_nodes, exchange_round, wait_for_nodes
 from fedguard.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedguard.server.secure_round import secure_round
 from fedguard.task import Metrics, build_model, evaluate, get_weights, load_dataset, set_weights
 
 __all__ = ["CONFIG_KEY", "app", "make_server_optimizer"]
@@ -93,13 +96,23 @@ def main(grid: Grid, context: Context) -> None:
     info = _gather_nodes(grid, cfg)
     names = sorted(str(v["name"]) for v in info.values())
     node_of = {names.index(str(v["name"])): node for node, v in info.items()}
+    examples = {c: int(info[node]["num-examples"]) for c, node in node_of.items()}
     _say(f"{len(names)} nodes: {', '.join(names)}")
+    if cfg.secagg.enabled:
+        sa = _secagg_params(cfg, first_round, sorted(node_of), examples)
+        _say(
+            f"secure aggregation: SecAgg+ (k={sa.degree} neighbours, t={sa.threshold} shares, "
+            f"{sa.bits}-bit levels in [-{sa.clip_range:g}, {sa.clip_range:g}], "
+            f"ring 2^{sa.ring_bits}); the server sees only the sum"
+        )
+    else:
+        _say("secure aggregation: OFF ([secagg] enabled = false): the server sees each update")
     epsilon_of: dict[str, float] = dict(records[-1].get("epsilon_by_node", {})) if records else {}
     evaluate_global = _evaluator(cfg, model)
 
     def train_cohort(
         server_round: int, cohort: list[int], global_weights: list[np.ndarray]
-    ) -> Iterator[ClientUpdate | Refusal]:
+    ) -> Iterator[ClientUpdate | Refusal | SecureMean]:
         tr = cfg.training
         request = TrainRequest(
             server_round=server_round,
@@ -113,10 +126,41 @@ def main(grid: Grid, context: Context) -> None:
             model=t.model,
             prox_mu=cfg.federation.prox_mu if cfg.federation.strategy == "fedprox" else 0.0,
         )
+        if cfg.secagg.enabled:
+            replies: Iterable[ClientUpdate | Refusal | SecureMean] = secure_round(
+                grid=grid,
+                params=_secagg_params(cfg, server_round, cohort, examples),
+                cohort=cohort,
+                node_of=node_of,
+                train_content=lambda setup: encode_train(
+                    weights=global_weights,
+                    request=request,
+                    simulation=None,
+                    state_dir=None,
+                    secagg=setup,
+                ),
+                shapes=[w.shape for w in global_weights],
+                timeout=cfg.federation.round_timeout,
+                label=lambda c: names[c],
+                say=_say,
+            )
+        else:
+            replies = _plain_round(server_round, cohort, global_weights, request)
+        for reply in replies:
+            if isinstance(reply, ClientUpdate) and reply.epsilon is not None:
+                epsilon_of[names[reply.client_id]] = reply.epsilon
+            yield reply
+
+    def _plain_round(
+        server_round: int,
+        cohort: list[int],
+        global_weights: list[np.ndarray],
+        request: TrainRequest,
+    ) -> Iterator[ClientUpdate | Refusal]:
         content = encode_train(
             weights=global_weights, request=request, simulation=None, state_dir=None
         )
-        for reply in exchange_round(
+        yield from exchange_round(
             grid=grid,
             server_round=server_round,
             cohort=cohort,
@@ -124,10 +168,7 @@ def main(grid: Grid, context: Context) -> None:
             content=content,
             timeout=cfg.federation.round_timeout,
             label=lambda c: names[c],
-        ):
-            if isinstance(reply, ClientUpdate) and reply.epsilon is not None:
-                epsilon_of[names[reply.client_id]] = reply.epsilon
-            yield reply
+        )
 
     def on_round(record: RoundRecord, new_weights: list[np.ndarray]) -> None:
         # No held-out set: metrics are NaN, written as null (JSON has no NaN).
@@ -204,6 +245,24 @@ def make_server_optimizer(cfg: FederationConfig) -> ServerOptimizer:
         return FedAdam(server_lr=f.server_lr)
     momentum = f.server_momentum if f.strategy == "fedavgm" else 0.0
     return FedAvgM(server_lr=f.server_lr, server_momentum=momentum)
+
+
+def _secagg_params(
+    cfg: FederationConfig, server_round: int, cohort: list[int], examples: dict[int, int]
+) -> SecAggParams:
+    sa = cfg.secagg
+    return make_params(
+        run=cfg.federation.name,
+        server_round=server_round,
+        cohort=len(cohort),
+        clip_range=sa.clip_range,
+        bits=sa.bits,
+        # The largest data set in the cohort (nodes told the server in `describe`); a
+        # node claiming more is capped to it.
+        weight_cap=max(1, *(examples[c] for c in cohort)),
+        dropout_tolerance=sa.dropout_tolerance,
+        graph_seed=cfg.federation.seed,
+    )
 
 
 def _gather_nodes(grid: Grid, cfg: FederationConfig) -> dict[int, dict[str, str | int]]:

@@ -175,8 +175,10 @@ def encode_secagg(payload: SecAggPayload) -> bytes:
     return env.SerializeToString()
 
 
-def decode_secagg(data: bytes, *, expect: type[SecAggPayload]) -> SecAggPayload:
-    """Parse ``SecAggMessage`` bytes holding the stage ``expect`` (a dataclass type)."""
+def decode_secagg(
+    data: bytes, *, expect: type[SecAggPayload] | tuple[type[SecAggPayload], ...]
+) -> SecAggPayload:
+    """Parse ``SecAggMessage`` bytes holding a stage among ``expect`` (dataclass types)."""
     env = pb.SecAggMessage()
     try:
         env.ParseFromString(data)
@@ -185,9 +187,11 @@ def decode_secagg(data: bytes, *, expect: type[SecAggPayload]) -> SecAggPayload:
     if env.version != WIRE_VERSION:
         raise WireError(f"SecAggMessage version: expected {WIRE_VERSION}, got {env.version}")
     stage = env.WhichOneof("stage")
-    wanted = _STAGE_OF[expect]
-    if stage != wanted:
-        raise WireError(f"SecAggMessage: expected stage {wanted}, got {stage}")
+    allowed = expect if isinstance(expect, tuple) else (expect,)
+    wanted = [_STAGE_OF[t] for t in allowed]
+    if stage not in wanted:
+        raise WireError(f"SecAggMessage: expected stage {' or '.join(wanted)}, got {stage}")
+    expect = next(t for t in allowed if _STAGE_OF[t] == stage)
     m = getattr(env, stage)
     if expect is Setup:
         return Setup(params=_params(m.params), slot=_slot(m.slot))
@@ -204,7 +208,11 @@ def decode_secagg(data: bytes, *, expect: type[SecAggPayload]) -> SecAggPayload:
     if expect is MaskedInputRequest:
         return MaskedInputRequest(shares=tuple(_sealed(s) for s in m.shares))
     if expect is MaskedInputReply:
-        dtype = {32: np.dtype("<u4"), 64: np.dtype("<u8")}.get(m.ring_bits)
+        dtypes: dict[int, np.dtype[np.unsignedinteger]] = {
+            32: np.dtype("<u4"),
+            64: np.dtype("<u8"),
+        }
+        dtype = dtypes.get(m.ring_bits)
         if dtype is None or len(m.masked) % dtype.itemsize:
             raise WireError(
                 f"masked input: expected ring_bits 32 or 64 and whole integers, "
