@@ -26,7 +26,12 @@ Opt = typer.Option
 
 def sweep(
     config: Annotated[
-        Path, Opt("--config", help="sweep.toml: simulation keys; grid keys may be lists")
+        Path,
+        Opt(
+            "--config",
+            help="sweep.toml: keys as for simulate; epsilon, seed, partition, alpha and"
+            ' clients-per-round may be lists (epsilon "non-private": no DP)',
+        ),
     ],
     out: Annotated[
         Path | None, Opt("--out", help="results folder (default: the file's out, or runs/sweep)")

@@ -277,3 +277,10 @@ def test_cli_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "2 finished earlier, 0 to run" in out and "finished earlier" in out
     for name in ("results.csv", "accuracy_vs_epsilon.png", "report.md", "sweep.json"):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_the_example_sweep_file_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "sweep.toml"
+    plan = load_sweep(path=example, out=tmp_path / "never")
+    assert len(plan.cells) == 4 * 3 * 3
+    assert not (tmp_path / "never").exists()
