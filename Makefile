@@ -12,7 +12,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 TYPECHECK_ROOT := build/typecheck
 SUBPACKAGES := privacy client server simulations
 
-.PHONY: demo test lint typecheck unit venv clean bench-deploy
+.PHONY: demo test lint typecheck unit venv clean bench-deploy protos
 
 venv: $(STAMP)
 
@@ -48,6 +48,13 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test: lint typecheck unit
+
+# Regenerate fedguard/proto from protos/ with the pinned grpcio-tools; generated files are
+# never edited by hand (tests/transport/test_protos_fresh.py fails when they are stale).
+protos: $(STAMP)
+	rm -f fedguard/proto/*/*_pb2.py fedguard/proto/*/*_pb2.pyi
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. \
+		$$(find protos -name '*.proto' | sort)
 
 # Benchmarks: not part of `make test`.
 bench-deploy: $(STAMP)

@@ -5,8 +5,9 @@ Overhead", CCS) lets each node mask its input with only ``k`` neighbours instead
 ``n - 1`` other nodes. fedguard picks ``k`` as the smallest even degree for which, when
 each node drops independently with probability ``dropout_tolerance``, the chance that any
 neighbourhood loses more holders than the threshold allows is below 2**-20 (binomial
-tail, union bound over the cohort). Small cohorts get the complete graph, which tolerates
-exactly ``floor(dropout_tolerance * (n))`` dropouts deterministically.
+tail, union bound over the cohort), with the threshold a bare majority of the ``k + 1``
+holders. Small cohorts (below about 300 at tolerance 1/3) get the complete graph, which
+tolerates exactly ``floor(dropout_tolerance * (n))`` dropouts deterministically.
 """
 
 from __future__ import annotations
@@ -90,23 +91,37 @@ class SecAggParams:
 
 def _tail(holders: int, p: float, allowed: int) -> float:
     """P[more than ``allowed`` of ``holders`` drop], each independently with probability p."""
+    # In logs: math.comb(holders, x) overflows a float beyond ~1030 holders.
+    log_p, log_q = math.log(p), math.log1p(-p)
     return sum(
-        math.comb(holders, x) * p**x * (1 - p) ** (holders - x)
+        math.exp(
+            math.lgamma(holders + 1)
+            - math.lgamma(x + 1)
+            - math.lgamma(holders - x + 1)
+            + x * log_p
+            + (holders - x) * log_q
+        )
         for x in range(allowed + 1, holders + 1)
     )
 
 
-def _threshold(holders: int, dropout_tolerance: float) -> int:
-    # Tolerate floor(tolerance * holders) missing holders, but never go to half or below:
-    # then the server could collect both kinds of share of one node.
-    return max(holders // 2 + 1, holders - math.floor(dropout_tolerance * holders))
+def _threshold(holders: int, dropout_tolerance: float, *, complete: bool) -> int:
+    # Never half or below: then the server could collect both kinds of share of one node.
+    majority = holders // 2 + 1
+    if not complete:
+        # A sparse graph's tolerance is probabilistic (choose_degree): with a threshold of
+        # holders - floor(tolerance * holders) a neighbourhood would lose more than allowed
+        # about half the time, whatever k, so the lowest safe threshold is used.
+        return majority
+    # The complete graph tolerates floor(tolerance * holders) dropouts deterministically.
+    return max(majority, holders - math.floor(dropout_tolerance * holders))
 
 
 def choose_degree(*, cohort: int, dropout_tolerance: float) -> int:
     """The smallest even k (or ``cohort - 1``) meeting :data:`FAILURE_PROBABILITY`."""
     for k in range(2, cohort - 1, 2):
         holders = k + 1
-        allowed = holders - _threshold(holders, dropout_tolerance)
+        allowed = holders - _threshold(holders, dropout_tolerance, complete=False)
         if cohort * _tail(holders, dropout_tolerance, allowed) <= FAILURE_PROBABILITY:
             return k
     return cohort - 1
@@ -138,7 +153,7 @@ def make_params(
         server_round=server_round,
         cohort=cohort,
         degree=degree,
-        threshold=_threshold(degree + 1, dropout_tolerance),
+        threshold=_threshold(degree + 1, dropout_tolerance, complete=degree == cohort - 1),
         clip_range=clip_range,
         bits=bits,
         weight_cap=weight_cap,
