@@ -12,7 +12,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 TYPECHECK_ROOT := build/typecheck
 SUBPACKAGES := privacy client server simulations
 
-.PHONY: demo test lint typecheck unit venv clean bench-deploy protos
+.PHONY: demo test lint typecheck unit venv clean bench-deploy bench-secagg protos
 
 venv: $(STAMP)
 
@@ -59,6 +59,10 @@ protos: $(STAMP)
 # Benchmarks: not part of `make test`.
 bench-deploy: $(STAMP)
 	$(BIN)/python -m fedguard.simulations.bench_deploy_overhead --nodes 3 --rounds 5
+
+# Secure aggregation's cost: s/round and bytes/node with and without, n = 10, 50, 100.
+bench-secagg: $(STAMP)
+	$(BIN)/python -m fedguard.simulations.bench_secagg --clients 10,50,100 --models 10k,1M
 
 clean:
 	rm -rf $(VENV) build runs .pytest_cache .mypy_cache .ruff_cache

@@ -50,6 +50,7 @@ class SimulationConfig:
     dataset: str = "digits"
     target: str | None = None
     model: str = "logreg"
+    hidden: int = 128  # width of the mlp's hidden layer
     clients: int = 10
     clients_per_round: int | None = None  # None: every client, every round
     rounds: int = 60
@@ -219,6 +220,7 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
             f"an integer between 1 and --clients ({cfg.clients})",
             cfg.clients_per_round,
         )
+    positive_int("--hidden", cfg.hidden)
     positive_int("--rounds", cfg.rounds)
     positive_int("--local-epochs", cfg.local_epochs)
     positive_int("--batch-size", cfg.batch_size)

@@ -68,6 +68,11 @@ delta = {DELTA}
 min-noise-multiplier = 0.3
 max-local-epochs = 5
 accountant = "rdp"
+
+[secagg]
+# Send updates only under secure aggregation, and only while at least 2 neighbours live.
+required = true
+min-neighbours = {min(2, partitions - 1)}
 """
 
 
@@ -75,8 +80,10 @@ def prepare_demo(*, out: Path, nodes: int, rounds: int, enrol: int | None = None
     """Write certificates, keys and configs for ``nodes`` nodes (the first ``enrol`` of
     them enrolled; default all) under ``out``, replacing an earlier demo there."""
     out = out.resolve()  # the configs name absolute paths: they are read from elsewhere
-    if nodes < 1:
-        raise ConfigError(f"--nodes: expected an integer >= 1, got {nodes}")
+    if nodes < 2:
+        raise ConfigError(
+            f"--nodes: expected an integer >= 2 (secure aggregation sums 2 or more), got {nodes}"
+        )
     if rounds < 1:
         raise ConfigError(f"--rounds: expected an integer >= 1, got {rounds}")
     if out.exists():
@@ -138,6 +145,13 @@ local-epochs = 1
 batch-size = 64
 lr = 0.5
 max-grad-norm = 0.5
+
+[secagg]
+# SecAgg+: the server learns only the sum of the nodes' updates.
+enabled = true
+clip-range = 1.0
+bits = 16
+dropout-tolerance = 0.34
 
 [server]
 host = "{host}"

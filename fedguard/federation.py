@@ -275,6 +275,7 @@ def initial_model(config: SimulationConfig, data: FederatedData) -> torch.nn.Mod
         input_shape=ds.input_shape,
         num_classes=ds.num_classes,
         generator=torch.Generator().manual_seed(config.seed),
+        hidden=config.hidden,
     )
 
 

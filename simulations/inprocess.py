@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -115,21 +116,34 @@ def run_inprocess(
             graph_seed=config.seed,
         )
         replies: list[ClientUpdate | Refusal] = []
+        pending: dict[int, Future[ClientUpdate | Refusal]] = {}
+
+        def start(slot: int) -> None:
+            if slot <= len(cohort) and slot not in pending:
+                pending[slot] = pool.submit(
+                    train_one, server_round, cohort[slot - 1], global_weights
+                )
 
         def input_for(slot: int) -> tuple[list[np.ndarray], int] | None:
-            reply = train_one(server_round, cohort[slot - 1], global_weights)
-            replies.append(dataclasses.replace(reply, weights=None) if reply.weights else reply)
+            start(slot)
+            reply = pending.pop(slot).result()
+            # Train the next client while this one's update is masked: torch releases the
+            # GIL in its kernels, so training and mask expansion overlap on two cores.
+            start(slot + 1)
             if isinstance(reply, Refusal) or reply.weights is None:
+                replies.append(reply)
                 return None  # drops out after sharing keys: its masks are removed
+            replies.append(dataclasses.replace(reply, weights=None))
             delta = [w - g for w, g in zip(reply.weights, global_weights, strict=True)]
             return delta, reply.num_examples
 
         try:
-            total = secure_sum_in_process(
-                params=params,
-                input_for=input_for,
-                rng=np.random.default_rng([config.seed, _STREAM_QUANTIZE, server_round]),
-            )
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="train") as pool:
+                total = secure_sum_in_process(
+                    params=params,
+                    input_for=input_for,
+                    rng=np.random.default_rng([config.seed, _STREAM_QUANTIZE, server_round]),
+                )
         except SecAggAbortedError as exc:
             _log.warning("round %d: %s", server_round, exc)
             yield from replies

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ._hazmat import SecAggError
 from .client import ClientState, SecAggClient
-from .local import secure_sum_in_process
+from .local import RoundCost, secure_sum_in_process
 from .messages import (
     AdvertiseKeys,
     MaskedInputReply,
@@ -40,6 +40,7 @@ __all__ = [
     "MaskedInputRequest",
     "NeighbourKeys",
     "RevealedShare",
+    "RoundCost",
     "SealedShare",
     "SecAggAbortedError",
     "SecAggClient",

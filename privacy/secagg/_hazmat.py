@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 __all__ = [
     "KEY_BYTES",
     "LABEL_PREFIX",
+    "MaskExpander",
     "SEAL_VERSION",
     "SecAggError",
     "agree",
@@ -108,23 +109,33 @@ def open_sealed(key: bytes, payload: bytes, *, aad: bytes) -> bytes:
         raise SecAggError("cannot open sealed payload") from None
 
 
-def expand_mask(key: bytes, *, length: int, dtype: type[np.unsignedinteger]) -> np.ndarray:
-    """``length`` uniform integers of ``dtype`` from the AES-256-CTR keystream of ``key``.
+class MaskExpander:
+    """Expands mask keys into ``length`` uniform ring integers (AES-256-CTR keystream).
 
     The counter starts at zero: each mask key comes from HKDF with the run, round and
     node pair in its label and expands exactly one mask, so a (key, counter) pair is
-    never used twice. Little-endian, so every platform expands the same mask.
+    never used twice. Little-endian, so every platform expands the same mask. One
+    expander reuses its buffers across masks (a round expands up to k + 1 per node):
+    :meth:`expand` returns a view that the next call overwrites.
     """
-    if len(key) != KEY_BYTES:
-        raise SecAggError("bad mask key length")
-    itemsize = np.dtype(dtype).itemsize
-    size = length * itemsize
-    # update_into writes into a preallocated buffer: several times faster than update().
-    out = bytearray(size + 15)
-    encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-    written = encryptor.update_into(bytes(size), out)
-    if written != size:
-        raise SecAggError("keystream too short")
-    return np.frombuffer(memoryview(out)[:size], dtype=np.dtype(dtype).newbyteorder("<")).astype(
-        dtype, copy=False
-    )
+
+    def __init__(self, *, length: int, dtype: type[np.unsignedinteger]) -> None:
+        self.length = length
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        size = length * self.dtype.itemsize
+        self._zeros = bytes(size)
+        self._out = bytearray(size + 15)  # update_into wants a block's slack
+        self._view = np.frombuffer(memoryview(self._out)[:size], dtype=self.dtype)
+
+    def expand(self, key: bytes) -> np.ndarray:
+        if len(key) != KEY_BYTES:
+            raise SecAggError("bad mask key length")
+        encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        if encryptor.update_into(self._zeros, self._out) != len(self._zeros):
+            raise SecAggError("keystream too short")
+        return self._view
+
+
+def expand_mask(key: bytes, *, length: int, dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """One mask as a fresh array (see :class:`MaskExpander`)."""
+    return MaskExpander(length=length, dtype=dtype).expand(key).astype(dtype)

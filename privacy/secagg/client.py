@@ -199,10 +199,8 @@ class SecAggClient:
             update, weight=weight, clip_range=p.clip_range, bits=p.bits, dtype=p.dtype, rng=rng
         )
         masked = encoded.vector
-        length = masked.size
-        masked += hz.expand_mask(
-            self_mask_key(p, slot=s.slot, seed=s.seed), length=length, dtype=p.dtype
-        )
+        expander = hz.MaskExpander(length=masked.size, dtype=p.dtype)
+        masked += expander.expand(self_mask_key(p, slot=s.slot, seed=s.seed))
         for peer_slot in sorted(set(s.held) - {s.slot}):
             key = pairwise_mask_key(
                 p,
@@ -210,7 +208,7 @@ class SecAggClient:
                 peer_public=s.neighbour_keys[peer_slot].masking_key,
                 slots=(s.slot, peer_slot),
             )
-            mask = hz.expand_mask(key, length=length, dtype=p.dtype)
+            mask = expander.expand(key)
             if s.slot < peer_slot:
                 masked += mask
             else:

@@ -9,7 +9,9 @@ update at once, never the cohort's.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,7 +20,16 @@ from .messages import MaskedInputReply
 from .params import SecAggParams
 from .server import SecAggServer, SecureSum
 
-__all__ = ["MessageHook", "secure_sum_in_process"]
+__all__ = ["MessageHook", "RoundCost", "secure_sum_in_process"]
+
+
+@dataclass
+class RoundCost:
+    """Seconds of protocol work in one round (inputs' production, e.g. training, excluded)."""
+
+    client_seconds: float = 0.0  # all nodes together
+    server_seconds: float = 0.0
+
 
 InputFor = Callable[[int], tuple[Sequence[np.ndarray], int] | None]
 MessageHook = Callable[[str, int, object], None]
@@ -31,6 +42,7 @@ def secure_sum_in_process(
     rng: np.random.Generator,
     min_holders: int = 0,
     on_message: MessageHook | None = None,
+    cost: RoundCost | None = None,
 ) -> SecureSum:
     """Run the four stages for slots ``1..params.cohort``; returns the unmasked sum.
 
@@ -40,34 +52,58 @@ def secure_sum_in_process(
     bytes. Raises :class:`~fedguard.privacy.secagg.server.SecAggAbortedError` like a deployment.
     """
     hook = on_message or (lambda _d, _s, _m: None)
-    server = SecAggServer(params)
+    spent = cost if cost is not None else RoundCost()
+    clock = time.perf_counter
+
+    t = clock()
     clients = {
         s: SecAggClient.create(params=params, slot=s, min_holders=min_holders)
         for s in range(1, params.cohort + 1)
     }
     adverts = [c.advertise() for c in clients.values()]
+    spent.client_seconds += clock() - t
     for a in adverts:
         hook("up", a.slot, a)
+    t = clock()
+    server = SecAggServer(params)
     share_requests = server.receive_keys(adverts)
+    spent.server_seconds += clock() - t
     share_replies = []
     for slot, request in share_requests.items():
         hook("down", slot, request)
+        t = clock()
         share_replies.append(clients[slot].share_keys(request))
+        spent.client_seconds += clock() - t
         hook("up", slot, share_replies[-1])
-    for slot, mask_request in server.receive_shares(share_replies).items():
+    t = clock()
+    mask_requests = server.receive_shares(share_replies)
+    spent.server_seconds += clock() - t
+    for slot, mask_request in mask_requests.items():
         hook("down", slot, mask_request)
         given = input_for(slot)
         if given is None:
             continue
         update, weight = given
+        t = clock()
         reply: MaskedInputReply = clients[slot].masked_input(
             mask_request, update=update, weight=weight, rng=rng
         )
+        spent.client_seconds += clock() - t
         hook("up", slot, reply)
+        t = clock()
         server.add_masked_input(reply)
+        spent.server_seconds += clock() - t
+    t = clock()
+    unmask_requests = server.unmask_requests()
+    spent.server_seconds += clock() - t
     unmask_replies = []
-    for slot, unmask_request in server.unmask_requests().items():
+    for slot, unmask_request in unmask_requests.items():
         hook("down", slot, unmask_request)
+        t = clock()
         unmask_replies.append(clients[slot].unmask(unmask_request))
+        spent.client_seconds += clock() - t
         hook("up", slot, unmask_replies[-1])
-    return server.receive_unmask(unmask_replies)
+    t = clock()
+    total = server.receive_unmask(unmask_replies)
+    spent.server_seconds += clock() - t
+    return total

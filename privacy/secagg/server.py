@@ -181,13 +181,12 @@ class SecAggServer:
         if self._total is None:
             raise SecAggAbortedError("secure aggregation aborted: no masked input arrived")
         p, total = self.params, self._total
+        expander = hz.MaskExpander(length=total.size, dtype=p.dtype)
         for slot in sorted(self._survivors):
             shares = self._reveals.get(slot, {})
             self._need(len(shares), slot, "reconstruction")
             seed = _combine(shares, p.threshold, slot)
-            total -= hz.expand_mask(
-                self_mask_key(p, slot=slot, seed=seed), length=total.size, dtype=p.dtype
-            )
+            total -= expander.expand(self_mask_key(p, slot=slot, seed=seed))
         for slot in sorted(dropped):
             shares = self._key_reveals.get(slot, {})
             self._need(len(shares), slot, "reconstruction")
@@ -200,7 +199,7 @@ class SecAggServer:
                 key = pairwise_mask_key(
                     p, private=private, peer_public=self._keys[peer].masking_key, slots=(slot, peer)
                 )
-                mask = hz.expand_mask(key, length=total.size, dtype=p.dtype)
+                mask = expander.expand(key)
                 # The survivor added +mask if its slot is the lower one, else -mask.
                 if peer < slot:
                     total -= mask

@@ -11,7 +11,7 @@ from fedguard.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
-    return prepare_demo(out=tmp_path_factory.mktemp("cfg") / "demo", nodes=1, rounds=2)
+    return prepare_demo(out=tmp_path_factory.mktemp("cfg") / "demo", nodes=2, rounds=2)
 
 
 def test_demo_configs_load(layout):
@@ -30,6 +30,10 @@ def test_demo_configs_load(layout):
         ('model = "logreg"', 'model = "logreg"\nfraction = 1.5', ["fraction"]),
         ("fleet-port = ", "fleet-port = 70000\nold-fleet-port = ", ["server.old-fleet-port"]),
         ("fleet-port = ", "fleet-port = 70000 #", ["server.fleet-port", "1-65535", "70000"]),
+        ("bits = 16", "bits = 40", ["secagg.bits", "[1, 30]", "40"]),
+        ("dropout-tolerance = 0.34", "dropout-tolerance = 0.2", ["secagg.dropout-tolerance"]),
+        ("min-nodes = 2", "min-nodes = 1", ["federation.min-nodes", ">= 2", "secure"]),
+        ("[secagg]", "[secagg]\nsecret = 1", ["secagg.secret", "a known key"]),
     ],
 )
 def test_federation_errors(layout, tmp_path: Path, old, new, fragments):
@@ -49,8 +53,10 @@ def test_federation_errors(layout, tmp_path: Path, old, new, fragments):
         ("max-epsilon = 3.0", "max-epsilon = -1", ["privacy.max-epsilon", "> 0", "-1"]),
         ("delta = 1e-05", "delta = 2.0", ["privacy.delta", "(0, 1)", "2.0"]),
         ('accountant = "rdp"', 'accountant = "gdp"', ["privacy.accountant", "rdp", "prv"]),
-        ("partition-id = 0", "partition-id = 5", ["data.partition-id", "[0, 1)", "5"]),
+        ("partition-id = 0", "partition-id = 5", ["data.partition-id", "[0, 2)", "5"]),
         ("[privacy]", "[privacy]\nbudget = 1", ["privacy.budget", "a known key"]),
+        ("min-neighbours = 1", "min-neighbours = 0", ["secagg.min-neighbours", ">= 1", "0"]),
+        ("required = true", "required = 1", ["secagg.required", "true or false", "1"]),
     ],
 )
 def test_node_errors(layout, tmp_path: Path, old, new, fragments):
