@@ -9,6 +9,7 @@ restarted server resumes after the last checkpointed round, so no round runs twi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -228,6 +229,12 @@ def main(grid: Grid, context: Context) -> None:
             "nodes": names,
             "wall_seconds_this_run": time.perf_counter() - started,
             "config_digest": cfg.digest(),
+            # How the updates were protected from this server (None: it saw each one).
+            "secure_aggregation": (
+                {"protocol": "SecAgg+", **dataclasses.asdict(cfg.secagg)}
+                if cfg.secagg.enabled
+                else None
+            ),
         },
     )
     _say(f"done: accuracy {last['accuracy']}; results in {cfg.out}")

@@ -12,6 +12,7 @@ Each public function that needs randomness draws it from the OS and calls a dete
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -65,15 +66,20 @@ def public_key(private: bytes) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+@functools.lru_cache(maxsize=8)
+def _private_key(private: bytes) -> X25519PrivateKey:
+    # A node agrees with each of its k neighbours under one key: parse it once. The
+    # cache holds only keys the caller holds anyway, and only the last few.
+    return X25519PrivateKey.from_private_bytes(private)
+
+
 def agree(private: bytes, peer_public: bytes) -> bytes:
     """X25519 shared secret; rejects malformed and low-order peer keys."""
     if len(private) != KEY_BYTES or len(peer_public) != KEY_BYTES:
         raise SecAggError("bad key length")
     try:
         # `cryptography` raises ValueError on an all-zero result (a low-order point).
-        return X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(peer_public)
-        )
+        return _private_key(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError:
         raise SecAggError("key agreement failed") from None
 

@@ -83,5 +83,10 @@ def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
         fingerprint = pending[-1].dataset_fingerprint
         assert fingerprint is not None and fingerprint.startswith("sha256:")
         assert ledger.spent(dataset_fingerprint=fingerprint) == pytest.approx(spent.epsilon)
+        # Secure aggregation left no round secrets behind on the node.
+        assert not list((toml.parent / "state").glob("secagg-*"))
+    summary = json.loads((layout.results / "summary.json").read_text())
+    assert summary["secure_aggregation"]["protocol"] == "SecAgg+"
+    assert summary["secure_aggregation"]["enabled"] is True
     assert not (outsider.parent / "state" / "accountant.json").exists()
     assert not (tmp_path / "wrong-ca-state" / "accountant.json").exists()
