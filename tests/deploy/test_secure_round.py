@@ -1,0 +1,492 @@
+"""A deployed SecAgg+ round end to end, in one process and without Flower's processes.
+
+The ServerApp's :func:`secure_round` drives the real ClientApp of four demo nodes (their
+real ``node.toml``, data partitions, DP policy, ``[secagg]`` policy and state folders,
+written by ``prepare_demo``) through :class:`LoopbackGrid`: a Grid whose transport is a
+protobuf round trip of each Flower message and a direct call of the ClientApp. The grid
+can lose or garble a node's reply at a given stage, replay a request, and let a test look
+at the node's state folder between stages; the protocol code on both sides is the real one.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Message as ProtoMessage
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedguard.client.app import NODE_CONFIG_KEY
+from fedguard.client.app import app as client_app
+from fedguard.client.node import LAST_REPLY_FILE, _round_key, node_runtime
+from fedguard.client.secure import SESSION_FILE, UPDATE_FILE
+from fedguard.deploy_config import FederationConfig, load_federation_config
+from fedguard.deploy_demo import EPSILON, DemoLayout, prepare_demo
+from fedguard.federation import ClientUpdate, Refusal, SecureMean, TrainRequest
+from fedguard.flower_compat import send_and_receive
+from fedguard.messages import ERROR_BUDGET_REFUSED, encode_secagg, encode_train, secagg_payload
+from fedguard.privacy.ledger import LEDGER_FILENAME
+from fedguard.privacy.secagg import (
+    MaskedInputRequest,
+    SecAggParams,
+    ShareKeysRequest,
+    UnmaskRequest,
+    make_params,
+    quantization_step,
+)
+from fedguard.server.app import describe_nodes
+from fedguard.server.secure_round import SECAGG_MESSAGE_TYPE, secure_round
+from fedguard.task import build_model, get_weights
+from fedguard.transport import decode_secagg
+
+NODES = 4
+ROUNDS = 3
+TIMEOUT = 0.3  # the grid answers during the push: only lost replies are waited for
+
+# ---------------------------------------------------------------- the transport
+
+_STAGE_OF_REQUEST = {
+    ShareKeysRequest: "share-keys",
+    MaskedInputRequest: "masked-input",
+    UnmaskRequest: "unmask",
+}
+
+
+def stage_of(message: Message) -> str:
+    """``train``, ``share-keys``, ``masked-input``, ``unmask`` or the message type."""
+    kind = message.metadata.message_type
+    if kind == SECAGG_MESSAGE_TYPE:
+        payload = secagg_payload(message.content)
+        assert payload is not None
+        request = decode_secagg(payload, expect=tuple(_STAGE_OF_REQUEST))
+        return _STAGE_OF_REQUEST[type(request)]
+    return kind
+
+
+def over_the_wire(message: Message) -> Message:
+    """What the other end receives: the message serialised and parsed as Flower does."""
+    wire = message_to_proto(message).SerializeToString()
+    return message_from_proto(ProtoMessage.FromString(wire))
+
+
+def garbled(reply: Message, request: Message) -> Message:
+    """The reply with every byte of its secagg payload flipped."""
+    payload = secagg_payload(reply.content)
+    assert payload is not None, "only a secagg reply can be garbled"
+    return Message(encode_secagg(bytes(b ^ 0xFF for b in payload)), reply_to=request)
+
+
+Watcher = Callable[[str, int, str], None]  # (stage, node id, "before" | "after")
+
+
+class LoopbackGrid(Grid):
+    """Flower's transport as the ServerApp sees it, delivering to the real ClientApp.
+
+    Each pushed message gets its id (as HttpGrid assigns it), crosses the wire to the
+    node's ClientApp (with the node's ``fedguard-node-config`` in its Context), and the
+    reply crosses back, ready for the next pull, unless it is lost or garbled on the way.
+    """
+
+    def __init__(self, nodes: Mapping[int, Path]) -> None:
+        self.nodes = dict(nodes)  # node id -> node.toml
+        self.lose: set[tuple[str, int]] = set()  # (stage, node id): the reply never arrives
+        self.garble: set[tuple[str, int]] = set()  # (stage, node id): payload bytes flipped
+        self.replay: set[tuple[str, int]] = set()  # (stage, node id): delivered twice
+        self.watchers: list[Watcher] = []
+        self.sent: list[tuple[str, Message]] = []  # every request pushed, with its stage
+        self.replayed: dict[tuple[str, int], Message] = {}  # the node's answer to a replay
+        self._replies: dict[str, Message] = {}
+
+    def set_run(self, run_id: int) -> None:
+        raise NotImplementedError
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type,
+                       group_id=group_id)  # fmt: skip
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            mid = msg.object_id
+            assert mid not in self._replies
+            msg.metadata.__dict__["_message_id"] = mid  # as HttpGrid does
+            ids.append(mid)
+            stage, node = stage_of(msg), msg.metadata.dst_node_id
+            self.sent.append((stage, msg))
+            self._watch(stage, node, "before")
+            reply = self.deliver(msg)
+            self._watch(stage, node, "after")
+            if (stage, node) in self.replay:
+                self.replayed[stage, node] = self.deliver(msg)
+            if (stage, node) in self.lose:
+                continue
+            if (stage, node) in self.garble:
+                reply = garbled(reply, msg)
+            self._replies[mid] = over_the_wire(reply)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(m) for m in list(message_ids) if m in self._replies]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        raise AssertionError("fedguard must not call Flower's send_and_receive")
+
+    def deliver(self, msg: Message) -> Message:
+        """Run the node's ClientApp on the message as it arrives there; its reply."""
+        node = msg.metadata.dst_node_id
+        context = Context(
+            run_id=msg.metadata.run_id,
+            node_id=node,
+            node_config={NODE_CONFIG_KEY: str(self.nodes[node])},
+            state=RecordDict(),
+            run_config={},
+        )
+        return client_app(over_the_wire(msg), context)
+
+    def _watch(self, stage: str, node: int, when: str) -> None:
+        for watcher in self.watchers:
+            watcher(stage, node, when)
+
+
+@pytest.fixture
+def identity(monkeypatch):
+    """The ServerApp's task identity (Flower sets it in the ServerApp process)."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 3)
+
+
+# ---------------------------------------------------------------- the federation
+
+
+@dataclass
+class Round:
+    request: TrainRequest
+    weights: list[np.ndarray]  # the global weights sent
+    receipts: list[ClientUpdate]
+    refusals: list[Refusal]
+    means: list[SecureMean]
+    params: SecAggParams
+
+
+@dataclass
+class Federation:
+    layout: DemoLayout
+    cfg: FederationConfig
+    grid: LoopbackGrid
+    node_of: dict[int, int]  # client id -> node id
+    names: dict[int, str]
+    examples: dict[int, int]  # as the nodes described themselves
+    said: list[str] = field(default_factory=list)
+
+    def state(self, cid: int) -> Path:
+        return self.layout.nodes[cid].parent / "state"
+
+    def accountant(self, cid: int) -> str:
+        """The name of the node's accountant file in its state folder."""
+        store = node_runtime(str(self.layout.nodes[cid])).accountant_store()
+        assert store.path.parent == self.state(cid)
+        return store.path.name
+
+    def cid(self, name: str) -> int:
+        return next(c for c, n in self.names.items() if n == name)
+
+    def initial_weights(self) -> list[np.ndarray]:
+        t = self.cfg.task
+        model = build_model(name=t.model, input_shape=t.input_shape, num_classes=t.num_classes)
+        return get_weights(model)
+
+    def request(self, server_round: int) -> TrainRequest:
+        tr = self.cfg.training
+        return TrainRequest(
+            server_round=server_round,
+            local_epochs=tr.local_epochs,
+            batch_size=tr.batch_size,
+            lr=tr.lr,
+            momentum=tr.momentum,
+            max_grad_norm=tr.max_grad_norm,
+            total_rounds=self.cfg.federation.rounds,
+            federation=self.cfg.federation.name,
+            model=self.cfg.task.model,
+        )
+
+    def round(
+        self,
+        server_round: int,
+        weights: list[np.ndarray],
+        *,
+        cohort: list[int] | None = None,
+        clip_range: float | None = None,
+    ) -> Round:
+        """One secure round as the deployed ServerApp runs it (server/deploy_app.py)."""
+        cohort = sorted(self.node_of) if cohort is None else cohort
+        sa = self.cfg.secagg
+        clip = sa.clip_range if clip_range is None else clip_range
+        request = self.request(server_round)
+        params = make_params(
+            run=self.cfg.federation.name,
+            server_round=server_round,
+            cohort=len(cohort),
+            clip_range=clip,
+            bits=sa.bits,
+            weight_cap=max(1, *(self.examples[c] for c in cohort)),
+            dropout_tolerance=sa.dropout_tolerance,
+            graph_seed=self.cfg.federation.seed,
+        )
+        out = list(
+            secure_round(
+                grid=self.grid,
+                params=params,
+                cohort=cohort,
+                node_of=self.node_of,
+                train_content=lambda setup: encode_train(
+                    weights=weights, request=request, simulation=None, state_dir=None, secagg=setup
+                ),
+                shapes=[w.shape for w in weights],
+                timeout=TIMEOUT,
+                label=lambda c: self.names[c],
+                say=self.said.append,
+            )
+        )
+        # The mean, when there is one, comes last, after every node's receipt.
+        assert not any(isinstance(x, SecureMean) for x in out[:-1])
+        return Round(
+            request=request,
+            weights=weights,
+            receipts=[x for x in out if isinstance(x, ClientUpdate)],
+            refusals=[x for x in out if isinstance(x, Refusal)],
+            means=[x for x in out if isinstance(x, SecureMean)],
+            params=params,
+        )
+
+    def trained_delta(self, cid: int, rnd: Round) -> np.ndarray:
+        """The node's own update of ``rnd`` (float64, flat), from its replay cache."""
+        runtime = node_runtime(str(self.layout.nodes[cid]))
+        result = runtime._replay(_round_key(rnd.request, rnd.weights))
+        assert result is not None, f"{self.names[cid]} kept no reply for this very round"
+        return np.concatenate(
+            [
+                (np.asarray(w, np.float64) - np.asarray(g, np.float64)).ravel()
+                for w, g in zip(result.weights, rnd.weights, strict=True)
+            ]
+        )
+
+    def check_mean(self, rnd: Round, survivors: list[int]) -> None:
+        """The secure mean is the example-weighted mean of the survivors' clipped updates,
+        within one quantisation step (plus float32 rounding of the mean)."""
+        assert len(rnd.means) == 1
+        mean = rnd.means[0]
+        assert mean.count == len(survivors)
+        assert [m.shape for m in mean.mean_update] == [w.shape for w in rnd.weights]
+        got = np.concatenate([m.ravel() for m in mean.mean_update]).astype(np.float64)
+        clip = rnd.params.clip_range
+        clipped = {c: np.clip(self.trained_delta(c, rnd), -clip, clip) for c in survivors}
+        weight = {r.client_id: r.num_examples for r in rnd.receipts}
+        assert max(weight.values()) <= rnd.params.weight_cap  # no weight was capped
+        want = sum(weight[c] * clipped[c] for c in survivors) / sum(weight[c] for c in survivors)
+        # One step for the stochastic rounding; float32 rounding (of each node's delta and
+        # of the mean) stays below clip * 2**-23.
+        bound = quantization_step(clip_range=clip, bits=rnd.params.bits) + clip * 2.0**-22
+        err = float(np.max(np.abs(got - want)))
+        assert err <= bound, f"secure mean off by {err:.3g} > {bound:.3g}"
+        # Not vacuous: the updates differ, so the mean is none of them.
+        for c in survivors:
+            assert np.max(np.abs(clipped[c] - want)) > 10 * bound
+
+
+@pytest.fixture
+def fed(tmp_path: Path, identity) -> Federation:
+    layout = prepare_demo(out=tmp_path / "fed", nodes=NODES, rounds=ROUNDS)
+    cfg = load_federation_config(layout.federation)
+    node_ids = {cid: 0x5EC0000 + 17 * cid for cid in range(NODES)}
+    grid = LoopbackGrid({node_ids[cid]: toml for cid, toml in enumerate(layout.nodes)})
+    info = describe_nodes(grid, list(node_ids.values()), timeout=TIMEOUT)
+    names = {cid: str(info[n]["name"]) for cid, n in node_ids.items()}
+    examples = {cid: int(info[n]["num-examples"]) for cid, n in node_ids.items()}
+    assert names == {cid: toml.parent.name for cid, toml in enumerate(layout.nodes)}
+    grid.sent.clear()
+    return Federation(
+        layout=layout, cfg=cfg, grid=grid, node_of=node_ids, names=names, examples=examples
+    )
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "fedguard.server.secure_round" and r.levelno == logging.WARNING
+    ]
+
+
+# ---------------------------------------------------------------- the cases
+
+
+def test_four_nodes_nobody_drops_mean_matches_weighted_mean(fed: Federation):
+    rnd = fed.round(1, fed.initial_weights())
+    assert rnd.refusals == []
+    assert sorted(r.client_id for r in rnd.receipts) == list(range(NODES))
+    for r in rnd.receipts:
+        assert r.weights is None  # no update reached the server in the clear
+        assert r.num_examples == fed.examples[r.client_id]
+        assert r.epsilon is not None and 0 < r.epsilon <= EPSILON
+    assert rnd.means[0].dropped == 0
+    fed.check_mean(rnd, survivors=list(range(NODES)))
+    assert not any("aborted" in s or "recovered" in s for s in fed.said)
+
+
+def test_one_node_lost_at_masked_input_is_recovered(fed: Federation, caplog):
+    # A tighter clipping range than the demo's, so that clipping is exercised too.
+    lost = fed.cid("node-c")
+    fed.grid.lose.add(("masked-input", fed.node_of[lost]))
+    rnd = fed.round(1, fed.initial_weights(), clip_range=0.02)
+    # The premise: 4 nodes, each neighbouring all others, any 3 holders reconstruct.
+    assert (rnd.params.degree, rnd.params.threshold) == (3, 3)
+    assert sorted(r.client_id for r in rnd.receipts) == list(range(NODES))  # all trained
+    assert rnd.refusals == []
+    assert (rnd.means[0].count, rnd.means[0].dropped) == (3, 1)
+    survivors = [c for c in range(NODES) if c != lost]
+    assert any(np.any(np.abs(fed.trained_delta(c, rnd)) > 0.02) for c in survivors)
+    fed.check_mean(rnd, survivors=survivors)
+    [line] = [s for s in fed.said if "recovered from dropped nodes" in s]
+    assert line.endswith(": node-c")
+    assert any("node-c dropped" in w for w in _warnings(caplog))
+
+
+def test_too_many_lost_aborts_the_round_and_the_next_round_proceeds(fed: Federation):
+    weights = fed.initial_weights()
+    lost = {fed.node_of[fed.cid("node-b")], fed.node_of[fed.cid("node-d")]}
+    fed.grid.lose.update(("masked-input", n) for n in lost)
+    first = fed.round(1, weights)
+    assert len(first.receipts) == NODES  # they trained and spent epsilon: receipts stand
+    assert first.means == []  # nothing aggregated
+    [line] = [s for s in fed.said if "aborted" in s]
+    assert line.startswith("round 1: ") and "nothing aggregated" in line
+    unmasks = [m for stage, m in fed.grid.sent if stage == "unmask"]
+    assert unmasks == []  # aborted before any node was asked to reveal a share
+
+    fed.grid.lose.clear()
+    fed.said.clear()
+    second = fed.round(2, weights)  # nothing aggregated: the same global weights
+    assert (second.means[0].count, second.means[0].dropped) == (NODES, 0)
+    fed.check_mean(second, survivors=list(range(NODES)))
+    assert not any("aborted" in s for s in fed.said)
+    for cid in range(NODES):
+        epsilons = [r.epsilon for r in (*first.receipts, *second.receipts) if r.client_id == cid]
+        assert epsilons[0] < epsilons[1]  # the aborted round was spent all the same
+
+
+def test_garbled_share_keys_reply_counts_as_dropped(fed: Federation, caplog):
+    bad = fed.cid("node-b")
+    fed.grid.garble.add(("share-keys", fed.node_of[bad]))
+    rnd = fed.round(1, fed.initial_weights())
+    warnings = [w for w in _warnings(caplog) if "node-b" in w]
+    assert warnings and "malformed reply" in warnings[0]
+    # node-b never shared keys, so it is out of the round, not a dropout to recover from.
+    assert (rnd.means[0].count, rnd.means[0].dropped) == (3, 0)
+    fed.check_mean(rnd, survivors=[c for c in range(NODES) if c != bad])
+    asked = {m.metadata.dst_node_id for stage, m in fed.grid.sent if stage == "masked-input"}
+    assert fed.node_of[bad] not in asked
+
+
+def test_train_without_secagg_is_refused_by_a_node_that_requires_it(fed: Federation):
+    weights = fed.initial_weights()
+    fed.round(1, weights)  # the nodes have a ledger and an accountant to protect
+    cid = fed.cid("node-a")
+    before = _snapshot(fed.state(cid))
+    assert LEDGER_FILENAME in before and fed.accountant(cid) in before
+    content = encode_train(weights=weights, request=fed.request(2), simulation=None, state_dir=None)
+    msg = Message(content, dst_node_id=fed.node_of[cid], message_type=MessageType.TRAIN,
+                  group_id="2")  # fmt: skip
+    [reply] = send_and_receive(fed.grid, [msg], timeout=TIMEOUT)
+    assert reply.has_error() and not reply.has_content()
+    assert reply.error.code == ERROR_BUDGET_REFUSED
+    assert "secagg.required" in reply.error.reason
+    assert _snapshot(fed.state(cid)) == before  # nothing trained, nothing spent
+
+
+def test_cohort_below_min_neighbours_is_refused_before_training(fed: Federation):
+    cohort = [fed.cid("node-a"), fed.cid("node-b")]
+    before = {cid: _snapshot(fed.state(cid)) for cid in cohort}
+    rnd = fed.round(1, fed.initial_weights(), cohort=cohort)
+    assert rnd.receipts == [] and rnd.means == []
+    assert sorted(r.client_id for r in rnd.refusals) == cohort
+    for r in rnd.refusals:
+        assert "a cohort of 2 is below this node's secagg.min-neighbours 2" in r.reason
+    assert any("aborted" in s for s in fed.said)
+    assert {stage for stage, _ in fed.grid.sent} == {"train"}  # no key was ever shared
+    for cid in cohort:
+        after = _snapshot(fed.state(cid))
+        assert after == before[cid]  # nothing trained, nothing spent, no session begun
+        assert not {LEDGER_FILENAME, fed.accountant(cid), LAST_REPLY_FILE} & after.keys()
+
+
+def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
+    fed: Federation,
+):
+    cid_of = {n: c for c, n in fed.node_of.items()}
+    seen: set[tuple[str, str]] = set()
+
+    def at_rest(stage: str, node: int, when: str) -> None:
+        state = fed.state(cid_of[node])
+        session, update = state / SESSION_FILE, state / UPDATE_FILE
+        if (stage, when) == ("train", "before"):
+            assert not session.exists() and not update.exists()
+        elif when == "before" or (stage, when) == ("share-keys", "after"):
+            # Between stages the node's secrets wait in its state folder, owner-only.
+            assert _mode(state) == 0o700
+            assert _mode(session) == 0o600
+            assert (_mode(update) == 0o600) if stage != "unmask" else not update.exists()
+        elif stage == "masked-input":  # sent: the update is no longer needed
+            assert _mode(session) == 0o600 and not update.exists()
+        elif stage == "unmask":  # the last stage answered: nothing is left
+            assert not session.exists() and not update.exists()
+        seen.add((stage, when))
+
+    fed.grid.watchers.append(at_rest)
+    twice = fed.node_of[fed.cid("node-c")]
+    fed.grid.replay.add(("unmask", twice))  # the grid delivers node-c's unmask twice
+    rnd = fed.round(1, fed.initial_weights())
+    assert (rnd.means[0].count, rnd.means[0].dropped) == (NODES, 0)
+    stages = ("train", "share-keys", "masked-input", "unmask")
+    assert seen == {(s, w) for s in stages for w in ("before", "after")}
+    for cid in range(NODES):
+        left = _snapshot(fed.state(cid))
+        assert not any(name.startswith("secagg") for name in left), sorted(left)
+
+    again = fed.grid.replayed["unmask", twice]
+    assert again.has_error() and not again.has_content()  # refused, no share revealed
+    assert "no secure-aggregation session" in again.error.reason
+    # Replayed once more after the round, by the server this time: refused all the same.
+    fed.grid.watchers.clear()
+    [unmask] = [m for s, m in fed.grid.sent if s == "unmask" and m.metadata.dst_node_id == twice]
+    payload = secagg_payload(unmask.content)
+    assert payload is not None
+    msg = Message(encode_secagg(payload), dst_node_id=twice, message_type=SECAGG_MESSAGE_TYPE,
+                  group_id="1")  # fmt: skip
+    [reply] = send_and_receive(fed.grid, [msg], timeout=TIMEOUT)
+    assert reply.has_error() and not reply.has_content()
