@@ -26,16 +26,17 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from fedguard._io import atomic_write_bytes
+from fedguard.client.budget import plan_run
 from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer, PrivacyBudget
 from fedguard.deploy_config import NodeConfig, load_node_config
 from fedguard.federation import TrainRequest, load_federated_data
-from fedguard.privacy import AccountantStore, GaussianEvent
+from fedguard.privacy import AccountantStore, GaussianEvent, sample_rate_for, steps_per_epoch
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, LedgerEntry
 from fedguard.task import build_model, load_dataset
 
 __all__ = ["NodeRuntime", "PolicyRefusalError", "node_runtime"]
 
-ACCOUNTANT_FILE = "accountant.json"
+ACCOUNTANT_PREFIX = "accountant-"  # + the data set's fingerprint (16 hex) + ".json"
 LAST_REPLY_FILE = "last-reply.safetensors"
 
 
@@ -58,7 +59,9 @@ class NodeRuntime:
         return self.config.node.state_dir
 
     def accountant_store(self) -> AccountantStore:
-        return AccountantStore(path=self.state_dir / ACCOUNTANT_FILE)
+        """The accountant of this node's data set: every run on it composes here."""
+        digest = self.fingerprint.removeprefix("sha256:")[:16]
+        return AccountantStore(path=self.state_dir / f"{ACCOUNTANT_PREFIX}{digest}.json")
 
     def train(
         self, *, model_name: str, weights: list[np.ndarray], request: TrainRequest
@@ -87,6 +90,26 @@ class NodeRuntime:
         replayed = self._replay(key)
         if replayed is not None:
             return replayed
+        n = int(self.x.shape[0])
+        store = self.accountant_store()
+        plan = plan_run(
+            state_dir=self.state_dir,
+            run=request.run_id or request.federation or "unnamed",
+            fingerprint=self.fingerprint,
+            history=store.load(method=policy.accountant),
+            round_event=GaussianEvent(
+                noise_multiplier=1.0,
+                sample_rate=sample_rate_for(num_examples=n, batch_size=request.batch_size),
+                steps=request.local_epochs
+                * steps_per_epoch(num_examples=n, batch_size=request.batch_size),
+            ),
+            planned_rounds=max(1, request.total_rounds),
+            max_epsilon=policy.max_epsilon,
+            run_epsilon=policy.run_epsilon,
+            min_noise_multiplier=policy.min_noise_multiplier,
+            max_noise_multiplier=policy.max_noise_multiplier,
+            delta=policy.delta,
+        )
         # Deployed nodes draw noise and batches from OS entropy: nothing the server or
         # another node knows (a seed) may predict them.
         generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
@@ -98,7 +121,7 @@ class NodeRuntime:
             # leaves a pending entry, which counts as spent.
             pending.append(
                 ledger.begin(
-                    run=request.federation or "unnamed",
+                    run=request.run_id or request.federation or "unnamed",
                     server_round=request.server_round,
                     dataset_fingerprint=self.fingerprint,
                     sample_rate=event.sample_rate,
@@ -118,8 +141,9 @@ class NodeRuntime:
             request=request,
             generator=generator,
             budget=budget,
-            store=self.accountant_store(),
+            store=store,
             on_spend=record_pending,
+            noise_multiplier=plan.noise_multiplier,
         )
         for entry in pending:
             ledger.commit(entry)

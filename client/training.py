@@ -106,6 +106,8 @@ class LocalTrainer:
     def __init__(self, *, model: nn.Module, dp: bool) -> None:
         self._dp = DPTrainer(model=model) if dp else None
         self.model = self._dp.module if self._dp is not None else model
+        # Where training happens: the model's device (move the model there before this).
+        self.device = next(iter(model.parameters()), torch.empty(0)).device
 
     @property
     def private(self) -> bool:
@@ -118,10 +120,11 @@ class LocalTrainer:
         x: torch.Tensor,
         y: torch.Tensor,
         request: TrainRequest,
-        generator: torch.Generator,
+        generator: torch.Generator,  # with DP: on the model's device (``self.device``)
         budget: PrivacyBudget | None = None,
         store: AccountantStore | None = None,
         on_spend: Callable[[GaussianEvent, float], None] | None = None,
+        noise_multiplier: float | None = None,
     ) -> LocalResult:
         """Train one round; with DP, refuse (``BudgetExceededError``) rather than overspend.
 
@@ -129,6 +132,8 @@ class LocalTrainer:
         before the first gradient step.
         """
         set_weights(self.model, global_weights)
+        # No-ops when the caller preloaded the data on the model's device (simulation).
+        x, y = x.to(self.device), y.to(self.device)
         n = int(x.shape[0])
         if self._dp is None:
             stats = train_plain(
@@ -155,7 +160,9 @@ class LocalTrainer:
         if budget is None or store is None:
             raise ValueError("DP training needs the node's budget and accountant store")
 
-        sigma = noise_for_budget(
+        # A deployed node plans each run's noise once (fedguard.client.budget); a
+        # simulation calibrates from the budget alone.
+        sigma = noise_multiplier or noise_for_budget(
             budget=budget,
             num_examples=n,
             batch_size=request.batch_size,

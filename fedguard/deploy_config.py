@@ -131,9 +131,11 @@ class DataSection:
 
 @dataclass(frozen=True, kw_only=True)
 class PolicySection:
-    max_epsilon: float = 3.0
+    max_epsilon: float = 3.0  # lifetime: every run on this data set together
+    run_epsilon: float | None = None  # optional cap on one run's own spend
     delta: float = 1e-5
     min_noise_multiplier: float = 0.3
+    max_noise_multiplier: float = 10.0  # a run needing more (budget nearly spent) is refused
     max_local_epochs: int = 5
     accountant: str = "rdp"
 
@@ -265,6 +267,14 @@ def load_node_config(path: Path) -> NodeConfig:
             d.partition_id,
         )
     _check(path, "privacy.max-epsilon", p.max_epsilon > 0, "a number > 0", p.max_epsilon)
+    if p.run_epsilon is not None:
+        _check(
+            path,
+            "privacy.run-epsilon",
+            0 < p.run_epsilon <= p.max_epsilon,
+            f"a number in (0, max-epsilon = {p.max_epsilon:g}]",
+            p.run_epsilon,
+        )
     _check(path, "privacy.delta", 0 < p.delta < 1, "a number in (0, 1)", p.delta)
     _check(
         path,
@@ -272,6 +282,13 @@ def load_node_config(path: Path) -> NodeConfig:
         p.min_noise_multiplier >= 0,
         "a number >= 0",
         p.min_noise_multiplier,
+    )
+    _check(
+        path,
+        "privacy.max-noise-multiplier",
+        p.max_noise_multiplier > max(p.min_noise_multiplier, 0),
+        f"a number > min-noise-multiplier ({p.min_noise_multiplier:g})",
+        p.max_noise_multiplier,
     )
     _check(
         path,
@@ -318,6 +335,7 @@ def _section(raw: dict[str, Any], name: str, cls: type[T], path: Path) -> T:
 
 
 def _coerce(key: str, value: Any, kind: str, path: Path) -> Any:
+    kind = kind.removesuffix(" | None")  # optional keys: present means a value
     if "Path" in kind:
         return _path(value, key, path)
     if kind.startswith("list"):

@@ -230,8 +230,9 @@ def run_demo(*, out: Path, nodes: int, rounds: int, timeout: float | None = None
         for log in logs:
             log.close()
     for toml in layout.nodes:
-        store = AccountantStore(path=toml.parent / "state" / "accountant.json")
-        spent = store.load(method="rdp").get_privacy_spent(delta=DELTA)
+        # One accountant per data set the node trained on (fedguard.client.node).
+        (path,) = sorted((toml.parent / "state").glob("accountant-*.json"))
+        spent = AccountantStore(path=path).load(method="rdp").get_privacy_spent(delta=DELTA)
         print(
             f"{toml.parent.name}: epsilon {spent.epsilon:.3f} at delta {DELTA:g} "
             f"({spent.method.value.upper()}, from the node's own accountant)",

@@ -86,10 +86,18 @@ def sample_cohort(*, seed: int, server_round: int, num_clients: int, cohort_size
     return sorted(int(i) for i in rng.choice(num_clients, size=cohort_size, replace=False))
 
 
-def client_generator(*, seed: int, server_round: int, client_id: int) -> torch.Generator:
-    """The torch generator one client uses in one round (batch sampling and DP noise)."""
+def client_generator(
+    *, seed: int, server_round: int, client_id: int, device: str | torch.device = "cpu"
+) -> torch.Generator:
+    """The torch generator one client uses in one round (batch sampling and DP noise).
+
+    It lives on ``device``, where the model is: Opacus draws the noise on the parameters'
+    device from it. A CUDA generator (Philox) draws other numbers than a CPU one (Mersenne
+    Twister) from the same seed, so results differ between devices, never between runs.
+    """
     state = np.random.SeedSequence([seed, _STREAM_CLIENT, server_round, client_id])
-    return torch.Generator().manual_seed(int(state.generate_state(1, dtype=np.uint64)[0]))
+    seed64 = int(state.generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator(device=device).manual_seed(seed64)
 
 
 class WeightedSum:
@@ -135,6 +143,7 @@ class TrainRequest:
     federation: str = ""
     model: str = ""  # the model architecture's name (fedguard.task.MODEL_NAMES)
     prox_mu: float = 0.0  # FedProx (Li et al. 2020): (mu/2)||w - w_global||^2; 0 = off
+    run_id: str = ""  # one federation run (stable across server restarts); "" = federation
 
     def __post_init__(self) -> None:
         mu = self.prox_mu

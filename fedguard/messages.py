@@ -85,6 +85,7 @@ def encode_train(
                     "federation": request.federation,
                     "model": request.model,
                     "prox-mu": float(request.prox_mu),
+                    "run-id": request.run_id,
                 }
             ),
         }
@@ -117,6 +118,7 @@ def decode_request(message: Message) -> tuple[list[np.ndarray], TrainRequest]:
         model=_str(r, "model"),
         # Absent from servers older than FedProx support: no proximal term.
         prox_mu=_float(r, "prox-mu") if "prox-mu" in r else 0.0,
+        run_id=_str(r, "run-id") if "run-id" in r else "",
     )
     return weights, request
 

@@ -126,6 +126,8 @@ def main(grid: Grid, context: Context) -> None:
             federation=cfg.federation.name,
             model=t.model,
             prox_mu=cfg.federation.prox_mu if cfg.federation.strategy == "fedprox" else 0.0,
+            # Same id after a restart from the checkpoint: nodes keep the run's noise plan.
+            run_id=f"{cfg.federation.name}/{cfg.digest()}",
         )
         if cfg.secagg.enabled:
             replies: Iterable[ClientUpdate | Refusal | SecureMean] = secure_round(

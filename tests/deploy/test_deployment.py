@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedguard.certs import init_federation
+from fedguard.client.node import node_runtime
 from fedguard.deploy_demo import fedguard_cmd, prepare_demo
 from fedguard.privacy import AccountantStore
 from fedguard.privacy.ledger import Ledger
@@ -68,7 +69,7 @@ def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
     # server's per-node figures are those the nodes reported.
     for toml in members:
         spent = (
-            AccountantStore(path=toml.parent / "state" / "accountant.json")
+            AccountantStore(path=node_runtime(str(toml)).accountant_store().path)
             .load(method="rdp")
             .get_privacy_spent(delta=1e-5)
         )
@@ -88,5 +89,5 @@ def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
     summary = json.loads((layout.results / "summary.json").read_text())
     assert summary["secure_aggregation"]["protocol"] == "SecAgg+"
     assert summary["secure_aggregation"]["enabled"] is True
-    assert not (outsider.parent / "state" / "accountant.json").exists()
-    assert not (tmp_path / "wrong-ca-state" / "accountant.json").exists()
+    assert not list((outsider.parent / "state").glob("accountant-*.json"))
+    assert not list((tmp_path / "wrong-ca-state").glob("accountant-*.json"))

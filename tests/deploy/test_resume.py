@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fedguard.client.node import node_runtime
 from fedguard.deploy_demo import prepare_demo
 from fedguard.federation import load_federated_data
 from fedguard.privacy import AccountantStore, steps_per_epoch
@@ -41,7 +42,9 @@ def test_server_killed_mid_run_resumes_without_double_counting(tmp_path: Path, p
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))  # each exactly once
     assert all(r["clients"] == 3 and r["refused"] == 0 for r in rows)
     for toml in layout.nodes:
-        spent = AccountantStore(path=toml.parent / "state" / "accountant.json").load(method="rdp")
+        spent = AccountantStore(path=node_runtime(str(toml)).accountant_store().path).load(
+            method="rdp"
+        )
         # Exactly ROUNDS rounds' worth of DP steps: a replayed round cost nothing.
         share = len(
             load_federated_data(

@@ -1,0 +1,127 @@
+"""A node's lifetime budget per data set, across every federation run that uses it.
+
+The node's ``privacy.max-epsilon`` bounds everything ever released about one data set
+(keyed by its sha256 fingerprint), over all runs. When a run asks for its first round,
+the node plans it once: the noise multiplier is calibrated so that the data set's history
+*plus* every planned round of this run stays within ``max-epsilon`` (and, if set, the run
+alone within ``run-epsilon``). A run that cannot fit (the budget is spent, or would need
+more noise than the node's ``max-noise-multiplier``, beyond which its updates would carry
+no signal) is refused before any training, with the figures. The plan is stored
+(``run-plans.json``, 0600), so a restarted server or node keeps the same noise for the
+rest of the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fedguard._io import atomic_write_json
+from fedguard.client.training import BudgetExceededError
+from fedguard.privacy import Accountant, GaussianEvent
+
+__all__ = ["PLANS_FILE", "RunPlan", "plan_run"]
+
+PLANS_FILE = "run-plans.json"
+_BISECTION_STEPS = 60
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPlan:
+    """How one run spends a data set's budget (fixed at the run's first round)."""
+
+    run: str
+    dataset_fingerprint: str
+    noise_multiplier: float
+    planned_rounds: int
+    epsilon_before: float  # the data set's epsilon when the run started
+    epsilon_planned: float  # after every planned round of this run
+    max_epsilon: float
+    delta: float
+    accountant: str
+    created: str
+
+
+def _load(path: Path) -> dict[str, dict[str, object]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    if not isinstance(data, dict):
+        raise BudgetExceededError(f"{path}: expected a JSON object of run plans; refusing")
+    return data
+
+
+def plan_run(
+    *,
+    state_dir: Path,
+    run: str,
+    fingerprint: str,
+    history: Accountant,
+    round_event: GaussianEvent,
+    planned_rounds: int,
+    max_epsilon: float,
+    run_epsilon: float | None,
+    min_noise_multiplier: float,
+    max_noise_multiplier: float,
+    delta: float,
+) -> RunPlan:
+    """The run's stored plan, or a new one; ``BudgetExceededError`` if it cannot fit.
+
+    ``round_event`` gives one round's sample rate and steps (its noise is ignored);
+    ``history`` is the data set's accountant before this run's first round.
+    """
+    path = state_dir / PLANS_FILE
+    plans = _load(path)
+    key = f"{fingerprint} {run}"
+    if key in plans:
+        return RunPlan(**plans[key])  # type: ignore[arg-type]
+    before = history.get_privacy_spent(delta=delta).epsilon
+    method = history.method.value
+
+    def epsilon_with(sigma: float, base: Accountant) -> float:
+        event = GaussianEvent(
+            noise_multiplier=sigma,
+            sample_rate=round_event.sample_rate,
+            steps=round_event.steps * planned_rounds,
+        )
+        return base.epsilon_after(event, delta=delta)
+
+    fresh = Accountant(method=method)
+
+    def fits(sigma: float) -> bool:
+        ok = epsilon_with(sigma, history) <= max_epsilon
+        return ok and (run_epsilon is None or epsilon_with(sigma, fresh) <= run_epsilon)
+
+    if not fits(max_noise_multiplier):
+        raise BudgetExceededError(
+            f"run {run!r} refused before any training: data set {fingerprint[:23]}… has "
+            f"spent epsilon {before:.4f} of this node's lifetime budget {max_epsilon:g} "
+            f"(delta {delta:g}, {method}); {planned_rounds} more rounds would exceed it "
+            f"even at this node's max-noise-multiplier {max_noise_multiplier:g}"
+        )
+    low, high = 0.0, max_noise_multiplier  # fits(high); find the least noise that fits
+    for _ in range(_BISECTION_STEPS):
+        mid = (low + high) / 2
+        if mid > 0 and fits(mid):
+            high = mid
+        else:
+            low = mid
+    sigma = max(high, min_noise_multiplier)
+    plan = RunPlan(
+        run=run,
+        dataset_fingerprint=fingerprint,
+        noise_multiplier=sigma,
+        planned_rounds=planned_rounds,
+        epsilon_before=before,
+        epsilon_planned=epsilon_with(sigma, history),
+        max_epsilon=max_epsilon,
+        delta=delta,
+        accountant=method,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    plans[key] = asdict(plan)
+    atomic_write_json(path, plans, mode=0o600)
+    return plan
