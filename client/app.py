@@ -29,6 +29,7 @@ from fedguard.federation import TrainRequest, client_generator, federated_data, 
 from fedguard.messages import (
     ERROR_BUDGET_REFUSED,
     ERROR_CLIENT_FAILED,
+    attach_receipt,
     decode_request,
     decode_simulation,
     encode_reply,
@@ -37,6 +38,7 @@ from fedguard.messages import (
     secagg_payload,
 )
 from fedguard.privacy import AccountantStore
+from fedguard.transport import encode_receipt
 
 __all__ = ["NODE_CONFIG_KEY", "app"]
 
@@ -135,13 +137,18 @@ def train(message: Message, context: Context) -> Message:
             )
             result = runtime.train(model_name=request.model, weights=weights, request=request)
             extra = {}
+            receipt = runtime.receipt(request)
             if setup is not None:
                 delta = [w - g for w, g in zip(result.weights, weights, strict=True)]
-                advert = secure.begin(setup=setup, update=delta)
-                return Message(
-                    encode_secure_reply(metrics=_reply_metrics(result, extra), payload=advert),
-                    reply_to=message,
+                advert = secure.begin(setup=setup, update=delta, request=request)
+                content = encode_secure_reply(metrics=_reply_metrics(result, extra), payload=advert)
+            else:
+                content = encode_reply(
+                    weights=result.weights, metrics=_reply_metrics(result, extra)
                 )
+            if receipt is not None:
+                attach_receipt(content, encode_receipt(receipt))
+            return Message(content, reply_to=message)
     except BudgetExceededError as exc:
         return Message(Error(code=ERROR_BUDGET_REFUSED, reason=str(exc)), reply_to=message)
     except Exception as exc:  # the server logs the reason; the node keeps serving

@@ -32,6 +32,7 @@ from fedguard.deploy_config import NodeConfig, load_node_config
 from fedguard.federation import TrainRequest, load_federated_data
 from fedguard.privacy import AccountantStore, GaussianEvent, sample_rate_for, steps_per_epoch
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, LedgerEntry
+from fedguard.privacy.receipts import PrivacyReceipt, receipt_for
 from fedguard.task import build_model, load_dataset
 
 __all__ = ["NodeRuntime", "PolicyRefusalError", "node_runtime"]
@@ -94,7 +95,7 @@ class NodeRuntime:
         store = self.accountant_store()
         plan = plan_run(
             state_dir=self.state_dir,
-            run=request.run_id or request.federation or "unnamed",
+            run=request.run_key,
             fingerprint=self.fingerprint,
             history=store.load(method=policy.accountant),
             round_event=GaussianEvent(
@@ -121,7 +122,7 @@ class NodeRuntime:
             # leaves a pending entry, which counts as spent.
             pending.append(
                 ledger.begin(
-                    run=request.run_id or request.federation or "unnamed",
+                    run=request.run_key,
                     server_round=request.server_round,
                     dataset_fingerprint=self.fingerprint,
                     sample_rate=event.sample_rate,
@@ -149,6 +150,14 @@ class NodeRuntime:
             ledger.commit(entry)
         self._remember(key, result)
         return result
+
+    def receipt(self, request: TrainRequest) -> PrivacyReceipt | None:
+        """The privacy receipt of ``request``'s round, from this node's ledger."""
+        return receipt_for(
+            Ledger(path=self.state_dir / LEDGER_FILENAME),
+            run=request.run_key,
+            server_round=request.server_round,
+        )
 
     def _replay(self, key: str) -> LocalResult | None:
         """The reply already sent for this very request (a restarted server asking again).

@@ -20,6 +20,7 @@ from fedguard._io import atomic_write_bytes
 from fedguard.client.node import PolicyRefusalError
 from fedguard.deploy_config import NodeConfig
 from fedguard.federation import TrainRequest
+from fedguard.privacy.client_dp import ClientDP, clip_and_noise
 from fedguard.privacy.secagg import (
     MaskedInputReply,
     MaskedInputRequest,
@@ -51,6 +52,11 @@ class NodeSecAgg:
     def check_request(self, *, setup_bytes: bytes | None, request: TrainRequest) -> Setup | None:
         """The round's setup, after checking it against the node's policy (before training)."""
         policy = self.config.secagg
+        if request.client_noise > 0 and setup_bytes is None:
+            raise PolicyRefusalError(
+                f"round {request.server_round} refused: client-level DP noise shares are only "
+                "safe inside a secure sum, and the server offered none"
+            )
         if setup_bytes is None:
             if policy.required:
                 raise PolicyRefusalError(
@@ -74,12 +80,34 @@ class NodeSecAgg:
                 f"round {request.server_round} refused: a cohort of {p.cohort} is below this "
                 f"node's secagg.min-neighbours {policy.min_neighbours} + itself"
             )
+        if request.client_noise > 0 and not 1 <= request.client_min_contributors <= p.threshold:
+            raise PolicyRefusalError(
+                f"round {request.server_round} refused: client-level DP assumes "
+                f"{request.client_min_contributors} contributors, but the secure sum only "
+                f"guarantees {p.threshold} (each share's noise would be too small)"
+            )
         if not 1 <= setup.slot <= p.cohort:
             raise PolicyRefusalError(f"secure aggregation slot {setup.slot} outside 1..{p.cohort}")
         return setup
 
-    def begin(self, *, setup: Setup, update: list[np.ndarray]) -> bytes:
-        """Store the trained update and fresh keys; the reply advertising them."""
+    def begin(
+        self, *, setup: Setup, update: list[np.ndarray], request: TrainRequest | None = None
+    ) -> bytes:
+        """Store the trained update and fresh keys; the reply advertising them.
+
+        With client-level DP in ``request``, the update is clipped and this node's noise
+        share added first (OS entropy), so nothing stored or sent is un-noised.
+        """
+        if request is not None and request.client_noise > 0:
+            update = clip_and_noise(
+                update,
+                mechanism=ClientDP(
+                    clip_norm=request.client_clip,
+                    noise_multiplier=request.client_noise,
+                    min_contributors=request.client_min_contributors,
+                ),
+                rng=np.random.default_rng(int.from_bytes(os.urandom(16), "little")),
+            ).arrays
         client = SecAggClient.create(
             params=setup.params, slot=setup.slot, min_holders=self._min_holders()
         )

@@ -88,6 +88,16 @@ class SecAggSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClientDPSection:
+    """[client-dp] of federation.toml: client-level DP, noise added in shares by nodes."""
+
+    enabled: bool = False
+    clip_norm: float = 1.0  # L2 clip of each node's round update
+    noise_multiplier: float = 1.0  # of the summed updates
+    delta: float = 1e-5  # of the client-level guarantee
+
+
+@dataclass(frozen=True, kw_only=True)
 class FederationConfig:
     """``federation.toml``: sections [federation], [task], [training], [server]."""
 
@@ -99,6 +109,7 @@ class FederationConfig:
     state_dir: Path
     out: Path
     secagg: SecAggSection = field(default_factory=SecAggSection)
+    client_dp: ClientDPSection = field(default_factory=ClientDPSection)
 
     def digest(self) -> str:
         """Hash of the settings that define the model's training (stored in checkpoints)."""
@@ -161,7 +172,8 @@ class NodeConfig:
 
 def load_federation_config(path: Path) -> FederationConfig:
     raw = _read(path)
-    _only(raw, {"federation", "task", "training", "server", "secagg", "state-dir", "out"}, path, "")
+    sections = {"federation", "task", "training", "server", "secagg", "client-dp"}
+    _only(raw, sections | {"state-dir", "out"}, path, "")
     cfg = FederationConfig(
         source=path.resolve(),
         federation=_section(raw, "federation", FederationSection, path),
@@ -171,7 +183,20 @@ def load_federation_config(path: Path) -> FederationConfig:
         state_dir=_path(raw.get("state-dir", "server-state"), "state-dir", path),
         out=_path(raw.get("out", "results"), "out", path),
         secagg=_section(raw, "secagg", SecAggSection, path),
+        client_dp=_section(raw, "client-dp", ClientDPSection, path),
     )
+    cd = cfg.client_dp
+    if cd.enabled:
+        _check(path, "client-dp.enabled", cfg.secagg.enabled, "false unless [secagg] is on", True)
+        _check(path, "client-dp.clip-norm", cd.clip_norm > 0, "a number > 0", cd.clip_norm)
+        _check(
+            path,
+            "client-dp.noise-multiplier",
+            cd.noise_multiplier > 0,
+            "a number > 0",
+            cd.noise_multiplier,
+        )
+        _check(path, "client-dp.delta", 0 < cd.delta < 1, "a number in (0, 1)", cd.delta)
     sa = cfg.secagg
     _check(path, "secagg.clip-range", sa.clip_range > 0, "a number > 0", sa.clip_range)
     _check(path, "secagg.bits", 1 <= sa.bits <= 30, "an integer in [1, 30]", sa.bits)

@@ -144,6 +144,16 @@ class TrainRequest:
     model: str = ""  # the model architecture's name (fedguard.task.MODEL_NAMES)
     prox_mu: float = 0.0  # FedProx (Li et al. 2020): (mu/2)||w - w_global||^2; 0 = off
     run_id: str = ""  # one federation run (stable across server restarts); "" = federation
+    # Client-level DP (fedguard.privacy.client_dp), 0 = off: clip, noise multiplier and the
+    # fewest updates a secure sum can hold (each node adds its share of the noise).
+    client_clip: float = 0.0
+    client_noise: float = 0.0
+    client_min_contributors: int = 0
+
+    @property
+    def run_key(self) -> str:
+        """The run a node books this round's privacy spend under (ledger, plans, receipts)."""
+        return self.run_id or self.federation or "unnamed"
 
     def __post_init__(self) -> None:
         mu = self.prox_mu
@@ -161,6 +171,7 @@ class ClientUpdate:
     num_examples: int
     train_loss: float
     epsilon: float | None = None
+    receipt: object | None = None  # deployment: the node's PrivacyReceipt (fedguard.privacy)
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,7 @@ class RoundRecord:
     clients: int  # updates aggregated this round
     refused: int
     seconds: float
+    client_epsilon: float | None = None  # client-level DP (opt-in), counted separately
 
     def as_dict(self) -> dict[str, float | int | None]:
         return dataclasses.asdict(self)
@@ -220,6 +232,7 @@ def run_rounds(
     on_round: Callable[[RoundRecord, list[np.ndarray]], None],
     epsilons: dict[int, float] | None = None,
     dp: bool = True,
+    client_epsilon: Callable[[int], float] | None = None,
 ) -> list[np.ndarray]:
     """The federated loop every engine shares; returns the final global weights.
 
@@ -271,6 +284,7 @@ def run_rounds(
             clients=secure.count if secure is not None else total.count,
             refused=refused,
             seconds=time.perf_counter() - start,
+            client_epsilon=None if client_epsilon is None else client_epsilon(server_round),
         )
         on_round(record, weights)
     return weights

@@ -19,6 +19,8 @@ from fedguard.config import SimulationConfig, load_simulation_config
 from fedguard.federation import TrainRequest
 
 __all__ = [
+    "attach_receipt",
+    "receipt_payload",
     "ERROR_BUDGET_REFUSED",
     "ERROR_CLIENT_FAILED",
     "REPLY_METRIC_KEYS",
@@ -45,6 +47,7 @@ _SIMULATION = "simulation"
 _METRICS = "metrics"
 _SECAGG = "secagg"
 _PAYLOAD = "payload"
+_RECEIPT = "receipt"
 
 # Everything a client may tell the server about its round. Anything else is dropped.
 REPLY_METRIC_KEYS: tuple[str, ...] = (
@@ -86,6 +89,9 @@ def encode_train(
                     "model": request.model,
                     "prox-mu": float(request.prox_mu),
                     "run-id": request.run_id,
+                    "client-clip": float(request.client_clip),
+                    "client-noise": float(request.client_noise),
+                    "client-min-contributors": request.client_min_contributors,
                 }
             ),
         }
@@ -119,6 +125,11 @@ def decode_request(message: Message) -> tuple[list[np.ndarray], TrainRequest]:
         # Absent from servers older than FedProx support: no proximal term.
         prox_mu=_float(r, "prox-mu") if "prox-mu" in r else 0.0,
         run_id=_str(r, "run-id") if "run-id" in r else "",
+        client_clip=_float(r, "client-clip") if "client-clip" in r else 0.0,
+        client_noise=_float(r, "client-noise") if "client-noise" in r else 0.0,
+        client_min_contributors=(
+            _int(r, "client-min-contributors") if "client-min-contributors" in r else 0
+        ),
     )
     return weights, request
 
@@ -186,6 +197,22 @@ def decode_secure_reply(content: RecordDict) -> tuple[dict[str, float], bytes]:
     if payload is None or _METRICS not in content.metric_records:
         raise ValueError("reply lacks the secagg or metrics record")
     return _metrics(content), payload
+
+
+def attach_receipt(content: RecordDict, receipt: bytes) -> RecordDict:
+    """Add a node's privacy receipt (``fedguard.v1.PrivacyReceipt`` bytes) to a reply."""
+    content[_RECEIPT] = ConfigRecord({_PAYLOAD: receipt})
+    return content
+
+
+def receipt_payload(content: RecordDict) -> bytes | None:
+    """The privacy receipt bytes a reply carries, if any."""
+    if _RECEIPT not in content.config_records:
+        return None
+    value = content.config_records[_RECEIPT].get(_PAYLOAD)
+    if not isinstance(value, bytes):
+        raise ValueError("receipt record lacks its payload bytes")
+    return value
 
 
 def _checked_metrics(metrics: dict[str, float | int]) -> dict[str, float | int]:

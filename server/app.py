@@ -30,6 +30,7 @@ from fedguard.federation import (
 from fedguard.flower_compat import send_and_receive  # polls every 0.05 s, not 3 s
 from fedguard.messages import decode_reply, encode_train
 from fedguard.optimizers import FedAvgM
+from fedguard.server.receipts import read_receipt
 from fedguard.task import Metrics, evaluate, get_weights, set_weights
 
 __all__ = ["describe_nodes", "exchange_round", "make_simulation_server_app", "wait_for_nodes"]
@@ -83,11 +84,13 @@ def exchange_round(
     content: RecordDict,
     timeout: float,
     label: Callable[[int], str] = str,
+    receipt_run: str | None = None,
 ) -> Iterator[ClientUpdate | Refusal]:
     """Send ``content`` to the cohort's nodes and turn their replies into updates.
 
     A reply from a node not asked, a second reply, an error reply or a malformed one is
-    never aggregated; a node that does not answer in time counts as dropped.
+    never aggregated; a node that does not answer in time counts as dropped. With
+    ``receipt_run`` each reply's privacy receipt is checked against that run and round.
     """
     msgs = [
         Message(
@@ -117,6 +120,11 @@ def exchange_round(
             continue
         try:
             decoded = decode_reply(reply)
+            receipt = (
+                None
+                if receipt_run is None
+                else read_receipt(reply.content, run=receipt_run, server_round=server_round)
+            )
         except (ValueError, KeyError, TypeError) as exc:
             yield Refusal(client_id=cid, reason=f"{label(cid)}: malformed reply: {exc}")
             continue
@@ -126,7 +134,8 @@ def exchange_round(
             weights=decoded.weights,
             num_examples=int(m["num-examples"]),
             train_loss=m.get("train-loss", float("nan")),
-            epsilon=m.get("epsilon"),
+            epsilon=m.get("epsilon") if receipt is None else receipt.epsilon,
+            receipt=receipt,
         )
     for cid in sorted(set(cohort) - answered):
         yield Refusal(client_id=cid, reason=f"{label(cid)}: no reply within {timeout:.0f}s")

@@ -36,6 +36,8 @@ from fedguard.federation import (
 from fedguard.flower_compat import check_flower_version, patch_object_pull_backoff
 from fedguard.messages import encode_train
 from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
+from fedguard.privacy.client_dp import ClientDP, client_level_spent
+from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.privacy.secagg import SecAggParams, make_params
 from fedguard.server.app import describe_nodes, exchange_round, wait_for_nodes
 from fedguard.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -109,12 +111,16 @@ def main(grid: Grid, context: Context) -> None:
     else:
         _say("secure aggregation: OFF ([secagg] enabled = false): the server sees each update")
     epsilon_of: dict[str, float] = dict(records[-1].get("epsilon_by_node", {})) if records else {}
+    # Each node's newest privacy receipt (its ledger entry's public fields).
+    receipts: dict[str, dict[str, Any]] = dict(records[-1].get("receipts", {})) if records else {}
     evaluate_global = _evaluator(cfg, model)
 
     def train_cohort(
         server_round: int, cohort: list[int], global_weights: list[np.ndarray]
     ) -> Iterator[ClientUpdate | Refusal | SecureMean]:
         tr = cfg.training
+        params = _secagg_params(cfg, server_round, cohort, examples) if cfg.secagg.enabled else None
+        cd = cfg.client_dp
         request = TrainRequest(
             server_round=server_round,
             local_epochs=tr.local_epochs,
@@ -128,11 +134,15 @@ def main(grid: Grid, context: Context) -> None:
             prox_mu=cfg.federation.prox_mu if cfg.federation.strategy == "fedprox" else 0.0,
             # Same id after a restart from the checkpoint: nodes keep the run's noise plan.
             run_id=f"{cfg.federation.name}/{cfg.digest()}",
+            # Client-level DP: every node adds noise for a sum of at least t updates.
+            client_clip=cd.clip_norm if cd.enabled else 0.0,
+            client_noise=cd.noise_multiplier if cd.enabled else 0.0,
+            client_min_contributors=params.threshold if cd.enabled and params else 0,
         )
-        if cfg.secagg.enabled:
+        if params is not None:
             replies: Iterable[ClientUpdate | Refusal | SecureMean] = secure_round(
                 grid=grid,
-                params=_secagg_params(cfg, server_round, cohort, examples),
+                params=params,
                 cohort=cohort,
                 node_of=node_of,
                 train_content=lambda setup: encode_train(
@@ -146,12 +156,15 @@ def main(grid: Grid, context: Context) -> None:
                 timeout=cfg.federation.round_timeout,
                 label=lambda c: names[c],
                 say=_say,
+                receipt_run=request.run_key,
             )
         else:
             replies = _plain_round(server_round, cohort, global_weights, request)
         for reply in replies:
             if isinstance(reply, ClientUpdate) and reply.epsilon is not None:
                 epsilon_of[names[reply.client_id]] = reply.epsilon
+            if isinstance(reply, ClientUpdate) and isinstance(reply.receipt, PrivacyReceipt):
+                receipts[names[reply.client_id]] = dataclasses.asdict(reply.receipt)
             yield reply
 
     def _plain_round(
@@ -171,6 +184,7 @@ def main(grid: Grid, context: Context) -> None:
             content=content,
             timeout=cfg.federation.round_timeout,
             label=lambda c: names[c],
+            receipt_run=request.run_key,
         )
 
     def on_round(record: RoundRecord, new_weights: list[np.ndarray]) -> None:
@@ -180,6 +194,7 @@ def main(grid: Grid, context: Context) -> None:
             for k, v in record.as_dict().items()
         }
         row["epsilon_by_node"] = dict(sorted(epsilon_of.items()))
+        row["receipts"] = dict(sorted(receipts.items()))
         records.append(row)
         # Checkpoint first: a crash after it replays nothing; before it, the round reruns.
         save_checkpoint(
@@ -201,9 +216,14 @@ def main(grid: Grid, context: Context) -> None:
             if math.isnan(record.accuracy)
             else f" accuracy {record.accuracy:.4f} loss {record.loss:.4f}"
         )
+        client = (
+            ""
+            if record.client_epsilon is None
+            else f"; client-level epsilon {record.client_epsilon:.3f} (rdp)"
+        )
         _say(
             f"round {record.round}:{quality} nodes {record.clients} refused {record.refused} "
-            f"{record.seconds:.2f}s; epsilon: {eps}"
+            f"{record.seconds:.2f}s; epsilon: {eps}{client}"
         )
 
     started = time.perf_counter()
@@ -219,6 +239,9 @@ def main(grid: Grid, context: Context) -> None:
         train_cohort=train_cohort,
         evaluate=evaluate_global,
         on_round=on_round,
+        client_epsilon=_client_epsilon(cfg, cohort_size / len(names))
+        if cfg.client_dp.enabled
+        else None,
     )
     last = records[-1]
     atomic_write_json(
@@ -227,11 +250,21 @@ def main(grid: Grid, context: Context) -> None:
             "federation": cfg.federation.name,
             "rounds": cfg.federation.rounds,
             "final_accuracy": last["accuracy"],  # null without a held-out set
-            "epsilon_by_node": last["epsilon_by_node"],
+            "epsilon_by_node": last["epsilon_by_node"],  # from the nodes' receipts
+            "receipts": last.get("receipts", {}),
             "nodes": names,
             "wall_seconds_this_run": time.perf_counter() - started,
             "config_digest": cfg.digest(),
             # How the updates were protected from this server (None: it saw each one).
+            "client_level_dp": (
+                {
+                    **dataclasses.asdict(cfg.client_dp),
+                    "epsilon": last.get("client_epsilon"),
+                    "accountant": "rdp",
+                }
+                if cfg.client_dp.enabled
+                else None
+            ),
             "secure_aggregation": (
                 {"protocol": "SecAgg+", **dataclasses.asdict(cfg.secagg)}
                 if cfg.secagg.enabled
@@ -256,6 +289,19 @@ def make_server_optimizer(cfg: FederationConfig) -> ServerOptimizer:
     return FedAvgM(server_lr=f.server_lr, server_momentum=momentum)
 
 
+def _client_epsilon(cfg: FederationConfig, sample_rate: float) -> Callable[[int], float]:
+    """Client-level epsilon after a round (the server's accounting of [client-dp])."""
+    cd = cfg.client_dp
+    mechanism = ClientDP(
+        clip_norm=cd.clip_norm, noise_multiplier=cd.noise_multiplier, min_contributors=1
+    )
+    return lambda r: (
+        client_level_spent(
+            mechanism=mechanism, sample_rate=min(1.0, sample_rate), rounds=r, delta=cd.delta
+        ).epsilon
+    )
+
+
 def _secagg_params(
     cfg: FederationConfig, server_round: int, cohort: list[int], examples: dict[int, int]
 ) -> SecAggParams:
@@ -267,8 +313,8 @@ def _secagg_params(
         clip_range=sa.clip_range,
         bits=sa.bits,
         # The largest data set in the cohort (nodes told the server in `describe`); a
-        # node claiming more is capped to it.
-        weight_cap=max(1, *(examples[c] for c in cohort)),
+        # node claiming more is capped to it. Client-level DP averages with equal weights.
+        weight_cap=1 if cfg.client_dp.enabled else max(1, *(examples[c] for c in cohort)),
         dropout_tolerance=sa.dropout_tolerance,
         graph_seed=cfg.federation.seed,
     )

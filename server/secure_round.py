@@ -31,6 +31,7 @@ from fedguard.privacy.secagg import (
     UnmaskReply,
     dequantize_mean,
 )
+from fedguard.server.receipts import read_receipt
 from fedguard.transport import WireError, decode_secagg
 from fedguard.transport.serde import encode_secagg as encode_payload
 
@@ -52,6 +53,7 @@ def secure_round(
     timeout: float,
     label: Callable[[int], str],
     say: Callable[[str], None],
+    receipt_run: str,
 ) -> Iterator[ClientUpdate | Refusal | SecureMean]:
     """Run the round; yields each node's receipt or refusal, then the secure mean."""
     r = params.server_round
@@ -87,6 +89,7 @@ def secure_round(
             advert = decode_secagg(payload, expect=AdvertiseKeys)
             if not isinstance(advert, AdvertiseKeys) or advert.slot != slot_of[cid]:
                 raise WireError(f"advertised slot is not {slot_of[cid]}")
+            receipt = read_receipt(reply.content, run=receipt_run, server_round=r)
         except (ValueError, KeyError, TypeError) as exc:
             yield Refusal(client_id=cid, reason=f"{label(cid)}: malformed reply: {exc}")
             continue
@@ -96,7 +99,8 @@ def secure_round(
             weights=None,
             num_examples=int(metrics["num-examples"]),
             train_loss=metrics.get("train-loss", float("nan")),
-            epsilon=metrics.get("epsilon"),
+            epsilon=metrics.get("epsilon") if receipt is None else receipt.epsilon,
+            receipt=receipt,
         )
     for cid in sorted(set(cohort) - answered):
         yield Refusal(client_id=cid, reason=f"{label(cid)}: no reply within {timeout:.0f}s")

@@ -39,6 +39,7 @@ class SimulationSummary:
     final_f1_macro: float
     final_roc_auc: float | None
     final_epsilon_max: float | None
+    final_client_epsilon: float | None  # client-level DP (--client-dp), at the same delta
     delta: float | None
     accountant: str | None
     clients: int
@@ -92,6 +93,7 @@ def simulate(
         final_f1_macro=last.f1_macro,
         final_roc_auc=last.roc_auc,
         final_epsilon_max=last.epsilon_max,
+        final_client_epsilon=last.client_epsilon,
         delta=None if config.no_dp else config.delta,
         accountant=None if config.no_dp else config.accountant,
         clients=config.clients,

@@ -7,10 +7,13 @@ type, whatever the input), and nothing is ever unpickled.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from fedguard.errors import FedguardError
+from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.privacy.secagg import (
     AdvertiseKeys,
     ClientState,
@@ -26,6 +29,7 @@ from fedguard.privacy.secagg import (
     UnmaskReply,
     UnmaskRequest,
 )
+from fedguard.proto.v1 import receipt_pb2 as rpb
 from fedguard.proto.v1 import secagg_pb2 as pb
 
 __all__ = [
@@ -33,8 +37,10 @@ __all__ = [
     "SecAggPayload",
     "WireError",
     "decode_client_state",
+    "decode_receipt",
     "decode_secagg",
     "encode_client_state",
+    "encode_receipt",
     "encode_secagg",
 ]
 
@@ -279,4 +285,67 @@ def decode_client_state(data: bytes) -> ClientState:
         seed=_key(m.seed),
         neighbour_keys={n.slot: _nk(n) for n in m.neighbours},
         held={_slot(h.owner): (bytes(h.seed_share), bytes(h.key_share)) for h in m.held},
+    )
+
+
+def encode_receipt(receipt: PrivacyReceipt) -> bytes:
+    """A privacy receipt as ``fedguard.v1.PrivacyReceipt`` bytes."""
+    return rpb.PrivacyReceipt(
+        version=WIRE_VERSION,
+        run=receipt.run,
+        server_round=receipt.server_round,
+        dataset_fingerprint=receipt.dataset_fingerprint,
+        sample_rate=receipt.sample_rate,
+        noise_multiplier=receipt.noise_multiplier,
+        steps=receipt.steps,
+        max_grad_norm=receipt.max_grad_norm,
+        epsilon=receipt.epsilon,
+        delta=receipt.delta,
+        accountant=receipt.accountant,
+        ledger_seq=receipt.ledger_seq,
+        ledger_hash=receipt.ledger_hash,
+        committed=receipt.committed,
+    ).SerializeToString()
+
+
+def decode_receipt(data: bytes) -> PrivacyReceipt:
+    """Parse and check a receipt: finite, in-range figures; raises :class:`WireError`."""
+    m = rpb.PrivacyReceipt()
+    try:
+        m.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise WireError(f"not a fedguard.v1.PrivacyReceipt: {exc}") from None
+    if m.version != WIRE_VERSION:
+        raise WireError(f"PrivacyReceipt version: expected {WIRE_VERSION}, got {m.version}")
+    checks = (
+        ("sample_rate", m.sample_rate, 0 < m.sample_rate <= 1, "in (0, 1]"),
+        ("noise_multiplier", m.noise_multiplier, m.noise_multiplier >= 0, ">= 0"),
+        ("max_grad_norm", m.max_grad_norm, m.max_grad_norm > 0, "> 0"),
+        ("epsilon", m.epsilon, m.epsilon >= 0, ">= 0"),
+        ("delta", m.delta, 0 < m.delta < 1, "in (0, 1)"),
+    )
+    for key, value, ok, allowed in checks:
+        if not (math.isfinite(value) and ok):
+            raise WireError(
+                f"PrivacyReceipt {key}: expected a finite number {allowed}, got {value}"
+            )
+    if m.accountant not in ("rdp", "prv") or len(m.ledger_hash) != 64:
+        raise WireError(
+            f"PrivacyReceipt: expected accountant rdp or prv and a 64-hex ledger hash, "
+            f"got {m.accountant!r} and {len(m.ledger_hash)} characters"
+        )
+    return PrivacyReceipt(
+        run=m.run,
+        server_round=m.server_round,
+        dataset_fingerprint=m.dataset_fingerprint,
+        sample_rate=m.sample_rate,
+        noise_multiplier=m.noise_multiplier,
+        steps=m.steps,
+        max_grad_norm=m.max_grad_norm,
+        epsilon=m.epsilon,
+        delta=m.delta,
+        accountant=m.accountant,
+        ledger_seq=m.ledger_seq,
+        ledger_hash=m.ledger_hash,
+        committed=m.committed,
     )

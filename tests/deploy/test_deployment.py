@@ -84,6 +84,11 @@ def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
         fingerprint = pending[-1].dataset_fingerprint
         assert fingerprint is not None and fingerprint.startswith("sha256:")
         assert ledger.spent(dataset_fingerprint=fingerprint) == pytest.approx(spent.epsilon)
+        # The server's record is the node's receipt: its ledger's last entry, by hash.
+        receipt = rows[-1]["receipts"][toml.parent.name]
+        assert receipt["ledger_hash"] == pending[-1].hash and receipt["committed"] is True
+        assert receipt["epsilon"] == pytest.approx(spent.epsilon)
+        assert receipt["dataset_fingerprint"] == fingerprint
         # Secure aggregation left no round secrets behind on the node.
         assert not list((toml.parent / "state").glob("secagg-*"))
     summary = json.loads((layout.results / "summary.json").read_text())

@@ -10,6 +10,7 @@ at the node's state folder between stages; the protocol code on both sides is th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import stat
 from collections.abc import Callable, Iterable, Mapping
@@ -232,6 +233,7 @@ class Federation:
         *,
         cohort: list[int] | None = None,
         clip_range: float | None = None,
+        client_dp: tuple[float, float, int | None] | None = None,
     ) -> Round:
         """One secure round as the deployed ServerApp runs it (server/deploy_app.py)."""
         cohort = sorted(self.node_of) if cohort is None else cohort
@@ -244,10 +246,18 @@ class Federation:
             cohort=len(cohort),
             clip_range=clip,
             bits=sa.bits,
-            weight_cap=max(1, *(self.examples[c] for c in cohort)),
+            weight_cap=1 if client_dp else max(1, *(self.examples[c] for c in cohort)),
             dropout_tolerance=sa.dropout_tolerance,
             graph_seed=self.cfg.federation.seed,
         )
+        if client_dp is not None:  # (clip, noise multiplier, min contributors or threshold)
+            clip_norm, noise, least = client_dp
+            request = dataclasses.replace(
+                request,
+                client_clip=clip_norm,
+                client_noise=noise,
+                client_min_contributors=params.threshold if least is None else least,
+            )
         out = list(
             secure_round(
                 grid=self.grid,
@@ -261,6 +271,7 @@ class Federation:
                 timeout=TIMEOUT,
                 label=lambda c: self.names[c],
                 say=self.said.append,
+                receipt_run=request.run_key,
             )
         )
         # The mean, when there is one, comes last, after every node's receipt.
@@ -490,3 +501,29 @@ def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
                   group_id="1")  # fmt: skip
     [reply] = send_and_receive(fed.grid, [msg], timeout=TIMEOUT)
     assert reply.has_error() and not reply.has_content()
+
+
+def test_client_level_dp_noise_shares_sum_to_the_mechanisms_noise(fed: Federation):
+    clip_norm, noise = 0.05, 1.0
+    rnd = fed.round(1, fed.initial_weights(), client_dp=(clip_norm, noise, None))
+    assert len(rnd.means) == 1 and rnd.means[0].count == 4
+    got = np.concatenate([m.ravel() for m in rnd.means[0].mean_update]).astype(np.float64)
+    # Equal weights; each node clipped its update to clip_norm and added N(0, (z C)^2 / t).
+    clipped = []
+    for c in sorted(fed.node_of):
+        d = fed.trained_delta(c, rnd)
+        clipped.append(d * min(1.0, clip_norm / np.linalg.norm(d)))
+    noise_in_mean = got - np.mean(clipped, axis=0)
+    t = rnd.params.threshold
+    want = noise * clip_norm * np.sqrt(4 / t) / 4
+    assert np.std(noise_in_mean) == pytest.approx(want, rel=0.15)
+
+
+def test_a_node_refuses_client_dp_shares_sized_for_more_contributors_than_guaranteed(
+    fed: Federation,
+):
+    rnd = fed.round(1, fed.initial_weights(), client_dp=(0.05, 1.0, 4))
+    # t = 3 of 4 (one may drop): shares sized for 4 would leave a 3-node sum under-noised.
+    assert rnd.params.threshold == 3 and not rnd.means
+    assert len(rnd.refusals) == 4
+    assert all("guarantees 3" in r.reason for r in rnd.refusals)

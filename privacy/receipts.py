@@ -1,0 +1,55 @@
+"""Privacy receipts: what a node tells the server it spent in a round, from its ledger.
+
+A receipt is the public part of the round's ledger entry (no data, no weights), plus the
+entry's sequence number and hash, so the server's record and the node's ledger can be
+matched line by line. ``fedguard.transport`` encodes it as ``fedguard.v1.PrivacyReceipt``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .ledger import Ledger
+
+__all__ = ["PrivacyReceipt", "receipt_for"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyReceipt:
+    run: str
+    server_round: int
+    dataset_fingerprint: str
+    sample_rate: float
+    noise_multiplier: float
+    steps: int
+    max_grad_norm: float
+    epsilon: float  # cumulative on this data set after the round
+    delta: float
+    accountant: str
+    ledger_seq: int
+    ledger_hash: str
+    committed: bool
+
+
+def receipt_for(ledger: Ledger, *, run: str, server_round: int) -> PrivacyReceipt | None:
+    """The receipt of the newest ledger entry for ``(run, server_round)``, if any."""
+    entries = ledger.entries()
+    committed = ledger.committed()
+    for e in reversed(entries):
+        if e.kind == "pending" and e.run == run and e.server_round == server_round:
+            return PrivacyReceipt(
+                run=run,
+                server_round=server_round,
+                dataset_fingerprint=e.dataset_fingerprint or "",
+                sample_rate=float(e.sample_rate or 0.0),
+                noise_multiplier=float(e.noise_multiplier or 0.0),
+                steps=int(e.steps or 0),
+                max_grad_norm=float(e.max_grad_norm or 0.0),
+                epsilon=float(e.epsilon_after or 0.0),
+                delta=float(e.delta or 0.0),
+                accountant=e.accountant or "",
+                ledger_seq=e.seq,
+                ledger_hash=e.hash,
+                committed=e.hash in committed,
+            )
+    return None

@@ -1,0 +1,25 @@
+"""The server's reading of the privacy receipts nodes attach to their train replies."""
+
+from __future__ import annotations
+
+from flwr.app import RecordDict
+
+from fedguard.messages import receipt_payload
+from fedguard.privacy.receipts import PrivacyReceipt
+from fedguard.transport import decode_receipt
+
+__all__ = ["read_receipt"]
+
+
+def read_receipt(content: RecordDict, *, run: str, server_round: int) -> PrivacyReceipt | None:
+    """The reply's receipt, checked to be for this run and round (``ValueError`` if not)."""
+    payload = receipt_payload(content)
+    if payload is None:
+        return None
+    receipt = decode_receipt(payload)
+    if receipt.run != run or receipt.server_round != server_round:
+        raise ValueError(
+            f"privacy receipt is for run {receipt.run!r} round {receipt.server_round}, "
+            f"not run {run!r} round {server_round} (stale or replayed)"
+        )
+    return receipt
