@@ -13,11 +13,13 @@ Two analyses are offered (:class:`AccountantMethod`):
     (epsilon, delta) with Balle et al. 2020, over Opacus's default orders. Fast.
 ``prv``
     Numerical composition of privacy loss random variables (Gopi et al. 2021), as in
-    Opacus's ``PRVAccountant``: the reported epsilon is the upper end of the error band.
-    Tighter than RDP, ~0.1-1 s per evaluation. Its grid grows with the number of steps and
-    with epsilon; to keep memory bounded (Opacus would happily allocate tens of GB), the
-    error allowance ``eps_error`` is widened beyond Opacus's 0.01 when the grid would exceed
-    :data:`PRV_MAX_GRID_POINTS`, and when even that is not enough (or the numerics fail)
+    Opacus's ``PRVAccountant``. Tighter than RDP, ~0.1-1 s per evaluation. The reported
+    epsilon is the upper end of the error band: the estimate plus :data:`PRV_EPS_ERROR`,
+    an absolute 0.01, which is more than 1% of epsilon below epsilon ~1. The grid grows
+    with the number of steps and with epsilon; to keep memory bounded (Opacus would
+    happily allocate tens of GB), the error allowance is widened beyond 0.01 when the grid
+    would exceed :data:`PRV_MAX_GRID_POINTS`. When even that is not enough, or the
+    numerics fail (a privacy loss above ~700 overflows ``exp``: epsilon in the hundreds),
     the RDP bound is reported instead. Both are valid upper bounds; the returned
     :class:`PrivacySpent` names the analysis that produced the number.
 """
@@ -39,6 +41,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from fedguard.errors import ConfigError, invalid
 
 __all__ = [
+    "PRV_EPS_ERROR",
     "PRV_MAX_GRID_POINTS",
     "STATE_FORMAT",
     "Accountant",
@@ -56,7 +59,11 @@ grid point (measured with opacus 1.6: 5.3e6 points used 675 MB), so 2e6 keeps on
 evaluation under ~400 MB and ~1.5 s. Each distinct event also keeps its own 8-byte-per-point
 pmf until composition, so the cap shrinks as ``25 / (24 + events)`` for longer histories."""
 
-_PRV_EPS_ERROR = 0.01  # Opacus's PRVAccountant default
+PRV_EPS_ERROR = 0.01
+"""PRV's allowance for the error of its epsilon estimate, absolute (Opacus's
+``PRVAccountant`` default). The reported epsilon is the estimate plus this allowance (plus
+more where the grid cap widens it), so it stays an upper bound."""
+
 _PRV_MAX_EPS_ERROR = 0.5  # Opacus's domain-size heuristic is only vetted for eps_error < 1
 _RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in RDPAccountant.DEFAULT_ALPHAS)
 
@@ -187,18 +194,18 @@ def _prv_epsilon(events: tuple[GaussianEvent, ...], delta: float) -> float | Non
             half_width = prv_analysis.compute_safe_domain_size(
                 prvs=prvs,
                 max_self_compositions=counts,
-                eps_error=_PRV_EPS_ERROR,
+                eps_error=PRV_EPS_ERROR,
                 delta_error=delta_error,
             )
             spread = math.sqrt(total * math.log(12 / delta_error) / 2)
             # The grid has 2 * half_width / mesh points and mesh = eps_error / spread, so the
             # point count is inversely proportional to eps_error: widen it to fit the cap.
-            points = 2 * half_width * spread / _PRV_EPS_ERROR
+            points = 2 * half_width * spread / PRV_EPS_ERROR
             cap = PRV_MAX_GRID_POINTS * 25 / (24 + len(events))
-            eps_error = max(_PRV_EPS_ERROR, _PRV_EPS_ERROR * points / cap)
+            eps_error = max(PRV_EPS_ERROR, PRV_EPS_ERROR * points / cap)
             if not math.isfinite(eps_error) or eps_error > _PRV_MAX_EPS_ERROR:
                 return None
-            if eps_error > _PRV_EPS_ERROR:
+            if eps_error > PRV_EPS_ERROR:
                 half_width = prv_analysis.compute_safe_domain_size(
                     prvs=prvs,
                     max_self_compositions=counts,
@@ -219,7 +226,9 @@ def _prv_epsilon(events: tuple[GaussianEvent, ...], delta: float) -> float | Non
             # Opacus raises these when discretisation or the delta search breaks down.
             return None
     eps = float(eps_upper)
-    return eps if not math.isnan(eps) else None
+    # inf/nan: exp() of the privacy loss overflowed (epsilon in the hundreds); not a bound
+    # anyone can use, so the caller reports the (finite) RDP bound instead.
+    return eps if math.isfinite(eps) else None
 
 
 @functools.lru_cache(maxsize=256)

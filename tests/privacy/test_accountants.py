@@ -150,6 +150,15 @@ def test_prv_falls_back_to_rdp_instead_of_exhausting_memory():
     assert spent.epsilon == rdp.epsilon
 
 
+def test_prv_falls_back_to_rdp_when_its_numerics_overflow():
+    # Full batch, sigma 0.6, 1000 steps: epsilon ~1600, privacy losses beyond exp()'s
+    # float64 range; Opacus's PRV returns inf here, which is no bound anyone can use.
+    events = [[0.6, 1.0, 1000]]
+    spent = _accountant("prv", events).get_privacy_spent(delta=DELTA)
+    assert spent.method is AccountantMethod.RDP and math.isfinite(spent.epsilon)
+    assert spent == _accountant("rdp", events).get_privacy_spent(delta=DELTA)
+
+
 def test_prv_widens_error_to_fit_the_grid_cap(monkeypatch):
     events = [[1.0, 0.05, 500]]
     exact = _accountant("prv", events).get_privacy_spent(delta=DELTA)
