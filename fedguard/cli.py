@@ -79,6 +79,16 @@ def simulate(
         str | None, Opt(help="inprocess (fast) or flower (Flower's Ray engine)")
     ] = None,
     threads: Annotated[int | None, Opt(help="torch threads for the in-process engine")] = None,
+    device: Annotated[
+        str | None, Opt(help="in-process engine: cpu, cuda or auto (cuda if available)")
+    ] = None,
+    client_cpus: Annotated[
+        float | None, Opt(help="--engine flower: CPUs per virtual client (Ray; 0.5 = two per CPU)")
+    ] = None,
+    client_gpus: Annotated[
+        float | None,
+        Opt(help="--engine flower: GPUs per virtual client (Ray; 0.25 = four per GPU)"),
+    ] = None,
     secagg: Annotated[
         bool | None, Opt("--secagg/--no-secagg", help="SecAgg+ secure aggregation (in-process)")
     ] = None,
@@ -117,6 +127,9 @@ def simulate(
         "seed": seed,
         "engine": engine,
         "threads": threads,
+        "device": device,
+        "client-cpus": client_cpus,
+        "client-gpus": client_gpus,
         "secagg": secagg,
         "secagg-clip-range": secagg_clip_range,
         "secagg-bits": secagg_bits,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,10 +21,12 @@ from fedguard.errors import ConfigError, invalid
 
 __all__ = [
     "ACCOUNTANTS",
+    "DEVICES",
     "ENGINES",
     "SimulationConfig",
     "load_simulation_config",
     "option_name",
+    "resolve_device",
 ]
 
 
@@ -34,6 +37,8 @@ class Engine(StrEnum):
 
 ENGINES: tuple[str, ...] = tuple(e.value for e in Engine)
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
+DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
+"""``--device``: ``auto`` is ``cuda`` when ``torch.cuda.is_available()``, else ``cpu``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +75,9 @@ class SimulationConfig:
     seed: int = 0
     engine: str = "inprocess"
     threads: int = 1
+    device: str = "cpu"  # in-process engine: where the model, data and DP noise live
+    client_cpus: float = 1.0  # --engine flower: Ray's num_cpus per virtual client
+    client_gpus: float = 0.0  # --engine flower: Ray's num_gpus per virtual client
     secagg: bool = False  # in-process SecAgg+: the same protocol code as a deployment
     secagg_clip_range: float = 1.0
     secagg_bits: int = 16
@@ -93,6 +101,18 @@ class SimulationConfig:
             value = getattr(self, f.name)
             out[option_name(f.name)] = str(value) if isinstance(value, Path) else value
         return out
+
+
+def resolve_device(device: str) -> str:
+    """The torch device a ``--device`` value means here: ``auto`` is ``cuda`` when torch
+    sees a CUDA device, else ``cpu``; ``cpu`` and ``cuda`` are themselves."""
+    if device not in DEVICES:
+        raise invalid("--device", allowed=DEVICES, got=device)
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def option_name(field_name: str) -> str:
@@ -236,7 +256,63 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
     positive_float("--delta", cfg.delta, upper=1.0, strict_upper=True)
     positive_float("--max-grad-norm", cfg.max_grad_norm)
     positive_float("--alpha", cfg.alpha)
+    _validate_resources(cfg, need)
     _validate_secagg(cfg, need)
+
+
+def _validate_resources(cfg: SimulationConfig, need: Any) -> None:
+    """``--device`` and the Flower engine's per-client Ray resources."""
+    need(cfg.device in DEVICES, "--device", DEVICES, cfg.device)
+    if cfg.device == "cuda":
+        import torch
+
+        need(
+            torch.cuda.is_available(),
+            "--device",
+            "cpu or auto on this machine (torch sees no CUDA device)",
+            cfg.device,
+        )
+    need(
+        cfg.device != "cuda" or cfg.engine == Engine.INPROCESS,
+        "--device",
+        "cpu or auto with --engine flower (its ClientApp trains on the CPU; --client-gpus "
+        "reserves GPUs for clients)",
+        cfg.device,
+    )
+    for key, value, low in (
+        ("--client-cpus", cfg.client_cpus, "> 0"),
+        ("--client-gpus", cfg.client_gpus, ">= 0"),
+    ):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            v = float(value)
+            ok = math.isfinite(v) and (v > 0 if low == "> 0" else v >= 0)
+            ok = ok and (v <= 1 or v.is_integer())  # Ray: fractions of one unit, or whole units
+        need(ok, key, f"a number {low}: a fraction <= 1 or a whole number", value)
+    if cfg.engine != Engine.FLOWER:
+        return
+    cpus = os.cpu_count() or 1
+    need(
+        cfg.client_cpus <= cpus,
+        "--client-cpus",
+        f"at most the {cpus} CPU(s) of this machine (Ray would never schedule a client)",
+        cfg.client_cpus,
+    )
+    if cfg.client_gpus > 0:
+        import torch
+
+        need(
+            torch.cuda.device_count() > 0,
+            "--client-gpus",
+            "0 on this machine (torch sees no CUDA device; Ray would never schedule a client)",
+            cfg.client_gpus,
+        )
+        need(
+            cfg.client_gpus <= torch.cuda.device_count(),
+            "--client-gpus",
+            f"at most the {torch.cuda.device_count()} GPU(s) torch sees",
+            cfg.client_gpus,
+        )
 
 
 def _validate_secagg(cfg: SimulationConfig, need: Any) -> None:

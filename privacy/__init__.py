@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from .accountants import Accountant, AccountantMethod, GaussianEvent, PrivacySpent
 from .calibration import calibrate_noise_multiplier
-from .dpsgd import DPTrainer, DPTrainResult, sample_rate_for, steps_per_epoch
+from .dpsgd import GRAD_SAMPLE_MODES, DPTrainer, DPTrainResult, sample_rate_for, steps_per_epoch
 from .state import AccountantStore
 
 __all__ = [
+    "GRAD_SAMPLE_MODES",
     "Accountant",
     "AccountantMethod",
     "AccountantStore",

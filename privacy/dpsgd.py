@@ -1,7 +1,8 @@
 """DP-SGD training of one model for any number of clients (Opacus underneath).
 
-:class:`DPTrainer` wraps the model once in Opacus's ``GradSampleModule`` (per-sample
-gradients through hooks) and reuses the wrapping for every client: load that client's
+:class:`DPTrainer` wraps the model once for per-sample gradient clipping (Opacus's
+``GradSampleModule`` or book-keeping ghost clipping: :mod:`fedguard.privacy.persample`)
+and reuses the wrapping for every client: load that client's
 weights into :attr:`DPTrainer.module`, restore its accountant, call :meth:`DPTrainer.train`.
 Wrapping per client would fail (Opacus: "Trying to add hooks twice to the same model") and
 cost far more than the training itself for small models.
@@ -35,9 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812 - conventional alias
-from opacus.grad_sample import GradSampleModule
-from opacus.optimizers import DPOptimizer
 from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 from torch import nn
@@ -45,6 +43,7 @@ from torch import nn
 from fedguard.errors import ConfigError, invalid
 
 from .accountants import Accountant, GaussianEvent
+from .persample import GRAD_SAMPLE_MODES, STEP_ATTRS, PerSampleGradients
 
 __all__ = [
     "GRAD_SAMPLE_MODES",
@@ -53,14 +52,6 @@ __all__ = [
     "sample_rate_for",
     "steps_per_epoch",
 ]
-
-GRAD_SAMPLE_MODES = ("hooks", "functorch")
-"""Opacus per-sample gradient modes :class:`DPTrainer` supports. Both use the plain
-``GradSampleModule`` + ``DPOptimizer`` pair; ghost clipping needs a different optimizer
-and loss wrapper, and expanded weights ("ew") cannot be wrapped once and reused."""
-
-# Opacus sets these on parameters during a step; none may survive into the next client.
-_STEP_ATTRS = ("grad_sample", "summed_grad", "_current_grad_sample")
 
 
 @dataclass(frozen=True)
@@ -147,7 +138,9 @@ class DPTrainer:
         A classifier returning logits. Must pass Opacus's ``ModuleValidator`` (no
         BatchNorm and the like, which mix examples within a batch and void per-sample DP).
     grad_sample_mode : str
-        One of :data:`GRAD_SAMPLE_MODES`.
+        One of :data:`GRAD_SAMPLE_MODES` (:mod:`fedguard.privacy.persample`): all compute
+        the same clipped sum at different costs. ``auto``: ``bk`` (book-keeping ghost
+        clipping) for all-linear models, ``hooks`` otherwise.
 
     Raises
     ------
@@ -156,7 +149,7 @@ class DPTrainer:
         is already wrapped by another trainer, or the mode is unknown.
     """
 
-    def __init__(self, *, model: nn.Module, grad_sample_mode: str = "hooks") -> None:
+    def __init__(self, *, model: nn.Module, grad_sample_mode: str = "auto") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
@@ -174,20 +167,14 @@ class DPTrainer:
                 "per-sample-gradient hooks (reuse the existing DPTrainer instead of building "
                 "another)"
             )
-        # Per-sample gradients of the SUM of losses are the plain per-example gradients;
-        # the optimizer divides the noisy sum by the expected batch size itself.
-        self._gsm = GradSampleModule(
-            model,
-            batch_first=True,
-            loss_reduction="sum",
-            strict=True,
-            force_functorch=grad_sample_mode == "functorch",
-        )
+        self._per_sample = PerSampleGradients(model=model, mode=grad_sample_mode)
         self._model = model
-        # Outside train() the module must behave like a plain one (evaluation with grad on
-        # must not collect activations or per-sample gradients).
-        self._gsm.disable_hooks()
         self._clear()
+
+    @property
+    def grad_sample_mode(self) -> str:
+        """How per-sample gradients are clipped (:data:`GRAD_SAMPLE_MODES`)."""
+        return self._per_sample.mode
 
     @property
     def module(self) -> nn.Module:
@@ -226,7 +213,8 @@ class DPTrainer:
         accountant : Accountant
             This client's accountant; the event is composed into it before training.
         generator : torch.Generator
-            The only randomness source (Poisson sampling and noise).
+            The only randomness source (Poisson sampling and noise), on the model's device
+            type (``torch.Generator(device="cuda")`` for a model on a GPU).
         before_training : callable, optional
             Called once with the composed event before the first step; persist the
             accountant here. If it raises, no training happens (the event stays composed).
@@ -255,6 +243,23 @@ class DPTrainer:
             raise TypeError(
                 f"generator: expected a torch.Generator, got {type(generator).__name__}"
             )
+        params = [p for p in self._model.parameters() if p.requires_grad]
+        if not params:
+            raise invalid("model", allowed="a module with trainable parameters", got="none")
+        device = params[0].device
+        if x.device != device or y.device != device:
+            raise invalid(
+                "x, y",
+                allowed=f"tensors on the model's device {device}",
+                got=(str(x.device), str(y.device)),
+            )
+        if generator.device.type != device.type:
+            raise invalid(
+                "generator",
+                allowed=f"a torch.Generator on the model's device type {device.type} (Opacus "
+                "draws the noise on the parameters' device)",
+                got=str(generator.device),
+            )
         n = int(x.shape[0])
         n_epochs = _int("epochs", epochs, minimum=1)
         per_epoch = steps_per_epoch(num_examples=n, batch_size=batch_size)
@@ -275,22 +280,16 @@ class DPTrainer:
         event = GaussianEvent(noise_multiplier=sigma, sample_rate=q, steps=steps)
 
         self._clear()
-        params = [p for p in self._model.parameters() if p.requires_grad]
-        if not params:
-            raise invalid("model", allowed="a module with trainable parameters", got="none")
         # FedProx anchor: the weights this call starts from (the global model).
         anchor = [p.detach().clone() for p in params] if mu > 0 else []
-        for p in params:
-            # GradSampleModule's hooks expect the attribute (Opacus adds it to Parameter).
-            p.grad_sample = None  # type: ignore[attr-defined]
-        optimizer = DPOptimizer(
-            optimizer=torch.optim.SGD(params, lr=rate, momentum=mom),
+        optimizer = self._per_sample.optimizer(
+            params=params,
+            lr=rate,
+            momentum=mom,
             noise_multiplier=sigma,
             max_grad_norm=clip,
             expected_batch_size=expected_batch,
-            loss_reduction="mean",  # divide the noisy sum by expected_batch
             generator=generator,
-            secure_mode=False,  # torchcsprng unavailable; see the module docstring
         )
         was_training = self._model.training
         loss_sum, examples = 0.0, 0
@@ -301,7 +300,7 @@ class DPTrainer:
             if before_training is not None:
                 before_training(event)
             self._model.train()
-            self._gsm.enable_hooks()
+            self._per_sample.hooks(enabled=True)
             # Opacus's hooks fire on the first layer, whose input needs no gradient; torch
             # warns about that on every step although the per-sample gradients are right.
             with warnings.catch_warnings():
@@ -316,13 +315,9 @@ class DPTrainer:
                     if idx.numel() == 0:
                         # Nothing to differentiate; the sum of zero clipped gradients is 0 and
                         # DPOptimizer still adds the noise, releasing a noise-only step.
-                        for p in params:
-                            empty = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
-                            p.grad_sample = empty  # type: ignore[attr-defined]
+                        self._per_sample.empty_batch(params)
                     else:
-                        loss = F.cross_entropy(self._gsm(x[idx]), y[idx].long(), reduction="sum")
-                        loss.backward()
-                        loss_sum += float(loss.detach())
+                        loss_sum += self._per_sample.backward(x[idx], y[idx].long())
                         examples += int(idx.numel())
                     if mu == 0:
                         optimizer.step()
@@ -337,7 +332,7 @@ class DPTrainer:
                         optimizer.original_optimizer.step()
         finally:
             optimizer.zero_grad(set_to_none=True)
-            self._gsm.disable_hooks()
+            self._per_sample.hooks(enabled=False)
             self._clear()
             self._model.train(was_training)
         return DPTrainResult(
@@ -354,7 +349,7 @@ class DPTrainer:
         # into the next client's step or into the weights the caller reads.
         for p in self._model.parameters():
             p.grad = None
-            for attr in _STEP_ATTRS:
+            for attr in STEP_ATTRS:
                 if hasattr(p, attr):
                     delattr(p, attr)
             if hasattr(p, "_forward_counter"):

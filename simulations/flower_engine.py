@@ -15,13 +15,14 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedguard.config import SimulationConfig
 from fedguard.federation import RoundRecord
 
-__all__ = ["run_flower"]
+__all__ = ["ray_backend_config", "run_flower"]
 
 
 def run_flower(
@@ -46,18 +47,29 @@ def run_flower(
     server_app = make_simulation_server_app(
         config=config, state_dir=state_dir.resolve(), on_round=on_round
     )
-    cpus = os.cpu_count() or 1
     run_simulation(
         server_app=server_app,
         client_app=client_app,
         num_supernodes=config.clients,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {
-                "num_cpus": cpus,
-                "num_gpus": 0,
-                "include_dashboard": False,
-                "log_to_driver": False,
-            },
-        },
+        backend_config=ray_backend_config(config=config),
     )
+
+
+def ray_backend_config(*, config: SimulationConfig) -> dict[str, Any]:
+    """Flower's ``backend_config`` for ``config``: per-client resources and Ray's own.
+
+    Ray runs as many virtual clients at once as the fractions allow: with
+    ``client-cpus = 0.5`` two per CPU, with ``client-gpus = 0.25`` at most four per GPU
+    (GPU fractions limit scheduling; they do not cap a client's GPU memory).
+    """
+    import torch
+
+    return {
+        "client_resources": {"num_cpus": config.client_cpus, "num_gpus": config.client_gpus},
+        "init_args": {
+            "num_cpus": os.cpu_count() or 1,
+            "num_gpus": torch.cuda.device_count(),
+            "include_dashboard": False,
+            "log_to_driver": False,
+        },
+    }

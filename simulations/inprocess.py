@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from fedguard.client.training import BudgetExceededError, LocalTrainer
-from fedguard.client.virtual import budget_for, client_state_dir
-from fedguard.config import SimulationConfig
+from fedguard.client.virtual import budget_for
+from fedguard.config import SimulationConfig, resolve_device
 from fedguard.federation import (
     ClientUpdate,
     FederatedData,
@@ -34,13 +34,13 @@ from fedguard.federation import (
     run_rounds,
 )
 from fedguard.optimizers import FedAvgM
-from fedguard.privacy import AccountantStore
 from fedguard.privacy.secagg import (
     SecAggAbortedError,
     dequantize_mean,
     make_params,
     secure_sum_in_process,
 )
+from fedguard.simulations.client_state import AccountantCache
 from fedguard.task import Metrics, evaluate, get_weights, set_weights
 
 __all__ = ["run_inprocess"]
@@ -60,18 +60,21 @@ def run_inprocess(
     # Small models are dominated by per-op overhead: one thread is several times faster
     # than two here (FLOWER-NOTES.md). The engine owns its process, so it may choose.
     torch.set_num_threads(config.threads)
+    device = torch.device(resolve_device(config.device))
     ds = data.dataset
-    trainer = LocalTrainer(model=initial_model(config, data), dp=not config.no_dp)
+    # Model, DP wrapping and data move to the device once; clients only load weights.
+    trainer = LocalTrainer(model=initial_model(config, data).to(device), dp=not config.no_dp)
     weights = get_weights(trainer.model)
-    xs = [torch.from_numpy(ds.x_train[idx]) for idx in data.partitions]
-    ys = [torch.from_numpy(ds.y_train[idx]) for idx in data.partitions]
-    x_test, y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+    xs = [torch.from_numpy(ds.x_train[idx]).to(device) for idx in data.partitions]
+    ys = [torch.from_numpy(ds.y_train[idx]).to(device) for idx in data.partitions]
+    x_test, y_test = torch.from_numpy(ds.x_test).to(device), torch.from_numpy(ds.y_test).to(device)
     budget = budget_for(config)
+    accountants = AccountantCache(state_dir=state_dir)  # files written once, at the end
 
     def train_one(
         server_round: int, cid: int, global_weights: list[np.ndarray]
     ) -> ClientUpdate | Refusal:
-        store = AccountantStore(path=client_state_dir(state_dir, cid) / "accountant.json")
+        store = accountants.store(cid)
         try:
             result = trainer.run(
                 global_weights=global_weights,
@@ -79,7 +82,7 @@ def run_inprocess(
                 y=ys[cid],
                 request=request_for(config, server_round),
                 generator=client_generator(
-                    seed=config.seed, server_round=server_round, client_id=cid
+                    seed=config.seed, server_round=server_round, client_id=cid, device=device
                 ),
                 budget=budget,
                 store=store,
@@ -161,16 +164,19 @@ def run_inprocess(
         set_weights(trainer.model, global_weights)
         return evaluate(model=trainer.model, x=x_test, y=y_test, num_classes=ds.num_classes)
 
-    return run_rounds(
-        first_round=1,
-        last_round=config.rounds,
-        seed=config.seed,
-        num_clients=config.clients,
-        cohort_size=config.cohort_size,
-        weights=weights,
-        server=FedAvgM(server_lr=config.server_lr, server_momentum=config.server_momentum),
-        train_cohort=train_cohort_secure if config.secagg else train_cohort,
-        evaluate=evaluate_global,
-        on_round=on_round,
-        dp=not config.no_dp,
-    )
+    try:
+        return run_rounds(
+            first_round=1,
+            last_round=config.rounds,
+            seed=config.seed,
+            num_clients=config.clients,
+            cohort_size=config.cohort_size,
+            weights=weights,
+            server=FedAvgM(server_lr=config.server_lr, server_momentum=config.server_momentum),
+            train_cohort=train_cohort_secure if config.secagg else train_cohort,
+            evaluate=evaluate_global,
+            on_round=on_round,
+            dp=not config.no_dp,
+        )
+    finally:
+        accountants.flush()  # also after an error: what was spent is on disk

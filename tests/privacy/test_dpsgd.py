@@ -303,7 +303,7 @@ def test_tiny_sample_rate_with_many_empty_batches():
 # --- reuse across clients ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+@pytest.mark.parametrize("mode", ["hooks", "functorch", "ew", "ghost", "bk"])
 def test_one_trainer_serves_many_clients_without_leaks(mode):
     model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
     trainer = DPTrainer(model=model, grad_sample_mode=mode)
@@ -382,5 +382,8 @@ def test_mismatched_data_is_refused():
         _train(trainer, x, y[:-1])
     with pytest.raises(ConfigError, match=r"^y: expected integer class labels"):
         _train(trainer, x, y.float())
-    with pytest.raises(ConfigError, match=r"^grad_sample_mode: expected one of hooks, functorch"):
-        DPTrainer(model=_model(), grad_sample_mode="ghost")
+    with pytest.raises(
+        ConfigError,
+        match=r"^grad_sample_mode: expected one of auto, hooks, functorch, ew, ghost, bk",
+    ):
+        DPTrainer(model=_model(), grad_sample_mode="vmap")
