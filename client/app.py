@@ -35,6 +35,7 @@ from fedguard.messages import (
     encode_reply,
     encode_secagg,
     encode_secure_reply,
+    is_simulation,
     secagg_payload,
 )
 from fedguard.privacy import AccountantStore
@@ -121,14 +122,18 @@ def train(message: Message, context: Context) -> Message:
     """Train one round on this node's data, within its privacy budget, and reply."""
     who = _node_config_path(context) or f"partition {context.node_config.get('partition-id')}"
     try:
+        # Checked before anything else: records, finite weights, every key's type and range.
         weights, request = decode_request(message)
-        simulation = decode_simulation(message)
+        path = _node_config_path(context)
+        simulation = decode_simulation(message) if path is None else None
         if simulation is not None:
             result, extra = _train_virtual(message, context, weights, request, *simulation)
         else:
-            path = _node_config_path(context)
             if path is None:
                 raise ValueError("this node was started without its fedguard node config")
+            if is_simulation(message):
+                # A virtual client's record names a state folder: never taken from a server.
+                raise ValueError("train request: a deployed node takes no simulation record")
             runtime = node_runtime(path)
             secure = NodeSecAgg(config=runtime.config, examples=int(runtime.x.shape[0]))
             # Policy first: a round the node would refuse is refused before any training.

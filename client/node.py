@@ -33,7 +33,7 @@ from fedguard.federation import TrainRequest, load_federated_data
 from fedguard.privacy import AccountantStore, GaussianEvent, sample_rate_for, steps_per_epoch
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, LedgerEntry
 from fedguard.privacy.receipts import PrivacyReceipt, receipt_for
-from fedguard.task import build_model, load_dataset
+from fedguard.task import build_model, load_dataset, set_weights
 
 __all__ = ["NodeRuntime", "PolicyRefusalError", "node_runtime"]
 
@@ -87,6 +87,9 @@ class NodeRuntime:
                 name=model_name, input_shape=self.input_shape, num_classes=self.num_classes
             )
             trainer = self._trainers[model_name] = LocalTrainer(model=model, dp=True)
+        # Weights that do not fit the model (count, shape, NaN) are refused here, before
+        # anything is planned or spent (set_weights checks all before writing any).
+        set_weights(trainer.model, weights)
         key = _round_key(request, weights)
         replayed = self._replay(key)
         if replayed is not None:

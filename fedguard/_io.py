@@ -2,6 +2,8 @@
 
 A reader (or a process restarted after a crash) sees either the old file or the new one,
 never a half-written one. Used for every ledger, accountant state, checkpoint and result.
+A write that fails (a full disk, a file-size limit, a failed rename) leaves the previous
+file as it was, removes its temp file, and raises ``OSError`` naming the target.
 """
 
 from __future__ import annotations
@@ -15,12 +17,21 @@ from typing import Any
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
+_PRIVATE_DIR = 0o700
+
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically; the previous file survives any failure."""
+    """Replace ``path`` with ``data`` atomically; the previous file survives any failure.
+
+    Folders it has to create are 0700 when ``mode`` gives no access to group or others
+    (a private file's new folders are private too), else they follow the umask.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        _make_folders(path.parent, private=not mode & 0o077)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _failed(path, exc) from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -29,9 +40,11 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644) -> N
             os.fsync(fh.fileno())
         tmp.chmod(mode)
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError):
+            raise _failed(path, exc) from exc
         raise
     _fsync_dir(path.parent)
 
@@ -46,6 +59,24 @@ def atomic_write_json(path: str | Path, obj: Any, *, mode: int = 0o644) -> None:
     atomic_write_text(
         path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n", mode=mode
     )
+
+
+def _make_folders(folder: Path, *, private: bool) -> None:
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(mode=_PRIVATE_DIR if private else 0o777, exist_ok=True)
+        if private:
+            new.chmod(_PRIVATE_DIR)  # mkdir's mode is filtered by the umask; be explicit
+
+
+def _failed(path: Path, exc: OSError) -> OSError:
+    """``exc`` restated for ``path`` (same errno, hence the same OSError subclass)."""
+    reason = exc.strerror or str(exc)
+    text = f"cannot write {path}: {reason}; the previous file (if any) is unchanged"
+    return OSError(exc.errno, text) if exc.errno is not None else OSError(text)
 
 
 def _fsync_dir(folder: Path) -> None:

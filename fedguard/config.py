@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from fedguard._toml import toml_loads
 from fedguard.errors import ConfigError, invalid
 
 __all__ = [
@@ -160,10 +160,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"--config: {path} is not UTF-8 text") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = toml_loads(text, source=path)
     for key, value in data.items():
         if isinstance(value, dict):
             raise invalid(key, allowed="a value (tables are not used)", got=value, source=path)

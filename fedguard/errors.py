@@ -40,6 +40,8 @@ def invalid(
     """
     if not isinstance(allowed, str):
         allowed = "one of " + ", ".join(str(a) for a in allowed)
+    if not key.isprintable():  # e.g. a quoted TOML key with a newline: keep one line
+        key = repr(key)
     where = f"{source}: " if source is not None else ""
     tail = f" ({hint})" if hint else ""
     return ConfigError(f"{where}{key}: expected {allowed}, got {got!r}{tail}")

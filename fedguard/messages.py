@@ -4,12 +4,18 @@ One module owns every record name and key, and both halves encode/decode through
 they cannot drift apart. Only numpy arrays (Flower serialises them with
 ``allow_pickle=False``), numbers and strings cross the wire; a client reply carries its
 updated weights and whitelisted metrics, nothing else.
+
+Decoding never trusts the other side: a message with missing or extra records, an array
+that is not a plain numeric ``.npy`` (checked from its header before anything is
+allocated), NaN/Inf weights, a value of the wrong type or out of range raises
+``ValueError`` with one line naming what was expected and what came.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from fedguard.config import SimulationConfig, load_simulation_config
 from fedguard.federation import TrainRequest
+from fedguard.records import check_finite, check_records, check_update, decode_arrays
 
 __all__ = [
     "attach_receipt",
@@ -34,6 +41,7 @@ __all__ = [
     "encode_secagg",
     "encode_secure_reply",
     "encode_train",
+    "is_simulation",
     "secagg_payload",
 ]
 
@@ -48,6 +56,26 @@ _METRICS = "metrics"
 _SECAGG = "secagg"
 _PAYLOAD = "payload"
 _RECEIPT = "receipt"
+
+# The keys of a train request's config record (encode_train writes all of them).
+_REQUEST_KEYS = frozenset(
+    {
+        "server-round",
+        "local-epochs",
+        "batch-size",
+        "lr",
+        "momentum",
+        "max-grad-norm",
+        "total-rounds",
+        "federation",
+        "model",
+        "prox-mu",
+        "run-id",
+        "client-clip",
+        "client-noise",
+        "client-min-contributors",
+    }
+)
 
 # Everything a client may tell the server about its round. Anything else is dropped.
 REPLY_METRIC_KEYS: tuple[str, ...] = (
@@ -109,29 +137,52 @@ def encode_train(
 
 
 def decode_request(message: Message) -> tuple[list[np.ndarray], TrainRequest]:
+    """Global weights and round request of a ``train`` message (``ValueError`` if malformed).
+
+    Checked before the node does anything: exactly the records :func:`encode_train`
+    writes, finite floating-point weights, every request key of its type and range.
+    """
     content = message.content
-    weights = content.array_records[_WEIGHTS].to_numpy_ndarrays()
+    check_records(
+        content,
+        what="train request",
+        required={_WEIGHTS: ArrayRecord, _REQUEST: ConfigRecord},
+        optional={_SECAGG: ConfigRecord, _SIMULATION: ConfigRecord},
+    )
+    weights = decode_arrays(content.array_records[_WEIGHTS], what="train request weights")
+    for i, w in enumerate(weights):
+        if w.dtype.kind != "f":
+            raise ValueError(f"train request weights[{i}]: expected floats, got {w.dtype}")
+        check_finite(w, what=f"train request weights[{i}]")
     r = content.config_records[_REQUEST]
+    unknown = sorted(set(r) - _REQUEST_KEYS)
+    if unknown:
+        raise ValueError(
+            f"train request: expected keys among {sorted(_REQUEST_KEYS)}, got {unknown}"
+        )
     request = TrainRequest(
-        server_round=_int(r, "server-round"),
-        local_epochs=_int(r, "local-epochs"),
-        batch_size=_int(r, "batch-size"),
-        lr=_float(r, "lr"),
-        momentum=_float(r, "momentum"),
-        max_grad_norm=_float(r, "max-grad-norm"),
-        total_rounds=_int(r, "total-rounds"),
+        server_round=_int(r, "server-round", minimum=0),
+        local_epochs=_int(r, "local-epochs", minimum=1),
+        batch_size=_int(r, "batch-size", minimum=1),
+        lr=_float(r, "lr", "a finite number > 0", lambda v: v > 0),
+        momentum=_float(r, "momentum", "a number in [0, 1)", lambda v: 0 <= v < 1),
+        max_grad_norm=_float(r, "max-grad-norm", "a finite number > 0", lambda v: v > 0),
+        total_rounds=_int(r, "total-rounds", minimum=1),
         federation=_str(r, "federation"),
         model=_str(r, "model"),
-        # Absent from servers older than FedProx support: no proximal term.
-        prox_mu=_float(r, "prox-mu") if "prox-mu" in r else 0.0,
-        run_id=_str(r, "run-id") if "run-id" in r else "",
-        client_clip=_float(r, "client-clip") if "client-clip" in r else 0.0,
-        client_noise=_float(r, "client-noise") if "client-noise" in r else 0.0,
-        client_min_contributors=(
-            _int(r, "client-min-contributors") if "client-min-contributors" in r else 0
-        ),
+        # Absent from servers older than FedProx / client-level DP support: off.
+        prox_mu=_float(r, "prox-mu", _NON_NEGATIVE, _non_negative, default=0.0),
+        run_id=_str(r, "run-id", default=""),
+        client_clip=_float(r, "client-clip", _NON_NEGATIVE, _non_negative, default=0.0),
+        client_noise=_float(r, "client-noise", _NON_NEGATIVE, _non_negative, default=0.0),
+        client_min_contributors=_int(r, "client-min-contributors", minimum=0, default=0),
     )
     return weights, request
+
+
+def is_simulation(message: Message) -> bool:
+    """Whether a ``train`` message carries a simulation record (virtual clients only)."""
+    return _SIMULATION in message.content.config_records
 
 
 def decode_simulation(message: Message) -> tuple[SimulationConfig, str] | None:
@@ -139,8 +190,10 @@ def decode_simulation(message: Message) -> tuple[SimulationConfig, str] | None:
     if _SIMULATION not in message.content.config_records:
         return None
     record = message.content.config_records[_SIMULATION]
-    raw = json.loads(str(record["config"]))
-    return load_simulation_config(overrides=raw), str(record["state-dir"])
+    raw = json.loads(_str(record, "config"))
+    if not isinstance(raw, dict):
+        raise ValueError(f"simulation config: expected a JSON object, got {type(raw).__name__}")
+    return load_simulation_config(overrides=raw), _str(record, "state-dir")
 
 
 @dataclass(frozen=True)
@@ -154,17 +207,42 @@ def encode_reply(*, weights: list[np.ndarray], metrics: dict[str, float | int]) 
     return RecordDict({_WEIGHTS: ArrayRecord(weights), _METRICS: MetricRecord(values)})
 
 
-def decode_reply(message: Message) -> TrainReply:
-    """Weights and whitelisted metrics of a client's reply (ValueError when malformed)."""
-    return decode_reply_content(message.content)
+def decode_reply(
+    message: Message,
+    *,
+    expect: Sequence[np.ndarray] | None = None,
+    max_update_norm: float | None = None,
+) -> TrainReply:
+    """Weights and whitelisted metrics of a client's reply (ValueError when malformed).
+
+    With ``expect`` (the global weights sent) the reply must hold as many arrays, each of
+    the same dtype and shape; with ``max_update_norm`` as well, the update (reply minus
+    ``expect``) must have at most that L2 norm.
+    """
+    return decode_reply_content(message.content, expect=expect, max_update_norm=max_update_norm)
 
 
-def decode_reply_content(content: RecordDict) -> TrainReply:
+def decode_reply_content(
+    content: RecordDict,
+    *,
+    expect: Sequence[np.ndarray] | None = None,
+    max_update_norm: float | None = None,
+) -> TrainReply:
     """:func:`decode_reply` on the records themselves."""
-    if _WEIGHTS not in content.array_records or _METRICS not in content.metric_records:
-        raise ValueError("reply lacks the weights or metrics record")
-    weights = content.array_records[_WEIGHTS].to_numpy_ndarrays()
-    return TrainReply(weights=weights, metrics=_metrics(content))
+    check_records(
+        content,
+        what="reply",
+        required={_WEIGHTS: ArrayRecord, _METRICS: MetricRecord},
+        optional={_RECEIPT: ConfigRecord},
+    )
+    weights = decode_arrays(content.array_records[_WEIGHTS], what="reply weights")
+    metrics = _metrics(content)
+    if expect is not None:
+        check_update(weights, expect=expect, max_update_norm=max_update_norm)
+    else:
+        for i, w in enumerate(weights):
+            check_finite(w, what=f"reply weights[{i}]")
+    return TrainReply(weights=weights, metrics=metrics)
 
 
 def secagg_payload(content: RecordDict) -> bytes | None:
@@ -191,11 +269,15 @@ def encode_secure_reply(*, metrics: dict[str, float | int], payload: bytes) -> R
 
 def decode_secure_reply(content: RecordDict) -> tuple[dict[str, float], bytes]:
     """Metrics and key advertisement of a train reply under secure aggregation."""
-    if content.array_records:
-        raise ValueError("a reply under secure aggregation must not carry arrays")
+    check_records(
+        content,
+        what="reply under secure aggregation (no arrays)",
+        required={_SECAGG: ConfigRecord, _METRICS: MetricRecord},
+        optional={_RECEIPT: ConfigRecord},
+    )
     payload = secagg_payload(content)
-    if payload is None or _METRICS not in content.metric_records:
-        raise ValueError("reply lacks the secagg or metrics record")
+    if payload is None:
+        raise ValueError("secagg record lacks its payload bytes")
     return _metrics(content), payload
 
 
@@ -227,29 +309,60 @@ def _metrics(content: RecordDict) -> dict[str, float]:
     metrics = {
         k: float(v) for k, v in raw.items() if k in REPLY_METRIC_KEYS and isinstance(v, int | float)
     }
-    if not all(math.isfinite(v) for v in metrics.values()):
-        raise ValueError("reply metrics are not finite")
-    if metrics.get("num-examples", 0) < 1:
-        raise ValueError("reply has no num-examples >= 1")
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        raise ValueError(f"reply metrics: expected finite values, got non-finite {bad}")
+    n = metrics.get("num-examples")
+    if n is None or n < 1 or not n.is_integer():
+        raise ValueError(f"reply num-examples: expected an integer >= 1, got {n}")
     return metrics
 
 
-def _int(record: ConfigRecord, key: str) -> int:
-    value = record[key]
+_NON_NEGATIVE = "a finite number >= 0"
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0
+
+
+def _int(
+    record: ConfigRecord, key: str, *, minimum: int | None = None, default: int | None = None
+) -> int:
+    if default is not None and key not in record:
+        return default
+    value = record.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"request {key}: expected an integer, got {value!r}")
+        raise ValueError(f"request {key}: expected an integer, got {_got(record, key)}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"request {key}: expected an integer >= {minimum}, got {value!r}")
     return value
 
 
-def _str(record: ConfigRecord, key: str) -> str:
-    value = record[key]
+def _str(record: ConfigRecord, key: str, *, default: str | None = None) -> str:
+    if default is not None and key not in record:
+        return default
+    value = record.get(key)
     if not isinstance(value, str):
-        raise ValueError(f"request {key}: expected a string, got {value!r}")
+        raise ValueError(f"request {key}: expected a string, got {_got(record, key)}")
     return value
 
 
-def _float(record: ConfigRecord, key: str) -> float:
-    value = record[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"request {key}: expected a finite number, got {value!r}")
-    return float(value)
+def _float(
+    record: ConfigRecord,
+    key: str,
+    allowed: str = "a finite number",
+    ok: Callable[[float], bool] = math.isfinite,
+    *,
+    default: float | None = None,
+) -> float:
+    if default is not None and key not in record:
+        return default
+    value = record.get(key)
+    real = not isinstance(value, bool) and isinstance(value, int | float)
+    if not (real and math.isfinite(value) and ok(float(value))):  # type: ignore[arg-type]
+        raise ValueError(f"request {key}: expected {allowed}, got {_got(record, key)}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _got(record: ConfigRecord, key: str) -> str:
+    return repr(record[key]) if key in record else "nothing (missing)"

@@ -133,6 +133,14 @@ def _refuse_constant(name: str) -> Any:
     raise _NonFiniteError(f"{name} is not allowed")
 
 
+def _finite_float(text: str) -> float:
+    # "1e999" parses to inf without passing through parse_constant.
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFiniteError(f"{text} is not a finite number")
+    return value
+
+
 class Ledger:
     """A node's append-only privacy ledger (one writer per file; the ledger does not lock).
 
@@ -407,8 +415,8 @@ def _parse_line(number: int, line: str, problems: list[str]) -> dict[str, Any] |
         problems.append(f"line {number}: empty line")
         return None
     try:
-        obj = json.loads(line, parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, _NonFiniteError):
+        obj = json.loads(line, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):  # incl. huge integers and deep nesting
         problems.append(f"line {number}: not valid JSON")
         return None
     if not isinstance(obj, dict):

@@ -13,6 +13,7 @@ dataset, and simulations keep one file per virtual client.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from fedguard._io import atomic_write_json
@@ -64,8 +65,8 @@ class AccountantStore:
                 f"{self._path}: not a UTF-8 accountant state file ({exc.reason})"
             ) from None
         try:
-            state = json.loads(text, parse_constant=_refuse_constant)
-        except (json.JSONDecodeError, _NonFiniteError) as exc:
+            state = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        except (ValueError, RecursionError) as exc:  # incl. huge integers and deep nesting
             raise ConfigError(f"{self._path}: not a valid accountant state file ({exc})") from None
         return Accountant.from_state_dict(state, method=method, source=str(self._path))
 
@@ -87,3 +88,11 @@ class _NonFiniteError(ValueError):
 def _refuse_constant(name: str) -> float:
     # Python's json accepts NaN/Infinity by default; an epsilon history must never.
     raise _NonFiniteError(f"non-finite number {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    # "1e999" parses to inf without passing through parse_constant.
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFiniteError(f"non-finite number {text} is not allowed")
+    return value

@@ -18,6 +18,7 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedguard.config import SimulationConfig
+from fedguard.deploy_config import MAX_UPDATE_NORM
 from fedguard.federation import (
     ClientUpdate,
     Refusal,
@@ -85,12 +86,22 @@ def exchange_round(
     timeout: float,
     label: Callable[[int], str] = str,
     receipt_run: str | None = None,
+    expect: list[np.ndarray] | None = None,
+    max_update_norm: float | None = None,
+    weight_cap: int | None = None,
 ) -> Iterator[ClientUpdate | Refusal]:
     """Send ``content`` to the cohort's nodes and turn their replies into updates.
 
-    A reply from a node not asked, a second reply, an error reply or a malformed one is
-    never aggregated; a node that does not answer in time counts as dropped. With
-    ``receipt_run`` each reply's privacy receipt is checked against that run and round.
+    A reply from a node not asked, one answering another node's message, a second reply,
+    an error reply or a malformed one is never aggregated, and the reason is logged with
+    the node's name; a node that does not answer in time counts as dropped. Malformed
+    means: records other than weights + metrics (+ receipt), arrays that are not numeric
+    ``.npy``, NaN/Inf, and, with ``expect`` (the global weights sent), another number of
+    arrays, another dtype or shape, or an update (reply - ``expect``) with an L2 norm above
+    ``max_update_norm``. With ``receipt_run`` (a deployment) every reply must carry a
+    privacy receipt for that run and this round: without one a stale or replayed reply
+    could not be told from a fresh one. ``weight_cap`` caps a reply's ``num-examples``
+    (as secure aggregation caps a node's weight).
     """
     msgs = [
         Message(
@@ -103,15 +114,19 @@ def exchange_round(
     ]
     client_of = {node_of[c]: c for c in cohort}
     replies = list(send_and_receive(grid, msgs, timeout=timeout))
+    # Pushing gave each message its id: a reply must answer the one its sender was sent.
+    asked = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
     answered: set[int] = set()
     # Sorted by client id: the running sum is then added in the same order on every engine.
     for reply in sorted(replies, key=lambda r: client_of.get(r.metadata.src_node_id, -1)):
-        cid = client_of.get(reply.metadata.src_node_id)
-        if cid is None or cid in answered:
+        node = reply.metadata.src_node_id
+        cid = client_of.get(node)
+        if cid is None or cid in answered or asked.get(reply.metadata.reply_to_message_id) != node:
             _log.warning(
-                "round %d: dropped a reply from node %s (not asked, or a repeat)",
+                "round %d: dropped a reply from %s (%s)",
                 server_round,
-                reply.metadata.src_node_id,
+                f"node {node}" if cid is None else label(cid),
+                "not asked, a repeat, or not answering its own message",
             )
             continue
         answered.add(cid)
@@ -119,20 +134,32 @@ def exchange_round(
             yield Refusal(client_id=cid, reason=f"{label(cid)}: {reply.error.reason}")
             continue
         try:
-            decoded = decode_reply(reply)
+            decoded = decode_reply(reply, expect=expect, max_update_norm=max_update_norm)
             receipt = (
                 None
                 if receipt_run is None
-                else read_receipt(reply.content, run=receipt_run, server_round=server_round)
+                else read_receipt(
+                    reply.content, run=receipt_run, server_round=server_round, required=True
+                )
             )
         except (ValueError, KeyError, TypeError) as exc:
             yield Refusal(client_id=cid, reason=f"{label(cid)}: malformed reply: {exc}")
             continue
         m = decoded.metrics
+        examples = int(m["num-examples"])
+        if weight_cap is not None and examples > weight_cap:
+            _log.warning(
+                "round %d: %s claims %d examples; counted as %d (the cohort's largest)",
+                server_round,
+                label(cid),
+                examples,
+                weight_cap,
+            )
+            examples = weight_cap
         yield ClientUpdate(
             client_id=cid,
             weights=decoded.weights,
-            num_examples=int(m["num-examples"]),
+            num_examples=examples,
             train_loss=m.get("train-loss", float("nan")),
             epsilon=m.get("epsilon") if receipt is None else receipt.epsilon,
             receipt=receipt,
@@ -176,6 +203,8 @@ def make_simulation_server_app(
                 node_of=node_of,
                 content=content,
                 timeout=ROUND_TIMEOUT_S,
+                expect=weights,
+                max_update_norm=MAX_UPDATE_NORM,
             )
 
         def evaluate_global(weights: list[np.ndarray]) -> Metrics:

@@ -61,6 +61,7 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
             raise ValueError(f"format {meta.get('format')!r}")
         tensors = st_load(data)
         server_round = int(meta["round"])
+        config_digest = str(meta["config-digest"])
     except Exception as exc:
         raise DataError(
             f"checkpoint {path}: unreadable ({type(exc).__name__}: {exc}); "
@@ -70,7 +71,7 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
     velocity = [tensors[k] for k in sorted(tensors) if k.startswith("velocity.")]
     return Checkpoint(
         server_round=server_round,
-        config_digest=str(meta["config-digest"]),
+        config_digest=config_digest,
         weights=weights,
         velocity=velocity,
     )

@@ -185,6 +185,10 @@ def main(grid: Grid, context: Context) -> None:
             timeout=cfg.federation.round_timeout,
             label=lambda c: names[c],
             receipt_run=request.run_key,
+            expect=global_weights,
+            max_update_norm=cfg.federation.max_update_norm,
+            # As under secure aggregation: nobody outweighs the cohort's largest data set.
+            weight_cap=max(1, *(examples[c] for c in cohort)),
         )
 
     def on_round(record: RoundRecord, new_weights: list[np.ndarray]) -> None:

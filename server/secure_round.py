@@ -11,9 +11,11 @@ the round aborts with nothing aggregated and the next round starts afresh.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
@@ -76,9 +78,18 @@ def secure_round(
     ]
     adverts: list[AdvertiseKeys] = []
     answered: set[int] = set()
-    for reply in send_and_receive(grid, msgs, timeout=timeout):
-        cid = node_cid.get(reply.metadata.src_node_id)
-        if cid is None or cid in answered:
+    trained = send_and_receive(grid, msgs, timeout=timeout)
+    asked = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
+    for reply in trained:
+        node = reply.metadata.src_node_id
+        cid = node_cid.get(node)
+        if cid is None or cid in answered or asked.get(reply.metadata.reply_to_message_id) != node:
+            _log.warning(
+                "round %d: dropped a reply from %s (not asked, a repeat, or not "
+                "answering its own message)",
+                r,
+                f"node {node}" if cid is None else label(cid),
+            )
             continue
         answered.add(cid)
         if reply.has_error():
@@ -89,7 +100,7 @@ def secure_round(
             advert = decode_secagg(payload, expect=AdvertiseKeys)
             if not isinstance(advert, AdvertiseKeys) or advert.slot != slot_of[cid]:
                 raise WireError(f"advertised slot is not {slot_of[cid]}")
-            receipt = read_receipt(reply.content, run=receipt_run, server_round=r)
+            receipt = read_receipt(reply.content, run=receipt_run, server_round=r, required=True)
         except (ValueError, KeyError, TypeError) as exc:
             yield Refusal(client_id=cid, reason=f"{label(cid)}: malformed reply: {exc}")
             continue
@@ -105,7 +116,8 @@ def secure_round(
     for cid in sorted(set(cohort) - answered):
         yield Refusal(client_id=cid, reason=f"{label(cid)}: no reply within {timeout:.0f}s")
 
-    server = SecAggServer(params)
+    # Each masked input: every parameter of the model, then the node's weight.
+    server = SecAggServer(params, length=sum(math.prod(s) for s in shapes) + 1)
     try:
         requests: Mapping[int, Any] = server.receive_keys(adverts)
         replies = _exchange(grid, requests, ShareKeysReply, r, cid_of, node_of, timeout, name)
@@ -125,6 +137,10 @@ def secure_round(
     if total.dropped:
         dropped = ", ".join(name(s) for s in total.dropped)
         say(f"round {r}: secure aggregation recovered from dropped nodes: {dropped}")
+    problem = _implausible(total.total, params=params, count=len(total.survivors))
+    if problem:
+        say(f"round {r}: {problem}; a node sent values outside the protocol; nothing aggregated")
+        return
     mean, _ = dequantize_mean(
         total.total, clip_range=params.clip_range, bits=params.bits, shapes=shapes
     )
@@ -174,6 +190,27 @@ def _exchange(
     for slot in sorted(set(requests) - set(out)):
         _log.warning("round %d: %s dropped during secure aggregation", server_round, name(slot))
     return [out[s] for s in sorted(out)]
+
+
+def _implausible(total: np.ndarray, *, params: SecAggParams, count: int) -> str:
+    """Why the unmasked sum cannot be ``count`` honest inputs ("" when it can be).
+
+    The server cannot see a single input, but it can check the sum: honest weights are
+    1..weight-cap each, and each level sum is at most the total weight times the levels.
+    A node that added an arbitrary ring value to its input is caught when it lands outside;
+    inside these bounds the mean stays within [-clip-range, clip-range] per coordinate.
+    """
+    weight = int(total[-1])
+    if not count <= weight <= count * params.weight_cap:
+        return (
+            f"secure sum: expected a total weight in [{count}, {count * params.weight_cap}] "
+            f"for {count} inputs, got {weight}"
+        )
+    levels = (1 << params.bits) - 1
+    highest = int(total[:-1].max(initial=0))
+    if highest > weight * levels:
+        return f"secure sum: expected levels <= {weight * levels}, got {highest}"
+    return ""
 
 
 def _log_rejected(server: SecAggServer, server_round: int, name: Callable[[int], str]) -> None:

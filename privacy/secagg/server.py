@@ -50,14 +50,16 @@ class SecureSum:
 class SecAggServer:
     """Drive one round. Methods are called in stage order; each returns the next requests."""
 
-    def __init__(self, params: SecAggParams) -> None:
+    def __init__(self, params: SecAggParams, *, length: int | None = None) -> None:
+        """``length``: the values each masked input must hold (the model's parameters plus
+        one for the weight), when the caller knows it; otherwise the first input sets it."""
         self.params = params
         self._nbrs = {s: set(neighbours(params, s)) for s in range(1, params.cohort + 1)}
         self._keys: dict[int, AdvertiseKeys] = {}
         self._sealed: dict[int, list[SealedShare]] = {}  # by receiver
         self._shared: set[int] = set()
         self._total: np.ndarray | None = None
-        self._length: int | None = None
+        self._length = length
         self._survivors: set[int] = set()
         self._reveals: dict[int, dict[int, bytes]] = {}  # seed shares by owner
         self._key_reveals: dict[int, dict[int, bytes]] = {}  # key shares by owner
@@ -129,13 +131,13 @@ class SecAggServer:
         if masked.dtype != self.params.dtype or masked.ndim != 1:
             self._reject(reply.slot, f"masked input has dtype {masked.dtype}, not ring integers")
             return
+        if self._length is None:
+            self._length = masked.size
+        if masked.size != self._length:
+            self._reject(reply.slot, f"masked input has {masked.size} values, not {self._length}")
+            return
         if self._total is None:
             self._total = masked.astype(self.params.dtype, copy=True)
-        elif masked.shape != self._total.shape:
-            self._reject(
-                reply.slot, f"masked input has {masked.size} values, not {self._total.size}"
-            )
-            return
         else:
             self._total += masked
         self._survivors.add(reply.slot)

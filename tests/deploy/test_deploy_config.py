@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fedguard.deploy_config import load_federation_config, load_node_config
+from fedguard.deploy_config import MAX_UPDATE_NORM, load_federation_config, load_node_config
 from fedguard.deploy_demo import prepare_demo
 from fedguard.errors import ConfigError
 
@@ -12,6 +12,18 @@ from fedguard.errors import ConfigError
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
     return prepare_demo(out=tmp_path_factory.mktemp("cfg") / "demo", nodes=2, rounds=2)
+
+
+def test_max_update_norm_defaults_and_leaves_the_checkpoint_digest_alone(layout, tmp_path):
+    fed = load_federation_config(layout.federation)
+    assert fed.federation.max_update_norm == MAX_UPDATE_NORM == 1e4
+    tighter = tmp_path / "federation.toml"
+    tighter.write_text(
+        layout.federation.read_text().replace("rounds = 2", "rounds = 2\nmax-update-norm = 5.0")
+    )
+    again = load_federation_config(tighter)
+    assert again.federation.max_update_norm == 5.0
+    assert again.digest() == fed.digest()  # a safety bound: a run may resume with another
 
 
 def test_demo_configs_load(layout):
@@ -34,6 +46,8 @@ def test_demo_configs_load(layout):
         ("dropout-tolerance = 0.34", "dropout-tolerance = 0.2", ["secagg.dropout-tolerance"]),
         ("min-nodes = 2", "min-nodes = 1", ["federation.min-nodes", ">= 2", "secure"]),
         ("[secagg]", "[secagg]\nsecret = 1", ["secagg.secret", "a known key"]),
+        ("rounds = 2", "rounds = 2\nmax-update-norm = 0", ["federation.max-update-norm", "> 0"]),
+        ("rounds = 2", "rounds = 2\nmax-update-norm = inf", ["max-update-norm", "finite", "inf"]),
     ],
 )
 def test_federation_errors(layout, tmp_path: Path, old, new, fragments):

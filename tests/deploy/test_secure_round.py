@@ -4,8 +4,11 @@ The ServerApp's :func:`secure_round` drives the real ClientApp of four demo node
 real ``node.toml``, data partitions, DP policy, ``[secagg]`` policy and state folders,
 written by ``prepare_demo``) through :class:`LoopbackGrid`: a Grid whose transport is a
 protobuf round trip of each Flower message and a direct call of the ClientApp. The grid
-can lose or garble a node's reply at a given stage, replay a request, and let a test look
-at the node's state folder between stages; the protocol code on both sides is the real one.
+can lose, garble or rewrite a node's reply at a given stage (a hostile node), replay a
+request, and let a test look at the node's state folder between stages; the protocol code
+on both sides is the real one.
+
+(Over the 400-line guide: every case shares the loopback grid and the federation fixture.)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from fedguard.flower_compat import send_and_receive
 from fedguard.messages import ERROR_BUDGET_REFUSED, encode_secagg, encode_train, secagg_payload
 from fedguard.privacy.ledger import LEDGER_FILENAME
 from fedguard.privacy.secagg import (
+    MaskedInputReply,
     MaskedInputRequest,
     SecAggParams,
     ShareKeysRequest,
@@ -47,6 +51,7 @@ from fedguard.server.app import describe_nodes
 from fedguard.server.secure_round import SECAGG_MESSAGE_TYPE, secure_round
 from fedguard.task import build_model, get_weights
 from fedguard.transport import decode_secagg
+from fedguard.transport.serde import encode_secagg as encode_payload
 
 NODES = 4
 ROUNDS = 3
@@ -101,6 +106,8 @@ class LoopbackGrid(Grid):
         self.lose: set[tuple[str, int]] = set()  # (stage, node id): the reply never arrives
         self.garble: set[tuple[str, int]] = set()  # (stage, node id): payload bytes flipped
         self.replay: set[tuple[str, int]] = set()  # (stage, node id): delivered twice
+        # (stage, node id) -> rewrite(reply, request): what a hostile node sends instead
+        self.tamper: dict[tuple[str, int], Callable[[Message, Message], Message]] = {}
         self.watchers: list[Watcher] = []
         self.sent: list[tuple[str, Message]] = []  # every request pushed, with its stage
         self.replayed: dict[tuple[str, int], Message] = {}  # the node's answer to a replay
@@ -138,6 +145,8 @@ class LoopbackGrid(Grid):
                 continue
             if (stage, node) in self.garble:
                 reply = garbled(reply, msg)
+            if (stage, node) in self.tamper:
+                reply = self.tamper[stage, node](reply, msg)
             self._replies[mid] = over_the_wire(reply)
         return ids
 
@@ -527,3 +536,105 @@ def test_a_node_refuses_client_dp_shares_sized_for_more_contributors_than_guaran
     assert rnd.params.threshold == 3 and not rnd.means
     assert len(rnd.refusals) == 4
     assert all("guarantees 3" in r.reason for r in rnd.refusals)
+
+
+# ---------------------------------------------------------------- hostile nodes
+
+
+def _masked(rewrite: Callable[[MaskedInputReply], MaskedInputReply]):
+    """A tamper: the node's real masked input, rewritten before it is sent."""
+
+    def tamper(reply: Message, request: Message) -> Message:
+        payload = secagg_payload(reply.content)
+        assert payload is not None
+        real = decode_secagg(payload, expect=MaskedInputReply)
+        assert isinstance(real, MaskedInputReply)
+        return Message(encode_secagg(encode_payload(rewrite(real))), reply_to=request)
+
+    return tamper
+
+
+def _other_ring(m: MaskedInputReply) -> MaskedInputReply:
+    other = np.uint32 if m.masked.dtype == np.uint64 else np.uint64
+    return MaskedInputReply(slot=m.slot, masked=m.masked.astype(other))
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "reason"),
+    [
+        # node-a is slot 1, whose input reaches the server first.
+        (lambda m: MaskedInputReply(slot=m.slot, masked=m.masked[:-1]), "values, not"),
+        (_other_ring, "not ring integers"),
+        (lambda m: MaskedInputReply(slot=m.slot + 1, masked=m.masked), "names slot 2, not 1"),
+    ],
+    ids=["one-value-short", "other-ring", "other-slot"],
+)
+def test_a_malformed_masked_input_is_rejected_and_the_others_are_summed(
+    fed: Federation, caplog, rewrite, reason
+):
+    bad = fed.cid("node-a")
+    fed.grid.tamper["masked-input", fed.node_of[bad]] = _masked(rewrite)
+    rnd = fed.round(1, fed.initial_weights())
+    # Keys shared, input refused: a dropout, whose masks its neighbours' shares remove.
+    assert (rnd.means[0].count, rnd.means[0].dropped) == (3, 1)
+    fed.check_mean(rnd, survivors=[c for c in range(NODES) if c != bad])
+    assert any(w.startswith("round 1: node-a ") and reason in w for w in _warnings(caplog))
+
+
+def test_a_node_can_shift_the_sum_unseen_but_not_outside_the_encodable_range(fed: Federation):
+    """What a hostile node can do under secure aggregation: add any ring value to its
+    masked input. The server cannot see it while the sum stays encodable (this is the
+    poisoning README describes); a sum no honest cohort can produce aborts the round."""
+    weights = fed.initial_weights()
+    node = fed.node_of[fed.cid("node-b")]
+
+    def shifted(m: MaskedInputReply) -> MaskedInputReply:
+        masked = m.masked.copy()
+        masked[0] += masked.dtype.type(1000)  # one coordinate's level sum
+        return MaskedInputReply(slot=m.slot, masked=masked)
+
+    fed.grid.tamper["masked-input", node] = _masked(shifted)
+    first = fed.round(1, weights)
+    assert (first.means[0].count, first.means[0].dropped) == (NODES, 0)  # accepted
+    got = first.means[0].mean_update[0].ravel()[0]
+    clip, bits = first.params.clip_range, first.params.bits
+    total_weight = sum(r.num_examples for r in first.receipts)
+    shift = 1000 * quantization_step(clip_range=clip, bits=bits) / total_weight
+    delta = {c: np.clip(fed.trained_delta(c, first)[0], -clip, clip) for c in range(NODES)}
+    honest = sum(r.num_examples * delta[r.client_id] for r in first.receipts) / total_weight
+    step = quantization_step(clip_range=clip, bits=bits)
+    assert abs(got - (honest + shift)) <= step + clip * 2.0**-22
+
+    def heavy(m: MaskedInputReply) -> MaskedInputReply:
+        masked = m.masked.copy()
+        masked[-1] += masked.dtype.type(1 << 30)  # the weight: no cohort weighs that much
+        return MaskedInputReply(slot=m.slot, masked=masked)
+
+    fed.grid.tamper["masked-input", node] = _masked(heavy)
+    fed.said.clear()
+    second = fed.round(2, weights)
+    assert second.means == []  # nothing aggregated, and the server goes on
+    [line] = [s for s in fed.said if "nothing aggregated" in s]
+    assert line.startswith("round 2: secure sum: expected a total weight in [4, ")
+
+    del fed.grid.tamper["masked-input", node]
+    third = fed.round(3, weights)
+    fed.check_mean(third, survivors=list(range(NODES)))
+
+
+def test_a_train_reply_without_its_privacy_receipt_is_refused(fed: Federation):
+    bad = fed.cid("node-d")
+
+    def no_receipt(reply: Message, request: Message) -> Message:
+        content = reply.content
+        del content["receipt"]
+        return Message(content, reply_to=request)
+
+    fed.grid.tamper["train", fed.node_of[bad]] = no_receipt
+    rnd = fed.round(1, fed.initial_weights())
+    [refusal] = rnd.refusals
+    assert refusal.client_id == bad
+    assert refusal.reason.startswith("node-d: malformed reply: expected a privacy receipt")
+    # It never got its neighbours' keys: out of the round, not a dropout to recover.
+    assert (rnd.means[0].count, rnd.means[0].dropped) == (3, 0)
+    fed.check_mean(rnd, survivors=[c for c in range(NODES) if c != bad])
