@@ -141,16 +141,17 @@ def train(message: Message, context: Context) -> Message:
                 setup_bytes=secagg_payload(message.content), request=request
             )
             result = runtime.train(model_name=request.model, weights=weights, request=request)
-            extra = {}
             receipt = runtime.receipt(request)
+            # The training loss is computed from the records and is not DP-protected: a
+            # deployed node keeps it (a simulation reports it).
+            metrics = _reply_metrics(result, {})
+            del metrics["train-loss"]
             if setup is not None:
                 delta = [w - g for w, g in zip(result.weights, weights, strict=True)]
                 advert = secure.begin(setup=setup, update=delta, request=request)
-                content = encode_secure_reply(metrics=_reply_metrics(result, extra), payload=advert)
+                content = encode_secure_reply(metrics=metrics, payload=advert)
             else:
-                content = encode_reply(
-                    weights=result.weights, metrics=_reply_metrics(result, extra)
-                )
+                content = encode_reply(weights=result.weights, metrics=metrics)
             if receipt is not None:
                 attach_receipt(content, encode_receipt(receipt))
             return Message(content, reply_to=message)

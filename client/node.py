@@ -15,7 +15,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from fedguard.federation import TrainRequest, load_federated_data
 from fedguard.privacy import AccountantStore, GaussianEvent, sample_rate_for, steps_per_epoch
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, LedgerEntry
 from fedguard.privacy.receipts import PrivacyReceipt, receipt_for
+from fedguard.privacy.rng import os_entropy_generator
 from fedguard.task import build_model, load_dataset, set_weights
 
 __all__ = ["NodeRuntime", "PolicyRefusalError", "node_runtime"]
@@ -114,9 +114,9 @@ class NodeRuntime:
             max_noise_multiplier=policy.max_noise_multiplier,
             delta=policy.delta,
         )
-        # Deployed nodes draw noise and batches from OS entropy: nothing the server or
-        # another node knows (a seed) may predict them.
-        generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+        # Deployed nodes draw noise and batches from OS entropy: the generator's whole
+        # state, not a seed (torch keeps only 32 bits of one: a stream one could search).
+        generator = os_entropy_generator()
         ledger = Ledger(path=self.state_dir / LEDGER_FILENAME)
         pending: list[LedgerEntry] = []
 

@@ -96,6 +96,13 @@ def simulate(
         float | None, Opt(help="secure aggregation: updates clipped to [-c, c] per coordinate")
     ] = None,
     secagg_bits: Annotated[int | None, Opt(help="secure aggregation: quantisation bits")] = None,
+    client_dp: Annotated[
+        bool | None, Opt("--client-dp", help="client-level DP, noise added in shares (--secagg)")
+    ] = None,
+    client_clip: Annotated[float | None, Opt(help="client-level DP: L2 clip per update")] = None,
+    client_noise: Annotated[
+        float | None, Opt(help="client-level DP: noise multiplier of the sum")
+    ] = None,
     out: Annotated[Path | None, Opt("--out", help="results folder")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="replace an earlier run in --out")] = False,
 ) -> None:
@@ -133,6 +140,9 @@ def simulate(
         "secagg": secagg,
         "secagg-clip-range": secagg_clip_range,
         "secagg-bits": secagg_bits,
+        "client-dp": client_dp,
+        "client-clip": client_clip,
+        "client-noise": client_noise,
         "out": out,
     }
     cfg = load_simulation_config(path=config, overrides=overrides)

@@ -82,6 +82,9 @@ class SimulationConfig:
     secagg_clip_range: float = 1.0
     secagg_bits: int = 16
     secagg_dropout_tolerance: float = 1 / 3
+    client_dp: bool = False  # client-level DP with distributed noise (needs secagg)
+    client_clip: float = 1.0  # L2 clip of each client's round update
+    client_noise: float = 1.0  # noise multiplier of the summed updates
     out: Path = field(default_factory=lambda: Path("runs/latest"))
 
     def __post_init__(self) -> None:
@@ -255,6 +258,13 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
     positive_float("--alpha", cfg.alpha)
     _validate_resources(cfg, need)
     _validate_secagg(cfg, need)
+    if cfg.client_dp:
+        need(
+            cfg.secagg, "--client-dp", "--secagg as well (each client adds its noise share)", False
+        )
+        c, z = cfg.client_clip, cfg.client_noise
+        need(math.isfinite(c) and c > 0, "--client-clip", "a finite number > 0", c)
+        need(math.isfinite(z) and z > 0, "--client-noise", "a finite number > 0", z)
 
 
 def _validate_resources(cfg: SimulationConfig, need: Any) -> None:

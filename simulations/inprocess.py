@@ -34,6 +34,7 @@ from fedguard.federation import (
     run_rounds,
 )
 from fedguard.optimizers import FedAvgM
+from fedguard.privacy.client_dp import ClientDP, client_level_spent, clip_and_noise
 from fedguard.privacy.secagg import (
     SecAggAbortedError,
     dequantize_mean,
@@ -47,6 +48,7 @@ __all__ = ["run_inprocess"]
 
 _log = logging.getLogger(__name__)
 _STREAM_QUANTIZE = 4  # the stochastic rounding of secure aggregation (federation.py: 1-3)
+_STREAM_CLIENT_NOISE = 5  # each client's share of client-level DP noise
 
 
 def run_inprocess(
@@ -103,6 +105,22 @@ def run_inprocess(
         for cid in cohort:
             yield train_one(server_round, cid, global_weights)
 
+    def client_mechanism(min_contributors: int) -> ClientDP:
+        return ClientDP(
+            clip_norm=config.client_clip,
+            noise_multiplier=config.client_noise,
+            min_contributors=min_contributors,
+        )
+
+    def client_epsilon(server_round: int) -> float:
+        return client_level_spent(
+            mechanism=client_mechanism(1),
+            sample_rate=config.cohort_size / config.clients,
+            rounds=server_round,
+            delta=config.delta,
+            method=config.accountant,
+        ).epsilon
+
     def train_cohort_secure(
         server_round: int, cohort: list[int], global_weights: list[np.ndarray]
     ) -> Iterator[ClientUpdate | Refusal | SecureMean]:
@@ -114,7 +132,8 @@ def run_inprocess(
             cohort=len(cohort),
             clip_range=config.secagg_clip_range,
             bits=config.secagg_bits,
-            weight_cap=max(len(data.partitions[c]) for c in cohort),
+            # Client-level DP averages with equal weights (its sensitivity is one update).
+            weight_cap=1 if config.client_dp else max(len(data.partitions[c]) for c in cohort),
             dropout_tolerance=config.secagg_dropout_tolerance,
             graph_seed=config.seed,
         )
@@ -138,6 +157,15 @@ def run_inprocess(
                 return None  # drops out after sharing keys: its masks are removed
             replies.append(dataclasses.replace(reply, weights=None))
             delta = [w - g for w, g in zip(reply.weights, global_weights, strict=True)]
+            if config.client_dp:
+                noised = clip_and_noise(
+                    delta,
+                    mechanism=client_mechanism(params.threshold),
+                    rng=np.random.default_rng(
+                        [config.seed, _STREAM_CLIENT_NOISE, server_round, reply.client_id]
+                    ),
+                )
+                return noised.arrays, 1
             return delta, reply.num_examples
 
         try:
@@ -177,6 +205,7 @@ def run_inprocess(
             evaluate=evaluate_global,
             on_round=on_round,
             dp=not config.no_dp,
+            client_epsilon=client_epsilon if config.client_dp else None,
         )
     finally:
         accountants.flush()  # also after an error: what was spent is on disk
