@@ -139,8 +139,9 @@ class DPTrainer:
         BatchNorm and the like, which mix examples within a batch and void per-sample DP).
     grad_sample_mode : str
         One of :data:`GRAD_SAMPLE_MODES` (:mod:`fedguard.privacy.persample`): all compute
-        the same clipped sum at different costs. ``auto``: ``bk`` (book-keeping ghost
-        clipping) for all-linear models, ``hooks`` otherwise.
+        the same clipped sum at different costs. ``auto``: ``bk`` (book-keeping
+        clipping, one backward pass) where it applies (all of fedguard's models), else
+        ``hooks``.
 
     Raises
     ------

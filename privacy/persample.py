@@ -23,13 +23,14 @@ and divides by the expected batch size. They differ in cost:
     example's clipping factor, which yields the clipped sum directly. Memory O(batch)
     instead of O(batch x parameters).
 ``bk``
-    Book-keeping ghost clipping (Bu et al. 2023, "Differentially Private Optimization on
-    Large Model at Small Cost"), for models whose trainable layers are all
-    ``nn.Linear`` on flat inputs (``logreg``, ``mlp``): one backward pass for the
-    gradients of each layer's OUTPUT only; example i's gradient of a layer is the outer
-    product g_i a_i^T, so its squared norm is |g_i|^2 |a_i|^2 (+ |g_i|^2 for the bias),
-    and the clipped sum is the single matrix product (c * g)^T a. No second backward, no
-    per-sample gradients: a DP step costs about a plain step plus the noise.
+    Book-keeping clipping (Bu et al. 2023, "Differentially Private Optimization on Large
+    Model at Small Cost"): ONE backward pass, for the gradients of each trainable layer's
+    OUTPUT only (no parameter gradients), with each layer's input recorded on the way
+    forward. For a linear layer on flat inputs, example i's gradient is the outer product
+    g_i a_i^T: its squared norm is |g_i|^2 |a_i|^2 (+ |g_i|^2 for the bias) and the
+    clipped sum is one matrix product (c * g)^T a, with no per-sample gradient (ghost
+    norm). Any other layer (convolutions, GroupNorm) gets its per-sample gradients from
+    Opacus's own per-layer functions, one layer at a time. No second backward pass.
 
 ``bench-sim`` times them (``fedguard.simulations.bench_dpstep``).
 """
@@ -54,9 +55,10 @@ __all__ = ["GRAD_SAMPLE_MODES", "PerSampleGradients"]
 
 GRAD_SAMPLE_MODES: tuple[str, ...] = ("auto", "hooks", "functorch", "ew", "ghost", "bk")
 """Per-sample gradient modes :class:`~fedguard.privacy.DPTrainer` supports (see above).
-``auto`` (the default) is ``bk`` for models whose trainable layers are all ``nn.Linear``
-and ``hooks`` otherwise: the fastest measured on 2 CPU cores for fedguard's models at
-the batch sizes of both simulations (~16) and centralised training (256)."""
+``auto`` (the default) is ``bk`` where every trainable layer is linear or has an Opacus
+grad sampler (all of fedguard's models), else ``hooks``: ``bk`` was the fastest measured
+on 2 CPU cores for fedguard's models at the batch sizes of simulations (~16) and of
+centralised training (256)."""
 
 # Opacus sets these on parameters during a step; none may survive into the next client.
 STEP_ATTRS = ("grad_sample", "summed_grad", "_current_grad_sample", "_norm_sample")
@@ -71,7 +73,7 @@ class PerSampleGradients:
 
     def __init__(self, *, model: nn.Module, mode: str) -> None:
         if mode == "auto":
-            mode = "hooks" if _not_linear(model) else "bk"
+            mode = "hooks" if _unsupported(model) else "bk"
         self.mode = mode
         self._gsm: nn.Module
         self._bk: _BookKeeping | None = None
@@ -192,75 +194,98 @@ class _NoiseOnlyOptimizer(DPOptimizerFastGradientClipping):
                 p.summed_grad = p.grad.detach().clone()
 
 
-def _not_linear(model: nn.Module) -> list[str]:
-    """Types of the modules holding trainable parameters that are not ``nn.Linear``."""
+def _unsupported(model: nn.Module) -> list[str]:
+    """Types of trainable layers ``bk`` cannot clip: neither linear nor known to Opacus."""
     return sorted(
         {
             type(m).__name__
-            for m in model.modules()
-            if not isinstance(m, nn.Linear)
-            and any(p.requires_grad for p in m.parameters(recurse=False))
+            for m in _trainable_layers(model)
+            if not isinstance(m, nn.Linear) and type(m) not in GradSampleModule.GRAD_SAMPLERS
         }
     )
 
 
+def _trainable_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def _all_trainable(module: nn.Module) -> bool:
+    return all(p.requires_grad for p in module.parameters(recurse=False))
+
+
+_Record = tuple[nn.Module, torch.Tensor, torch.Tensor]
+
+
 class _BookKeeping:
-    """``bk`` mode: forward hooks on every ``nn.Linear`` record its input and output."""
+    """``bk`` mode: forward hooks on every trainable layer record its input and output."""
 
     def __init__(self, model: nn.Module) -> None:
         self.active = False
         self.max_grad_norm = 1.0
-        self._records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
-        other = _not_linear(model)
+        self._records: list[_Record] = []
+        other = _unsupported(model)
         if other:
             raise ConfigError(
-                "grad_sample_mode: expected a model whose trainable layers are all "
-                f"torch.nn.Linear for bk, got {', '.join(other)} (use hooks, ew or ghost)"
+                "grad_sample_mode: expected a model whose trainable layers are linear or "
+                f"have an Opacus grad sampler for bk, got {', '.join(other)} (use hooks, ew "
+                "or ghost)"
             )
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        self._linears = linears
+        self._layers = _trainable_layers(model)
         self._model = model
         # Opacus's marker: a second DPTrainer (of any mode) on this model is refused.
-        handles = [m.register_forward_hook(self._record) for m in linears]
+        handles = [m.register_forward_hook(self._record) for m in self._layers]
         model.autograd_grad_sample_hooks = handles  # type: ignore[assignment]
 
     def _record(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if not self.active:
             return
-        a = inputs[0]
-        if a.ndim != 2:
-            raise ConfigError(
-                f"grad_sample_mode: expected 2-D inputs to every linear layer for bk, got "
-                f"shape {tuple(a.shape)} (use hooks, ew or ghost)"
-            )
         if any(m is module for m, _, _ in self._records):
             raise ConfigError(
-                "grad_sample_mode: expected each linear layer used once per forward for bk, "
-                "got a layer used twice (use hooks, ew or ghost)"
+                "grad_sample_mode: expected each trainable layer used once per forward for "
+                f"bk, got {type(module).__name__} used twice (use hooks, ew or ghost)"
             )
-        self._records.append((module, a.detach(), output))  # type: ignore[arg-type]
+        self._records.append((module, inputs[0].detach(), output))
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self._records.clear()
         try:
             losses = F.cross_entropy(self._model(x), y, reduction="none")
             outputs = [z for _, _, z in self._records]
-            # Gradients of the summed loss w.r.t. each layer's output: row i is example i's.
+            # Gradients of the summed loss w.r.t. each layer's output (row i: example i's),
+            # and no parameter gradient at all.
             grads = torch.autograd.grad(losses.sum(), outputs)
             sq = torch.zeros(x.shape[0], dtype=losses.dtype, device=losses.device)
+            per_sample: list[dict[nn.Parameter, torch.Tensor] | None] = []
             for (m, a, _), g in zip(self._records, grads, strict=True):
-                gg = (g * g).sum(1)
-                sq += gg * (a * a).sum(1)
-                if m.bias is not None:
-                    sq += gg
+                if isinstance(m, nn.Linear) and a.ndim == 2 and _all_trainable(m):
+                    gg = (g * g).sum(1)  # |g_i a_i^T|^2 = |g_i|^2 |a_i|^2; bias: |g_i|^2
+                    sq += gg * ((a * a).sum(1) + (1.0 if m.bias is not None else 0.0))
+                    per_sample.append(None)
+                    continue
+                # Any other layer: its per-sample gradients (Opacus's own functions), one
+                # layer at a time, freed after the clipped sum.
+                found = GradSampleModule.GRAD_SAMPLERS[type(m)](m, [a], g)
+                samples = {p: t for p, t in found.items() if p.requires_grad}
+                if set(map(id, samples)) != {id(p) for p in m.parameters() if p.requires_grad}:
+                    raise ConfigError(
+                        f"grad_sample_mode: Opacus's grad sampler for {type(m).__name__} "
+                        "misses some of its trainable parameters (use hooks)"
+                    )
+                for t in samples.values():
+                    sq += t.reshape(t.shape[0], -1).pow(2).sum(1)
+                per_sample.append(samples)
             # Opacus's clipping factor, to the last epsilon: min(1, C / (norm + 1e-6)).
             factors = (self.max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
             used = {id(m) for m, _, _ in self._records}
-            for m in self._linears:  # a layer this forward did not use: clipped sum 0
+            for m in self._layers:  # a layer this forward did not use: clipped sum 0
                 if id(m) not in used:
-                    for p in m.parameters():
+                    for p in m.parameters(recurse=False):
                         p.grad = torch.zeros_like(p)
-            for (m, a, _), g in zip(self._records, grads, strict=True):
+            for (m, a, _), g, layer_samples in zip(self._records, grads, per_sample, strict=True):
+                if layer_samples is not None:
+                    for p, t in layer_samples.items():
+                        p.grad = torch.einsum("i,i...->...", factors, t)
+                    continue
                 weighted = g * factors[:, None]
                 m.weight.grad = weighted.T @ a
                 if m.bias is not None:

@@ -3,9 +3,10 @@
 Both go through fedguard's own training code: :func:`fedguard.task.train_plain` for the
 plain step and :class:`fedguard.privacy.DPTrainer` (one mode per trainer) for the DP
 step, on one batch of ``batch`` examples with sample rate 1 (every example in every
-step), so a step is the same work in both. Modes are timed round-robin, so a load spike
-on a shared machine hits them all alike; each figure is the median over repeats of one
-call's steps.
+step), so a step is the same work in both. Modes are timed round-robin, and each figure
+is the fastest of the repeats (of one call's steps): on a shared machine other jobs only
+ever add time, so the minimum is the best estimate of the cost itself (as ``timeit``
+advises).
 
     python -m fedguard.simulations.bench_dpstep --batch 256 --models mlp,cnn
 """
@@ -13,7 +14,6 @@ call's steps.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -121,14 +121,14 @@ def _cost(
     for _ in range(repeats):
         for k, job in jobs.items():
             times[k].append(_timed(job))
-    medians = {k: statistics.median(v) for k, v in times.items()}
+    fastest = {k: min(v) for k, v in times.items()}
     return StepCost(
         model=name,
         parameters=sum(p.numel() for p in plain_model.parameters()),
         batch=batch,
         input_shape=shape,
-        plain_ms=medians.pop("plain"),
-        dp_ms=medians,
+        plain_ms=fastest.pop("plain"),
+        dp_ms=fastest,
     )
 
 
