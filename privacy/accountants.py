@@ -165,18 +165,20 @@ def _merge(events: tuple[GaussianEvent, ...], event: GaussianEvent) -> tuple[Gau
     return (*events, event)
 
 
-def _rdp_epsilon(events: tuple[GaussianEvent, ...], delta: float) -> float:
-    rdp = sum(
-        np.asarray(
-            rdp_analysis.compute_rdp(
-                q=e.sample_rate,
-                noise_multiplier=e.noise_multiplier,
-                steps=e.steps,
-                orders=list(_RDP_ORDERS),
-            )
-        )
-        for e in events
+@functools.lru_cache(maxsize=1024)
+def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> np.ndarray:
+    # RDP composes additively: Opacus's compute_rdp(steps=s) is s x this vector, so one
+    # computation per (q, sigma) serves every history (simulations ask it per client).
+    per_step = rdp_analysis.compute_rdp(
+        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(_RDP_ORDERS)
     )
+    out = np.asarray(per_step, dtype=np.float64)
+    out.setflags(write=False)
+    return out
+
+
+def _rdp_epsilon(events: tuple[GaussianEvent, ...], delta: float) -> float:
+    rdp = sum(_rdp_per_step(e.sample_rate, e.noise_multiplier) * e.steps for e in events)
     eps, _ = rdp_analysis.get_privacy_spent(orders=list(_RDP_ORDERS), rdp=rdp, delta=delta)
     return float(eps)
 
