@@ -23,8 +23,9 @@ the global RNGs are never touched. Secure mode is OFF: Opacus's ``secure_mode`` 
 ``torchcsprng``, which is not available for this torch, so noise is drawn from the
 generator's Mersenne Twister in floating point. It is therefore vulnerable to the
 floating-point attacks on Gaussian noise (Mironov 2012; Jin et al. 2022) and its
-seed-determined noise is only as secret as the seed. Seed the generator from the OS
-(``torch.Generator().manual_seed(secrets.randbits(63))``) in deployment.
+seed-determined noise is only as secret as the seed; torch keeps only 32 bits of a seed,
+so deployed nodes pass :func:`fedguard.privacy.rng.os_entropy_generator` (the whole
+generator state from the OS) instead of a seeded generator.
 """
 
 from __future__ import annotations
