@@ -24,7 +24,7 @@ from fedguard.client.secure import NodeSecAgg
 from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer
 from fedguard.client.virtual import budget_for, client_state_dir
 from fedguard.config import SimulationConfig, load_simulation_config
-from fedguard.deploy_config import NodeConfig, load_node_config
+from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.federation import TrainRequest, client_generator, federated_data, initial_model
 from fedguard.messages import (
     ERROR_BUDGET_REFUSED,
@@ -42,9 +42,6 @@ from fedguard.privacy import AccountantStore
 from fedguard.transport import encode_receipt
 
 __all__ = ["NODE_CONFIG_KEY", "app"]
-
-# The --node-config key through which `fedguard client` tells the ClientApp its node.toml.
-NODE_CONFIG_KEY = "fedguard-node-config"
 
 _log = logging.getLogger(__name__)
 

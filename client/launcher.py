@@ -1,30 +1,41 @@
 """`fedguard client --config node.toml`: a SuperNode running fedguard's ClientApp.
 
 Before starting Flower's SuperNode it checks the TLS connection itself, so that a wrong
-CA certificate or a server certificate for another host is reported as exactly that
-(Flower only says "connection unavailable"). A key the server has not enrolled is
+CA certificate, a server certificate for another host or an expired one is reported as
+exactly that (Flower only says "connection unavailable"); a node configured without TLS
+is refused the same way when the server speaks TLS. A key the server has not enrolled is
 recognised in the SuperNode's output and reported plainly too.
+
+A key revoked while the node runs (the operator deleted it from the server's keys-dir):
+the SuperLink then refuses the node's calls and Flower's SuperNode stops itself, with
+status 0 and nothing in its log to say why. The launcher starts it once more to ask: an
+activation refused after an accepted session means the key was revoked, and it says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import ssl
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from cryptography import x509
+
 from fedguard._procs import flower_env, start, stop
-from fedguard.client.app import NODE_CONFIG_KEY
-from fedguard.deploy_config import NodeConfig, load_node_config
+from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import FedguardError
 from fedguard.flower_compat import PRELOAD_ENV
 
-__all__ = ["NodeRefusedError", "check_server_tls", "run_client"]
+__all__ = ["NodeRefusedError", "check_server_plaintext", "check_server_tls", "run_client"]
 
 CONNECT_TIMEOUT_S = 30.0
+MAX_RECONNECTS = 3  # a SuperNode that stops on its own after being accepted is restarted
+_LOG_HEAD, _LOG_TAIL = 65536, 16384  # bytes of a SuperNode run's log read to explain it
 
 
 class NodeRefusedError(FedguardError):
@@ -53,7 +64,7 @@ def check_server_tls(*, server: str, ca_cert: Path, timeout: float = CONNECT_TIM
                     f"--host {host})"
                 ) from None
             if "expired" in reason:
-                raise NodeRefusedError("the server's certificate has expired") from None
+                raise NodeRefusedError(_expired(host, int(port))) from None
             raise NodeRefusedError(
                 f"node.ca-cert: the server's certificate is not signed by the CA in "
                 f"{ca_cert} ({exc.verify_message}); get the federation's ca.crt from the "
@@ -69,8 +80,57 @@ def check_server_tls(*, server: str, ca_cert: Path, timeout: float = CONNECT_TIM
             time.sleep(0.5)
 
 
+def check_server_plaintext(*, server: str, timeout: float = 5.0) -> None:
+    """Refuse to start a plaintext node against a server that speaks TLS.
+
+    Flower's SuperNode would retry such a connection forever ("connection attempt
+    failed"); this says what is wrong instead. Nothing answering, or a server without
+    TLS, passes: the SuperNode then deals with it as configured.
+    """
+    host, _, port = server.rpartition(":")
+    try:
+        _peer_certificate(host, int(port), timeout=timeout)
+    except (ssl.SSLError, OSError, ValueError):
+        return
+    raise NodeRefusedError(
+        f"node.insecure: the server at {server} requires TLS, and this node is configured "
+        "without it (insecure = true): it would never be let in; set node.ca-cert and "
+        "node.private-key (from the operator) and remove insecure"
+    )
+
+
+def _peer_certificate(host: str, port: int, *, timeout: float) -> bytes:
+    """The server's TLS certificate (DER), read WITHOUT verifying it: only to describe
+    a server, never to trust one. Raises ``ssl.SSLError``/``OSError`` if there is none."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # nothing is sent over this connection
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise ssl.SSLError("the server sent no certificate")
+    return der
+
+
+def _expired(host: str, port: int) -> str:
+    when = "on an unknown date"
+    with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+        cert = x509.load_der_x509_certificate(_peer_certificate(host, port, timeout=5))
+        when = f"on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    now = datetime.now(UTC)
+    return (
+        f"node.server: the server's certificate for {host} expired {when} (now "
+        f"{now:%Y-%m-%d %H:%M} UTC): this node does not connect to a server it cannot "
+        "verify; ask the operator to renew it"
+    )
+
+
 def _explain(output: str, cfg: NodeConfig) -> str:
-    if "2004" in output or "Failed to activate SuperNode" in output:
+    if _activation_refused(output):
         return (
             f"this node's key is not enrolled on the server: give "
             f"{cfg.node.private_key}.pub to the operator to enrol"
@@ -114,6 +174,7 @@ def run_client(*, config_path: Path) -> None:
             flush=True,
         )
         args.append("--insecure")
+        check_server_plaintext(server=n.server)
     else:
         if n.ca_cert is None or n.private_key is None:  # the loader refuses this already
             raise NodeRefusedError("node.ca-cert and node.private-key are required with TLS")
@@ -125,9 +186,47 @@ def run_client(*, config_path: Path) -> None:
             str(n.private_key),
         ]
     log_path = n.state_dir / "supernode.log"
+    env = flower_env(flwr_home, {PRELOAD_ENV: "torch,opacus,fedguard.client.app"})
+    was_active = False
+    for _attempt in range(MAX_RECONNECTS + 1):
+        status, output = _run_supernode(args, env=env, log_path=log_path, cfg=cfg)
+        if "SuperNode ID:" in output:  # it had been accepted, then stopped on its own
+            was_active = True
+            print(
+                f"node {n.name}: the SuperNode stopped on its own (status {status}; the "
+                "server refused its calls or ended the session); reconnecting to learn why",
+                file=sys.stderr,
+                flush=True,
+            )
+            continue
+        if was_active and _activation_refused(output):
+            raise NodeRefusedError(
+                f"node {n.name}: the server revoked this node's enrolment (it no longer "
+                f"accepts the key {n.private_key}.pub; the operator removed it from the "
+                f"server's keys-dir): this node receives and sends nothing more; a revoked "
+                f"key cannot be enrolled again: make a new one with `fedguard certs node "
+                f"{n.name} --force` and give the .pub to the operator"
+            )
+        if status != 0:
+            raise NodeRefusedError(f"node {n.name}: {_explain(output, cfg)}")
+        return  # stopped before it connected, and not by a refusal: nothing to report
+    raise NodeRefusedError(
+        f"node {n.name}: the SuperNode stopped {MAX_RECONNECTS + 1} times after the server "
+        f"accepted it; see {log_path}"
+    )
+
+
+def _activation_refused(output: str) -> bool:
+    return "2004" in output or "Failed to activate SuperNode" in output
+
+
+def _run_supernode(
+    args: list[str], *, env: dict[str, str], log_path: Path, cfg: NodeConfig
+) -> tuple[int, str]:
+    """Run the SuperNode until it ends; its status and what it wrote this time."""
+    n = cfg.node
     offset = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as log:
-        env = flower_env(flwr_home, {PRELOAD_ENV: "torch,opacus,fedguard.client.app"})
         node = start(args, env=env, log=log)
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -145,8 +244,9 @@ def run_client(*, config_path: Path) -> None:
             status = node.wait()
         finally:
             stop(node)
-    if status != 0:
-        with log_path.open("rb") as fh:  # only this run's output
-            fh.seek(offset)
-            tail = fh.read().decode(errors="replace")[-4000:]
-        raise NodeRefusedError(f"node {n.name}: {_explain(tail, cfg)}")
+    with log_path.open("rb") as fh:  # only this run's output: its start and its end
+        fh.seek(offset)
+        head = fh.read(_LOG_HEAD)
+        end = fh.seek(0, 2)
+        fh.seek(max(offset + len(head), end - _LOG_TAIL))
+        return status, (head + fh.read()).decode(errors="replace")

@@ -22,12 +22,23 @@ from fedguard.config import ACCOUNTANTS
 from fedguard.errors import ConfigError, invalid
 
 __all__ = [
+    "CONFIG_KEY",
     "MAX_UPDATE_NORM",
+    "NODE_CONFIG_KEY",
     "FederationConfig",
     "NodeConfig",
     "load_federation_config",
     "load_node_config",
 ]
+
+CONFIG_KEY = "config-path"
+"""The run-config key through which `fedguard server` gives its ServerApp federation.toml."""
+
+NODE_CONFIG_KEY = "fedguard-node-config"
+"""The --node-config key through which `fedguard client` gives its ClientApp node.toml.
+
+Both live here, not beside the Flower apps, so that the launchers (which only start
+processes) need not import torch and Flower to name them."""
 
 STRATEGIES: tuple[str, ...] = ("fedavg", "fedavgm", "fedadam", "fedprox")
 """Server strategies: FedAvg; FedAvgM (server-momentum); FedAdam (Reddi et al. 2021; server-lr

@@ -5,6 +5,9 @@ It reads the operator's ``federation.toml`` (path given as the run config key
 (:func:`fedguard.federation.run_rounds`). After every round it checkpoints the global
 model (safetensors, with round and config digest) and rewrites ``metrics.jsonl``; a
 restarted server resumes after the last checkpointed round, so no round runs twice.
+At the start of every round it looks at ``server.keys-dir``: a node whose key was deleted
+there is unregistered from the SuperLink and sent nothing more
+(:mod:`fedguard.server.enrolment`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedguard._io import atomic_write_json, atomic_write_text
-from fedguard.deploy_config import FederationConfig, load_federation_config
+from fedguard._procs import flower_env
+from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
 from fedguard.federation import (
     ClientUpdate,
     Refusal,
@@ -40,14 +44,13 @@ from fedguard.privacy.client_dp import ClientDP, client_level_spent
 from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.privacy.secagg import SecAggParams, make_params
 from fedguard.server.app import describe_nodes, exchange_round, wait_for_nodes
-from fedguard.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedguard.server.checkpoint import CHECKPOINT, resume, save_round
+from fedguard.server.enrolment import Enrolment, Revocation
 from fedguard.server.secure_round import secure_round
 from fedguard.task import Metrics, build_model, evaluate, get_weights, load_dataset, set_weights
 
-__all__ = ["CONFIG_KEY", "app", "make_server_optimizer"]
+__all__ = ["CHECKPOINT", "CONFIG_KEY", "app", "make_server_optimizer"]
 
-CONFIG_KEY = "config-path"
-CHECKPOINT = "checkpoint.safetensors"
 NODE_GRACE_S = 20.0
 
 _log = logging.getLogger(__name__)
@@ -77,26 +80,25 @@ def main(grid: Grid, context: Context) -> None:
         generator=torch.Generator().manual_seed(cfg.federation.seed),
     )
     server = make_server_optimizer(cfg)
-    weights = get_weights(model)
-    first_round = 1
+    point = resume(
+        cfg.state_dir / CHECKPOINT,
+        config_digest=cfg.digest(),
+        weights=get_weights(model),
+        server=server,
+    )
+    weights, first_round = point.weights, point.first_round
     records: list[dict[str, Any]] = []
-    checkpoint = load_checkpoint(cfg.state_dir / CHECKPOINT)
-    if checkpoint is not None:
-        if checkpoint.config_digest != cfg.digest():
-            raise RuntimeError(
-                f"{cfg.state_dir / CHECKPOINT} was made with another federation "
-                f"config (digest {checkpoint.config_digest} != {cfg.digest()}); "
-                "move it away to start over"
-            )
-        weights, first_round = checkpoint.weights, checkpoint.server_round + 1
-        server.load_state(checkpoint.velocity)
-        records = _read_metrics(cfg.out / "metrics.jsonl", upto=checkpoint.server_round)
-        _say(f"resuming after round {checkpoint.server_round} from {cfg.state_dir / CHECKPOINT}")
+    if point.checkpoint is not None:
+        done = point.checkpoint.server_round
+        records = _read_metrics(cfg.out / "metrics.jsonl", upto=done)
+        _say(f"resuming after round {done} from {cfg.state_dir / CHECKPOINT}")
     if first_round > cfg.federation.rounds:
         _say("all rounds already done")
         return
 
-    info = _gather_nodes(grid, cfg)
+    revoked = _revocations(cfg)
+    revoked_now = revoked()  # keys deleted while the server was down
+    info = {n: v for n, v in _gather_nodes(grid, cfg).items() if n not in revoked_now}
     names = sorted(str(v["name"]) for v in info.values())
     node_of = {names.index(str(v["name"])): node for node, v in info.items()}
     examples = {c: int(info[node]["num-examples"]) for c, node in node_of.items()}
@@ -119,6 +121,17 @@ def main(grid: Grid, context: Context) -> None:
         server_round: int, cohort: list[int], global_weights: list[np.ndarray]
     ) -> Iterator[ClientUpdate | Refusal | SecureMean]:
         tr = cfg.training
+        gone = revoked()
+        for c in (c for c in cohort if node_of[c] in gone):
+            r = gone[node_of[c]]
+            yield Refusal(
+                client_id=c,
+                reason=f"{names[c]}: enrolment revoked on {r.at} ({r.reason}); not sent "
+                f"round {server_round}",
+            )
+        cohort = [c for c in cohort if node_of[c] not in gone]
+        if not cohort:
+            return
         params = _secagg_params(cfg, server_round, cohort, examples) if cfg.secagg.enabled else None
         cd = cfg.client_dp
         request = TrainRequest(
@@ -201,14 +214,12 @@ def main(grid: Grid, context: Context) -> None:
         row["receipts"] = dict(sorted(receipts.items()))
         records.append(row)
         # Checkpoint first: a crash after it replays nothing; before it, the round reruns.
-        save_checkpoint(
+        save_round(
             cfg.state_dir / CHECKPOINT,
-            Checkpoint(
-                server_round=record.round,
-                config_digest=cfg.digest(),
-                weights=new_weights,
-                velocity=server.state(),
-            ),
+            server_round=record.round,
+            config_digest=cfg.digest(),
+            weights=new_weights,
+            server=server,
         )
         atomic_write_text(
             cfg.out / "metrics.jsonl",
@@ -291,6 +302,36 @@ def make_server_optimizer(cfg: FederationConfig) -> ServerOptimizer:
         return FedAdam(server_lr=f.server_lr)
     momentum = f.server_momentum if f.strategy == "fedavgm" else 0.0
     return FedAvgM(server_lr=f.server_lr, server_momentum=momentum)
+
+
+def _revocations(cfg: FederationConfig) -> Callable[[], dict[int, Revocation]]:
+    """Look at keys-dir (each call): unregister nodes whose key left it; all revoked ids.
+
+    Without node authentication (insecure, or no keys-dir) nobody is enrolled, so nobody
+    can be revoked.
+    """
+    keys_dir = cfg.server.keys_dir
+    if cfg.server.insecure or keys_dir is None:
+        return dict
+    enrolment = Enrolment(
+        keys_dir=keys_dir, state_dir=cfg.state_dir, env=flower_env(cfg.state_dir / "flwr")
+    )
+
+    def check() -> dict[int, Revocation]:
+        found = enrolment.revoke_removed()
+        for r in found.new:
+            _say(
+                f"revoked {r.name}: {r.reason}; node {r.node_id} unregistered from the "
+                "SuperLink: it is sent nothing more and its calls are refused"
+            )
+        for r, error in found.failed:
+            _say(
+                f"revoking {r.name} ({r.reason}): unregistering node {r.node_id} failed "
+                f"({error}); it is sent nothing, and unregistering is tried again next round"
+            )
+        return found.revoked
+
+    return check
 
 
 def _client_epsilon(cfg: FederationConfig, sample_rate: float) -> Callable[[int], float]:

@@ -2,14 +2,14 @@
 
 Starts Flower's SuperLink (gRPC Fleet API, TLS and SuperNode authentication on, runtime
 dependency installation off, state database in the server's folder), enrols every node
-public key found in ``server.keys-dir``, then submits fedguard's ServerApp with
+public key found in ``server.keys-dir`` (:mod:`fedguard.server.enrolment`; deleting a key
+there later revokes its node from the next round), then submits fedguard's ServerApp with
 ``flwr run`` and relays its progress. Everything it started is stopped when it returns,
 also on Ctrl-C. Run it again with the same config to resume from the last checkpoint.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,14 +22,13 @@ from fedguard._procs import (
     venv_tool,
     wait_for_port,
 )
-from fedguard.deploy_config import FederationConfig, load_federation_config
+from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
 from fedguard.errors import FedguardError
-from fedguard.server.checkpoint import load_checkpoint
-from fedguard.server.deploy_app import CHECKPOINT, CONFIG_KEY
+from fedguard.server.checkpoint import CHECKPOINT, load_checkpoint
+from fedguard.server.enrolment import CONNECTION, Enrolment
 
 __all__ = ["run_server"]
 
-CONNECTION = "fedguard"
 STARTUP_TIMEOUT_S = 60.0
 
 _APP_PYPROJECT = """\
@@ -129,7 +128,9 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
                 flush=True,
             )
             if not insecure and s.keys_dir is not None:
-                _enrol_all(s.keys_dir, env=env)
+                enrolment = Enrolment(keys_dir=s.keys_dir, state_dir=state, env=env)
+                for line in enrolment.enrol_all():
+                    print(line, flush=True)
             app_dir = state / "app"
             app_dir.mkdir(exist_ok=True)
             atomic_write_text(app_dir / "pyproject.toml", _APP_PYPROJECT.format(key=CONFIG_KEY))
@@ -155,25 +156,6 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
             _check_finished(cfg, flwr_run_status=status)
         finally:
             stop(link)
-
-
-def _enrol_all(keys_dir: Path, *, env: dict[str, str]) -> None:
-    """Register every ``*.pub`` in ``keys_dir``; one already registered is fine."""
-    for pub in sorted(keys_dir.glob("*.pub")):
-        out = subprocess.run(
-            [venv_tool("flwr"), "supernode", "register", str(pub), CONNECTION],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        text = out.stdout + out.stderr
-        if "registered successfully" in text:
-            print(f"enrolled {pub.stem}", flush=True)
-        elif "already" in text.lower():
-            print(f"enrolled {pub.stem} (already)", flush=True)
-        else:
-            raise ServerFailedError(f"could not enrol {pub}: {' '.join(text.split())[-300:]}")
 
 
 def _check_finished(cfg: FederationConfig, *, flwr_run_status: int) -> None:
