@@ -17,9 +17,14 @@ from fedguard.errors import invalid
 
 __all__ = ["MODEL_NAMES", "build_model"]
 
-MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp", "cnn")
+MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp", "cnn", "tb_cnn")
 """``logreg``: one linear layer; ``mlp``: one hidden ReLU layer; ``cnn``: two conv
-blocks for images (about 26k parameters on 28x28 inputs with 10 classes)."""
+blocks for images (about 26k parameters on 28x28 inputs with 10 classes); ``tb_cnn``:
+Tramer & Boneh's (2021) end-to-end DP CNN for (Fashion-)MNIST, strided convolutions and
+tanh (26,010 parameters on 28x28 inputs with 10 classes; images of at least 14x14)."""
+
+TB_CNN_MIN_SIDE = 14
+"""Smallest image side ``tb_cnn`` takes: two stride-2 convolutions and two 2x2 pools."""
 
 
 def build_model(
@@ -61,11 +66,14 @@ def build_model(
         raise invalid("num_classes", allowed="an integer >= 2", got=num_classes)
     if not _is_int(hidden) or hidden < 1:
         raise invalid("hidden", allowed="an integer >= 1", got=hidden)
-    if name == "cnn":
+    if name in ("cnn", "tb_cnn"):
         if len(shape) != 3:
-            raise invalid("--model", allowed="logreg or mlp for tabular data", got="cnn")
+            raise invalid("--model", allowed="logreg or mlp for tabular data", got=name)
         if min(shape[1:]) < 2:
-            raise invalid("--model", allowed="cnn for images of at least 2x2 pixels", got="cnn")
+            raise invalid("--model", allowed="cnn for images of at least 2x2 pixels", got=name)
+    if name == "tb_cnn" and min(shape[1:]) < TB_CNN_MIN_SIDE:
+        side = TB_CNN_MIN_SIDE
+        raise invalid("--model", allowed=f"cnn for images smaller than {side}x{side}", got=name)
     if generator is None:
         return _build(name, shape, num_classes, hidden)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
@@ -88,6 +96,8 @@ def _build(name: str, shape: tuple[int, ...], num_classes: int, hidden: int) -> 
         return nn.Sequential(
             nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
         )
+    if name == "tb_cnn":
+        return _TramerBonehCNN(shape, num_classes)
     return _SmallCNN(shape[0], num_classes)
 
 
@@ -114,4 +124,35 @@ class _SmallCNN(nn.Sequential):
             nn.Linear(32 * 4 * 4, 40),
             nn.Tanh(),
             nn.Linear(40, num_classes),
+        )
+
+
+class _TramerBonehCNN(nn.Sequential):
+    """conv8x8(16, stride 2, pad 3)-tanh-maxpool2(stride 1), conv4x4(32, stride 2)-tanh-
+    maxpool2(stride 1), FC 32-tanh, FC: the end-to-end CNN of Tramer & Boneh 2021
+    ("Differentially Private Learning Needs Better Features (or Much More Data)", Table 9;
+    from Papernot et al. 2021), 86.0% on Fashion-MNIST at epsilon 3 trained centrally.
+
+    No normalisation layer, as in the paper (inputs are standardised by the loader). The
+    strided convolutions make it about 3x cheaper per DP-SGD step than ``cnn`` on 28x28.
+    """
+
+    def __init__(self, shape: tuple[int, ...], num_classes: int) -> None:
+        channels, height, width = shape
+
+        def side(n: int) -> int:
+            n = (n + 2 * 3 - 8) // 2 + 1 - 1  # conv1, then the stride-1 pool
+            return (n - 4) // 2 + 1 - 1  # conv2, then the stride-1 pool
+
+        super().__init__(
+            nn.Conv2d(channels, 16, kernel_size=8, stride=2, padding=3),
+            nn.Tanh(),
+            nn.MaxPool2d(2, stride=1),
+            nn.Conv2d(16, 32, kernel_size=4, stride=2),
+            nn.Tanh(),
+            nn.MaxPool2d(2, stride=1),
+            nn.Flatten(),
+            nn.Linear(32 * side(height) * side(width), 32),
+            nn.Tanh(),
+            nn.Linear(32, num_classes),
         )

@@ -15,7 +15,17 @@ from fedguard.task.models import MODEL_NAMES, build_model
 from fedguard.task.weights import get_weights, set_weights
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 5, 7), (30,)]
-CASES = [(n, s) for n in MODEL_NAMES for s in SHAPES if not (n == "cnn" and len(s) == 1)]
+IMAGE_MODELS = ("cnn", "tb_cnn")
+# tb_cnn takes images of at least 14x14; (3, 15, 17) checks odd, non-square sides.
+TB_SHAPES = [(1, 28, 28), (3, 15, 17), (1, 14, 14)]
+CASES = [(n, s) for n in MODEL_NAMES if n != "tb_cnn" for s in SHAPES] + [
+    ("tb_cnn", s) for s in TB_SHAPES
+]
+CASES = [(n, s) for n, s in CASES if not (n in IMAGE_MODELS and len(s) == 1)]
+
+
+def _seed_shape(name: str) -> tuple[int, ...]:
+    return (1, 28, 28) if name == "tb_cnn" else (1, 8, 8)
 
 
 def _model(name: str = "mlp", shape: tuple[int, ...] = (30,), seed: int = 0) -> torch.nn.Module:
@@ -44,6 +54,46 @@ def test_cnn_size_on_fashion_mnist() -> None:
     assert 20_000 < sum(p.numel() for p in model.parameters()) < 30_000
 
 
+def test_tb_cnn_is_tramer_boneh_architecture_on_fashion_mnist() -> None:
+    model = build_model(name="tb_cnn", input_shape=(1, 28, 28), num_classes=10)
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    assert shapes == [
+        (16, 1, 8, 8),
+        (16,),
+        (32, 16, 4, 4),
+        (32,),
+        (32, 512),
+        (32,),
+        (10, 32),
+        (10,),
+    ]
+    assert sum(p.numel() for p in model.parameters()) == 26_010
+    assert sum(isinstance(m, torch.nn.Tanh) for m in model.modules()) == 3
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # inputs need no grad
+def test_tb_cnn_per_sample_gradients_work_in_opacus() -> None:
+    model = GradSampleModule(_model("tb_cnn", (1, 28, 28)))
+    out = model(torch.randn(4, 1, 28, 28))
+    torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 0])).backward()
+    for p in model.parameters():
+        assert p.grad_sample is not None and p.grad_sample.shape == (4, *p.shape)
+
+
+@pytest.mark.parametrize(
+    ("shape", "allowed"),
+    [
+        ((30,), "logreg or mlp for tabular data"),
+        ((1, 13, 28), "cnn for images smaller than 14x14"),
+        ((1, 8, 8), "cnn for images smaller than 14x14"),
+    ],
+)
+def test_tb_cnn_refuses_tabular_data_and_small_images(shape: tuple[int, ...], allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_model(name="tb_cnn", input_shape=shape, num_classes=10)
+    assert str(info.value) == f"--model: expected {allowed}, got 'tb_cnn'"
+
+
 def test_mlp_hidden_width_is_configurable() -> None:
     model = build_model(name="mlp", input_shape=(30,), num_classes=2, hidden=7)
     assert [tuple(p.shape) for p in model.parameters()] == [(7, 30), (7,), (2, 7), (2,)]
@@ -53,7 +103,7 @@ def test_mlp_hidden_width_is_configurable() -> None:
 def test_same_generator_seed_same_weights_and_global_rng_untouched(name: str) -> None:
     torch.manual_seed(99)
     before = torch.get_rng_state()
-    a, b, c = (get_weights(_model(name, (1, 8, 8), seed)) for seed in (5, 5, 6))
+    a, b, c = (get_weights(_model(name, _seed_shape(name), seed)) for seed in (5, 5, 6))
     assert torch.equal(torch.get_rng_state(), before)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
