@@ -52,7 +52,7 @@ def simulate(
         str | None, Opt(help="digits, breast_cancer, fashion_mnist, or a .csv/.parquet/.npz path")
     ] = None,
     target: Annotated[str | None, Opt(help="label column of a CSV/Parquet file")] = None,
-    model: Annotated[str | None, Opt(help="logreg, mlp or cnn")] = None,
+    model: Annotated[str | None, Opt(help="logreg, mlp, cnn or tb_cnn")] = None,
     hidden: Annotated[int | None, Opt(help="width of the mlp's hidden layer")] = None,
     clients: Annotated[int | None, Opt(help="number of virtual clients")] = None,
     clients_per_round: Annotated[int | None, Opt(help="cohort size (default: all)")] = None,
