@@ -21,7 +21,6 @@ from fedguard._io import atomic_write_text
 from fedguard._procs import free_port, start, stop
 from fedguard.certs import init_federation, make_node_keys
 from fedguard.errors import ConfigError, FedguardError
-from fedguard.privacy import AccountantStore
 
 __all__ = ["DemoLayout", "fedguard_cmd", "prepare_demo", "relay_output", "run_demo"]
 
@@ -229,6 +228,9 @@ def run_demo(*, out: Path, nodes: int, rounds: int, timeout: float | None = None
             stop(proc)
         for log in logs:
             log.close()
+    # Here, not at the top: the process that starts the federation need not load torch.
+    from fedguard.privacy import AccountantStore
+
     for toml in layout.nodes:
         # One accountant per data set the node trained on (fedguard.client.node).
         (path,) = sorted((toml.parent / "state").glob("accountant-*.json"))

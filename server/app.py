@@ -50,9 +50,7 @@ def wait_for_nodes(grid: Grid, count: int, *, wait_s: float = NODE_WAIT_S) -> li
         if len(nodes) >= count:
             return nodes
         if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"only {len(nodes)} of {count} nodes connected within {NODE_WAIT_S:.0f}s"
-            )
+            raise RuntimeError(f"only {len(nodes)} of {count} nodes connected within {wait_s:.0f}s")
         time.sleep(0.1)
 
 

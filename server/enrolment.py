@@ -36,6 +36,7 @@ from typing import Any
 
 from fedguard._io import atomic_write_json
 from fedguard._procs import venv_tool
+from fedguard.certs import load_public_key_openssh
 from fedguard.errors import FedguardError
 
 __all__ = [
@@ -51,6 +52,9 @@ CONNECTION = "fedguard"  # the SuperLink connection's name in the server's FLWR_
 ENROLMENT_FILE = "enrolment.json"
 FORMAT = "fedguard-enrolment/1"
 FLWR_TIMEOUT_S = 120.0
+# Flower 1.39's Control API error codes (flwr.supercore.error.ApiErrorCode), as the CLI
+# prints them: "[code: 23] Public key already in use.", "[code: 24] Node ID not found ...".
+_KEY_IN_USE, _NODE_NOT_FOUND = "[code: 23]", "[code: 24]"
 
 
 class EnrolmentError(FedguardError):
@@ -76,10 +80,14 @@ class RevocationCheck:
     revoked: dict[int, Revocation]  # every node id to send nothing to, by node id
 
 
-def key_digest(path: Path) -> str:
-    """sha256 of an OpenSSH public key's type and key fields (its comment may change)."""
-    fields = path.read_text(encoding="utf-8").split()
-    return hashlib.sha256(" ".join(fields[:2]).encode()).hexdigest()
+def key_digest(path: Path) -> str | None:
+    """sha256 of an OpenSSH public key's type and key fields (its comment may change);
+    None if the file cannot be read as one."""
+    try:
+        fields = path.read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return hashlib.sha256(" ".join(fields[:2]).encode()).hexdigest() if len(fields) >= 2 else None
 
 
 class Enrolment:
@@ -109,6 +117,8 @@ class Enrolment:
         """
         record = self._load()
         pubs = sorted(self.keys_dir.glob("*.pub"))
+        for pub in pubs:  # all checked first: one bad file and nothing is registered
+            load_public_key_openssh(pub)  # DataError naming the file if not a node key
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             return list(pool.map(lambda pub: self._enrol(pub, record), pubs))
 
@@ -135,7 +145,7 @@ class Enrolment:
                 self._save(record)
             return f"enrolled {name}"
         error = str(out.get("error-message", ""))
-        if "already in use" not in error:
+        if _KEY_IN_USE not in error:
             raise EnrolmentError(f"could not enrol {pub}: {' '.join(error.split())[-300:]}")
         if same_key:
             return f"enrolled {name} (already)"
@@ -172,6 +182,8 @@ class Enrolment:
                     continue
                 if name not in present:
                     reason = f"{name}.pub was removed from keys-dir"
+                elif present[name] is None:
+                    reason = f"{name}.pub is no longer a readable key"
                 elif present[name] != entry["key_sha256"]:
                     reason = f"{name}.pub now holds another key"
                 else:
@@ -184,7 +196,7 @@ class Enrolment:
             for r in due:
                 out = self._flwr("supernode", "unregister", str(r.node_id), CONNECTION)
                 error = " ".join(str(out.get("error-message", "")).split())
-                if out.get("success") or "not found" in error:  # not found: already gone
+                if out.get("success") or _NODE_NOT_FOUND in error:  # not found: already gone
                     record["nodes"][r.name].update(revoked_at=r.at, reason=r.reason)
                     new.append(r)
                 else:

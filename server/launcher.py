@@ -86,8 +86,13 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
         f'[superlink.{CONNECTION}]\naddress = "{control}"\n{tls}\n',
     )
+    # Flower's SuperLink through fedguard's compatibility layer: SQLite waits 30 s for a
+    # lock instead of 5 s (under load, Flower answered nodes "Internal server error").
     args = [
-        venv_tool("flower-superlink"),
+        sys.executable,
+        "-m",
+        "fedguard.flower_compat",
+        "superlink",
         "--host",
         s.host,
         "--port",
@@ -113,7 +118,7 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
             "--enable-supernode-auth",
         ]
     pid_file = state / "superlink.pgid"
-    if kill_stale_group(pid_file, command="flower-superlink"):
+    if kill_stale_group(pid_file, command="superlink"):
         print("stopped a SuperLink left running by an earlier, crashed server", flush=True)
     with (state / "superlink.log").open("ab") as log:
         link = start(args, env=env, log=log)

@@ -10,14 +10,17 @@ import importlib
 import inspect
 import json
 import os
+import sqlite3
 import statistics
 import sys
 import time
 from collections.abc import Iterable
 
+import grpc
 import pytest
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from flwr.supercore import heartbeat, sql_mixin
 from flwr.supercore.constant import TaskType
 from flwr.supercore.exit import exit_handler
 from flwr.supercore.inflatable import inflatable_utils
@@ -38,6 +41,10 @@ def restore_flower(monkeypatch):
     """Undo every patch at teardown: monkeypatch restores what it saw before the test."""
     monkeypatch.setattr(SUPERNODE, "time", SUPERNODE.time)
     monkeypatch.setattr(SUPERNODE, "subprocess", SUPERNODE.subprocess)
+    monkeypatch.setattr(SUPERNODE, "_pull_and_store_message", SUPERNODE._pull_and_store_message)
+    monkeypatch.setattr(sql_mixin, "SQLITE_PRAGMAS", sql_mixin.SQLITE_PRAGMAS)
+    sender = heartbeat.HeartbeatSender
+    monkeypatch.setattr(sender, "_heartbeat", sender._heartbeat)
     for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
         monkeypatch.setitem(fn.__kwdefaults__, "initial_backoff", 1)
 
@@ -63,13 +70,16 @@ def test_other_version_is_refused_before_anything_is_patched(
         fc.patch_supernode_polling,
         fc.patch_object_pull_backoff,
         fc.patch_supernode_warm_clientapp,
+        fc.patch_sqlite_busy_timeout,
+        fc.patch_heartbeat_retry,
     ):
         with pytest.raises(FedguardError):
             patch()
     assert SUPERNODE.time is time
     assert inflatable_utils.pull_objects.__kwdefaults__["initial_backoff"] == 1
-    with pytest.raises(FedguardError):
-        fc.supernode_main(["--help"])
+    for main in (fc.supernode_main, fc.superlink_main):
+        with pytest.raises(FedguardError):
+            main(["--help"])
 
 
 # ---------------------------------------------------------------- SuperNode polling
@@ -95,9 +105,35 @@ def test_supernode_idle_sleep_is_capped(restore_flower):
     assert SUPERNODE.time.cap == 0.2
 
 
+def test_an_idle_supernode_polls_slower_until_a_message_comes(monkeypatch, restore_flower):
+    pulled: list[int | None] = [None]
+
+    def pull(**_: object) -> int | None:  # Flower's: the run id of a pulled message, or None
+        return pulled[-1]
+
+    monkeypatch.setattr(SUPERNODE, "_pull_and_store_message", pull)
+    fc.patch_supernode_polling(interval=0.02, idle_interval=0.3, idle_after=0.2)
+
+    def idle_poll() -> float:
+        t = time.monotonic()
+        SUPERNODE.time.sleep(3)  # Flower's sleep after a pull that found nothing
+        return time.monotonic() - t
+
+    assert idle_poll() < 0.15  # busy: a message may be on its way
+    time.sleep(0.25)
+    assert SUPERNODE._pull_and_store_message(state=None) is None  # nothing: stays idle
+    assert 0.25 <= idle_poll() < 1.0
+    pulled.append(42)  # a message arrives: the next polls are fast again
+    assert SUPERNODE._pull_and_store_message(state=None) == 42
+    assert idle_poll() < 0.15
+    assert SUPERNODE._pull_and_store_message.__wrapped__ is pull
+
+
 def test_supernode_polling_refuses_bad_interval_and_stale_target(monkeypatch, restore_flower):
     with pytest.raises(ValueError):
         fc.patch_supernode_polling(interval=0)
+    with pytest.raises(ValueError):
+        fc.patch_supernode_polling(interval=0.5, idle_interval=0.1)
     monkeypatch.setattr(SUPERNODE, "time", object())
     with pytest.raises(FedguardError, match="stale"):
         fc.patch_supernode_polling()
@@ -171,6 +207,71 @@ def test_fork_executor_leaves_other_tasks_to_flower(monkeypatch):
     executor.launch(_spec(TaskType.CLIENT_APP, install=True))  # needs its own interpreter
     assert len(launched) == 2
     assert executor.children == set()
+
+
+def test_an_idle_superexec_polls_slower_until_a_task_is_launched(monkeypatch):
+    from flwr.supercore.superexec import run_superexec
+
+    # The stretch targets the task loop's only sleep; if Flower changes it, it is stale.
+    assert inspect.getsource(run_superexec).count("time.sleep(") == 1
+    clock = fc._IdleStretchTime(idle_interval=0.3, idle_after=0.2)
+
+    def poll() -> float:
+        t = time.monotonic()
+        clock.sleep(0.02)  # FLWR_SUPEREXEC_TASK_POLL_INTERVAL
+        return time.monotonic() - t
+
+    assert poll() < 0.15
+    time.sleep(0.25)
+    assert 0.25 <= poll() < 1.0
+    monkeypatch.setattr(SubprocessExecutor, "launch", lambda self, spec: None)
+    fc._make_fork_executor(on_launch=clock.busy).launch(_spec(TaskType.SERVER_APP))
+    assert poll() < 0.15  # a task was launched: busy again
+
+
+def test_superlink_sqlite_waits_longer_for_a_lock(restore_flower):
+    fc.patch_sqlite_busy_timeout(milliseconds=30_000)
+    conn = sqlite3.connect(":memory:")
+    sql_mixin._set_sqlite_pragmas(conn, None)  # what Flower runs on every new connection
+    assert conn.execute("PRAGMA busy_timeout").fetchone() == (30_000,)
+    conn.close()
+    assert dict(sql_mixin.SQLITE_PRAGMAS)["journal_mode"] == "WAL"  # the others unchanged
+
+
+class _RpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+
+@pytest.mark.parametrize(
+    ("code", "survives"),
+    [(grpc.StatusCode.INTERNAL, True), (grpc.StatusCode.UNAUTHENTICATED, False)],
+)
+def test_a_heartbeat_survives_a_server_error_but_not_a_refusal(
+    restore_flower, code: grpc.StatusCode, survives: bool
+):
+    fc.patch_heartbeat_retry()
+    fc.patch_heartbeat_retry()  # idempotent: wrapped once
+    calls: list[float] = []
+
+    def beat() -> bool:  # Flower's node heartbeat: the first call meets a server error
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise _RpcError(code)
+        return True
+
+    sender = heartbeat.HeartbeatSender(beat)
+    sender.start()
+    deadline = time.monotonic() + 10
+    while len(calls) < 2 and time.monotonic() < deadline and sender._thread.is_alive():
+        time.sleep(0.05)
+    alive = sender._thread.is_alive()
+    if alive:
+        sender.stop()
+    assert (len(calls) >= 2 and alive) == survives
 
 
 def test_supernode_patch_selection_is_validated(monkeypatch, restore_flower):
