@@ -61,6 +61,14 @@ protos: $(STAMP)
 bench-deploy: $(STAMP)
 	$(BIN)/python -m fedguard.simulations.bench_deploy_overhead --nodes 3 --rounds 5
 
+# Load: 50 `fedguard client` processes against one `fedguard server` on loopback (TLS, node
+# auth, DP-SGD; secure aggregation on, then off), 3 rounds each. When 50 do not fit in the
+# free memory it says so and runs as many as fit. Report in runs/bench-load/bench_load.md.
+.PHONY: bench-load
+bench-load: $(STAMP)
+	$(BIN)/python -m fedguard.simulations.bench_load --nodes 50 --rounds 3 --secagg on,off \
+		--out runs/bench-load
+
 # Secure aggregation's cost: s/round and bytes/node with and without, n = 10, 50, 100.
 bench-secagg: $(STAMP)
 	$(BIN)/python -m fedguard.simulations.bench_secagg --clients 10,50,100 --models 10k,1M
