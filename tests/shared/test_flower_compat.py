@@ -248,7 +248,16 @@ class _RpcError(grpc.RpcError):
 
 @pytest.mark.parametrize(
     ("code", "survives"),
-    [(grpc.StatusCode.INTERNAL, True), (grpc.StatusCode.UNAUTHENTICATED, False)],
+    [
+        (grpc.StatusCode.INTERNAL, True),
+        pytest.param(  # the error ends Flower's heartbeat thread, as it should
+            grpc.StatusCode.UNAUTHENTICATED,
+            False,
+            marks=pytest.mark.filterwarnings(
+                "ignore::pytest.PytestUnhandledThreadExceptionWarning"
+            ),
+        ),
+    ],
 )
 def test_a_heartbeat_survives_a_server_error_but_not_a_refusal(
     restore_flower, code: grpc.StatusCode, survives: bool
