@@ -9,7 +9,7 @@ way. It does not import Flower.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,10 +27,12 @@ from fedguard.privacy import (
     sample_rate_for,
     steps_per_epoch,
 )
+from fedguard.privacy.cohort import CohortClient, CohortDPTrainer
 from fedguard.task import get_weights, set_weights, train_plain
 
 __all__ = [
     "BudgetExceededError",
+    "CohortMember",
     "LocalResult",
     "LocalTrainer",
     "PrivacyBudget",
@@ -72,6 +74,17 @@ class LocalResult:
     sample_rate: float | None
 
 
+@dataclass(frozen=True, kw_only=True)
+class CohortMember:
+    """One virtual client of :meth:`LocalTrainer.run_cohort`."""
+
+    client_id: int
+    x: torch.Tensor  # on the trainer's device
+    y: torch.Tensor
+    generator: torch.Generator
+    store: AccountantStore
+
+
 @functools.lru_cache(maxsize=4096)
 def noise_for_budget(
     *, budget: PrivacyBudget, num_examples: int, batch_size: int, local_epochs: int
@@ -108,6 +121,13 @@ class LocalTrainer:
         self.model = self._dp.module if self._dp is not None else model
         # Where training happens: the model's device (move the model there before this).
         self.device = next(iter(model.parameters()), torch.empty(0)).device
+        self._cohort: CohortDPTrainer | None = None
+
+    def cohort_trainer(self) -> CohortDPTrainer:
+        """The vectorised trainer of :meth:`run_cohort` (ConfigError: model unsupported)."""
+        if self._cohort is None:
+            self._cohort = CohortDPTrainer(model=self.model)
+        return self._cohort
 
     @property
     def private(self) -> bool:
@@ -202,6 +222,88 @@ class LocalTrainer:
             noise_multiplier=sigma,
             sample_rate=result.sample_rate,
         )
+
+    def run_cohort(
+        self,
+        *,
+        global_weights: Sequence[np.ndarray],
+        members: Sequence[CohortMember],
+        request: TrainRequest,
+        budget: PrivacyBudget,
+    ) -> Iterator[tuple[int, LocalResult | BudgetExceededError]]:
+        """:meth:`run` for many virtual clients at once, vectorised (DP only).
+
+        Each client gets the noise, budget check, write-ahead accounting and DP-SGD
+        steps :meth:`run` would give it (:class:`~fedguard.privacy.cohort.CohortDPTrainer`
+        draws the same random numbers from its generator); a client that would overspend
+        is refused before anything is spent. Yields ``(client_id, result or refusal)``:
+        refusals first, then the trained clients in order.
+        """
+        if self._dp is None:
+            raise ValueError("run_cohort trains with DP; use run() for non-private training")
+        clients: list[CohortClient] = []
+        ids: list[int] = []
+        for m in members:
+            n = int(m.x.shape[0])
+            sigma = noise_for_budget(
+                budget=budget,
+                num_examples=n,
+                batch_size=request.batch_size,
+                local_epochs=request.local_epochs,
+            )
+            accountant = m.store.load(method=budget.accountant)
+            try:
+                self._refuse_if_over_budget(
+                    accountant, budget=budget, sigma=sigma, n=n, request=request
+                )
+            except BudgetExceededError as exc:
+                yield m.client_id, exc
+                continue
+            store = m.store
+
+            def write_ahead(
+                _event: GaussianEvent,
+                store: AccountantStore = store,
+                accountant: Accountant = accountant,
+            ) -> None:
+                store.save(accountant)
+
+            ids.append(m.client_id)
+            clients.append(
+                CohortClient(
+                    x=m.x,
+                    y=m.y,
+                    noise_multiplier=sigma,
+                    generator=m.generator,
+                    accountant=accountant,
+                    before_training=write_ahead,
+                )
+            )
+        results = self.cohort_trainer().train(
+            start=global_weights,
+            clients=clients,
+            epochs=request.local_epochs,
+            batch_size=request.batch_size,
+            lr=request.lr,
+            momentum=request.momentum,
+            max_grad_norm=request.max_grad_norm,
+            prox_mu=request.prox_mu,
+        )
+        for cid, client, out in zip(ids, clients, results, strict=True):
+            spent = client.accountant.get_privacy_spent(delta=budget.delta)
+            yield (
+                cid,
+                LocalResult(
+                    weights=out.weights,
+                    num_examples=int(client.x.shape[0]),
+                    train_loss=out.train.mean_loss,
+                    steps=out.train.steps,
+                    epsilon=spent.epsilon,
+                    delta=budget.delta,
+                    noise_multiplier=out.train.noise_multiplier,
+                    sample_rate=out.train.sample_rate,
+                ),
+            )
 
     @staticmethod
     def _refuse_if_over_budget(

@@ -82,6 +82,10 @@ def simulate(
     device: Annotated[
         str | None, Opt(help="in-process engine: cpu, cuda or auto (cuda if available)")
     ] = None,
+    vectorize: Annotated[
+        str | None,
+        Opt(help="in-process DP: train a round's clients together: auto (linear models), on, off"),
+    ] = None,
     client_cpus: Annotated[
         float | None, Opt(help="--engine flower: CPUs per virtual client (Ray; 0.5 = two per CPU)")
     ] = None,
@@ -135,6 +139,7 @@ def simulate(
         "engine": engine,
         "threads": threads,
         "device": device,
+        "vectorize": vectorize,
         "client-cpus": client_cpus,
         "client-gpus": client_gpus,
         "secagg": secagg,

@@ -38,6 +38,7 @@ class Engine(StrEnum):
 ENGINES: tuple[str, ...] = tuple(e.value for e in Engine)
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
+VECTORIZE: tuple[str, ...] = ("auto", "on", "off")
 """``--device``: ``auto`` is ``cuda`` when ``torch.cuda.is_available()``, else ``cpu``."""
 
 
@@ -76,6 +77,11 @@ class SimulationConfig:
     engine: str = "inprocess"
     threads: int = 1
     device: str = "cpu"  # in-process engine: where the model, data and DP noise live
+    # In-process engine, DP without secure aggregation: train a round's clients together,
+    # vectorised (fedguard.privacy.cohort), with the same mechanism and random numbers as
+    # one at a time. auto: for models of linear layers only (3-8x faster per round here;
+    # convolutional models measured 0.8-1.1x on CPU); on: any model it can stack.
+    vectorize: str = "auto"
     client_cpus: float = 1.0  # --engine flower: Ray's num_cpus per virtual client
     client_gpus: float = 0.0  # --engine flower: Ray's num_gpus per virtual client
     secagg: bool = False  # in-process SecAgg+: the same protocol code as a deployment
@@ -231,6 +237,7 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
     need(cfg.partition in PARTITION_SCHEMES, "--partition", PARTITION_SCHEMES, cfg.partition)
     need(cfg.accountant in ACCOUNTANTS, "--accountant", ACCOUNTANTS, cfg.accountant)
     need(cfg.engine in ENGINES, "--engine", ENGINES, cfg.engine)
+    need(cfg.vectorize in VECTORIZE, "--vectorize", VECTORIZE, cfg.vectorize)
     positive_int("--clients", cfg.clients)
     if cfg.clients_per_round is not None:
         positive_int("--clients-per-round", cfg.clients_per_round)

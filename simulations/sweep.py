@@ -147,8 +147,13 @@ def run_sweep(
 # --- resuming --------------------------------------------------------------------------
 
 
+# Settings that change how a cell runs, not its results (vectorised training gives the
+# same numbers as one client at a time, up to float rounding).
+_HOW_NOT_WHAT = frozenset({"out", "threads", "vectorize"})
+
+
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k != "out"}
+    return {k: v for k, v in config.items() if k not in _HOW_NOT_WHAT}
 
 
 def _finished(cell: Cell) -> CellResult | None:

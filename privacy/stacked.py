@@ -1,0 +1,217 @@
+"""K copies of one ``nn.Sequential`` run at once, and their clipped per-sample gradient sums.
+
+:class:`~fedguard.privacy.cohort.CohortDPTrainer` trains many clients' copies of one model
+in one pass: every parameter is stacked to ``[K, *shape]`` and every activation is
+``[K, B, ...]`` (client, example, features). Linear layers become batched matrix products,
+convolutions one grouped convolution (group k = client k), GroupNorm a normalisation
+followed by each client's affine map; layers without parameters run on the flattened
+``[K * B, ...]`` batch.
+
+Per-sample clipping is book-keeping clipping (Bu et al. 2023), as in ``bk`` mode
+(:mod:`fedguard.privacy.persample`): one backward pass for the gradients ``g`` of each
+trainable layer's OUTPUT, each layer's input ``a`` recorded on the way forward. Linear
+layers never materialise per-sample gradients (example i's squared norm is
+``|g_i|^2 (|a_i|^2 + 1)``, the clipped sum one batched product); convolutions and GroupNorm
+do, one layer at a time, from ``g`` and ``a`` as Opacus's grad samplers do. Example
+gradients depend only on ``g`` and ``a``, never on which client's weights produced them,
+so one call serves all K clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - conventional alias
+from torch import nn
+
+__all__ = ["StackedSequential", "stacked_problems"]
+
+_STATELESS = (
+    nn.Flatten,
+    nn.ReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.Identity,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+)
+_TRAINABLE = (nn.Linear, nn.Conv2d, nn.GroupNorm)
+
+
+def stacked_problems(model: nn.Module) -> list[str]:
+    """Why ``model`` cannot be stacked (empty: it can), one phrase per problem."""
+    if not isinstance(model, nn.Sequential):
+        return [f"<model> ({type(model).__name__}): not an nn.Sequential"]
+    problems = []
+    for name, layer in model.named_children():
+        where = f"{name} ({type(layer).__name__})"
+        if any(True for _ in layer.buffers()):
+            problems.append(f"{where}: has buffers")
+        if isinstance(layer, _STATELESS):
+            if isinstance(layer, nn.Flatten) and (layer.start_dim, layer.end_dim) != (1, -1):
+                problems.append(f"{where}: flattens other dims than 1..-1")
+            continue
+        if not isinstance(layer, _TRAINABLE):
+            problems.append(f"{where}: layer type not supported")
+            continue
+        params = list(layer.parameters())
+        if not params or not all(p.requires_grad for p in params):
+            problems.append(f"{where}: frozen or missing parameters")
+        if isinstance(layer, nn.Conv2d) and (
+            layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str)
+        ):
+            problems.append(f"{where}: grouped, non-zero-padded or 'same'-padded convolution")
+        if isinstance(layer, nn.GroupNorm) and not layer.affine:
+            problems.append(f"{where}: GroupNorm without affine parameters")
+    return problems
+
+
+@dataclass
+class Record:
+    """One trainable layer's input (``a``; GroupNorm: its normalised input) and output."""
+
+    layer: nn.Module
+    first: int  # index of the layer's weight in the stacked parameter list
+    a: torch.Tensor
+    z: torch.Tensor
+
+
+class StackedSequential:
+    """Forward pass and clipped gradient sums of K stacked copies of ``model``.
+
+    ``model`` only supplies the architecture (layer types and hyperparameters); its own
+    weights are never read or written. Parameters come in ``model.state_dict()`` order,
+    each stacked to ``[K, *shape]``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        problems = stacked_problems(model)
+        if problems:
+            raise ValueError("; ".join(problems))
+        self._layers: list[tuple[nn.Module, int]] = []  # (layer, index of its first param)
+        index = 0
+        for layer in model.children():
+            self._layers.append((layer, index))
+            index += len(list(layer.parameters()))
+        self.num_params = index
+
+    def forward(
+        self, params: list[torch.Tensor], x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[Record]]:
+        """Logits ``[K, B, classes]`` of each client's copy on its own batch ``x[k]``."""
+        k, b = int(x.shape[0]), int(x.shape[1])
+        records: list[Record] = []
+        for layer, first in self._layers:
+            if isinstance(layer, nn.Linear):
+                if x.ndim != 3:
+                    raise ValueError(
+                        f"Linear layer: expected flat inputs [batch, features], got "
+                        f"{tuple(x.shape[1:])} (put an nn.Flatten before it)"
+                    )
+                z = torch.bmm(x, params[first].transpose(1, 2))
+                if layer.bias is not None:
+                    z = z + params[first + 1][:, None, :]
+            elif isinstance(layer, nn.Conv2d):
+                w = params[first]
+                conv_bias = params[first + 1] if layer.bias is not None else None
+                grouped = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
+                out = F.conv2d(
+                    grouped,
+                    w.reshape(-1, *w.shape[2:]),
+                    None if conv_bias is None else conv_bias.reshape(-1),
+                    layer.stride,
+                    layer.padding,
+                    layer.dilation,
+                    groups=k,
+                )
+                z = out.view(b, k, -1, *out.shape[2:]).transpose(0, 1)
+            elif isinstance(layer, nn.GroupNorm):
+                w, bias = params[first], params[first + 1]
+                normed = F.group_norm(x.flatten(0, 1), layer.num_groups, eps=layer.eps)
+                normed = normed.view_as(x)
+                shape = (k, 1, -1) + (1,) * (x.ndim - 3)
+                z = normed * w.view(shape) + bias.view(shape)
+                records.append(Record(layer=layer, first=first, a=normed.detach(), z=z))
+                x = z
+                continue
+            else:
+                y = layer(x.flatten(0, 1))
+                x = y.view(k, b, *y.shape[1:])
+                continue
+            records.append(Record(layer=layer, first=first, a=x.detach(), z=z))
+            x = z
+        return x, records
+
+    def clipped_sums(
+        self,
+        records: list[Record],
+        grads: tuple[torch.Tensor, ...],
+        *,
+        max_grad_norm: float,
+        valid: torch.Tensor,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each client's sum of its examples' gradients clipped to ``max_grad_norm``.
+
+        ``grads[i]`` is the gradient of the summed loss with respect to ``records[i].z``;
+        ``valid`` ``[K, B]`` marks real (sampled) examples. Returns the sums in parameter
+        order and the per-example clipping factors (0 where not valid).
+        """
+        k, b = int(valid.shape[0]), int(valid.shape[1])
+        sq = torch.zeros(k, b, dtype=grads[0].dtype, device=grads[0].device)
+        samples: list[list[torch.Tensor] | None] = []
+        for rec, g in zip(records, grads, strict=True):
+            if isinstance(rec.layer, nn.Linear):
+                bias = 1.0 if rec.layer.bias is not None else 0.0
+                sq += (g * g).sum(2) * ((rec.a * rec.a).sum(2) + bias)
+                samples.append(None)
+                continue
+            per_sample = _per_sample(rec, g)  # [K, B, *param shape] each
+            for t in per_sample:
+                sq += t.flatten(2).pow(2).sum(2)
+            samples.append(per_sample)
+        # Opacus's clipping factor, to the last epsilon: min(1, C / (norm + 1e-6)).
+        factors = (max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0) * valid
+        sums: list[torch.Tensor | None] = [None] * self.num_params
+        for rec, g, layer_samples in zip(records, grads, samples, strict=True):
+            if layer_samples is None:
+                weighted = g * factors[:, :, None]
+                sums[rec.first] = torch.bmm(weighted.transpose(1, 2), rec.a)
+                if rec.layer.bias is not None:
+                    sums[rec.first + 1] = weighted.sum(1)
+                continue
+            for offset, t in enumerate(layer_samples):
+                sums[rec.first + offset] = torch.einsum("kb,kb...->k...", factors, t)
+        missing = [i for i, s in enumerate(sums) if s is None]
+        if missing:  # cannot happen for a stackable Sequential: every layer runs
+            raise RuntimeError(f"no gradient for stacked parameters {missing}")
+        return [s for s in sums if s is not None], factors
+
+
+def _per_sample(rec: Record, g: torch.Tensor) -> list[torch.Tensor]:
+    """Per-example gradients ``[K, B, *shape]`` of a convolution's or GroupNorm's params."""
+    k, b = int(g.shape[0]), int(g.shape[1])
+    layer = rec.layer
+    if isinstance(layer, nn.GroupNorm):
+        spatial = tuple(range(3, g.ndim))
+        gw = (g * rec.a).sum(spatial) if spatial else g * rec.a
+        gb = g.sum(spatial) if spatial else g
+        return [gw, gb]
+    assert isinstance(layer, nn.Conv2d)
+    cols = F.unfold(
+        rec.a.flatten(0, 1),
+        layer.kernel_size,
+        dilation=layer.dilation,
+        padding=layer.padding,  # type: ignore[arg-type]  # ints or pairs; str refused
+        stride=layer.stride,
+    )  # [K*B, Cin*kh*kw, L]
+    out = g.reshape(k * b, g.shape[2], -1)  # [K*B, Cout, L]
+    gw = torch.bmm(out, cols.transpose(1, 2)).view(k, b, *layer.weight.shape)
+    result = [gw]
+    if layer.bias is not None:
+        result.append(out.sum(2).view(k, b, -1))
+    return result

@@ -1,0 +1,155 @@
+"""CohortDPTrainer trains K clients at once exactly as DPTrainer trains them one by one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedguard.errors import ConfigError
+from fedguard.privacy import Accountant, DPTrainer, GaussianEvent
+from fedguard.privacy.cohort import CohortClient, CohortDPTrainer
+from fedguard.task import build_model, get_weights, set_weights
+
+SHAPES = {"logreg": (1, 8, 8), "mlp": (1, 8, 8), "cnn": (1, 8, 8), "tb_cnn": (1, 28, 28)}
+
+
+def _model(name: str) -> nn.Module:
+    return build_model(
+        name=name,
+        input_shape=SHAPES[name],
+        num_classes=10,
+        generator=torch.Generator().manual_seed(1),
+        hidden=16,
+    )
+
+
+def _data(sizes: list[int], shape: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    rng = torch.Generator().manual_seed(7)
+    return [
+        (torch.randn((n, *shape), generator=rng), torch.randint(0, 10, (n,), generator=rng))
+        for n in sizes
+    ]
+
+
+def _gen(i: int) -> torch.Generator:
+    return torch.Generator().manual_seed(1000 + i)
+
+
+@pytest.mark.parametrize(
+    ("name", "momentum", "mu", "sizes"),
+    [
+        ("logreg", 0.0, 0.0, [20, 20, 20]),
+        ("mlp", 0.9, 0.0, [50, 13, 31, 3]),  # unequal data: different q, steps, batches
+        ("mlp", 0.0, 0.1, [40, 40]),  # FedProx
+        ("cnn", 0.5, 0.0, [24, 9, 17]),  # Conv2d + GroupNorm + pools
+        ("tb_cnn", 0.9, 0.01, [12, 30]),  # strided convolutions, 28x28
+    ],
+)
+def test_cohort_equals_one_client_at_a_time(
+    name: str, momentum: float, mu: float, sizes: list[int]
+) -> None:
+    data = _data(sizes, SHAPES[name])
+    start = get_weights(_model(name))
+    sigmas = [0.7 + 0.1 * i for i in range(len(sizes))]
+    hyper = {"epochs": 2, "batch_size": 8, "lr": 0.3, "momentum": momentum, "max_grad_norm": 0.8}
+
+    single = DPTrainer(model=_model(name))
+    expected, expected_acc = [], []
+    for i, (x, y) in enumerate(data):
+        set_weights(single.module, start)
+        acc = Accountant(method="rdp")
+        res = single.train(
+            x=x,
+            y=y,
+            noise_multiplier=sigmas[i],
+            accountant=acc,
+            generator=_gen(i),
+            prox_mu=mu,
+            **hyper,
+        )
+        expected.append((get_weights(single.module), res))
+        expected_acc.append(acc)
+
+    written: list[GaussianEvent] = []
+    accs = [Accountant(method="rdp") for _ in sizes]
+    clients = [
+        CohortClient(
+            x=x,
+            y=y,
+            noise_multiplier=sigmas[i],
+            generator=_gen(i),
+            accountant=accs[i],
+            before_training=written.append,
+        )
+        for i, (x, y) in enumerate(data)
+    ]
+    got = list(
+        CohortDPTrainer(model=_model(name)).train(start=start, clients=clients, prox_mu=mu, **hyper)
+    )
+
+    assert len(got) == len(sizes)
+    for (w_exp, r_exp), r, acc, acc_exp in zip(expected, got, accs, expected_acc, strict=True):
+        for a, b in zip(r.weights, w_exp, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert (r.train.steps, r.train.examples) == (r_exp.steps, r_exp.examples)
+        assert r.train.sample_rate == r_exp.sample_rate
+        assert r.train.mean_loss == pytest.approx(r_exp.mean_loss, rel=1e-4)
+        assert acc.events == acc_exp.events
+    assert written == [a.events[0] for a in accs]  # write-ahead, one event per client
+
+
+def test_chunks_give_the_same_result_as_one_pass() -> None:
+    data = _data([30] * 5, SHAPES["mlp"])
+    start = get_weights(_model("mlp"))
+
+    def run(max_floats: int) -> list[list[np.ndarray]]:
+        clients = [
+            CohortClient(
+                x=x,
+                y=y,
+                noise_multiplier=1.0,
+                generator=_gen(i),
+                accountant=Accountant(method="rdp"),
+            )
+            for i, (x, y) in enumerate(data)
+        ]
+        trainer = CohortDPTrainer(model=_model("mlp"), max_floats=max_floats)
+        return [
+            r.weights
+            for r in trainer.train(
+                start=start, clients=clients, epochs=1, batch_size=10, lr=0.5, max_grad_norm=1.0
+            )
+        ]
+
+    whole, one_by_one = run(1 << 25), run(1)
+    for a, b in zip(whole, one_by_one, strict=True):
+        for u, v in zip(a, b, strict=True):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+
+
+def test_unstackable_model_is_refused_naming_the_layer() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.LSTMCell(8, 8))
+    with pytest.raises(ConfigError, match=r"2 \(LSTMCell\): layer type not supported"):
+        CohortDPTrainer(model=model)
+
+
+def test_bad_hyperparameters_name_the_key() -> None:
+    ((x, y),) = _data([10], SHAPES["mlp"])
+    client = CohortClient(
+        x=x, y=y, noise_multiplier=1.0, generator=_gen(0), accountant=Accountant(method="rdp")
+    )
+    trainer = CohortDPTrainer(model=_model("mlp"))
+    with pytest.raises(ValueError, match="momentum"):
+        list(
+            trainer.train(
+                start=get_weights(_model("mlp")),
+                clients=[client],
+                epochs=1,
+                batch_size=4,
+                lr=0.1,
+                momentum=1.5,
+                max_grad_norm=1.0,
+            )
+        )
