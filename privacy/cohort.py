@@ -33,7 +33,7 @@ from torch import nn
 from fedguard.errors import ConfigError, invalid
 
 from .accountants import Accountant, GaussianEvent
-from .dpsgd import DPTrainResult, _int, _real, steps_per_epoch
+from .dpsgd import DPTrainResult, _int, _real, check_training_inputs, steps_per_epoch
 from .stacked import StackedSequential, stacked_problems
 
 __all__ = ["CohortClient", "CohortDPTrainer", "CohortResult"]
@@ -147,7 +147,9 @@ class CohortDPTrainer:
                     "start", allowed=f"arrays of shapes {self._shapes}", got=tuple(w.shape)
                 )
         for c in clients:
-            _check_client(c, self.device)
+            check_training_inputs(
+                x=c.x, y=c.y, accountant=c.accountant, generator=c.generator, device=self.device
+            )
         if not clients:
             return
         size = self._chunk_size(tuple(clients[0].x.shape[1:]), batch_size * 1.5)
@@ -295,31 +297,3 @@ class _Hyper:
     momentum: float
     clip: float
     mu: float
-
-
-def _check_client(c: CohortClient, device: torch.device) -> None:
-    x, y = c.x, c.y
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError("x, y: expected torch.Tensor")
-    if x.ndim < 1 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise invalid(
-            "x, y",
-            allowed="non-empty tensors [n, ...] and [n] with the same n",
-            got=(tuple(x.shape), tuple(y.shape)),
-        )
-    if y.dtype not in (torch.int64, torch.int32, torch.uint8):
-        raise invalid("y", allowed="integer class labels", got=str(y.dtype))
-    if x.device != device or y.device != device:
-        raise invalid(
-            "x, y",
-            allowed=f"tensors on the model's device {device}",
-            got=(str(x.device), str(y.device)),
-        )
-    if not isinstance(c.generator, torch.Generator) or c.generator.device.type != device.type:
-        raise invalid(
-            "generator",
-            allowed=f"a torch.Generator on the model's device type {device.type}",
-            got=getattr(getattr(c.generator, "device", None), "type", type(c.generator).__name__),
-        )
-    if not isinstance(c.accountant, Accountant):
-        raise TypeError(f"accountant: expected an Accountant, got {type(c.accountant).__name__}")

@@ -100,6 +100,44 @@ def sample_rate_for(*, num_examples: int, batch_size: int) -> float:
     return 1.0 / steps_per_epoch(num_examples=num_examples, batch_size=batch_size)
 
 
+def check_training_inputs(
+    *,
+    x: object,
+    y: object,
+    accountant: object,
+    generator: object,
+    device: torch.device,
+) -> None:
+    """One client's data, accountant and generator, as DP-SGD on ``device`` needs them."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("x, y: expected torch.Tensor")
+    if x.ndim < 1 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise invalid(
+            "x, y",
+            allowed="non-empty tensors [n, ...] and [n] with the same n",
+            got=(tuple(x.shape), tuple(y.shape)),
+        )
+    if y.dtype not in (torch.int64, torch.int32, torch.uint8):
+        raise invalid("y", allowed="integer class labels", got=str(y.dtype))
+    if not isinstance(accountant, Accountant):
+        raise TypeError(f"accountant: expected an Accountant, got {type(accountant).__name__}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    if x.device != device or y.device != device:
+        raise invalid(
+            "x, y",
+            allowed=f"tensors on the model's device {device}",
+            got=(str(x.device), str(y.device)),
+        )
+    if generator.device.type != device.type:
+        raise invalid(
+            "generator",
+            allowed=f"a torch.Generator on the model's device type {device.type} (Opacus "
+            "draws the noise on the parameters' device)",
+            got=str(generator.device),
+        )
+
+
 def _first_sentence(error: Exception) -> str:
     text = " ".join(str(error).split())
     return text.split(". ")[0].rstrip(".")
@@ -229,39 +267,11 @@ class DPTrainer:
         -------
         DPTrainResult
         """
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError("x, y: expected torch.Tensor")
-        if x.ndim < 1 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-            raise invalid(
-                "x, y",
-                allowed="non-empty tensors [n, ...] and [n] with the same n",
-                got=(tuple(x.shape), tuple(y.shape)),
-            )
-        if y.dtype not in (torch.int64, torch.int32, torch.uint8):
-            raise invalid("y", allowed="integer class labels", got=str(y.dtype))
-        if not isinstance(accountant, Accountant):
-            raise TypeError(f"accountant: expected an Accountant, got {type(accountant).__name__}")
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"generator: expected a torch.Generator, got {type(generator).__name__}"
-            )
         params = [p for p in self._model.parameters() if p.requires_grad]
         if not params:
             raise invalid("model", allowed="a module with trainable parameters", got="none")
         device = params[0].device
-        if x.device != device or y.device != device:
-            raise invalid(
-                "x, y",
-                allowed=f"tensors on the model's device {device}",
-                got=(str(x.device), str(y.device)),
-            )
-        if generator.device.type != device.type:
-            raise invalid(
-                "generator",
-                allowed=f"a torch.Generator on the model's device type {device.type} (Opacus "
-                "draws the noise on the parameters' device)",
-                got=str(generator.device),
-            )
+        check_training_inputs(x=x, y=y, accountant=accountant, generator=generator, device=device)
         n = int(x.shape[0])
         n_epochs = _int("epochs", epochs, minimum=1)
         per_epoch = steps_per_epoch(num_examples=n, batch_size=batch_size)
