@@ -36,21 +36,35 @@ Two more keep a federation alive under load (seen with 22+ nodes on a busy 2-cor
    offline, and it is never sent a message again although its process lives.
    :func:`patch_heartbeat_retry` retries INTERNAL and UNKNOWN like a lost connection.
 
+And one keeps a node's memory to one copy of its libraries (~330 MB of flwr, torch,
+Opacus, SciPy per node: what limits how many nodes one machine holds):
+
+8. The SuperExec of 5. is not a new interpreter either: :class:`_ExecutorZygote` forks
+   it from the SuperNode before Flower starts a thread, after importing what both run
+   (:func:`preload_supernode` lets a launcher import it all once and fork the SuperNode
+   too). The garbage collector's view of those objects is frozen first, and again in
+   each ClientApp fork, so that no collection writes to (and copies) their pages.
+
 (Over the 400-line guide on purpose: FLOWER-NOTES.md asks that every workaround touching
 Flower's internals live in one module pinned to one version; splitting it would split
 the pin.)
 
 Launch a patched SuperNode with ``python -m fedguard.flower_compat supernode <args of
-flower-supernode>``; it applies 2, 3, 5 and 7 unless ``FEDGUARD_SUPERNODE_PATCHES`` names
-fewer (comma-separated from ``poll,backoff,warm,heartbeat``; empty: none). Patches 2, 3,
-5, 6 and 7 touch private Flower code: they refuse to run on any Flower but :data:`FLWR_VERSION`
-(:func:`check_flower_version`) and check that what they replace still looks as expected.
+flower-supernode>``; it applies 2, 3, 5 with 8, and 7 unless ``FEDGUARD_SUPERNODE_PATCHES``
+names fewer (comma-separated from ``poll,backoff,warm,heartbeat``; empty: none). Patches
+2, 3, 5, 6, 7 and 8 touch private Flower code: they refuse to run on any Flower but
+:data:`FLWR_VERSION` (:func:`check_flower_version`) and check that what they replace still
+looks as expected.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
+import gc
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -79,6 +93,7 @@ __all__ = [
     "patch_sqlite_busy_timeout",
     "patch_supernode_polling",
     "patch_supernode_warm_clientapp",
+    "preload_supernode",
     "send_and_receive",
     "superexec_main",
     "superlink_main",
@@ -272,14 +287,20 @@ def patch_object_pull_backoff(*, initial: float = 0.05) -> None:
 
 
 class _SuperExecRedirect:
-    """Stands in for ``subprocess`` in the SuperNode module: starts our SuperExec."""
+    """Stands in for ``subprocess`` in the SuperNode module: starts our SuperExec, as the
+    SuperNode's :class:`_ExecutorZygote` when it has one, else as a new interpreter."""
+
+    zygote: _ExecutorZygote | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(subprocess, name)
 
-    @staticmethod
-    def Popen(args: Any, *rest: Any, **kwargs: Any) -> subprocess.Popen[Any]:  # noqa: N802
+    @classmethod
+    def Popen(cls, args: Any, *rest: Any, **kwargs: Any) -> Any:  # noqa: N802
         if isinstance(args, list) and args[:1] == ["flower-superexec"]:
+            zygote, cls.zygote = cls.zygote, None
+            if zygote is not None and not rest and not kwargs and zygote.launch(args[1:]):
+                return zygote  # Flower 1.39 drops what Popen returns
             args = [sys.executable, "-m", "fedguard.flower_compat", "superexec", *args[1:]]
         return subprocess.Popen(args, *rest, **kwargs)
 
@@ -331,6 +352,10 @@ def _run_forked_clientapp(spec: Any, sigmask: Iterable[int]) -> NoReturn:
         from flwr.supercore.tls import validate_and_resolve_root_certificates
         from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+        # Leave the parent's objects to reference counting: a collection here would
+        # write to every page holding one and copy it (~55 MB per task, measured).
+        gc.freeze()
+        _set_process_name(b"fg-clientapp")
         # The parent's exit handlers close ITS Runtime API client: running them here
         # could shut down the parent's TLS connection. Start from a clean slate.
         exit_handler.registered_exit_handlers.clear()
@@ -411,12 +436,7 @@ def superexec_main(argv: list[str] | None = None) -> None:
     from flwr.supercore.constant import ExecutorType
     from flwr.supercore.superexec import run_superexec as rs
 
-    extra = [m.strip() for m in os.environ.get(PRELOAD_ENV, "").split(",") if m.strip()]
-    for name in ["flwr.supernode.runtime.run_clientapp", *extra]:
-        try:
-            importlib.import_module(name)
-        except Exception as err:  # a missing optional library must not stop the node
-            print(f"fedguard: could not preload {name}: {err}", file=sys.stderr, flush=True)
+    _preload_executor()
     patch_object_pull_backoff()  # the node announces a task before its payload is in
     original = rs.get_executor
     if not callable(original) or getattr(rs, "time", None) is not time:
@@ -436,6 +456,103 @@ def superexec_main(argv: list[str] | None = None) -> None:
     rs.time = clock  # type: ignore[assignment]
     sys.argv = ["flower-superexec", *(sys.argv[1:] if argv is None else argv)]
     flower_superexec()
+
+
+def _preload_executor() -> None:
+    """Import what the SuperExec and its ClientApp forks run (no-op when already done)."""
+    from flwr.supercore.cli import flower_superexec  # noqa: F401
+    from flwr.supercore.superexec import run_superexec  # noqa: F401
+
+    extra = [m.strip() for m in os.environ.get(PRELOAD_ENV, "").split(",") if m.strip()]
+    # httpcore: the Runtime API client's transport, imported on its first request.
+    for name in ["flwr.supernode.runtime.run_clientapp", "httpcore", *extra]:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # a missing optional library must not stop the node
+            print(f"fedguard: could not preload {name}: {err}", file=sys.stderr, flush=True)
+
+
+class _ExecutorZygote:
+    """The SuperNode's SuperExec, forked from the SuperNode before Flower starts.
+
+    Stock Flower starts the SuperExec as a new interpreter, and fedguard's (5.) then
+    imports flwr, torch and Opacus itself: a node held flwr twice (SuperNode and
+    SuperExec, ~55 MB each) beside torch and Opacus. Here the SuperNode imports what
+    its SuperExec will run, freezes the garbage collector's view of it, and forks once,
+    while it is still single-threaded (Flower has started neither its Runtime API
+    thread nor its gRPC channel): the two processes, and every ClientApp forked from the
+    SuperExec, share those pages copy-on-write. The child waits on a pipe; when Flower
+    launches ``flower-superexec`` (:class:`_SuperExecRedirect`) it is handed the
+    arguments and runs :func:`superexec_main`, exactly as the new interpreter would.
+    If the SuperNode ends first, the pipe closes and the child exits.
+    """
+
+    def __init__(self, *, pid: int, fd: int) -> None:
+        self.pid, self._fd = pid, fd
+
+    @classmethod
+    def fork(cls) -> _ExecutorZygote:
+        _preload_executor()
+        gc.collect()
+        gc.freeze()  # neither process's collector writes to these objects' pages again
+        read_fd, write_fd = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_fd)
+            _zygote_main(read_fd)
+        os.close(read_fd)
+        return cls(pid=pid, fd=write_fd)
+
+    def launch(self, args: Sequence[str]) -> bool:
+        """Start the SuperExec with ``args``; False if the child is gone (start it anew)."""
+        if self._fd < 0:
+            return False
+        try:
+            os.write(self._fd, json.dumps(list(args)).encode())
+        except OSError:
+            return False
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+        return True
+
+    def poll(self) -> int | None:
+        """Like ``Popen.poll``: the SuperExec's exit status once it has ended."""
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        return os.waitstatus_to_exitcode(status) if pid else None
+
+
+def _zygote_main(fd: int) -> NoReturn:
+    """Child side of :class:`_ExecutorZygote`: wait for the arguments, run the SuperExec."""
+    code = 1
+    try:
+        _set_process_name(b"fg-superexec")
+        with os.fdopen(fd, "rb") as pipe:
+            data = pipe.read()
+        if data:
+            superexec_main(json.loads(data))
+        code = 0  # no data: the SuperNode ended, or started its SuperExec another way
+    except SystemExit as exc:  # Flower ends with sys.exit
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:  # never return into the SuperNode's code
+            os._exit(code)
+
+
+def _set_process_name(name: bytes) -> None:
+    """Name this process in ``ps``/``/proc/PID/comm`` (its command line is the parent's)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)
 
 
 # ---------------------------------------------------------------- 6, 7. under load
@@ -495,24 +612,72 @@ def patch_heartbeat_retry() -> None:
 # ---------------------------------------------------------------- entry points
 
 
-def supernode_main(argv: list[str] | None = None) -> None:
-    """Run Flower's ``flower-supernode`` with ``argv`` and the patches above applied."""
-    check_flower_version()
+def _wanted_patches() -> set[str]:
     wanted = {p.strip() for p in os.environ.get(PATCHES_ENV, ",".join(_ALL_PATCHES)).split(",")}
     wanted.discard("")
     if unknown := wanted - set(_ALL_PATCHES):
         raise FedguardError(
             f"{PATCHES_ENV}: expected names from {','.join(_ALL_PATCHES)}, got {sorted(unknown)}"
         )
+    return wanted
+
+
+def preload_supernode() -> None:
+    """Import what :func:`supernode_main` runs, and with ``warm`` what its executor runs.
+
+    For a launcher that forks the SuperNode (``fedguard._procs.fork_start``) rather than
+    starting an interpreter: the launcher, the SuperNode, its SuperExec and every
+    ClientApp then share one copy of these modules. Reads :data:`PATCHES_ENV` and
+    :data:`PRELOAD_ENV` (set them first: Flower reads some settings at import time).
+    """
+    check_flower_version()
+    wanted = _wanted_patches()
+    from flwr.supernode.cli import flower_supernode  # noqa: F401
+
+    for name in (_SUPERNODE_MODULE, *_SUPERNODE_LATE_IMPORTS):
+        with contextlib.suppress(ImportError):  # uvicorn's optional speed-ups
+            importlib.import_module(name)
+    if "warm" in wanted:
+        _preload_executor()
+
+
+# What Flower 1.39's SuperNode imports only once it runs: its Runtime API app and the
+# uvicorn server it runs in (uvloop, httptools and websockets when installed, as uvicorn's
+# "auto" settings pick them), and the gRPC channel.
+_SUPERNODE_LATE_IMPORTS = (
+    "flwr.supernode.main",
+    "uvicorn.lifespan.on",
+    "uvicorn.loops.auto",
+    "uvicorn.loops.uvloop",
+    "uvicorn.protocols.http.auto",
+    "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.protocols.websockets.auto",
+    "uvicorn.protocols.websockets.websockets_impl",
+    "anyio._backends._asyncio",
+    "grpc._channel",
+    "grpc.experimental",
+)
+
+
+def supernode_main(argv: list[str] | None = None) -> None:
+    """Run Flower's ``flower-supernode`` with ``argv`` and the patches above applied."""
+    check_flower_version()
+    wanted = _wanted_patches()
+    _set_process_name(b"fg-supernode")
     if "poll" in wanted:
         patch_supernode_polling()
     if "backoff" in wanted:
         patch_object_pull_backoff()
-    if "warm" in wanted:
-        patch_supernode_warm_clientapp()
     if "heartbeat" in wanted:
         patch_heartbeat_retry()
+    # Imported before the fork below: a module imported after it would be private to the
+    # process that imports it, and copy the shared pages its objects land in.
+    preload_supernode()
     from flwr.supernode.cli import flower_supernode
+
+    if "warm" in wanted:
+        patch_supernode_warm_clientapp()
+        _SuperExecRedirect.zygote = _ExecutorZygote.fork()
 
     sys.argv = ["flower-supernode", *(sys.argv[1:] if argv is None else argv)]
     flower_supernode()

@@ -6,6 +6,7 @@ Grid whose push/pull follow the SuperLink's contract); one real TLS + auth deplo
 checks the round time end to end.
 """
 
+import gc
 import importlib
 import inspect
 import json
@@ -15,6 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -180,20 +182,25 @@ def test_fork_executor_runs_flowers_clientapp_runner_in_a_clean_child(monkeypatc
     def runner(**kwargs: object) -> None:  # stands in for Flower's runner, like a task
         report.write_text(
             json.dumps({"pid": os.getpid(), "handlers": len(exit_handler.registered_exit_handlers),
-                        "token": kwargs["token"], "argv0": sys.argv[0]})
+                        "token": kwargs["token"], "argv0": sys.argv[0],
+                        "frozen": gc.get_freeze_count() > 0})
         )  # fmt: skip
         sys.exit(3)
 
     monkeypatch.setattr(run_clientapp_module, "run_clientapp", runner)
     # a handler of the parent SuperExec (closes ITS connection): must not run in the child
     monkeypatch.setattr(exit_handler, "registered_exit_handlers", [object()])
+    gc.unfreeze()  # the child freezes what it inherits: its collections copy no pages
     executor = fc._make_fork_executor()
     assert executor.launch(_spec(TaskType.CLIENT_APP)).status == LaunchResultStatus.ACCEPTED
     (pid,) = executor.children
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 3  # Flower's exit code is passed on
     child = json.loads(report.read_text())
-    assert child == {"pid": pid, "handlers": 0, "token": "tok", "argv0": "flwr-clientapp"}
+    assert child == {
+        "pid": pid, "handlers": 0, "token": "tok", "argv0": "flwr-clientapp", "frozen": True
+    }  # fmt: skip
+    assert gc.get_freeze_count() == 0  # the parent's collector is untouched
     executor.reconcile()
     assert executor.children == set()
     assert len(exit_handler.registered_exit_handlers) == 1  # the parent's are untouched
@@ -227,6 +234,72 @@ def test_an_idle_superexec_polls_slower_until_a_task_is_launched(monkeypatch):
     monkeypatch.setattr(SubprocessExecutor, "launch", lambda self, spec: None)
     fc._make_fork_executor(on_launch=clock.busy).launch(_spec(TaskType.SERVER_APP))
     assert poll() < 0.15  # a task was launched: busy again
+
+
+@pytest.fixture
+def unfreeze():
+    """The zygote freezes the garbage collector's view of this (test) process: undo it."""
+    yield
+    gc.unfreeze()
+
+
+def _wait_exit(zygote: object, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while (code := zygote.poll()) is None:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the executor zygote did not end"
+        time.sleep(0.05)
+    return code
+
+
+def test_the_supernode_hands_flowers_superexec_arguments_to_its_forked_executor(
+    monkeypatch, restore_flower, unfreeze, tmp_path
+):
+    report = tmp_path / "superexec.json"
+
+    def superexec(argv: list[str]) -> None:  # stands in for fedguard's SuperExec
+        comm = Path("/proc/self/comm").read_text().strip()
+        report.write_text(json.dumps({"pid": os.getpid(), "argv": argv, "comm": comm,
+                                      "frozen": gc.get_freeze_count() > 0}))  # fmt: skip
+        sys.exit(4)
+
+    monkeypatch.setattr(fc, "superexec_main", superexec)
+    fc.patch_supernode_warm_clientapp()
+    zygote = fc._ExecutorZygote.fork()  # before Flower starts: forked, then it waits
+    assert zygote.poll() is None and not report.exists()
+    monkeypatch.setattr(fc._SuperExecRedirect, "zygote", zygote)
+    started = []
+    monkeypatch.setattr(fc.subprocess, "Popen", lambda args, *a, **k: started.append(args))
+    assert SUPERNODE.subprocess.Popen(["flower-superexec", "--insecure"]) is zygote
+    assert _wait_exit(zygote) == 4  # its exit status, as a started SuperExec's
+    child = json.loads(report.read_text())
+    assert child == {"pid": zygote.pid, "argv": ["--insecure"], "comm": "fg-superexec",
+                     "frozen": True}  # fmt: skip
+    assert started == []
+    # Used once: a second SuperExec (never asked for by Flower 1.39) is a new interpreter.
+    SUPERNODE.subprocess.Popen(["flower-superexec", "--insecure"])
+    assert started[0][1:] == ["-m", "fedguard.flower_compat", "superexec", "--insecure"]
+
+
+def test_an_executor_zygote_never_started_ends_with_its_supernode(monkeypatch, unfreeze, tmp_path):
+    monkeypatch.setattr(fc, "superexec_main", lambda argv: (tmp_path / "ran").touch())
+    zygote = fc._ExecutorZygote.fork()
+    os.close(zygote._fd)  # what the SuperNode's exit does to the pipe
+    zygote._fd = -1
+    assert _wait_exit(zygote) == 0
+    assert not (tmp_path / "ran").exists()
+    assert zygote.launch(["--insecure"]) is False  # the redirect then starts an interpreter
+
+
+def test_preload_supernode_imports_the_executor_only_when_it_is_warm(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fc, "_preload_executor", lambda: calls.append("executor"))
+    monkeypatch.setenv(fc.PATCHES_ENV, "poll,heartbeat")
+    fc.preload_supernode()
+    assert calls == []
+    monkeypatch.delenv(fc.PATCHES_ENV)
+    fc.preload_supernode()
+    assert calls == ["executor"]
+    assert "flwr.supernode.main" in sys.modules  # what the SuperNode imports once running
 
 
 def test_superlink_sqlite_waits_longer_for_a_lock(restore_flower):
