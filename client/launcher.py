@@ -15,6 +15,8 @@ activation refused after an accepted session means the key was revoked, and it s
 from __future__ import annotations
 
 import contextlib
+import gc
+import os
 import signal
 import socket
 import ssl
@@ -24,14 +26,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from cryptography import x509
-
-from fedguard._procs import flower_env, start, stop
+from fedguard._procs import flower_env, fork_start, stop
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import FedguardError
-from fedguard.flower_compat import PRELOAD_ENV
+from fedguard.flower_compat import PRELOAD_ENV, preload_supernode, supernode_main
 
-__all__ = ["NodeRefusedError", "check_server_plaintext", "check_server_tls", "run_client"]
+__all__ = [
+    "NodeRefusedError",
+    "check_server_plaintext",
+    "check_server_tls",
+    "preload_modules",
+    "run_client",
+]
 
 CONNECT_TIMEOUT_S = 30.0
 MAX_RECONNECTS = 3  # a SuperNode that stops on its own after being accepted is restarted
@@ -117,6 +123,8 @@ def _peer_certificate(host: str, port: int, *, timeout: float) -> bytes:
 
 
 def _expired(host: str, port: int) -> str:
+    from cryptography import x509  # only to say when: ~5 MB a launcher need not hold
+
     when = "on an unknown date"
     with contextlib.suppress(ssl.SSLError, OSError, ValueError):
         cert = x509.load_der_x509_certificate(_peer_certificate(host, port, timeout=5))
@@ -155,10 +163,6 @@ def run_client(*, config_path: Path) -> None:
     # that cut its idle polls and fork each ClientApp from a warm, pre-imported process
     # (stock Flower starts a fresh process per message: ~4 s of imports per round).
     args = [
-        sys.executable,
-        "-m",
-        "fedguard.flower_compat",
-        "supernode",
         "--superlink",
         n.server,
         "--grpc-rere",
@@ -186,7 +190,15 @@ def run_client(*, config_path: Path) -> None:
             str(n.private_key),
         ]
     log_path = n.state_dir / "supernode.log"
-    env = flower_env(flwr_home, {PRELOAD_ENV: "torch,opacus,fedguard.client.app"})
+    env = flower_env(flwr_home, {PRELOAD_ENV: ",".join(preload_modules(cfg))})
+    # One copy of flwr, torch and Opacus per node: imported here, once, then the SuperNode
+    # is forked from this process (not started as a new interpreter), its SuperExec from
+    # it, and each ClientApp from that; all share these pages copy-on-write (see README,
+    # Load). The node's environment is set first: Flower reads some of it at import.
+    os.environ.update(env)
+    preload_supernode()
+    gc.collect()
+    gc.freeze()  # no collection in any of them writes to (and so copies) these pages
     was_active = False
     for _attempt in range(MAX_RECONNECTS + 1):
         status, output = _run_supernode(args, env=env, log_path=log_path, cfg=cfg)
@@ -216,6 +228,32 @@ def run_client(*, config_path: Path) -> None:
     )
 
 
+# What every ClientApp a node forks imports, so that it is imported once, before the
+# fork, and shared: a module imported in a fork is that fork's own memory (torch._dynamo,
+# which torch's optimizers import on first use: ~70 MB per training fork; measured).
+_PRELOAD = (
+    "torch",
+    "torch._dynamo",
+    "opacus",
+    "fedguard.client.app",
+    "cryptography.hazmat.backends.openssl",  # secure aggregation's key agreement
+)
+_SPLIT = "sklearn.model_selection"
+_DATA_LOADERS = {  # what fedguard.task.load_dataset imports for each kind of data
+    "sklearn": ("sklearn.datasets", _SPLIT),
+    ".csv": ("pyarrow.csv", "pyarrow.parquet", _SPLIT),
+    ".parquet": ("pyarrow.csv", "pyarrow.parquet", _SPLIT),
+    ".npz": (_SPLIT,),
+}
+
+
+def preload_modules(cfg: NodeConfig) -> list[str]:
+    """Modules the node's SuperNode imports before it forks its ClientApp executor."""
+    dataset = cfg.data.dataset
+    kind = "sklearn" if dataset in ("digits", "breast_cancer") else Path(dataset).suffix.lower()
+    return [*_PRELOAD, *_DATA_LOADERS.get(kind, ())]
+
+
 def _activation_refused(output: str) -> bool:
     return "2004" in output or "Failed to activate SuperNode" in output
 
@@ -227,7 +265,7 @@ def _run_supernode(
     n = cfg.node
     offset = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as log:
-        node = start(args, env=env, log=log)
+        node = fork_start(supernode_main, args, env=env, log=log)
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             stop(node)

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 __all__ = [
+    "ForkedProcess",
     "flower_env",
+    "fork_start",
     "free_port",
     "kill_stale_group",
     "start",
@@ -114,7 +118,112 @@ def start(
     )
 
 
-def stop(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
+class ForkedProcess:
+    """A child started by :func:`fork_start`: the part of ``Popen`` that :func:`stop` and
+    the launchers use (``pid``, ``returncode``, ``poll``, ``wait``)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: its status is lost (as Popen)
+                self.returncode = 0
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            while self.returncode is None:
+                try:  # interrupted by a signal, Python runs its handler and waits on
+                    _, status = os.waitpid(self.pid, 0)
+                except ChildProcessError:
+                    self.returncode = 0
+                else:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired([f"pid {self.pid}"], timeout)
+            time.sleep(0.05)
+        return code
+
+
+def fork_start(
+    main: Callable[[list[str]], object],
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log: IO[bytes],
+) -> ForkedProcess:
+    """Like :func:`start`, but the child is a fork of this process that runs ``main(argv)``.
+
+    It shares every module this process has imported, copy-on-write, instead of starting
+    an interpreter that imports them again: call it from a single-threaded process that
+    has imported what ``main`` needs (and frozen the garbage collector's view of it with
+    ``gc.freeze()``, or the child's collections copy every page holding an object). The
+    child gets its own session, dies with this process (Linux), reads nothing, writes to
+    ``log``, and runs with ``env`` as its environment; its exit status is ``main``'s
+    ``SystemExit`` code, 0 when it returns, 1 when it raises.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _run_forked(main, list(argv), env=env, log_fd=log.fileno())
+    return ForkedProcess(pid)
+
+
+def _run_forked(
+    main: Callable[[list[str]], object], argv: list[str], *, env: Mapping[str, str], log_fd: int
+) -> NoReturn:
+    code = 1
+    try:
+        os.setsid()
+        if sys.platform == "linux":
+            _die_with_parent()
+        # A fresh interpreter's signal dispositions, not the parent's handlers.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(null)
+        os.close(log_fd)
+        # Python's own streams on those descriptors (the parent may have replaced them).
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        os.environ.clear()
+        os.environ.update(env)
+        # Nor the parent's logging set-up (its root handler would also print every
+        # DEBUG record of a library whose logger passes records up, as Flower's does).
+        logging.root.handlers.clear()
+        logging.root.setLevel(logging.WARNING)
+        main(argv)
+        code = 0
+    except SystemExit as exc:  # as the interpreter reports it
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:  # never return into the parent's code, nor run its atexit handlers
+            os._exit(code)
+
+
+def stop(proc: subprocess.Popen[bytes] | ForkedProcess, *, grace: float = 10.0) -> None:
     """Stop ``proc`` and its process group; SIGKILL what outlives the grace period."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
