@@ -3,7 +3,8 @@
 - Revocation: the operator deletes a node's key from keys-dir while the server runs. The
   node takes part in the round under way, then is sent nothing more; the SuperLink
   refuses every call signed with its key (so it can neither pull a message nor push a
-  reply), and `fedguard client` stops with a one-line reason.
+  reply, nor, restarted, activate or register again), and `fedguard client` stops with a
+  one-line reason.
 - Plaintext: a node configured without TLS is refused before it starts, with a reason;
   a raw plaintext gRPC call to the TLS Fleet API gets no answer at all.
 """
@@ -19,9 +20,15 @@ from cryptography.hazmat.primitives import serialization
 from flwr.client.grpc_rere_client.node_auth_client_interceptor import (
     NodeAuthClientInterceptor,
 )
-from flwr.proto.fleet_pb2 import PullMessagesRequest, PushMessagesRequest
+from flwr.proto.fleet_pb2 import (
+    ActivateNodeRequest,
+    PullMessagesRequest,
+    PushMessagesRequest,
+    RegisterNodeFleetRequest,
+)
 from flwr.proto.fleet_pb2_grpc import FleetStub
 from flwr.proto.node_pb2 import Node
+from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
 from fedguard.deploy_demo import fedguard_cmd, prepare_demo
 from fedguard.privacy.ledger import Ledger
@@ -121,6 +128,24 @@ def test_plaintext_and_revoked_nodes_are_refused_and_get_nothing(tmp_path: Path,
             err = _fleet_call_refusal(call, request)
             assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
             assert "Invalid node ID" in (err.details() or ""), err
+        # A restarted node-c: it can neither activate its old registration nor register
+        # its key again (only the operator registers keys).
+        pub = public_key_to_bytes(key.public_key())
+        for call, request, why in (
+            (
+                stub.ActivateNode,
+                ActivateNodeRequest(public_key=pub, heartbeat_interval=30),
+                "Failed to activate SuperNode",
+            ),
+            (
+                stub.RegisterNode,
+                RegisterNodeFleetRequest(public_key=pub),
+                "All SuperNodes must be registered via the CLI",
+            ),
+        ):
+            err = _fleet_call_refusal(call, request)
+            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+            assert why in (err.details() or ""), err
 
     server.wait(timeout=400)
     assert server.returncode == 0

@@ -156,6 +156,20 @@ def test_grpc_refuses_a_cert_for_another_host(tmp_path: Path, tls_server):
     assert _health_check(port, elsewhere.ca_cert, target_name="other.example") == "OK"
 
 
+def test_grpc_refuses_an_expired_cert_in_the_handshake(tmp_path: Path, tls_server):
+    """Not only fedguard's own pre-check: gRPC's TLS itself refuses a server whose
+    certificate (and CA) expired, so a node that skipped the check learns nothing."""
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    expired = init_federation(out=tmp_path / "fed", days=2, now=long_ago)
+    port = tls_server(expired)
+    refused = _health_check(port, expired.ca_cert)
+    assert "UNAVAILABLE" in refused and "CERTIFICATE_VERIFY_FAILED" in refused
+    assert "expired" in refused.lower()
+    # The same server with a current certificate answers: the date is what failed.
+    current = init_federation(out=tmp_path / "fed2")
+    assert _health_check(tls_server(current), current.ca_cert) == "OK"
+
+
 # --- refusing to overwrite, and bad options ------------------------------------------
 
 
