@@ -13,7 +13,9 @@ rest of the run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,14 +46,41 @@ class RunPlan:
     created: str
 
 
-def _load(path: Path) -> dict[str, dict[str, object]]:
+def _load(path: Path) -> dict[str, object]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        raise BudgetExceededError(
+            f"{path}: unreadable run plans ({' '.join(str(exc).split())[:120]}); refusing"
+        ) from None
     if not isinstance(data, dict):
         raise BudgetExceededError(f"{path}: expected a JSON object of run plans; refusing")
     return data
+
+
+def _plan(entry: object, *, path: Path, key: str) -> RunPlan:
+    """A stored plan, checked: it sets this run's noise, so nothing malformed is used."""
+    kinds = {f.name: f.type for f in dataclasses.fields(RunPlan)}  # "str", "float", "int"
+    if not isinstance(entry, dict) or set(entry) != set(kinds):
+        raise BudgetExceededError(
+            f"{path}: run plan {key!r}: expected the fields {sorted(kinds)}; refusing"
+        )
+    for name, kind in kinds.items():
+        v = entry[name]
+        if kind == "str":
+            ok = isinstance(v, str)
+        elif kind == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        else:
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and v >= 0 and (name != "noise_multiplier" or v > 0)
+        if not ok:
+            raise BudgetExceededError(
+                f"{path}: run plan {key!r}: {name}: expected a valid {kind}, got {v!r}; refusing"
+            )
+    return RunPlan(**entry)
 
 
 def plan_run(
@@ -77,7 +106,7 @@ def plan_run(
     plans = _load(path)
     key = f"{fingerprint} {run}"
     if key in plans:
-        return RunPlan(**plans[key])  # type: ignore[arg-type]
+        return _plan(plans[key], path=path, key=key)
     before = history.get_privacy_spent(delta=delta).epsilon
     method = history.method.value
 

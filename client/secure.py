@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from fedguard.privacy.secagg import (
 from fedguard.transport import decode_client_state, decode_secagg, encode_client_state
 from fedguard.transport.serde import encode_secagg
 
-__all__ = ["SESSION_FILE", "UPDATE_FILE", "NodeSecAgg"]
+__all__ = ["SESSION_FILE", "UPDATE_FILE", "NodeSecAgg", "read_stored_update"]
 
 SESSION_FILE = "secagg-session.pb"
 UPDATE_FILE = "secagg-update.npz"
@@ -154,8 +155,7 @@ class NodeSecAgg:
                 raw = (self.dir / UPDATE_FILE).read_bytes()
             except FileNotFoundError:
                 raise SecAggError("no trained update stored for this round") from None
-            with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
-                update, weight = stored["update"], int(stored["weight"])
+            update, weight = read_stored_update(raw)
             masked = client.masked_input(
                 request,
                 update=[update],
@@ -175,3 +175,20 @@ class NodeSecAgg:
 
     def _save(self, client: SecAggClient) -> None:
         atomic_write_bytes(self.dir / SESSION_FILE, encode_client_state(client.state()), mode=0o600)
+
+
+def read_stored_update(raw: bytes) -> tuple[np.ndarray, int]:
+    """The trained update and weight a node stored between training and masking.
+
+    ``SecAggError`` when the bytes are not what the node wrote (never unpickles).
+    """
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
+            update, weight = stored["update"], stored["weight"]
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise SecAggError(f"stored update unreadable: {' '.join(str(exc).split())[:120]}") from None
+    if update.ndim != 1 or update.dtype.kind != "f" or not np.isfinite(update).all():
+        raise SecAggError("stored update unreadable: expected a finite 1-D float array")
+    if weight.shape != () or weight.dtype.kind not in "iu" or int(weight) < 0:
+        raise SecAggError("stored update unreadable: expected a weight >= 0")
+    return update, int(weight)

@@ -241,7 +241,7 @@ class Enrolment:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {"format": FORMAT, "nodes": {}}
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
             raise EnrolmentError(
                 f"{self.path}: unreadable enrolment record ({exc}); move it away and "
                 "re-enrol the nodes with new keys"
@@ -252,10 +252,35 @@ class Enrolment:
                 if isinstance(data, dict)
                 else f"{self.path}: expected a JSON object, got {type(data).__name__}"
             )
+        nodes = data.get("nodes")
+        bad = (
+            ["nodes"]
+            if not isinstance(nodes, dict)
+            else [name for name, entry in nodes.items() if not _entry_ok(entry)]
+        )
+        if bad:
+            raise EnrolmentError(
+                f"{self.path}: malformed enrolment record (entry {bad[0]!r}); move it away "
+                "and re-enrol the nodes with new keys"
+            )
         return data
 
     def _save(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.path, record, mode=0o600)
+
+
+def _entry_ok(entry: object) -> bool:
+    """One node's record as :meth:`Enrolment._enrol` writes it."""
+    if not isinstance(entry, dict):
+        return False
+    node_id = entry.get("node_id")
+    return (
+        isinstance(node_id, int)
+        and not isinstance(node_id, bool)
+        and isinstance(entry.get("key_sha256"), str)
+        and isinstance(entry.get("enrolled_at"), str)
+        and all(isinstance(entry.get(k), str | None) for k in ("revoked_at", "reason"))
+    )
 
 
 def _now() -> str:

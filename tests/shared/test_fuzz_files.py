@@ -14,20 +14,19 @@ the loader after it) found; each was a crash with another exception before its f
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import re
-import signal
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import tomli_w
-from hypothesis import HealthCheck, given, settings
+from fuzzing import FUZZ, mutated, no_hang, only
+from hypothesis import given
 from hypothesis import strategies as st
 
 from fedguard.config import SimulationConfig, load_simulation_config, option_name
@@ -50,68 +49,6 @@ from fedguard.errors import ConfigError, DataError
 from fedguard.privacy import Accountant, AccountantStore, GaussianEvent
 from fedguard.privacy.ledger import Ledger, LedgerError, VerifyReport
 from fedguard.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-
-FUZZ = settings(
-    max_examples=120,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-HANG_S = 5.0
-
-
-class Hang(BaseException):
-    """Not an Exception: no decoder's ``except Exception`` can swallow it."""
-
-
-@contextlib.contextmanager
-def no_hang(seconds: float = HANG_S) -> Iterator[None]:
-    def alarm(signum: int, frame: object) -> None:
-        raise Hang(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def only(error: type[Exception], call: Callable[[], object]) -> object:
-    """``call()``'s result, or None when it raised ``error``; anything else propagates."""
-    with no_hang():
-        try:
-            return call()
-        except error as exc:
-            assert str(exc) and "\n" not in str(exc).strip(), repr(exc)  # one line
-            return None
-
-
-# ---------------------------------------------------------------- mutations
-
-
-# Spliced in by mutations: what breaks parsers (overflow, recursion, encodings).
-NASTY_TOKENS = [b"e999", b"9" * 5000, b"[" * 3000, b"{" * 3000, b"NaN", b"\xff", b"\\ud800", b"\0"]
-
-
-@st.composite
-def mutated(draw: st.DrawFn, data: bytes) -> bytes:
-    """``data`` with flipped bytes, a cut, an insertion or a deletion (at least one)."""
-    out = bytearray(data)
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
-        at = draw(st.integers(0, max(0, len(out) - 1)))
-        if kind == "flip" and out:
-            out[at] ^= draw(st.integers(1, 255))
-        elif kind == "cut":
-            del out[at:]
-        elif kind == "insert":
-            out[at:at] = draw(st.binary(min_size=1, max_size=8) | st.sampled_from(NASTY_TOKENS))
-        elif out:
-            del out[at : at + draw(st.integers(1, 16))]
-    return bytes(out)
-
 
 # ---------------------------------------------------------------- TOML configs
 
