@@ -153,3 +153,41 @@ def test_bad_hyperparameters_name_the_key() -> None:
                 max_grad_norm=1.0,
             )
         )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cohort_on_cuda_equals_dptrainer_on_cuda() -> None:
+    """The vectorised path on a GPU draws from CUDA generators as DPTrainer does."""
+    dev = torch.device("cuda")
+    data = [(x.to(dev), y.to(dev)) for x, y in _data([30, 11], SHAPES["mlp"])]
+    start = get_weights(_model("mlp"))
+    hyper = {"epochs": 1, "batch_size": 8, "lr": 0.3, "momentum": 0.9, "max_grad_norm": 1.0}
+    single = DPTrainer(model=_model("mlp").to(dev))
+    expected = []
+    for i, (x, y) in enumerate(data):
+        set_weights(single.module, start)
+        single.train(
+            x=x,
+            y=y,
+            noise_multiplier=1.0,
+            accountant=Accountant(method="rdp"),
+            generator=torch.Generator(device=dev).manual_seed(i),
+            **hyper,
+        )
+        expected.append(get_weights(single.module))
+    clients = [
+        CohortClient(
+            x=x,
+            y=y,
+            noise_multiplier=1.0,
+            generator=torch.Generator(device=dev).manual_seed(i),
+            accountant=Accountant(method="rdp"),
+        )
+        for i, (x, y) in enumerate(data)
+    ]
+    trainer = CohortDPTrainer(model=_model("mlp").to(dev))
+    for got, want in zip(
+        trainer.train(start=start, clients=clients, **hyper), expected, strict=True
+    ):
+        for a, b in zip(got.weights, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
