@@ -197,6 +197,7 @@ def run_client(*, config_path: Path) -> None:
     # Load). The node's environment is set first: Flower reads some of it at import.
     os.environ.update(env)
     preload_supernode()
+    _warm_up_crypto()
     gc.collect()
     gc.freeze()  # no collection in any of them writes to (and so copies) these pages
     was_active = False
@@ -245,6 +246,27 @@ _DATA_LOADERS = {  # what fedguard.task.load_dataset imports for each kind of da
     ".parquet": ("pyarrow.csv", "pyarrow.parquet", _SPLIT),
     ".npz": (_SPLIT,),
 }
+
+
+def _warm_up_crypto() -> None:
+    """Initialise, once before the forks, the OpenSSL state that the SuperNode (its node
+    key) and every ClientApp of a secure round (X25519, HKDF, AES-GCM) would otherwise
+    each build for themselves: ~2.5 MB and ~6 MB per process, measured. Throwaway keys
+    from the OS generator; nothing of them is kept or used again."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, x25519
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    node_key = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    serialization.load_ssh_private_key(node_key, None)
+    a, b = x25519.X25519PrivateKey.generate(), x25519.X25519PrivateKey.generate()
+    kdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedguard/warm-up")
+    AESGCM(kdf.derive(a.exchange(b.public_key()))).encrypt(bytes(12), b"", None)
 
 
 def preload_modules(cfg: NodeConfig) -> list[str]:

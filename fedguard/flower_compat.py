@@ -44,15 +44,21 @@ Opacus, SciPy per node: what limits how many nodes one machine holds):
    (:func:`preload_supernode` lets a launcher import it all once and fork the SuperNode
    too). The garbage collector's view of those objects is frozen first, and again in
    each ClientApp fork, so that no collection writes to (and copies) their pages.
+9. Flower imports SQLAlchemy and Alembic (~28 MB) into every SuperNode and SuperExec,
+   which keep their state in memory and never open a database: two of its modules
+   import them for the SuperLink's SQL stores. :func:`defer_sql_stores` replaces those
+   two with stand-ins that import the real module the first time anything of it is
+   used.
 
 (Over the 400-line guide on purpose: FLOWER-NOTES.md asks that every workaround touching
 Flower's internals live in one module pinned to one version; splitting it would split
 the pin.)
 
 Launch a patched SuperNode with ``python -m fedguard.flower_compat supernode <args of
-flower-supernode>``; it applies 2, 3, 5 with 8, and 7 unless ``FEDGUARD_SUPERNODE_PATCHES``
-names fewer (comma-separated from ``poll,backoff,warm,heartbeat``; empty: none). Patches
-2, 3, 5, 6, 7 and 8 touch private Flower code: they refuse to run on any Flower but
+flower-supernode>``; it applies 2, 3, 5 with 8, 7 and 9 unless
+``FEDGUARD_SUPERNODE_PATCHES`` names fewer (comma-separated from
+``poll,backoff,warm,heartbeat,nosql``; empty: none). Patches 2, 3 and 5 to 9 touch
+private Flower code: they refuse to run on any Flower but
 :data:`FLWR_VERSION` (:func:`check_flower_version`) and check that what they replace still
 looks as expected.
 """
@@ -88,6 +94,7 @@ __all__ = [
     "PATCHES_ENV",
     "PRELOAD_ENV",
     "check_flower_version",
+    "defer_sql_stores",
     "patch_heartbeat_retry",
     "patch_object_pull_backoff",
     "patch_sqlite_busy_timeout",
@@ -113,9 +120,9 @@ FAST_POLL_ENV: dict[str, str] = {
 """Environment for every Flower process fedguard starts (merged by the launchers)."""
 
 PATCHES_ENV = "FEDGUARD_SUPERNODE_PATCHES"
-"""Which patches :func:`supernode_main` applies: comma-separated ``poll,backoff,warm``."""
+"""Which patches :func:`supernode_main` applies: comma-separated ``poll,backoff,warm,...``."""
 
-_ALL_PATCHES = ("poll", "backoff", "warm", "heartbeat")
+_ALL_PATCHES = ("poll", "backoff", "warm", "heartbeat", "nosql")
 
 PRELOAD_ENV = "FEDGUARD_CLIENTAPP_PRELOAD"
 """Comma-separated modules the warm executor imports once (e.g. ``torch,opacus``)."""
@@ -436,6 +443,8 @@ def superexec_main(argv: list[str] | None = None) -> None:
     from flwr.supercore.constant import ExecutorType
     from flwr.supercore.superexec import run_superexec as rs
 
+    if "nosql" in _wanted_patches():  # as the SuperNode that starts it
+        defer_sql_stores()
     _preload_executor()
     patch_object_pull_backoff()  # the node announces a task before its payload is in
     original = rs.get_executor
@@ -609,6 +618,71 @@ def patch_heartbeat_retry() -> None:
     sender._heartbeat = heartbeat
 
 
+# ---------------------------------------------------------------- 9. no SQL in a node
+
+# Flower 1.39's modules that import SQLAlchemy/Alembic, and what other modules import
+# from them (object_store_factory and linkstate_factory, only to construct one).
+_SQL_STORES = {
+    "flwr.supercore.object_store.sql_object_store": "SqlObjectStore",
+    "flwr.server.superlink.linkstate.sql_linkstate": "SqlLinkState",
+}
+
+
+class _DeferredModule(ModuleType):
+    """Stands in for one of :data:`_SQL_STORES` until something of it is used."""
+
+    def __init__(self, name: str, cls: str) -> None:
+        super().__init__(name, f"fedguard stand-in for {name} (imported on first use)")
+        self._real: ModuleType | None = None
+        setattr(self, cls, _DeferredMeta(cls, (), {"__module__": name, "_module": self}))
+
+    def load(self) -> ModuleType:
+        if self._real is None:
+            del sys.modules[self.__name__]
+            try:
+                self._real = importlib.import_module(self.__name__)
+            except BaseException:
+                sys.modules[self.__name__] = self
+                raise
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:  # anything else: the real module's
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.load(), name)
+
+
+class _DeferredMeta(type):
+    """A stand-in class: constructing or checking against it uses the real class."""
+
+    _module: _DeferredModule
+
+    def real(cls) -> type:
+        return getattr(cls._module.load(), cls.__name__)
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        return cls.real()(*args, **kwargs)
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, cls.real())
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, cls.real())
+
+
+def defer_sql_stores() -> None:
+    """Keep SQLAlchemy and Alembic out of this process until a SQL store is built.
+
+    For a node's processes only (a SuperLink builds its SQL state at once, so it would
+    only pay the import later). Call before Flower's modules are imported; a module
+    already imported for real is left as it is. Idempotent.
+    """
+    check_flower_version()
+    for name, cls in _SQL_STORES.items():
+        if name not in sys.modules:
+            sys.modules[name] = _DeferredModule(name, cls)
+
+
 # ---------------------------------------------------------------- entry points
 
 
@@ -632,6 +706,8 @@ def preload_supernode() -> None:
     """
     check_flower_version()
     wanted = _wanted_patches()
+    if "nosql" in wanted:
+        defer_sql_stores()
     from flwr.supernode.cli import flower_supernode  # noqa: F401
 
     for name in (_SUPERNODE_MODULE, *_SUPERNODE_LATE_IMPORTS):
@@ -639,6 +715,12 @@ def preload_supernode() -> None:
             importlib.import_module(name)
     if "warm" in wanted:
         _preload_executor()
+        # The SuperExec and every ClientApp open a Runtime API client: httpx builds an SSL
+        # context even for plain HTTP, and OpenSSL's first one costs each process ~6 MB
+        # (measured) unless initialised here, once, before the forks.
+        import httpx
+
+        httpx.Client(verify=False).close()  # noqa: S501 - never connects; Flower's own is so
 
 
 # What Flower 1.39's SuperNode imports only once it runs: its Runtime API app and the
@@ -664,6 +746,8 @@ def supernode_main(argv: list[str] | None = None) -> None:
     check_flower_version()
     wanted = _wanted_patches()
     _set_process_name(b"fg-supernode")
+    if "nosql" in wanted:
+        defer_sql_stores()  # first: the patches below import Flower
     if "poll" in wanted:
         patch_supernode_polling()
     if "backoff" in wanted:

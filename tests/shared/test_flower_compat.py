@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -293,13 +294,60 @@ def test_an_executor_zygote_never_started_ends_with_its_supernode(monkeypatch, u
 def test_preload_supernode_imports_the_executor_only_when_it_is_warm(monkeypatch):
     calls = []
     monkeypatch.setattr(fc, "_preload_executor", lambda: calls.append("executor"))
+    monkeypatch.setattr(fc, "defer_sql_stores", lambda: calls.append("nosql"))
     monkeypatch.setenv(fc.PATCHES_ENV, "poll,heartbeat")
     fc.preload_supernode()
     assert calls == []
     monkeypatch.delenv(fc.PATCHES_ENV)
     fc.preload_supernode()
-    assert calls == ["executor"]
+    assert calls == ["nosql", "executor"]
     assert "flwr.supernode.main" in sys.modules  # what the SuperNode imports once running
+
+
+_NO_SQL_CHECK = """
+import json, sys
+import fedguard.flower_compat as fc
+fc.defer_sql_stores()
+fc._preload_executor()  # the SuperExec's and ClientApp's Flower modules
+import flwr.supernode.cli, flwr.supernode.main, flwr.supernode.start_client_internal
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.object_store.sql_object_store import SqlObjectStore
+from flwr.server.superlink.linkstate import SqlLinkState
+out = {"imported": sorted(m for m in ("sqlalchemy", "alembic") if m in sys.modules)}
+out["node store"] = type(ObjectStoreFactory().store()).__name__
+out["still none"] = "sqlalchemy" in sys.modules
+store = ObjectStoreFactory(":memory:").store()  # what a SuperLink builds: the real one
+out["sql store"] = [type(store).__module__, type(store).__name__]
+out["isinstance"] = isinstance(store, SqlObjectStore)
+out["sql imported"] = "sqlalchemy" in sys.modules
+stand_in = sys.modules["flwr.server.superlink.linkstate.sql_linkstate"]
+out["linkstate"] = issubclass(stand_in.load().SqlLinkState, SqlLinkState)
+print(json.dumps(out))
+"""
+
+
+def test_a_node_imports_no_sql_until_a_sql_store_is_built():
+    # A fresh interpreter: the stand-ins replace modules for the whole process.
+    run = subprocess.run(
+        [sys.executable, "-c", _NO_SQL_CHECK], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1]) == {
+        "imported": [],  # SQLAlchemy and Alembic: ~28 MB a node does not hold
+        "node store": "InMemoryObjectStore",
+        "still none": False,
+        "sql store": ["flwr.supercore.object_store.sql_object_store", "SqlObjectStore"],
+        "isinstance": True,
+        "sql imported": True,
+        "linkstate": True,
+    }
+    assert "flwr.supercore.object_store.sql_object_store" in fc._SQL_STORES
+
+
+def test_sql_stand_ins_are_not_installed_over_real_modules(monkeypatch):
+    real = importlib.import_module("flwr.supercore.object_store.sql_object_store")
+    fc.defer_sql_stores()
+    assert sys.modules[real.__name__] is real
 
 
 def test_superlink_sqlite_waits_longer_for_a_lock(restore_flower):
