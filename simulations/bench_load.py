@@ -14,12 +14,16 @@ default) and, if asked, off. Reported per setting:
   counts N updates and no refusal in every round, every node's receipt names the round,
   and every node's ledger holds exactly one committed entry per round.
 
-Memory decides how many nodes one machine can hold: a node (launcher, SuperNode, and
-the ClientApp executor with torch and Opacus imported) takes ``--node-mb`` when idle and
-``--training-mb`` more while it trains, and ``--reserve-mb`` stay free for everything
-else. When ``--nodes`` do not fit in what the machine has available, the benchmark says so
-and runs as many as fit; it also stops if the memory available ever drops below the
-reserve while it runs.
+Memory decides how many nodes one machine can hold: a node (its launcher, SuperNode,
+SuperExec and the ClientApp each message forks, sharing one copy of flwr, torch and
+Opacus) takes ``--node-mb`` when idle and ``--training-mb`` more while it trains, and
+``--reserve-mb`` stay free for everything else. When ``--nodes`` do not fit in what the
+machine has available, the benchmark says so and runs as many as fit; it also stops if
+the memory available ever drops below the reserve while it runs. The report breaks a
+node's memory down by process (mean PSS per node at the nodes' peak).
+
+Each node runs single-threaded (``OMP_NUM_THREADS=1`` and the BLAS equivalents, unless
+set): tens of nodes share a few cores, and a thread pool per node only adds contention.
 
     python -m fedguard.simulations.bench_load --nodes 50 --rounds 3   # make bench-load
 
@@ -48,6 +52,7 @@ from fedguard.errors import FedguardError
 __all__ = ["LoadResult", "main", "run_load"]
 
 MB = 1024  # /proc reports kB
+_ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class BenchError(FedguardError):
@@ -76,6 +81,7 @@ class LoadResult:
     server_peak_pss_mb: float
     node_idle_pss_mb: float  # mean per node, all nodes up, before round 1
     node_peak_pss_mb: float  # mean per node at the nodes' peak total
+    node_peak_by_process_mb: dict[str, float]  # that peak's PSS by process, mean per node
     min_available_mb: float
     available_drop_per_node_mb: float  # MemAvailable at start minus before round 1, / nodes
     load_average: tuple[float, float, float]  # at the start: other work on the machine
@@ -123,6 +129,25 @@ def _rss_pss_mb(pids: Sequence[int]) -> tuple[float, float]:
     return rss / MB, pss / MB
 
 
+# A node's processes by name (fedguard.flower_compat names the forks it makes); the tree's
+# root is `fedguard client`, the launcher.
+_ROLES = {b"fg-supernode": "supernode", b"fg-superexec": "superexec", b"fg-clientapp": "clientapp"}
+
+
+def _pss_by_role_mb(roots: Sequence[int], parents: dict[int, int]) -> dict[str, float]:
+    """PSS of the node trees under ``roots``, summed by process role."""
+    roles: dict[str, float] = {}
+    for root in roots:
+        for pid in _tree(root, parents):
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_bytes().strip()
+            except OSError:
+                continue
+            role = "launcher" if pid == root else _ROLES.get(comm, "other")
+            roles[role] = roles.get(role, 0.0) + _rss_pss_mb([pid])[1]
+    return roles
+
+
 def _available_mb() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -138,6 +163,7 @@ class MemorySampler:
         self.nodes: list[int] = []
         self.server_rss = self.server_pss = self.nodes_pss = 0.0
         self.nodes_at_peak = 0
+        self.roles_at_peak: dict[str, float] = {}
         self.min_available = _available_mb()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -153,9 +179,11 @@ class MemorySampler:
             rss, pss = _rss_pss_mb(_tree(self.server, parents))
             self.server_rss, self.server_pss = max(self.server_rss, rss), max(self.server_pss, pss)
             nodes = list(self.nodes)
-            pss = _rss_pss_mb([p for n in nodes for p in _tree(n, parents)])[1]
+            roles = _pss_by_role_mb(nodes, parents)
+            pss = sum(roles.values())
             if pss > self.nodes_pss:
                 self.nodes_pss, self.nodes_at_peak = pss, len(nodes)
+                self.roles_at_peak = roles
             self.min_available = min(self.min_available, _available_mb())
 
     def close(self) -> None:
@@ -231,7 +259,7 @@ def run_load(
     nodes: int,
     rounds: int,
     secagg: bool,
-    reserve_mb: float = 3000.0,
+    reserve_mb: float = 1500.0,
     stagger_s: float = 0.3,
 ) -> LoadResult:
     """Run one federation of ``nodes`` client processes; see the module docstring.
@@ -243,6 +271,7 @@ def run_load(
     layout = prepare_demo(out=out, nodes=nodes, rounds=rounds)
     _configure(layout, secagg=secagg, round_timeout=max(300.0, 12.0 * nodes))
     env = dict(os.environ)
+    node_env = {**{k: "1" for k in _ONE_THREAD}, **env}
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[IO[bytes]] = []
     started = time.monotonic()
@@ -268,7 +297,7 @@ def run_load(
                 )
             log = (toml.parent / "client.log").open("ab")
             logs.append(log)
-            node = start(fedguard_cmd("client", "--config", str(toml)), env=env, log=log)
+            node = start(fedguard_cmd("client", "--config", str(toml)), env=node_env, log=log)
             procs.append(node)
             sampler.nodes.append(node.pid)
             time.sleep(stagger_s)
@@ -318,6 +347,10 @@ def run_load(
         server_peak_pss_mb=round(sampler.server_pss),
         node_idle_pss_mb=round(idle_pss),
         node_peak_pss_mb=round(sampler.nodes_pss / max(1, sampler.nodes_at_peak)),
+        node_peak_by_process_mb={
+            role: round(mb / max(1, sampler.nodes_at_peak), 1)
+            for role, mb in sorted(sampler.roles_at_peak.items())
+        },
         min_available_mb=round(sampler.min_available),
         available_drop_per_node_mb=round(idle_drop),
         load_average=(round(load[0], 2), round(load[1], 2), round(load[2], 2)),
@@ -331,19 +364,25 @@ def table(results: Sequence[LoadResult]) -> str:
     lines = [
         "| secure aggregation | nodes | rounds done | s/round (each) | s/round (median) "
         "| updates per round | exactly once | server peak RSS / PSS MB | node PSS MB idle / "
-        "peak | start-up s |",
-        "|---|---:|---:|---|---:|---|---|---:|---:|---:|",
+        "peak | node peak PSS MB: launcher / SuperNode / SuperExec / ClientApp | lowest "
+        "MemAvailable MB | start-up s | load average at start |",
+        "|---|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         each = ", ".join(f"{s:.1f}" for s in r.seconds_per_round) or "-"
         median = statistics.median(r.seconds_per_round) if r.seconds_per_round else float("nan")
+        by = r.node_peak_by_process_mb
+        processes = " / ".join(
+            f"{by.get(k, 0.0):.0f}" for k in ("launcher", "supernode", "superexec", "clientapp")
+        )
         lines.append(
             f"| {'on' if r.secagg else 'off'} | {r.nodes} | {r.rounds_completed}/"
             f"{r.rounds_planned} | {each} | {median:.1f} | "
             f"{', '.join(map(str, r.updates_per_round)) or '-'} | "
             f"{'yes' if r.exactly_once else 'NO'} | {r.server_peak_rss_mb} / "
             f"{r.server_peak_pss_mb} | {r.node_idle_pss_mb} / {r.node_peak_pss_mb} | "
-            f"{r.startup_s:.0f} |"
+            f"{processes} | {r.min_available_mb:.0f} | {r.startup_s:.0f} | "
+            f"{', '.join(f'{x:g}' for x in r.load_average)} |"
         )
     return "\n".join(lines)
 
@@ -355,9 +394,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--secagg", default="on", help="on, off or on,off")
     p.add_argument("--out", type=Path, default=Path("runs/bench-load"))
-    p.add_argument("--node-mb", type=float, default=500.0, help="one idle node's memory")
-    p.add_argument("--training-mb", type=float, default=200.0, help="a node's training extra")
-    p.add_argument("--reserve-mb", type=float, default=3000.0, help="kept free for others")
+    # Measured (README, Load): ~350-370 MB a node idle, ~20-30 MB more while it trains.
+    p.add_argument("--node-mb", type=float, default=370.0, help="one idle node's memory")
+    p.add_argument("--training-mb", type=float, default=30.0, help="a node's training extra")
+    p.add_argument("--reserve-mb", type=float, default=1500.0, help="kept free for others")
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.secagg.split(",") if m.strip()]
     if not modes or set(modes) - {"on", "off"}:
