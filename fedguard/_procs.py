@@ -23,6 +23,7 @@ from typing import IO, NoReturn
 
 __all__ = [
     "ForkedProcess",
+    "exit_after",
     "flower_env",
     "fork_start",
     "free_port",
@@ -183,8 +184,7 @@ def fork_start(
 def _run_forked(
     main: Callable[[list[str]], object], argv: list[str], *, env: Mapping[str, str], log_fd: int
 ) -> NoReturn:
-    code = 1
-    try:
+    def body() -> None:
         os.setsid()
         if sys.platform == "linux":
             _die_with_parent()
@@ -207,8 +207,22 @@ def _run_forked(
         logging.root.handlers.clear()
         logging.root.setLevel(logging.WARNING)
         main(argv)
+
+    exit_after(body)
+
+
+def exit_after(body: Callable[[], object]) -> NoReturn:
+    """In a forked child: run ``body``, then end the process as an interpreter would.
+
+    Exit status 0 when it returns, ``sys.exit``'s code (a non-integer one is printed and
+    gives 1), 1 with a traceback for any other exception. The child never returns into
+    the parent's code, nor runs its atexit handlers or finalisers.
+    """
+    code = 1
+    try:
+        body()
         code = 0
-    except SystemExit as exc:  # as the interpreter reports it
+    except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             code = exc.code or 0
         else:
@@ -219,7 +233,7 @@ def _run_forked(
         try:
             sys.stdout.flush()
             sys.stderr.flush()
-        finally:  # never return into the parent's code, nor run its atexit handlers
+        finally:
             os._exit(code)
 
 

@@ -76,12 +76,12 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from fedguard._procs import exit_after
 from fedguard.errors import FedguardError
 
 if TYPE_CHECKING:
@@ -353,8 +353,8 @@ _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
 
 def _run_forked_clientapp(spec: Any, sigmask: Iterable[int]) -> NoReturn:
     """Child side of the fork: what ``flwr-clientapp`` would do, minus the imports."""
-    code = 1
-    try:
+
+    def body() -> None:
         from flwr.supercore.exit import exit_handler
         from flwr.supercore.tls import validate_and_resolve_root_certificates
         from flwr.supernode.runtime.run_clientapp import run_clientapp
@@ -380,17 +380,8 @@ def _run_forked_clientapp(spec: Any, sigmask: Iterable[int]) -> NoReturn:
             parent_pid=spec.parent_pid,
             runtime_dependency_install=spec.runtime_dependency_install,
         )
-        code = 0
-    except SystemExit as exc:  # Flower ends every task with sys.exit
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:  # never return into the parent's loop, nor run its atexit/finalizers
-            os._exit(code)
+
+    exit_after(body)
 
 
 def _make_fork_executor(on_launch: Callable[[], None] = lambda: None) -> Any:
@@ -537,25 +528,20 @@ class _ExecutorZygote:
 
 
 def _zygote_main(fd: int) -> NoReturn:
-    """Child side of :class:`_ExecutorZygote`: wait for the arguments, run the SuperExec."""
-    code = 1
-    try:
+    """Child side of :class:`_ExecutorZygote`: wait for the arguments, run the SuperExec.
+
+    No arguments (the pipe closed empty): the SuperNode ended, or started its SuperExec
+    another way; exit 0.
+    """
+
+    def body() -> None:
         _set_process_name(b"fg-superexec")
         with os.fdopen(fd, "rb") as pipe:
             data = pipe.read()
         if data:
             superexec_main(json.loads(data))
-        code = 0  # no data: the SuperNode ended, or started its SuperExec another way
-    except SystemExit as exc:  # Flower ends with sys.exit
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:  # never return into the SuperNode's code
-            os._exit(code)
+
+    exit_after(body)
 
 
 def _set_process_name(name: bytes) -> None:

@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedguard.client.training import BudgetExceededError, CohortMember, LocalTrainer
+from fedguard.client.training import (
+    BudgetExceededError,
+    CohortMember,
+    LocalResult,
+    LocalTrainer,
+)
 from fedguard.client.virtual import budget_for
 from fedguard.config import SimulationConfig, resolve_device
 from fedguard.errors import ConfigError
@@ -50,6 +55,16 @@ __all__ = ["run_inprocess", "vectorizes"]
 _log = logging.getLogger(__name__)
 _STREAM_QUANTIZE = 4  # the stochastic rounding of secure aggregation (federation.py: 1-3)
 _STREAM_CLIENT_NOISE = 5  # each client's share of client-level DP noise
+
+
+def _update(client_id: int, result: LocalResult) -> ClientUpdate:
+    return ClientUpdate(
+        client_id=client_id,
+        weights=result.weights,
+        num_examples=result.num_examples,
+        train_loss=result.train_loss,
+        epsilon=result.epsilon,
+    )
 
 
 def vectorizes(*, mode: str, model: torch.nn.Module) -> bool:
@@ -105,13 +120,7 @@ def run_inprocess(
             )
         except BudgetExceededError as exc:
             return Refusal(client_id=cid, reason=str(exc))
-        return ClientUpdate(
-            client_id=cid,
-            weights=result.weights,
-            num_examples=result.num_examples,
-            train_loss=result.train_loss,
-            epsilon=result.epsilon,
-        )
+        return _update(cid, result)
 
     def train_cohort(
         server_round: int, cohort: list[int], global_weights: list[np.ndarray]
@@ -143,14 +152,8 @@ def run_inprocess(
         ):
             if isinstance(result, BudgetExceededError):
                 yield Refusal(client_id=cid, reason=str(result))
-                continue
-            yield ClientUpdate(
-                client_id=cid,
-                weights=result.weights,
-                num_examples=result.num_examples,
-                train_loss=result.train_loss,
-                epsilon=result.epsilon,
-            )
+            else:
+                yield _update(cid, result)
 
     def plain_engine() -> Callable[..., Iterator[ClientUpdate | Refusal]]:
         linear = all(
