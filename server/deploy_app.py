@@ -371,13 +371,19 @@ def _gather_nodes(grid: Grid, cfg: FederationConfig) -> dict[int, dict[str, str 
     deadline = time.monotonic() + cfg.federation.round_timeout
     grace_end: float | None = None
     info: dict[int, dict[str, str | int]] = {}
+    asked = 0
     while True:
         nodes = wait_for_nodes(
             grid, cfg.federation.min_nodes, wait_s=max(1.0, deadline - time.monotonic())
         )
         missing = [n for n in nodes if n not in info]
         if missing:
-            info.update(describe_nodes(grid, missing, timeout=NODE_GRACE_S))
+            # A reply to an earlier ask is not counted: a node that answers each ask a bit
+            # later than the wait (busy with a killed run's last message, seen after a
+            # server restart) is given longer each time.
+            asked += 1
+            wait = min(NODE_GRACE_S * asked, max(1.0, deadline - time.monotonic()))
+            info.update(describe_nodes(grid, missing, timeout=wait))
         if len(info) >= cfg.federation.min_nodes:
             grace_end = grace_end or time.monotonic() + NODE_GRACE_S
         if not [n for n in nodes if n not in info] or (grace_end and time.monotonic() > grace_end):
