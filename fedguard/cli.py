@@ -49,10 +49,14 @@ def _root() -> None:
 def simulate(
     config: Annotated[Path | None, Opt("--config", help="TOML file; keys as these options")] = None,
     dataset: Annotated[
-        str | None, Opt(help="digits, breast_cancer, fashion_mnist, or a .csv/.parquet/.npz path")
+        str | None,
+        Opt(
+            help="digits, breast_cancer, fashion_mnist, fashion_mnist_scattering, "
+            "or a .csv/.parquet/.npz path"
+        ),
     ] = None,
     target: Annotated[str | None, Opt(help="label column of a CSV/Parquet file")] = None,
-    model: Annotated[str | None, Opt(help="logreg, mlp, cnn or tb_cnn")] = None,
+    model: Annotated[str | None, Opt(help="logreg, mlp, cnn, tb_cnn or scatter_cnn")] = None,
     hidden: Annotated[int | None, Opt(help="width of the mlp's hidden layer")] = None,
     clients: Annotated[int | None, Opt(help="number of virtual clients")] = None,
     clients_per_round: Annotated[int | None, Opt(help="cohort size (default: all)")] = None,

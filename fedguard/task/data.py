@@ -2,9 +2,11 @@
 
 Built-ins: ``digits`` and ``breast_cancer`` ship with scikit-learn (nothing is
 downloaded); ``fashion_mnist`` is read from the IDX files of Debian's
-``dataset-fashion-mnist`` package. A path ending ``.csv``, ``.parquet`` or ``.npz`` loads
-the user's own data. Every loader returns a :class:`Dataset` whose features are float32
-and whose labels are int64 class ids ``0..num_classes-1``.
+``dataset-fashion-mnist`` package, and ``fashion_mnist_scattering`` is the same images as
+ScatterNet features (:mod:`fedguard.task.scattering`). A path ending ``.csv``,
+``.parquet`` or ``.npz`` loads the user's own data. Every loader returns a
+:class:`Dataset` whose features are float32 and whose labels are int64 class ids
+``0..num_classes-1``.
 
 Standardisation statistics always come from the training split only, so nothing about
 the test split leaks into training.
@@ -33,7 +35,12 @@ __all__ = [
     "read_idx",
 ]
 
-DATASET_NAMES: tuple[str, ...] = ("digits", "breast_cancer", "fashion_mnist")
+DATASET_NAMES: tuple[str, ...] = (
+    "digits",
+    "breast_cancer",
+    "fashion_mnist",
+    "fashion_mnist_scattering",
+)
 """Built-in data sets. A path ending ``.csv``, ``.parquet`` or ``.npz`` is accepted too."""
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -153,6 +160,8 @@ def load_dataset(
         return _load_npz(Path(name), seed=seed, test_fraction=test_fraction)
     if name == "fashion_mnist":
         return _load_fashion_mnist(data_dir or FASHION_MNIST_DIR)
+    if name == "fashion_mnist_scattering":
+        return _scattered(_load_fashion_mnist(data_dir or FASHION_MNIST_DIR))
     return _load_sklearn(name, seed=seed, test_fraction=test_fraction)
 
 
@@ -207,6 +216,28 @@ def _load_fashion_mnist(folder: Path) -> Dataset:
         images(arrays["x_test"]),
         arrays["y_test"].astype(np.int64),
         10,
+        tuple(x_tr.shape[1:]),
+    )
+
+
+def _scattered(pixels: Dataset) -> Dataset:
+    """ScatterNet features (J = 2, L = 8: 81 channels of H/4 x W/4) of the images in
+    [0, 1], as Tramer & Boneh computed them. A fixed transform of each image on its own:
+    nothing is learned from the data, so it costs no privacy budget."""
+    from fedguard.task.scattering import scatter_images
+
+    def features(x: np.ndarray) -> np.ndarray:
+        unit = x * np.float32(FASHION_MNIST_STD) + np.float32(FASHION_MNIST_MEAN)
+        return scatter_images(unit, scales=2, angles=8)
+
+    x_tr = features(pixels.x_train)
+    return Dataset(
+        "fashion_mnist_scattering",
+        x_tr,
+        pixels.y_train,
+        features(pixels.x_test),
+        pixels.y_test,
+        pixels.num_classes,
         tuple(x_tr.shape[1:]),
     )
 

@@ -22,6 +22,7 @@ from fedguard.task.data import (
     load_dataset,
     read_idx,
 )
+from fedguard.task.scattering import scatter_images
 
 # ---------------------------------------------------------------- built-in data sets
 
@@ -73,7 +74,7 @@ def test_unknown_dataset_names_the_option_and_choices() -> None:
         load_dataset(name="mnist", seed=0)
     assert str(info.value) == (
         "--dataset: expected one of digits, breast_cancer, fashion_mnist, "
-        "a .csv/.parquet/.npz path, got 'mnist'"
+        "fashion_mnist_scattering, a .csv/.parquet/.npz path, got 'mnist'"
     )
 
 
@@ -157,6 +158,19 @@ def test_fashion_mnist_from_idx_files(tmp_path: Path, gz: bool) -> None:
     expected = (raw / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
     np.testing.assert_allclose(ds.x_train[:, 0], expected, atol=1e-6)
     assert ds.x_train.dtype == np.float32
+
+
+def test_fashion_mnist_scattering_is_the_scattered_images(tmp_path: Path) -> None:
+    _write_fashion(tmp_path, gz=True)
+    ds = load_dataset(name="fashion_mnist_scattering", seed=0, data_dir=tmp_path)
+    assert ds.name == "fashion_mnist_scattering" and ds.num_classes == 10
+    assert ds.input_shape == (81, 7, 7) and ds.x_train.shape == (4, 81, 7, 7)
+    assert ds.x_test.shape == (2, 81, 7, 7)
+    np.testing.assert_array_equal(ds.y_train, [0, 1, 2, 3])
+    raw = read_idx(tmp_path / "train-images-idx3-ubyte.gz").astype(np.float32)[:, None] / 255.0
+    # The images in [0, 1], as Tramer & Boneh scattered them (not standardised).
+    expected = scatter_images(raw, scales=2, angles=8)
+    np.testing.assert_allclose(ds.x_train, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_fashion_mnist_missing_files_name_the_debian_package(tmp_path: Path) -> None:

@@ -15,17 +15,18 @@ from fedguard.task.models import MODEL_NAMES, build_model
 from fedguard.task.weights import get_weights, set_weights
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 5, 7), (30,)]
-IMAGE_MODELS = ("cnn", "tb_cnn")
+IMAGE_MODELS = ("cnn", "tb_cnn", "scatter_cnn")
 # tb_cnn takes images of at least 14x14; (3, 15, 17) checks odd, non-square sides.
 TB_SHAPES = [(1, 28, 28), (3, 15, 17), (1, 14, 14)]
-CASES = [(n, s) for n in MODEL_NAMES if n != "tb_cnn" for s in SHAPES] + [
-    ("tb_cnn", s) for s in TB_SHAPES
-]
+# scatter_cnn: ScatterNet features of 28x28 images (81x7x7), odd sides, a 2x2 map.
+SCATTER_SHAPES = [(81, 7, 7), (3, 5, 7), (6, 2, 2)]
+OWN_SHAPES = {"tb_cnn": TB_SHAPES, "scatter_cnn": SCATTER_SHAPES}
+CASES = [(n, s) for n in MODEL_NAMES for s in OWN_SHAPES.get(n, SHAPES)]
 CASES = [(n, s) for n, s in CASES if not (n in IMAGE_MODELS and len(s) == 1)]
 
 
 def _seed_shape(name: str) -> tuple[int, ...]:
-    return (1, 28, 28) if name == "tb_cnn" else (1, 8, 8)
+    return {"tb_cnn": (1, 28, 28), "scatter_cnn": (81, 7, 7)}.get(name, (1, 8, 8))
 
 
 def _model(name: str = "mlp", shape: tuple[int, ...] = (30,), seed: int = 0) -> torch.nn.Module:
@@ -92,6 +93,55 @@ def test_tb_cnn_refuses_tabular_data_and_small_images(shape: tuple[int, ...], al
     with pytest.raises(ConfigError) as info:
         build_model(name="tb_cnn", input_shape=shape, num_classes=10)
     assert str(info.value) == f"--model: expected {allowed}, got 'tb_cnn'"
+
+
+def test_scatter_cnn_is_tramer_boneh_scatternet_cnn() -> None:
+    model = build_model(name="scatter_cnn", input_shape=(81, 7, 7), num_classes=10)
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    assert shapes == [
+        (16, 81, 3, 3),
+        (16,),
+        (32, 16, 3, 3),
+        (32,),
+        (32, 512),
+        (32,),
+        (10, 32),
+        (10,),
+    ]
+    assert sum(p.numel() for p in model.parameters()) == 33_066
+    norm = next(m for m in model.modules() if isinstance(m, torch.nn.GroupNorm))
+    assert (norm.num_groups, norm.affine) == (27, False)  # per example, nothing learned
+    # Each example is normalised on its own: scaling one example's features leaves its
+    # output unchanged and never moves another example's.
+    x = torch.rand(3, 81, 7, 7)
+    scaled = x.clone()
+    scaled[1] *= 10.0
+    torch.testing.assert_close(model(scaled), model(x), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # inputs need no grad
+def test_scatter_cnn_per_sample_gradients_work_in_opacus() -> None:
+    model = GradSampleModule(_model("scatter_cnn", (81, 7, 7)))
+    out = model(torch.randn(4, 81, 7, 7))
+    torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 0])).backward()
+    for p in model.parameters():
+        assert p.grad_sample is not None and p.grad_sample.shape == (4, *p.shape)
+
+
+@pytest.mark.parametrize(
+    ("shape", "allowed"),
+    [
+        ((30,), "logreg or mlp for tabular data"),
+        ((1, 28, 28), "cnn for inputs whose channels are a multiple of 3"),
+        ((80, 7, 7), "cnn for inputs whose channels are a multiple of 3"),
+    ],
+)
+def test_scatter_cnn_refuses_inputs_it_cannot_normalise(
+    shape: tuple[int, ...], allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_model(name="scatter_cnn", input_shape=shape, num_classes=10)
+    assert str(info.value) == f"--model: expected {allowed}, got 'scatter_cnn'"
 
 
 def test_mlp_hidden_width_is_configurable() -> None:
