@@ -6,14 +6,18 @@ import csv
 import json
 import math
 import shutil
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.image import imread
 
+import fedguard.task.data
 from fedguard.cli import main
 from fedguard.errors import ConfigError
-from fedguard.federation import RoundRecord
+from fedguard.federation import RoundRecord, load_federated_data
 from fedguard.simulations.sweep import (
     Cell,
     CellResult,
@@ -283,4 +287,47 @@ def test_the_example_sweep_file_is_valid(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "sweep.toml"
     plan = load_sweep(path=example, out=tmp_path / "never")
     assert len(plan.cells) == 4 * 3 * 3
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.fixture
+def small_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """120 random 28x28 images in Fashion-MNIST's IDX files, as the default folder: the
+    sweep files are checked without Debian's package (CI may not have it)."""
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 100), ("t10k", 20)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        for kind, arr in (("images-idx3", images), ("labels-idx1", labels)):
+            header = struct.pack(f">HBB{arr.ndim}I", 0, 0x08, arr.ndim, *arr.shape)
+            (folder / f"{prefix}-{kind}-ubyte").write_bytes(header + arr.tobytes())
+    monkeypatch.setattr(fedguard.task.data, "FASHION_MNIST_DIR", folder)
+    load_federated_data.cache_clear()  # cached per process: keep the fake set out of others
+    yield folder
+    load_federated_data.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("name", "dataset", "model"),
+    [
+        ("fmnist.toml", "fashion_mnist_scattering", "scatter_cnn"),
+        ("fmnist_cnn.toml", "fashion_mnist", "tb_cnn"),
+    ],
+)
+def test_the_fashion_mnist_benchmark_files_are_valid(
+    tmp_path: Path, small_fashion_mnist: Path, name: str, dataset: str, model: str
+) -> None:
+    # make bench-fmnist's grid (and its end-to-end reference): 4 epsilons x 2 partitionings,
+    # 10 clients, every one every round, delta 1e-5.
+    example = Path(__file__).resolve().parents[2] / "examples" / name
+    plan = load_sweep(path=example, out=tmp_path / "never")
+    assert len(plan.cells) == 8
+    configs = [cell.config for cell in plan.cells]
+    assert {(c.dataset, c.model, c.clients, c.delta) for c in configs} == {
+        (dataset, model, 10, 1e-5)
+    }
+    assert {c.partition for c in configs} == {"iid", "dirichlet"}
+    assert sorted({c.epsilon for c in configs if c.epsilon is not None}) == [1.0, 3.0, 8.0]
     assert not (tmp_path / "never").exists()
