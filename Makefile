@@ -84,7 +84,8 @@ gpu-check: $(STAMP)
 	simulations/gpu_check.sh runs/gpu-check
 
 # Fashion-MNIST accuracy against privacy (issue #5): 10 clients, IID and Dirichlet(0.5),
-# epsilon 1/3/8/non-private, Tramer & Boneh's CNN (examples/fmnist.toml). Installs
+# epsilon 1/3/8/non-private, Tramer & Boneh's ScatterNet + small CNN (examples/fmnist.toml;
+# their end-to-end CNN on pixels: `fedguard sweep --config examples/fmnist_cnn.toml`). Installs
 # Debian's dataset-fashion-mnist when its IDX files are missing; nothing else is
 # downloaded. Resumable: rerun to finish an interrupted sweep. Report in runs/bench-fmnist.
 FMNIST_DIR := /usr/share/datasets/fashion-mnist

@@ -17,7 +17,7 @@ from matplotlib.image import imread
 import fedguard.task.data
 from fedguard.cli import main
 from fedguard.errors import ConfigError
-from fedguard.federation import RoundRecord, load_federated_data
+from fedguard.federation import RoundRecord, clear_data_cache
 from fedguard.simulations.sweep import (
     Cell,
     CellResult,
@@ -304,9 +304,9 @@ def small_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
             header = struct.pack(f">HBB{arr.ndim}I", 0, 0x08, arr.ndim, *arr.shape)
             (folder / f"{prefix}-{kind}-ubyte").write_bytes(header + arr.tobytes())
     monkeypatch.setattr(fedguard.task.data, "FASHION_MNIST_DIR", folder)
-    load_federated_data.cache_clear()  # cached per process: keep the fake set out of others
+    clear_data_cache()  # data sets are cached per process: keep the fake one out of others
     yield folder
-    load_federated_data.cache_clear()
+    clear_data_cache()
 
 
 @pytest.mark.parametrize(

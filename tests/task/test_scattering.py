@@ -93,3 +93,13 @@ def test_scatter_images_does_not_depend_on_chunking() -> None:
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     empty = scatter_images(images[:0], scales=2, angles=8)
     assert empty.shape == (0, 81, 7, 7)
+
+
+def test_scatter_images_leaves_the_callers_thread_count() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        scatter_images(np.zeros((2, 1, 8, 8), np.float32), scales=2, angles=4)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
