@@ -42,9 +42,11 @@ def test_opacus_accepts_model_and_forward_shape(name: str, shape: tuple[int, ...
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # inputs need no grad
-def test_cnn_per_sample_gradients_work_in_opacus() -> None:
-    model = GradSampleModule(_model("cnn", (1, 8, 8)))
-    out = model(torch.randn(4, 1, 8, 8))
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_image_models_per_sample_gradients_work_in_opacus(name: str) -> None:
+    shape = _seed_shape(name)
+    model = GradSampleModule(_model(name, shape))
+    out = model(torch.randn(4, *shape))
     torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 0])).backward()
     for p in model.parameters():
         assert p.grad_sample is not None and p.grad_sample.shape == (4, *p.shape)
@@ -72,29 +74,6 @@ def test_tb_cnn_is_tramer_boneh_architecture_on_fashion_mnist() -> None:
     assert sum(isinstance(m, torch.nn.Tanh) for m in model.modules()) == 3
 
 
-@pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # inputs need no grad
-def test_tb_cnn_per_sample_gradients_work_in_opacus() -> None:
-    model = GradSampleModule(_model("tb_cnn", (1, 28, 28)))
-    out = model(torch.randn(4, 1, 28, 28))
-    torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 0])).backward()
-    for p in model.parameters():
-        assert p.grad_sample is not None and p.grad_sample.shape == (4, *p.shape)
-
-
-@pytest.mark.parametrize(
-    ("shape", "allowed"),
-    [
-        ((30,), "logreg or mlp for tabular data"),
-        ((1, 13, 28), "cnn for images smaller than 14x14"),
-        ((1, 8, 8), "cnn for images smaller than 14x14"),
-    ],
-)
-def test_tb_cnn_refuses_tabular_data_and_small_images(shape: tuple[int, ...], allowed: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        build_model(name="tb_cnn", input_shape=shape, num_classes=10)
-    assert str(info.value) == f"--model: expected {allowed}, got 'tb_cnn'"
-
-
 def test_scatter_cnn_is_tramer_boneh_scatternet_cnn() -> None:
     model = build_model(name="scatter_cnn", input_shape=(81, 7, 7), num_classes=10)
     shapes = [tuple(p.shape) for p in model.parameters()]
@@ -119,29 +98,23 @@ def test_scatter_cnn_is_tramer_boneh_scatternet_cnn() -> None:
     torch.testing.assert_close(model(scaled), model(x), rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # inputs need no grad
-def test_scatter_cnn_per_sample_gradients_work_in_opacus() -> None:
-    model = GradSampleModule(_model("scatter_cnn", (81, 7, 7)))
-    out = model(torch.randn(4, 81, 7, 7))
-    torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 0])).backward()
-    for p in model.parameters():
-        assert p.grad_sample is not None and p.grad_sample.shape == (4, *p.shape)
-
-
 @pytest.mark.parametrize(
-    ("shape", "allowed"),
+    ("name", "shape", "allowed"),
     [
-        ((30,), "logreg or mlp for tabular data"),
-        ((1, 28, 28), "cnn for inputs whose channels are a multiple of 3"),
-        ((80, 7, 7), "cnn for inputs whose channels are a multiple of 3"),
+        ("tb_cnn", (30,), "logreg or mlp for tabular data"),
+        ("tb_cnn", (1, 13, 28), "cnn for images smaller than 14x14"),
+        ("tb_cnn", (1, 8, 8), "cnn for images smaller than 14x14"),
+        ("scatter_cnn", (30,), "logreg or mlp for tabular data"),
+        ("scatter_cnn", (1, 28, 28), "cnn for inputs whose channels are a multiple of 3"),
+        ("scatter_cnn", (80, 7, 7), "cnn for inputs whose channels are a multiple of 3"),
     ],
 )
-def test_scatter_cnn_refuses_inputs_it_cannot_normalise(
-    shape: tuple[int, ...], allowed: str
+def test_image_models_refuse_inputs_they_cannot_take(
+    name: str, shape: tuple[int, ...], allowed: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        build_model(name="scatter_cnn", input_shape=shape, num_classes=10)
-    assert str(info.value) == f"--model: expected {allowed}, got 'scatter_cnn'"
+        build_model(name=name, input_shape=shape, num_classes=10)
+    assert str(info.value) == f"--model: expected {allowed}, got {name!r}"
 
 
 def test_mlp_hidden_width_is_configurable() -> None:
