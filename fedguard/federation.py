@@ -82,7 +82,7 @@ def load_federated_data(
 @functools.lru_cache(maxsize=2)
 def _load_dataset_cached(*, name: str, seed: int, target: str | None) -> Dataset:
     """One copy per process for every partitioning of the same data (a sweep's IID and
-    Dirichlet cells): ScatterNet features take ~30 s to compute and ~1.1 GB to hold."""
+    Dirichlet cells): ScatterNet features take ~45 s to compute and ~1.1 GB to hold."""
     return load_dataset(name=name, seed=seed, target=target)
 
 

@@ -62,8 +62,8 @@ def scatter_images(images: np.ndarray, *, scales: int, angles: int, chunk: int =
 class Scattering2D(nn.Module):
     """Scattering of order 2: ``(N, C, H, W)`` -> ``(N, C * K, H / 2**J, W / 2**J)``.
 
-    ``H`` and ``W`` must be multiples of ``2**J``. No parameters: the filters are
-    buffers, so the module moves with ``.to(device)`` and is never trained.
+    ``H`` and ``W`` must be multiples of ``2**J``, at least ``2 * 2**J``. No parameters:
+    the filters are buffers, so the module moves with ``.to(device)`` and is never trained.
     """
 
     def __init__(self, *, height: int, width: int, scales: int = 2, angles: int = 8) -> None:
@@ -71,9 +71,11 @@ class Scattering2D(nn.Module):
         if scales < 1 or angles < 1:
             raise ValueError(f"scales, angles: expected integers >= 1, got {scales}, {angles}")
         step = 2**scales
-        if height % step or width % step or min(height, width) < step:
+        # The reflect padding needs sides longer than 2**J: at least 2 * 2**J.
+        if height % step or width % step or min(height, width) < 2 * step:
             raise ValueError(
-                f"image size: expected multiples of 2**scales = {step}, got {height}x{width}"
+                f"image size: expected multiples of 2**scales = {step}, at least {2 * step}, "
+                f"got {height}x{width}"
             )
         self.scales, self.angles = scales, angles
         self.height, self.width = height, width

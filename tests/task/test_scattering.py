@@ -77,11 +77,15 @@ def test_order_one_energy_is_preserved_under_small_translation_better_than_pixel
     assert feature_change < pixel_change / 3
 
 
-@pytest.mark.parametrize(("height", "width", "scales"), [(28, 30, 2), (6, 6, 3), (12, 20, 3)])
-def test_sizes_not_multiple_of_two_to_the_scales_are_refused(
+@pytest.mark.parametrize(
+    ("height", "width", "scales"), [(28, 30, 2), (6, 6, 3), (12, 20, 3), (4, 8, 2), (8, 8, 3)]
+)
+def test_sizes_not_multiple_of_two_to_the_scales_or_too_small_are_refused(
     height: int, width: int, scales: int
 ) -> None:
-    with pytest.raises(ValueError, match=rf"expected multiples of 2\*\*scales = {2**scales}"):
+    step = 2**scales
+    expected = rf"expected multiples of 2\*\*scales = {step}, at least {2 * step}, "
+    with pytest.raises(ValueError, match=expected + rf"got {height}x{width}$"):
         Scattering2D(height=height, width=width, scales=scales)
 
 
