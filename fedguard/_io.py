@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+from fedguard.errors import DataError
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_jsonl"]
+
+_log = logging.getLogger(__name__)
 
 _PRIVATE_DIR = 0o700
 
@@ -86,3 +91,36 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The objects of a JSON Lines file, read tolerantly: ``[]`` if there is no file.
+
+    A torn LAST line (a crash mid-append, or a copy cut short) is dropped with a warning
+    naming the file: it is what an append-only file looks like after a crash. A damaged line
+    anywhere else is not a crash's doing, so it is a ``DataError`` naming the file and line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    lines = text.split("\n")
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            obj = None
+        if isinstance(obj, dict):
+            rows.append(obj)
+            continue
+        if all(not rest.strip() for rest in lines[number:]):
+            _log.warning("%s: torn last line %d dropped (%d bytes)", path, number, len(line))
+            break
+        raise DataError(f"{path}: line {number}: not a JSON object; fix or remove that line")
+    return rows

@@ -2,7 +2,9 @@
 
 A checkpoint holds the global weights, the server optimiser's state (momentum, or
 FedAdam's moments), the last completed round and a digest of the federation config that
-produced it; a restarted server resumes only from a checkpoint with the same digest.
+produced it; a restarted server resumes only from a checkpoint with the same digest. Its
+metadata carries the SHA-256 of every tensor (name, dtype, shape, bytes): safetensors checks
+only the header, so a flipped bit in a weight would otherwise load silently.
 
 :func:`save_round` and :func:`resume` are the whole of what a round loop needs to survive
 a crash: the deployed ServerApp calls them, and so does the test that checks a crashed
@@ -12,6 +14,7 @@ round depends on derives from (seed, round, client), never from process state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -35,7 +38,7 @@ __all__ = [
     "save_round",
 ]
 
-FORMAT = "fedguard-checkpoint/1"
+FORMAT = "fedguard-checkpoint/2"  # /2: adds "sha256" over the tensors
 CHECKPOINT = "checkpoint.safetensors"  # in the server's state-dir
 
 
@@ -58,6 +61,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "format": FORMAT,
         "round": str(checkpoint.server_round),
         "config-digest": checkpoint.config_digest,
+        "sha256": _tensors_digest(tensors),
     }
     atomic_write_bytes(path, st_save(tensors, metadata=metadata), mode=0o600)
 
@@ -77,11 +81,18 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
         tensors = st_load(data)
         server_round = int(meta["round"])
         config_digest = str(meta["config-digest"])
+        stored = str(meta["sha256"])
     except Exception as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise DataError(
-            f"checkpoint {path}: unreadable ({type(exc).__name__}: {exc}); "
-            f"move it away to start over"
+            f"checkpoint {path}: unreadable ({reason}); move it away to start over"
         ) from None
+    computed = _tensors_digest(tensors)
+    if stored != computed:
+        raise DataError(
+            f"checkpoint {path}: checksum mismatch (stored sha256 {stored[:16]}…, contents "
+            f"{computed[:16]}…): the file was damaged on disk; move it away to start over"
+        )
     weights = [tensors[k] for k in sorted(tensors) if k.startswith("weights.")]
     velocity = [tensors[k] for k in sorted(tensors) if k.startswith("velocity.")]
     return Checkpoint(
@@ -90,6 +101,15 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
         weights=weights,
         velocity=velocity,
     )
+
+
+def _tensors_digest(tensors: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|{t.dtype.str}|{t.shape}|".encode())
+        h.update(t.tobytes())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
