@@ -26,9 +26,10 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedguard._io import atomic_write_json, atomic_write_text
+from fedguard._io import atomic_write_json, atomic_write_text, read_jsonl
 from fedguard._procs import flower_env
 from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
+from fedguard.errors import DataError
 from fedguard.federation import (
     ClientUpdate,
     Refusal,
@@ -423,7 +424,8 @@ def _evaluator(
 
 
 def _read_metrics(path: Path, *, upto: int) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if int(r["round"]) <= upto]
+    rows = read_jsonl(path)  # a torn last line (a crash mid-write) is dropped and logged
+    bad = [r for r in rows if not isinstance(r.get("round"), int)]
+    if bad:
+        raise DataError(f"{path}: a line without an integer 'round': {str(bad[0])[:80]}")
+    return [r for r in rows if r["round"] <= upto]
