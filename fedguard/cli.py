@@ -63,7 +63,12 @@ def simulate(
     rounds: Annotated[int | None, Opt()] = None,
     local_epochs: Annotated[int | None, Opt()] = None,
     batch_size: Annotated[
-        int | None, Opt(help="expected batch size (Poisson sampling with DP)")
+        int | None,
+        Opt(
+            help="batch size asked for; with DP each record is sampled with probability "
+            "1/ceil(n/b) per step (Poisson), so a client of n records trains on batches of "
+            "n/ceil(n/b) records on average (at most b)"
+        ),
     ] = None,
     lr: Annotated[float | None, Opt(help="client learning rate")] = None,
     momentum: Annotated[float | None, Opt(help="client SGD momentum")] = None,
