@@ -12,13 +12,20 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from fedguard.errors import DataError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_jsonl"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "private_folder",
+    "read_jsonl",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -124,3 +131,43 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             break
         raise DataError(f"{path}: line {number}: not a JSON object; fix or remove that line")
     return rows
+
+
+def private_folder(path: str | Path, *, key: str) -> Path:
+    """Make ``path`` (a state folder fedguard owns) private: 0700, its files 0600.
+
+    A folder the operator created beforehand keeps its mode under ``mkdir(exist_ok=True)``
+    (0755: a SQLite database or a log inside readable by every local user), and files written
+    by Flower follow the umask (0644). So this tightens what is already there, the folder
+    and the regular files directly in it, and callers set ``os.umask(0o077)`` before
+    starting processes that write there. ``key`` names the config key in errors.
+
+    Raises
+    ------
+    ConfigError
+        The path is not a folder, or belongs to another user (then it is not ours to change).
+    """
+    from fedguard.errors import ConfigError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key} = {str(path)!r}: expected a folder, found a file")
+    try:
+        _make_folders(path, private=True)
+        info = path.stat()
+        if info.st_uid != os.getuid():
+            raise ConfigError(
+                f"{key} = {str(path)!r}: owned by uid {info.st_uid}, not by this user "
+                f"(uid {os.getuid()}); fedguard keeps its state only in folders it owns"
+            )
+        path.chmod(_PRIVATE_DIR)
+        for child in path.iterdir():
+            mode = child.lstat().st_mode
+            if stat.S_ISREG(mode) and mode & 0o077:
+                child.chmod(stat.S_IMODE(mode) & 0o700)
+            elif stat.S_ISDIR(mode) and mode & 0o077:
+                child.chmod(_PRIVATE_DIR)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"{key} = {str(path)!r}: cannot make it private ({reason})") from None
+    return path

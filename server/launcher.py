@@ -10,10 +10,11 @@ also on Ctrl-C. Run it again with the same config to resume from the last checkp
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-from fedguard._io import atomic_write_text
+from fedguard._io import atomic_write_text, private_folder
 from fedguard._procs import (
     flower_env,
     kill_stale_group,
@@ -73,8 +74,9 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
             file=sys.stderr,
             flush=True,
         )
-    state = cfg.state_dir
-    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state = private_folder(cfg.state_dir, key=f"{config_path}: state-dir")
+    # The SuperLink's database (and its -wal/-shm), logs and Flower's files: owner only.
+    os.umask(0o077)
     flwr_home = state / "flwr"
     flwr_home.mkdir(mode=0o700, exist_ok=True)
     env = flower_env(flwr_home)

@@ -306,3 +306,31 @@ np.load(f, allow_pickle=False)
         "torch.load",
         "pd.read_pickle",
     ]
+
+
+def test_a_state_folder_made_beforehand_is_made_private(tmp_path: Path):
+    """#15 point 7: an operator's `mkdir state` (0755) stayed 0755, and Flower's
+    superlink.db / logs were 0644: readable by every local user."""
+    from fedguard._io import private_folder
+
+    state = tmp_path / "server-state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    (state / "superlink.db").write_bytes(b"x")
+    (state / "superlink.db").chmod(0o644)
+    (state / "flwr").mkdir()
+    (state / "flwr").chmod(0o755)
+    private_folder(state, key="federation.toml: state-dir")
+    assert mode(state) == 0o700
+    assert mode(state / "superlink.db") == 0o600
+    assert mode(state / "flwr") == 0o700
+
+
+def test_a_state_dir_that_is_a_file_is_one_line(tmp_path: Path):
+    from fedguard._io import private_folder
+    from fedguard.errors import ConfigError
+
+    path = tmp_path / "state"
+    path.write_text("")
+    with pytest.raises(ConfigError, match=r"state-dir = .*: expected a folder, found a file$"):
+        private_folder(path, key="node.toml: node.state-dir")
