@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from fedguard._io import private_folder
 from fedguard._procs import flower_env, fork_start, stop
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import FedguardError
@@ -156,7 +157,8 @@ def _explain(output: str, cfg: NodeConfig) -> str:
 def run_client(*, config_path: Path) -> None:
     cfg = load_node_config(config_path)
     n = cfg.node
-    n.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folder(n.state_dir, key=f"{config_path}: node.state-dir")
+    os.umask(0o077)  # Flower's logs and files in the state folder: owner only
     flwr_home = n.state_dir / "flwr"
     flwr_home.mkdir(mode=0o700, exist_ok=True)
     # Flower's SuperNode through fedguard's compatibility layer: version-checked patches
