@@ -24,6 +24,9 @@ __all__ = ["app", "main"]
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    # Typer's pretty tracebacks print every frame's local variables (a config, the process
+    # environment): main() reports unexpected errors itself, in one line.
+    pretty_exceptions_enable=False,
     help="fedguard: privacy-preserving federated training.",
 )
 app.add_typer(certs_app, name="certs")
@@ -217,4 +220,29 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, click.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
-        raise
+        log = _write_error_log(exc)
+        print(
+            f"fedguard: unexpected error: {type(exc).__name__}: {_one_line(exc)} (details: {log})",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _write_error_log(exc: BaseException) -> str:
+    """The traceback, frames and messages only (never local variables or the environment),
+    in a private temp file; its path (or why there is none)."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        fd, path = tempfile.mkstemp(prefix="fedguard-error-", suffix=".log")  # 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as err:
+        return f"no log written: {err.strerror}"
+    return path
