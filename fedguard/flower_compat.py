@@ -36,6 +36,15 @@ Two more keep a federation alive under load (seen with 22+ nodes on a busy 2-cor
    offline, and it is never sent a message again although its process lives.
    :func:`patch_heartbeat_retry` retries INTERNAL and UNKNOWN like a lost connection.
 
+One bounds what an outsider can make the SuperLink allocate:
+
+10. The Fleet API accepts gRPC messages up to 2 GiB, and authentication is checked only
+    once a message has been received: three unauthenticated 512 MB ``PushMessages`` calls
+    took a SuperLink from 387 MB to a 2.3 GB peak. ``superlink --fedguard-max-message-bytes
+    N`` (:func:`superlink_main`) sets ``flower_superlink.GRPC_MAX_MESSAGE_LENGTH`` (read when
+    the Fleet server is built), so gRPC refuses a longer message from its length prefix
+    with RESOURCE_EXHAUSTED before reading it.
+
 And one keeps a node's memory to one copy of its libraries (~330 MB of flwr, torch,
 Opacus, SciPy per node: what limits how many nodes one machine holds):
 
@@ -753,13 +762,26 @@ def supernode_main(argv: list[str] | None = None) -> None:
     flower_supernode()
 
 
+MAX_MESSAGE_FLAG = "--fedguard-max-message-bytes"
+
+
 def superlink_main(argv: list[str] | None = None) -> None:
-    """Run Flower's ``flower-superlink`` with ``argv`` and patch 6 applied."""
+    """Run Flower's ``flower-superlink`` with ``argv`` and patches 6 and 10 applied."""
     check_flower_version()
     patch_sqlite_busy_timeout()
     from flwr.superlink.cli import flower_superlink
 
-    sys.argv = ["flower-superlink", *(sys.argv[1:] if argv is None else argv)]
+    # The package exports the function under the module's name: take the module itself.
+    module = sys.modules["flwr.superlink.cli.flower_superlink"]
+    args = list(sys.argv[1:] if argv is None else argv)
+    if MAX_MESSAGE_FLAG in args:
+        at = args.index(MAX_MESSAGE_FLAG)
+        limit = int(args[at + 1])
+        del args[at : at + 2]
+        if not isinstance(getattr(module, "GRPC_MAX_MESSAGE_LENGTH", None), int):
+            raise RuntimeError(f"flwr {FLWR_VERSION}: no GRPC_MAX_MESSAGE_LENGTH to cap")
+        module.GRPC_MAX_MESSAGE_LENGTH = limit
+    sys.argv = ["flower-superlink", *args]
     flower_superlink()
 
 

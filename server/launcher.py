@@ -25,12 +25,32 @@ from fedguard._procs import (
 )
 from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
 from fedguard.errors import FedguardError
+from fedguard.flower_compat import MAX_MESSAGE_FLAG
 from fedguard.server.checkpoint import CHECKPOINT, load_checkpoint
 from fedguard.server.enrolment import CONNECTION, Enrolment
 
-__all__ = ["run_server"]
+__all__ = ["fleet_message_cap", "run_server"]
 
 STARTUP_TIMEOUT_S = 60.0
+_MESSAGE_MARGIN = 16 * 2**20
+
+
+def fleet_message_cap(cfg: FederationConfig) -> int:
+    """The largest gRPC message the Fleet API accepts, computed from the task's model.
+
+    A node's largest message is one round's reply: its weights (float32), or its masked
+    input in secure aggregation (up to 64 bits per parameter, plus its weight), with
+    records, receipts and protocol fields well within the fixed margin. Three times the
+    64-bit size plus 16 MiB leaves ample room; anything larger is refused by gRPC from its
+    length prefix, before authentication and before it is read into memory.
+    """
+    from fedguard.task import build_model  # torch: only once the config has been checked
+
+    t = cfg.task
+    model = build_model(name=t.model, input_shape=tuple(t.input_shape), num_classes=t.num_classes)
+    params = sum(p.numel() for p in model.parameters())
+    return _MESSAGE_MARGIN + 3 * 8 * (params + 1)
+
 
 _APP_PYPROJECT = """\
 # Written by `fedguard server`: the Flower app that runs fedguard's ServerApp/ClientApp.
@@ -106,6 +126,8 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
         "--database",
         str(state / "superlink.db"),
         "--disable-runtime-dependency-installation",
+        MAX_MESSAGE_FLAG,
+        str(fleet_message_cap(cfg)),
     ]
     if insecure:
         args.append("--insecure")
