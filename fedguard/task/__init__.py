@@ -1,9 +1,10 @@
 """The task layer every part of fedguard shares.
 
-Data sets (:func:`load_dataset`), client partitions (:func:`partition`), models that
-Opacus can train (:func:`build_model`), samplers and plain training/evaluation
-(:func:`train_plain`, :func:`evaluate`), metrics and weight exchange
-(:func:`get_weights`, :func:`set_weights`). Nothing here knows about privacy or Flower.
+Data sets (:func:`load_dataset`; declared feature schemas, :func:`load_schema`), client
+partitions (:func:`partition`), models that Opacus can train (:func:`build_model`),
+samplers and plain training/evaluation (:func:`train_plain`, :func:`evaluate`), metrics
+and weight exchange (:func:`get_weights`, :func:`set_weights`). Nothing here knows about
+privacy or Flower.
 """
 
 from fedguard.task.data import (
@@ -11,13 +12,16 @@ from fedguard.task.data import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
+    SPLITS,
     Dataset,
+    apply_scaling,
     load_dataset,
     read_idx,
 )
 from fedguard.task.metrics import Metrics, compute_metrics
 from fedguard.task.models import MODEL_NAMES, build_model
 from fedguard.task.partition import PARTITION_SCHEMES, partition
+from fedguard.task.schema import COLUMN_TYPES, Schema, load_schema
 from fedguard.task.train import (
     TrainStats,
     evaluate,
@@ -32,16 +36,21 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
+    "COLUMN_TYPES",
     "MODEL_NAMES",
     "PARTITION_SCHEMES",
+    "SPLITS",
     "Dataset",
+    "Schema",
     "Metrics",
     "TrainStats",
+    "apply_scaling",
     "build_model",
     "compute_metrics",
     "evaluate",
     "get_weights",
     "load_dataset",
+    "load_schema",
     "partition",
     "poisson_batches",
     "read_idx",

@@ -4,33 +4,55 @@ Built-ins: ``digits`` and ``breast_cancer`` ship with scikit-learn (nothing is
 downloaded); ``fashion_mnist`` is read from the IDX files of Debian's
 ``dataset-fashion-mnist`` package, and ``fashion_mnist_scattering`` is the same images as
 ScatterNet features (:mod:`fedguard.task.scattering`). A path ending ``.csv``,
-``.parquet`` or ``.npz`` loads the user's own data. Every loader returns a
-:class:`Dataset` whose features are float32 and whose labels are int64 class ids
-``0..num_classes-1``.
+``.parquet`` or ``.npz`` loads the user's own data (:mod:`fedguard.task.user_files`).
+Every loader returns a :class:`Dataset` whose features are float32 and whose labels are
+int64 class ids ``0..num_classes-1``.
 
-Standardisation statistics always come from the training split only, so nothing about
-the test split leaks into training.
+Nothing here is fitted to the records. Anything computed from the records before DP-SGD
+is part of the mechanism, and a mean/std fitted to a node's rows (or a seeded shuffle
+deciding a split) lets one record move every other example. So every transform is
+per record with public constants (:mod:`fedguard.task.builtin_constants`, a declared
+:mod:`~fedguard.task.schema`, Fashion-MNIST's published mean/std), or, for schema
+columns with ``scaling = "dp"``, left for the caller to scale with a DP estimate charged
+to the budget (:attr:`Dataset.dp_scaling`, :func:`apply_scaling`). Splits decide each
+record's side from a keyed hash of that record alone (:mod:`fedguard.task.records`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from fedguard.errors import DataError, invalid
+from fedguard.task.builtin_constants import (
+    BREAST_CANCER_COLUMNS,
+    BREAST_CANCER_LABELS,
+    DIGITS_MEAN,
+    DIGITS_SCALE,
+)
+from fedguard.task.records import (
+    array_record_bytes,
+    holdout_mask,
+    record_keys,
+    simulation_holdout_key,
+)
+from fedguard.task.schema import Column, DPScalingPlan, Schema, load_schema
 
 __all__ = [
     "DATASET_NAMES",
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
+    "SPLITS",
     "Dataset",
+    "apply_scaling",
     "load_dataset",
     "read_idx",
 ]
@@ -43,12 +65,21 @@ DATASET_NAMES: tuple[str, ...] = (
 )
 """Built-in data sets. A path ending ``.csv``, ``.parquet`` or ``.npz`` is accepted too."""
 
+SPLITS: tuple[str, ...] = ("holdout", "none", "all-test")
+"""``holdout``: a share of the records (each by a keyed hash of itself) is the test set
+(simulation; a node's optional validation share). ``none``: every record trains (a
+deployed node). ``all-test``: every record is test data (the server's evaluation file).
+Data with a fixed, public split (Fashion-MNIST's two files, an ``.npz`` with
+``x_test``) keeps it: ``none`` is its training part, ``all-test`` its test part."""
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` package installs the IDX files."""
 
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
-"""Per-pixel mean/std of the Fashion-MNIST training images scaled to [0, 1]."""
+"""Per-pixel mean/std of the Fashion-MNIST training images scaled to [0, 1]: published
+constants applied to each image on its own (with the files' fixed split, nothing here
+depends on a node's other records)."""
 
 _FILE_SUFFIXES = (".csv", ".parquet", ".npz")
 _DATASET_ALLOWED = (*DATASET_NAMES, "a .csv/.parquet/.npz path")
@@ -68,10 +99,6 @@ _IDX_DTYPES: dict[int, str] = {
     0x0D: ">f4",
     0x0E: ">f8",
 }
-# A constant feature has std 0; dividing by a tiny floor would blow any test value that
-# differs from the constant up to ~1e6, so such features are only centred (scale 1),
-# as scikit-learn's StandardScaler does.
-_STD_FLOOR = 1e-6
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
@@ -80,6 +107,10 @@ class Dataset:
 
     ``x_*`` are float32 with shape ``(N, *input_shape)``: ``(N, C, H, W)`` for images,
     ``(N, F)`` for tabular data. ``y_*`` are int64 class ids in ``0..num_classes-1``.
+    ``train_record_keys`` (``(N_train, 32)`` uint8, in memory only, never written or
+    sent) is the SHA-256 of each training record's canonical raw bytes: it names a record
+    whatever the row order, file copy, seed or scaling. ``dp_scaling`` names feature
+    columns left clipped but unscaled until a DP estimate is applied (:func:`apply_scaling`).
     """
 
     name: str
@@ -89,6 +120,8 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     input_shape: tuple[int, ...]
+    train_record_keys: np.ndarray | None = None
+    dp_scaling: DPScalingPlan | None = None
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -98,11 +131,26 @@ class Dataset:
                     f"Dataset {self.name}: {split} arrays x{x.shape}/y{y.shape} do not match "
                     f"input_shape {self.input_shape}"
                 )
+        keys = self.train_record_keys
+        if keys is not None and (keys.shape != (len(self.y_train), 32) or keys.dtype != np.uint8):
+            raise ValueError(
+                f"Dataset {self.name}: train_record_keys {keys.shape} {keys.dtype} must be "
+                f"({len(self.y_train)}, 32) uint8"
+            )
 
     @property
     def is_image(self) -> bool:
         """Whether examples are ``(C, H, W)`` images (else flat feature vectors)."""
         return len(self.input_shape) == 3
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Encoded examples (public per-record transforms done) and their canonical bytes."""
+
+    x: np.ndarray
+    y: np.ndarray
+    records: list[bytes]
 
 
 def load_dataset(
@@ -112,6 +160,9 @@ def load_dataset(
     target: str | None = None,
     test_fraction: float = 0.2,
     data_dir: Path | None = None,
+    schema: Schema | Path | None = None,
+    split: str = "holdout",
+    split_key: bytes | None = None,
 ) -> Dataset:
     """Load a built-in data set or a ``.csv``/``.parquet``/``.npz`` file.
 
@@ -120,21 +171,28 @@ def load_dataset(
     name
         One of :data:`DATASET_NAMES`, or a path ending ``.csv``, ``.parquet`` or ``.npz``.
     seed
-        Seeds the stratified train/test split (not used by ``fashion_mnist``, which has
-        a fixed split, nor by an ``.npz`` that carries ``x_test``/``y_test``).
+        Derives the simulation's holdout key when ``split_key`` is not given.
     target
-        Label column of a CSV/Parquet file (required there, refused elsewhere).
+        Label column of a CSV/Parquet file without a schema (with one: ``[target]`` of
+        the schema, and ``target`` may only repeat it); refused elsewhere.
     test_fraction
-        Share of the rows held out for testing, in (0, 1).
+        ``split="holdout"``: each record's probability of being held out, in (0, 1).
     data_dir
         Folder of the Fashion-MNIST IDX files (default :data:`FASHION_MNIST_DIR`).
+    schema
+        A declared feature schema (object or file) for a CSV/Parquet file.
+    split
+        One of :data:`SPLITS`.
+    split_key
+        ``split="holdout"``: the key of the per-record hash (a node's comes from its
+        secret: ``keyed_digest(secret, LABEL_VALIDATION, b"")``); default from ``seed``.
 
     Raises
     ------
     ConfigError
-        Unknown name, bad ``seed``/``test_fraction``, missing or unknown ``target``.
+        Unknown name or split, bad ``seed``/``test_fraction``, bad target or schema.
     DataError
-        A file is missing, unreadable or malformed.
+        A file is missing, unreadable or malformed, or a value breaks the schema.
     """
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
         raise invalid("--seed", allowed="an integer in [0, 2**32)", got=seed)
@@ -144,11 +202,27 @@ def load_dataset(
         or not 0.0 < test_fraction < 1.0
     ):
         raise invalid("--test-fraction", allowed="a number in (0, 1)", got=test_fraction)
+    if split not in SPLITS:
+        raise invalid("split", allowed=SPLITS, got=split)
     suffix = Path(name).suffix.lower()
     if name not in DATASET_NAMES and suffix not in _FILE_SUFFIXES:
         raise invalid("--dataset", allowed=_DATASET_ALLOWED, got=name)
+    if schema is not None and suffix not in (".csv", ".parquet"):
+        raise invalid(
+            "--schema",
+            allowed="no schema (only .csv/.parquet files are described by one)",
+            got=str(schema.source if isinstance(schema, Schema) else schema),
+            source=name if suffix else None,
+        )
+    key = split_key if split_key is not None else simulation_holdout_key(int(seed))
+    pick = _Picker(split=split, key=key, fraction=float(test_fraction), source=name)
     if suffix in (".csv", ".parquet"):
-        return _load_table(Path(name), target=target, seed=seed, test_fraction=test_fraction)
+        from fedguard.task.user_files import load_table
+
+        parsed = load_schema(schema) if isinstance(schema, Path | str) else schema
+        table = load_table(Path(name), target=target, schema=parsed)
+        rows = _Rows(table.x, table.y, table.records)
+        return pick.dataset(name, rows, None, table.num_classes, table.plan)
     if target is not None:
         raise invalid(
             "--target",
@@ -157,33 +231,136 @@ def load_dataset(
             source=name if suffix else None,
         )
     if suffix == ".npz":
-        return _load_npz(Path(name), seed=seed, test_fraction=test_fraction)
-    if name == "fashion_mnist":
-        return _load_fashion_mnist(data_dir or FASHION_MNIST_DIR)
-    if name == "fashion_mnist_scattering":
-        return _scattered(_load_fashion_mnist(data_dir or FASHION_MNIST_DIR))
-    return _load_sklearn(name, seed=seed, test_fraction=test_fraction)
+        from fedguard.task.user_files import load_npz
+
+        arrays = load_npz(Path(name))
+        train = _Rows(arrays.x, arrays.y, arrays.records)
+        test = None if arrays.x_test is None else _Rows(arrays.x_test, arrays.y_test, [])
+        return pick.dataset(name, train, test, arrays.num_classes, None)
+    if name in ("fashion_mnist", "fashion_mnist_scattering"):
+        train, test = _load_fashion_mnist(data_dir or FASHION_MNIST_DIR)
+        ds = pick.dataset("fashion_mnist", train, test, 10, None)
+        return _scattered(ds) if name == "fashion_mnist_scattering" else ds
+    rows, num_classes = _load_sklearn(name)
+    return pick.dataset(name, rows, None, num_classes, None)
+
+
+def apply_scaling(dataset: Dataset, *, centre: np.ndarray, scale: np.ndarray) -> Dataset:
+    """Scale the columns of ``dataset.dp_scaling`` as ``(x - centre) / scale``.
+
+    ``centre``/``scale`` come from a DP estimate charged to the budget
+    (:func:`fedguard.privacy.dp_scaling.dp_centre_scale`) or are public; the result has
+    no pending columns.
+    """
+    plan = dataset.dp_scaling
+    if plan is None:
+        return dataset
+    centre = np.asarray(centre, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    shape = (len(plan.columns),)
+    if centre.shape != shape or scale.shape != shape or not (scale > 0).all():
+        raise ValueError(f"centre/scale: expected shape {shape} with scale > 0")
+    cols = list(plan.columns)
+
+    def scaled(x: np.ndarray) -> np.ndarray:
+        out = x.copy()
+        out[:, cols] = ((x[:, cols] - centre) / scale).astype(np.float32)
+        return out
+
+    return dataclasses.replace(
+        dataset, x_train=scaled(dataset.x_train), x_test=scaled(dataset.x_test), dp_scaling=None
+    )
+
+
+@dataclass(frozen=True)
+class _Picker:
+    """Turns encoded rows into the :class:`Dataset` a split asks for."""
+
+    split: str
+    key: bytes
+    fraction: float
+    source: str
+
+    def dataset(
+        self,
+        name: str,
+        rows: _Rows,
+        fixed_test: _Rows | None,
+        num_classes: int,
+        plan: DPScalingPlan | None,
+    ) -> Dataset:
+        empty = _Rows(rows.x[:0], rows.y[:0], [])
+        if fixed_test is not None:  # a public, fixed split: keep it
+            train = empty if self.split == "all-test" else rows
+            test = empty if self.split == "none" else fixed_test
+        elif self.split == "none":
+            train, test = rows, empty
+        elif self.split == "all-test":
+            train, test = empty, rows
+        else:
+            held = holdout_mask(rows.records, key=self.key, fraction=self.fraction)
+            if held.all() or not held.any():
+                raise DataError(
+                    f"{self.source}: {len(held)} rows are too few for a train/test split with "
+                    f"test_fraction={self.fraction} ({int(held.sum())} held out)"
+                )
+            keep = np.flatnonzero(~held)
+            test_idx = np.flatnonzero(held)
+            train = _Rows(rows.x[keep], rows.y[keep], [rows.records[i] for i in keep])
+            test = _Rows(rows.x[test_idx], rows.y[test_idx], [])
+        return Dataset(
+            name,
+            np.ascontiguousarray(train.x, dtype=np.float32),
+            train.y.astype(np.int64),
+            np.ascontiguousarray(test.x, dtype=np.float32),
+            test.y.astype(np.int64),
+            num_classes,
+            tuple(rows.x.shape[1:]),
+            train_record_keys=record_keys(train.records) if train.records else _no_keys(train),
+            dp_scaling=plan,
+        )
+
+
+def _no_keys(rows: _Rows) -> np.ndarray | None:
+    return np.zeros((0, 32), dtype=np.uint8) if len(rows.y) == 0 else None
 
 
 # --------------------------------------------------------------------------- built-ins
 
 
-def _load_sklearn(name: str, *, seed: int, test_fraction: float) -> Dataset:
+BREAST_CANCER_SCHEMA = Schema(
+    source=Path("<built-in breast_cancer schema>"),
+    target="target",
+    labels=BREAST_CANCER_LABELS,
+    columns=tuple(
+        Column(name=n, type="numeric", low=lo, high=hi, centre=c, scale=s)
+        for n, c, s, lo, hi in BREAST_CANCER_COLUMNS
+    ),
+)
+"""breast_cancer's declared schema: 30 numeric columns, public centre/scale, clipped."""
+
+
+def _load_sklearn(name: str) -> tuple[_Rows, int]:
     from sklearn.datasets import load_breast_cancer, load_digits
 
     if name == "digits":
         bunch = load_digits()
-        x = bunch.data.reshape(-1, 1, 8, 8) / 16.0
+        unit = np.asarray(bunch.data, dtype=np.float64) / 16.0
+        x = (unit - np.asarray(DIGITS_MEAN)) / np.asarray(DIGITS_SCALE)
+        x = x.reshape(-1, 1, 8, 8)
+        num_classes = 10
     else:
         bunch = load_breast_cancer()
-        x = bunch.data
-    y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = _split(x, y, seed=seed, test_fraction=test_fraction, source=name)
-    x_tr, x_te = _standardise(x_tr, x_te)
-    return Dataset(name, x_tr, y_tr, x_te, y_te, int(y.max()) + 1, tuple(x.shape[1:]))
+        columns = {str(n): bunch.data[:, i].tolist() for i, n in enumerate(bunch.feature_names)}
+        columns["target"] = bunch.target.tolist()
+        x, _ = BREAST_CANCER_SCHEMA.encode(columns, source=name)
+        num_classes = BREAST_CANCER_SCHEMA.num_classes
+    y = np.asarray(bunch.target, dtype=np.int64)
+    records = array_record_bytes(np.asarray(bunch.data), y)
+    return _Rows(x.astype(np.float32), y, records), num_classes
 
 
-def _load_fashion_mnist(folder: Path) -> Dataset:
+def _load_fashion_mnist(folder: Path) -> tuple[_Rows, _Rows]:
     paths: dict[str, Path] = {}
     for key, stem in _FASHION_FILES.items():
         found = next((p for p in (folder / f"{stem}.gz", folder / stem) if p.is_file()), None)
@@ -208,16 +385,10 @@ def _load_fashion_mnist(folder: Path) -> Dataset:
         scaled = a.astype(np.float32)[:, None] / np.float32(255.0)
         return (scaled - np.float32(FASHION_MNIST_MEAN)) / np.float32(FASHION_MNIST_STD)
 
-    x_tr = images(arrays["x_train"])
-    return Dataset(
-        "fashion_mnist",
-        x_tr,
-        arrays["y_train"].astype(np.int64),
-        images(arrays["x_test"]),
-        arrays["y_test"].astype(np.int64),
-        10,
-        tuple(x_tr.shape[1:]),
-    )
+    y_tr = arrays["y_train"].astype(np.int64)
+    train = _Rows(images(arrays["x_train"]), y_tr, array_record_bytes(arrays["x_train"], y_tr))
+    test = _Rows(images(arrays["x_test"]), arrays["y_test"].astype(np.int64), [])
+    return train, test
 
 
 def _scattered(pixels: Dataset) -> Dataset:
@@ -239,6 +410,7 @@ def _scattered(pixels: Dataset) -> Dataset:
         pixels.y_test,
         pixels.num_classes,
         tuple(x_tr.shape[1:]),
+        train_record_keys=pixels.train_record_keys,
     )
 
 
@@ -274,103 +446,6 @@ def read_idx(path: Path) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="))  # native byte order, writable copy
 
 
-# --------------------------------------------------------------------------- user files
-
-
-def _load_table(path: Path, *, target: str | None, seed: int, test_fraction: float) -> Dataset:
-    import pyarrow as pa
-    import pyarrow.csv as pa_csv
-    import pyarrow.parquet as pa_pq
-
-    def read(fh: IO[bytes]) -> Any:
-        if path.suffix.lower() == ".csv":
-            return pa_csv.read_csv(fh)
-        return pa_pq.read_table(fh)
-
-    table = _with_file(path, read, errors=(pa.ArrowException,))
-    columns = list(table.column_names)
-    if target is None or target not in columns:
-        raise invalid("--target", allowed=columns, got=target, source=path)
-    features = [c for c in columns if c != target]
-    if not features:
-        raise DataError(f"{path}: no feature columns besides the target {target!r}")
-    matrix = []
-    for col in features:
-        column = table.column(col)
-        kind = column.type
-        if not (
-            pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-        ):
-            raise DataError(f"{path}: feature column {col!r} must be numeric, got type {kind}")
-        if column.null_count:
-            raise DataError(
-                f"{path}: feature column {col!r} has {column.null_count} missing values"
-            )
-        values = column.to_numpy().astype(np.float64)
-        if not np.isfinite(values).all():
-            raise DataError(f"{path}: feature column {col!r} has NaN or infinite values")
-        matrix.append(values)
-    labels = table.column(target)
-    if labels.null_count:
-        raise DataError(f"{path}: target column {target!r} has {labels.null_count} missing values")
-    classes, y = np.unique(labels.to_numpy(zero_copy_only=False), return_inverse=True)
-    if len(classes) < 2:
-        raise DataError(f"{path}: target column {target!r} needs >= 2 classes, got {len(classes)}")
-    x = np.stack(matrix, axis=1)
-    x_tr, x_te, y_tr, y_te = _split(
-        x, y.astype(np.int64), seed=seed, test_fraction=test_fraction, source=str(path)
-    )
-    x_tr, x_te = _standardise(x_tr, x_te)
-    return Dataset(str(path), x_tr, y_tr, x_te, y_te, len(classes), (x.shape[1],))
-
-
-def _load_npz(path: Path, *, seed: int, test_fraction: float) -> Dataset:
-    def read(fh: IO[bytes]) -> dict[str, np.ndarray]:
-        # allow_pickle=False: a pickled array would run code from the file.
-        with np.load(fh, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-
-    arrays = _with_file(path, read, errors=(ValueError, EOFError))
-    if "x" not in arrays or "y" not in arrays:
-        raise DataError(f"{path}: needs arrays 'x' and 'y', found {sorted(arrays)}")
-    if ("x_test" in arrays) != ("y_test" in arrays):
-        raise DataError(f"{path}: 'x_test' and 'y_test' must come together, found {sorted(arrays)}")
-    pairs = [("x", "y")] + ([("x_test", "y_test")] if "x_test" in arrays else [])
-    for xk, yk in pairs:
-        x, y = arrays[xk], arrays[yk]
-        if x.ndim not in (2, 3, 4) or y.shape != (len(x),):
-            raise DataError(
-                f"{path}: {xk!r} must be (N, F), (N, H, W) or (N, C, H, W) and {yk!r} (N,), "
-                f"got {x.shape} and {y.shape}"
-            )
-        if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
-            raise DataError(f"{path}: {xk!r} must hold finite numbers (dtype {x.dtype})")
-        if x.ndim == 3:  # (N, H, W): one channel
-            arrays[xk] = x[:, None]
-    y_all = np.concatenate([arrays[yk] for _, yk in pairs])
-    if np.issubdtype(y_all.dtype, np.integer) and y_all.size and y_all.min() >= 0:
-        num_classes = int(y_all.max()) + 1  # already class ids: keep them
-        mapped = [arrays[yk].astype(np.int64) for _, yk in pairs]
-    else:
-        classes, inverse = np.unique(y_all, return_inverse=True)
-        num_classes = len(classes)
-        mapped = np.split(inverse.astype(np.int64), [len(arrays["y"])])
-    if num_classes < 2:
-        raise DataError(f"{path}: 'y' needs >= 2 classes, got {num_classes}")
-    x = arrays["x"].astype(np.float32)
-    if len(pairs) == 2:
-        x_tr, y_tr, x_te, y_te = x, mapped[0], arrays["x_test"].astype(np.float32), mapped[1]
-        if x_te.shape[1:] != x_tr.shape[1:]:
-            raise DataError(
-                f"{path}: 'x_test' examples {x_te.shape[1:]} differ from 'x' {x.shape[1:]}"
-            )
-    else:
-        x_tr, x_te, y_tr, y_te = _split(
-            x, mapped[0], seed=seed, test_fraction=test_fraction, source=str(path)
-        )
-    return Dataset(str(path), x_tr, y_tr, x_te, y_te, num_classes, tuple(x_tr.shape[1:]))
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -388,34 +463,3 @@ def _with_file(path: Path, read: Any, *, errors: tuple[type[BaseException], ...]
     except errors as exc:
         reason = " ".join(str(exc).split())  # parsers put newlines in their messages
         raise DataError(f"{path}: cannot parse ({reason})") from None
-
-
-def _split(
-    x: np.ndarray, y: np.ndarray, *, seed: int, test_fraction: float, source: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
-    n = len(y)
-    n_test = math.ceil(test_fraction * n)  # how scikit-learn rounds
-    if n_test < 1 or n - n_test < 1:
-        raise DataError(
-            f"{source}: {n} rows are too few for a train/test split "
-            f"with test_fraction={test_fraction}"
-        )
-    counts = np.bincount(y)
-    k = int((counts > 0).sum())
-    # Stratify when every class can appear on both sides; else a plain seeded split.
-    stratify = y if counts[counts > 0].min() >= 2 and min(n_test, n - n_test) >= k else None
-    parts = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=stratify)
-    return parts[0], parts[1], parts[2], parts[3]
-
-
-def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centre and scale every feature (pixel) with the TRAIN split's mean and std."""
-    mean = x_train.mean(axis=0, dtype=np.float64)
-    std = x_train.std(axis=0, dtype=np.float64)
-    std = np.where(std < _STD_FLOOR, 1.0, std)
-    return (
-        ((x_train - mean) / std).astype(np.float32),
-        ((x_test - mean) / std).astype(np.float32),
-    )
