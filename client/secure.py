@@ -2,10 +2,13 @@
 
 Flower runs every message in a fresh ClientApp (here: a fresh forked process), so the
 node keeps its round's secrets in its state folder between stages: the SecAgg+ client
-state (``fedguard.v1.ClientState``, 0600) and its update and weight (``.npz``, 0600,
-loaded without pickle). Both are deleted when the round's last stage is answered; a new
-round's setup replaces an abandoned one. The node checks the server's parameters against its own
-policy (node.toml [secagg]) before it trains.
+state (``fedguard.v1.ClientState``, 0600) and its noised update and weight (``.npz``,
+0600, loaded without pickle). The update is deleted once masked, the client state once
+the last stage is answered; a new round's setup replaces an abandoned one. What the node
+sent, and which update it masked into which session, stays in its journal
+(:mod:`fedguard.client.released`): one trained update goes into at most one secure sum.
+The node checks the server's parameters against its own policy (node.toml [secagg])
+before it trains.
 """
 
 from __future__ import annotations
@@ -19,27 +22,41 @@ import numpy as np
 
 from fedguard._io import atomic_write_bytes
 from fedguard.client.node import PolicyRefusalError
+from fedguard.client.released import (
+    JOURNAL_FILE,
+    Journal,
+    MaskedRecord,
+    Session,
+    params_session_id,
+    read_journal,
+    request_digest,
+    session_id,
+    update_digest,
+    write_journal,
+)
 from fedguard.deploy_config import NodeConfig
 from fedguard.federation import TrainRequest
 from fedguard.privacy.client_dp import ClientDP, clip_and_noise
 from fedguard.privacy.secagg import (
-    MaskedInputReply,
     MaskedInputRequest,
     SecAggClient,
     SecAggError,
     Setup,
-    ShareKeysReply,
     ShareKeysRequest,
-    UnmaskReply,
     UnmaskRequest,
 )
 from fedguard.transport import decode_client_state, decode_secagg, encode_client_state
 from fedguard.transport.serde import encode_secagg
 
-__all__ = ["SESSION_FILE", "UPDATE_FILE", "NodeSecAgg", "read_stored_update"]
+__all__ = ["JOURNAL_FILE", "SESSION_FILE", "UPDATE_FILE", "NodeSecAgg", "read_stored_update"]
 
 SESSION_FILE = "secagg-session.pb"
 UPDATE_FILE = "secagg-update.npz"
+_STAGE: dict[type, str] = {
+    ShareKeysRequest: "share-keys",
+    MaskedInputRequest: "masked-input",
+    UnmaskRequest: "unmask",
+}
 
 
 class NodeSecAgg:
@@ -97,76 +114,176 @@ class NodeSecAgg:
         """Store the trained update and fresh keys; the reply advertising them.
 
         With client-level DP in ``request``, the update is clipped and this node's noise
-        share added first (OS entropy), so nothing stored or sent is un-noised.
+        share added first (OS entropy), so nothing stored or sent is un-noised. Asked again
+        for an update it already masked: the same session is answered with the same keys
+        (the stored advert), any other is refused (``PolicyRefusalError``): one update goes
+        into at most one secure sum. An update keys were advertised for but never masked
+        keeps its stored noise share (never a second fresh one).
         """
-        if request is not None and request.client_noise > 0:
-            update = clip_and_noise(
-                update,
-                mechanism=ClientDP(
-                    clip_norm=request.client_clip,
-                    noise_multiplier=request.client_noise,
-                    min_contributors=request.client_min_contributors,
-                ),
-                rng=np.random.default_rng(int.from_bytes(os.urandom(16), "little")),
-            ).arrays
+        journal = read_journal(self.dir / JOURNAL_FILE)
+        sid, digest = session_id(setup), update_digest(update)
+        r = setup.params.server_round
+        run = request.run_key if request is not None else setup.params.run
+        current = journal.session
+        if current is not None and (current.id, current.update) == (sid, digest):
+            stored = current.replies.get("advertise")
+            if stored is not None and (current.masked or not current.abandoned):
+                return stored[1]  # the same session: the same keys, nothing new
+        done = journal.masked_record(digest)
+        if done is not None:
+            raise PolicyRefusalError(
+                f"round {r} refused: this update (run {done.run!r} round "
+                f"{done.server_round}) was already masked into secure-aggregation session "
+                f"{done.session[:12]}; masked into another sum it could be recovered by "
+                "subtracting the two (only that same session is answered again)"
+            )
+        noised = self._stored_noised(digest)
+        if noised is not None:
+            flat, weight = noised
+        else:
+            if request is not None and request.client_noise > 0:
+                update = clip_and_noise(
+                    update,
+                    mechanism=ClientDP(
+                        clip_norm=request.client_clip,
+                        noise_multiplier=request.client_noise,
+                        min_contributors=request.client_min_contributors,
+                    ),
+                    rng=np.random.default_rng(int.from_bytes(os.urandom(16), "little")),
+                ).arrays
+            flat = np.concatenate([np.asarray(u, dtype=np.float32).ravel() for u in update])
+            weight = self.examples
+            buf = io.BytesIO()
+            np.savez(
+                buf,
+                update=flat,
+                weight=np.array(weight, dtype=np.int64),
+                digest=np.frombuffer(bytes.fromhex(digest), dtype=np.uint8),
+            )
+            atomic_write_bytes(self.dir / UPDATE_FILE, buf.getvalue(), mode=0o600)
         client = SecAggClient.create(
             params=setup.params, slot=setup.slot, min_holders=self._min_holders()
         )
-        flat = np.concatenate([np.asarray(u, dtype=np.float32).ravel() for u in update])
-        buf = io.BytesIO()
-        np.savez(buf, update=flat, weight=np.array(self.examples, dtype=np.int64))
-        atomic_write_bytes(self.dir / UPDATE_FILE, buf.getvalue(), mode=0o600)
+        advert = encode_secagg(client.advertise())
+        journal.session = Session(
+            run=run, server_round=r, id=sid, update=digest, replies={"advertise": (sid, advert)}
+        )
+        # The journal first: a session whose keys it does not name is never continued.
+        write_journal(self.dir / JOURNAL_FILE, journal)
         self._save(client)
-        return encode_secagg(client.advertise())
+        return advert
 
     def step(self, payload: bytes) -> bytes:
-        """Answer one of stages 1-3 (share keys, masked input, unmask)."""
+        """Answer one of stages 1-3 (share keys, masked input, unmask).
+
+        A stage of the journal's session asked again with the very same request gets the
+        very same reply bytes; with another request it is refused (a second, different
+        answer could reveal both kinds of share of a neighbour, or a second masked input).
+        """
         request = decode_secagg(
             payload, expect=(ShareKeysRequest, MaskedInputRequest, UnmaskRequest)
         )
+        if not isinstance(request, ShareKeysRequest | MaskedInputRequest | UnmaskRequest):
+            raise SecAggError(f"unexpected stage {type(request).__name__}")
+        stage = _STAGE[type(request)]
+        journal = read_journal(self.dir / JOURNAL_FILE)
+        session = journal.session
+        asked = request_digest(payload)
+        if session is not None and stage in session.replies:
+            if session.replies[stage][0] == asked:
+                return session.replies[stage][1]
+            self._abandon(journal)
+            raise SecAggError(
+                f"{stage} of session {session.id[:12]} was already answered for another "
+                "request; refusing a second, different answer"
+            )
         path = self.dir / SESSION_FILE
         try:
             state = decode_client_state(path.read_bytes())
         except FileNotFoundError:
             raise SecAggError("no secure-aggregation session on this node") from None
+        if (
+            session is None
+            or session.abandoned
+            or (params_session_id(state.params, state.slot) != session.id)
+        ):
+            path.unlink(missing_ok=True)
+            raise SecAggError("no secure-aggregation session on this node (journal mismatch)")
         client = SecAggClient(state, min_holders=self._min_holders())
-        if not isinstance(request, ShareKeysRequest | MaskedInputRequest | UnmaskRequest):
-            raise SecAggError(f"unexpected stage {type(request).__name__}")
         try:
-            return encode_secagg(self._answer(client, request))
+            reply = self._answer(client, request, journal, session, asked)
         except SecAggError:
             # Abandon the session: a refused or failed stage is never retried, so a server
             # cannot ask the same question twice with different survivor lists.
-            path.unlink(missing_ok=True)
-            (self.dir / UPDATE_FILE).unlink(missing_ok=True)
+            self._abandon(journal)
             raise
+        return reply
+
+    def _abandon(self, journal: Journal) -> None:
+        (self.dir / SESSION_FILE).unlink(missing_ok=True)
+        if journal.session is not None and not journal.session.abandoned:
+            journal.session.abandoned = True
+            write_journal(self.dir / JOURNAL_FILE, journal)
+
+    def _stored_noised(self, digest: str) -> tuple[np.ndarray, int] | None:
+        """The noised update stored for the trained update ``digest`` (never masked)."""
+        try:
+            raw = (self.dir / UPDATE_FILE).read_bytes()
+            with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
+                mark = stored["digest"] if "digest" in stored.files else None
+            if mark is None or mark.dtype != np.uint8 or mark.tobytes().hex() != digest:
+                return None
+            return read_stored_update(raw)
+        except (SecAggError, ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile):
+            return None  # none or unreadable: never masked, so a fresh share is one release
 
     def _answer(
         self,
         client: SecAggClient,
         request: ShareKeysRequest | MaskedInputRequest | UnmaskRequest,
-    ) -> ShareKeysReply | MaskedInputReply | UnmaskReply:
+        journal: Journal,
+        session: Session,
+        asked: str,
+    ) -> bytes:
+        stage = _STAGE[type(request)]
         if isinstance(request, ShareKeysRequest):
-            shares = client.share_keys(request)
+            reply = encode_secagg(client.share_keys(request))
+            session.replies[stage] = (asked, reply)
+            write_journal(self.dir / JOURNAL_FILE, journal)
             self._save(client)
-            return shares
+            return reply
         if isinstance(request, MaskedInputRequest):
             try:
                 raw = (self.dir / UPDATE_FILE).read_bytes()
             except FileNotFoundError:
                 raise SecAggError("no trained update stored for this round") from None
             update, weight = read_stored_update(raw)
-            masked = client.masked_input(
-                request,
-                update=[update],
-                weight=weight,
-                # Stochastic rounding from OS entropy: nothing the server knows predicts it.
-                rng=np.random.default_rng(int.from_bytes(os.urandom(16), "little")),
+            masked = encode_secagg(
+                client.masked_input(
+                    request,
+                    update=[update],
+                    weight=weight,
+                    # Stochastic rounding from OS entropy: nothing the server knows predicts it.
+                    rng=np.random.default_rng(int.from_bytes(os.urandom(16), "little")),
+                )
             )
+            # Recorded (fsynced) before it is sent: this update never goes into another sum.
+            session.replies[stage] = (asked, masked)
+            journal.masked.append(
+                MaskedRecord(
+                    run=session.run,
+                    server_round=session.server_round,
+                    session=session.id,
+                    update=session.update,
+                )
+            )
+            write_journal(self.dir / JOURNAL_FILE, journal)
             self._save(client)
             (self.dir / UPDATE_FILE).unlink(missing_ok=True)
             return masked
-        revealed = client.unmask(request)
+        revealed = encode_secagg(client.unmask(request))
+        session.replies[stage] = (asked, revealed)
+        write_journal(self.dir / JOURNAL_FILE, journal)
         (self.dir / SESSION_FILE).unlink(missing_ok=True)
         return revealed
 
