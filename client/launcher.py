@@ -30,7 +30,13 @@ from fedguard._io import private_folder
 from fedguard._procs import flower_env, fork_start, stop
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import FedguardError
-from fedguard.flower_compat import PRELOAD_ENV, preload_supernode, supernode_main
+from fedguard.flower_compat import (
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_PATIENCE,
+    PRELOAD_ENV,
+    preload_supernode,
+    supernode_main,
+)
 
 __all__ = [
     "NodeRefusedError",
@@ -42,6 +48,9 @@ __all__ = [
 
 CONNECT_TIMEOUT_S = 30.0
 MAX_RECONNECTS = 3  # a SuperNode that stops on its own after being accepted is restarted
+# How long the server may still hold a crashed session of this key online (it refuses to
+# activate the key again meanwhile): its heartbeat patience, plus a margin.
+SESSION_RELEASE_S = HEARTBEAT_PATIENCE * HEARTBEAT_INTERVAL_S + 15
 _LOG_HEAD, _LOG_TAIL = 65536, 16384  # bytes of a SuperNode run's log read to explain it
 
 
@@ -141,8 +150,10 @@ def _expired(host: str, port: int) -> str:
 def _explain(output: str, cfg: NodeConfig) -> str:
     if _activation_refused(output):
         return (
-            f"this node's key is not enrolled on the server: give "
-            f"{cfg.node.private_key}.pub to the operator to enrol"
+            f"the server refused to activate this node's key for {SESSION_RELEASE_S} s, longer "
+            f"than it holds a crashed session: either the key is not enrolled (give "
+            f"{cfg.node.private_key}.pub to the operator to enrol) or another process with "
+            "this key is connected (this key is already connected elsewhere)"
         )
     if "2001" in output:
         return "the server requires node authentication: set node.private-key"
@@ -203,8 +214,27 @@ def run_client(*, config_path: Path) -> None:
     gc.collect()
     gc.freeze()  # no collection in any of them writes to (and so copies) these pages
     was_active = False
-    for _attempt in range(MAX_RECONNECTS + 1):
+    refused_since: float | None = None
+    attempt = 0
+    while attempt <= MAX_RECONNECTS:
         status, output = _run_supernode(args, env=env, log_path=log_path, cfg=cfg)
+        if not was_active and _activation_refused(output):
+            # A key the server enrolled is still refused while the server holds an earlier
+            # session of it online (this node, crashed and restarted): wait that out.
+            now = time.monotonic()
+            refused_since = refused_since if refused_since is not None else now
+            if now - refused_since < SESSION_RELEASE_S:
+                print(
+                    f"node {n.name}: the server refused to activate this key; it may still "
+                    f"hold this node's previous session (a crash or restart) online for up "
+                    f"to {HEARTBEAT_PATIENCE * HEARTBEAT_INTERVAL_S} s: retrying in 5 s "
+                    f"({now - refused_since:.0f} of {SESSION_RELEASE_S} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                time.sleep(5)
+                continue
+        attempt += 1
         if "SuperNode ID:" in output:  # it had been accepted, then stopped on its own
             was_active = True
             print(
