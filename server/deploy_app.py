@@ -41,7 +41,7 @@ from fedguard.federation import (
 from fedguard.flower_compat import check_flower_version, patch_object_pull_backoff
 from fedguard.messages import encode_train
 from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
-from fedguard.privacy.client_dp import ClientDP, client_level_spent
+from fedguard.privacy.client_dp import ClientLevelSpent, client_level_spent
 from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.privacy.secagg import SecAggParams, make_params
 from fedguard.server.app import describe_nodes, exchange_round, wait_for_nodes
@@ -235,7 +235,7 @@ def main(grid: Grid, context: Context) -> None:
         client = (
             ""
             if record.client_epsilon is None
-            else f"; client-level epsilon {record.client_epsilon:.3f} (rdp)"
+            else f"; client-level epsilon {client_level(record.round).describe()}"
         )
         _say(
             f"round {record.round}:{quality} nodes {record.clients} refused {record.refused} "
@@ -244,6 +244,7 @@ def main(grid: Grid, context: Context) -> None:
 
     started = time.perf_counter()
     cohort_size = max(cfg.federation.min_nodes, math.ceil(cfg.federation.fraction * len(names)))
+    client_level = _client_level(cfg, num_clients=len(names), cohort_size=cohort_size)
     run_rounds(
         first_round=first_round,
         last_round=cfg.federation.rounds,
@@ -255,9 +256,7 @@ def main(grid: Grid, context: Context) -> None:
         train_cohort=train_cohort,
         evaluate=evaluate_global,
         on_round=on_round,
-        client_epsilon=_client_epsilon(cfg, cohort_size / len(names))
-        if cfg.client_dp.enabled
-        else None,
+        client_epsilon=(lambda r: client_level(r).epsilon) if cfg.client_dp.enabled else None,
     )
     last = records[-1]
     atomic_write_json(
@@ -275,8 +274,8 @@ def main(grid: Grid, context: Context) -> None:
             "client_level_dp": (
                 {
                     **dataclasses.asdict(cfg.client_dp),
-                    "epsilon": last.get("client_epsilon"),
-                    "accountant": "rdp",
+                    # The figure and what it assumes: accountant, neighbours, sampling.
+                    **client_level(int(last["round"])).as_dict(),
                 }
                 if cfg.client_dp.enabled
                 else None
@@ -335,16 +334,21 @@ def _revocations(cfg: FederationConfig) -> Callable[[], dict[int, Revocation]]:
     return check
 
 
-def _client_epsilon(cfg: FederationConfig, sample_rate: float) -> Callable[[int], float]:
-    """Client-level epsilon after a round (the server's accounting of [client-dp])."""
+def _client_level(
+    cfg: FederationConfig, *, num_clients: int, cohort_size: int
+) -> Callable[[int], ClientLevelSpent]:
+    """Client-level epsilon after a round (the server's accounting of [client-dp]).
+
+    ``run_rounds`` draws ``min(cohort_size, num_clients)`` nodes without replacement each
+    round: that is the scheme accounted.
+    """
     cd = cfg.client_dp
-    mechanism = ClientDP(
-        clip_norm=cd.clip_norm, noise_multiplier=cd.noise_multiplier, min_contributors=1
-    )
-    return lambda r: (
-        client_level_spent(
-            mechanism=mechanism, sample_rate=min(1.0, sample_rate), rounds=r, delta=cd.delta
-        ).epsilon
+    return lambda r: client_level_spent(
+        noise_multiplier=cd.noise_multiplier,
+        num_clients=num_clients,
+        cohort_size=min(cohort_size, num_clients),
+        rounds=r,
+        delta=cd.delta,
     )
 
 

@@ -182,12 +182,14 @@ def run_inprocess(
         )
 
     def client_epsilon(server_round: int) -> float:
+        # The deployed server's accounting, for the same m-of-N draw (RDP whatever
+        # --accountant says: that option is the sample-level accountant).
         return client_level_spent(
-            mechanism=client_mechanism(1),
-            sample_rate=config.cohort_size / config.clients,
+            noise_multiplier=config.client_noise,
+            num_clients=config.clients,
+            cohort_size=min(config.cohort_size, config.clients),
             rounds=server_round,
             delta=config.delta,
-            method=config.accountant,
         ).epsilon
 
     def train_cohort_secure(

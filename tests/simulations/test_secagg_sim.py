@@ -77,14 +77,15 @@ def test_bad_secagg_settings_name_option_allowed_and_received(tmp_path, changes,
 
 
 def test_client_level_dp_reports_its_own_epsilon_per_round(tmp_path: Path):
-    from fedguard.privacy.client_dp import ClientDP, client_level_spent
+    from fedguard.privacy.client_dp import client_level_spent
 
     cfg = config(tmp_path, "cdp", secagg=True, client_dp=True, client_noise=0.8, rounds=3)
     summary = simulate(cfg)
     r = rows(cfg)
-    mech = ClientDP(clip_norm=cfg.client_clip, noise_multiplier=0.8, min_contributors=1)
     expected = [
-        client_level_spent(mechanism=mech, sample_rate=1.0, rounds=k, delta=cfg.delta).epsilon
+        client_level_spent(
+            noise_multiplier=0.8, num_clients=6, cohort_size=6, rounds=k, delta=cfg.delta
+        ).epsilon
         for k in (1, 2, 3)
     ]
     assert [x["client_epsilon"] for x in r] == pytest.approx(expected)
