@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pa_pq
 import pytest
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from sklearn.datasets import load_breast_cancer, load_digits
 
 from fedguard.errors import ConfigError, DataError
+from fedguard.task.builtin_constants import BREAST_CANCER_COLUMNS, DIGITS_MEAN, DIGITS_SCALE
 from fedguard.task.data import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_MEAN,
@@ -27,37 +27,39 @@ from fedguard.task.scattering import scatter_images
 # ---------------------------------------------------------------- built-in data sets
 
 
-def test_digits_shapes_and_standardisation_use_train_statistics() -> None:
+def test_digits_uses_public_constants_and_a_per_record_holdout() -> None:
     ds = load_dataset(name="digits", seed=3)
     assert ds.is_image and ds.input_shape == (1, 8, 8) and ds.num_classes == 10
-    assert ds.x_train.shape == (1437, 1, 8, 8) and ds.x_test.shape == (360, 1, 8, 8)
+    assert len(ds.y_train) + len(ds.y_test) == 1797 and 300 < len(ds.y_test) < 420
     assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
-    assert set(np.unique(ds.y_test)) == set(range(10))  # stratified: every class in test
+    assert ds.train_record_keys is not None and ds.train_record_keys.shape == (len(ds.y_train), 32)
 
-    # Oracle: the same split and (x/16 - train mean) / train std, computed independently.
+    # Oracle: every row on its own, (x/16 - public mean) / public scale, in file order.
     raw = load_digits()
-    x = raw.data.reshape(-1, 1, 8, 8) / 16.0
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, raw.target, test_size=0.2, random_state=3, stratify=raw.target
-    )
-    std = x_tr.std(axis=0)
-    std[std < 1e-6] = 1.0  # constant pixels are only centred
-    np.testing.assert_array_equal(ds.y_train, y_tr)
-    np.testing.assert_array_equal(ds.y_test, y_te)
-    np.testing.assert_allclose(ds.x_train, (x_tr - x_tr.mean(axis=0)) / std, atol=1e-5)
-    np.testing.assert_allclose(ds.x_test, (x_te - x_tr.mean(axis=0)) / std, atol=1e-5)
-    varying = x_tr.std(axis=0) > 1e-6
-    np.testing.assert_allclose(ds.x_train.std(axis=0)[varying], 1.0, atol=1e-4)
+    every = load_dataset(name="digits", seed=3, split="none")
+    expected = (raw.data / 16.0 - np.array(DIGITS_MEAN)) / np.array(DIGITS_SCALE)
+    np.testing.assert_allclose(every.x_train.reshape(-1, 64), expected, atol=1e-5)
+    np.testing.assert_array_equal(every.y_train, raw.target)
+    assert every.x_test.shape == (0, 1, 8, 8)
+    # The holdout is a subset of the rows, each kept whole.
+    rows = {r.tobytes() for r in every.x_train}
+    assert all(r.tobytes() in rows for r in ds.x_test)
 
 
-def test_breast_cancer_is_tabular_and_standardised() -> None:
-    ds = load_dataset(name="breast_cancer", seed=0)
+def test_breast_cancer_uses_its_built_in_schema() -> None:
+    ds = load_dataset(name="breast_cancer", seed=0, split="none")
     assert not ds.is_image and ds.input_shape == (30,) and ds.num_classes == 2
-    assert ds.x_train.shape == (455, 30) and ds.x_test.shape == (114, 30)
-    np.testing.assert_allclose(ds.x_train.mean(axis=0), 0.0, atol=1e-5)
-    np.testing.assert_allclose(ds.x_train.std(axis=0), 1.0, atol=1e-4)
-    # Test data is scaled with train statistics, so it is close to, not exactly, N(0, 1).
-    assert 0 < np.abs(ds.x_test.mean(axis=0)).max() < 0.5
+    assert ds.x_train.shape == (569, 30) and ds.x_test.shape == (0, 30)
+    raw = load_breast_cancer()
+    centre, scale, low, high = (
+        np.array([c[k] for c in BREAST_CANCER_COLUMNS]) for k in (1, 2, 3, 4)
+    )
+    expected = (np.clip(raw.data, low, high) - centre) / scale
+    np.testing.assert_allclose(ds.x_train, expected, rtol=1e-5, atol=1e-5)
+    # Public constants, so the set is only roughly standardised.
+    assert np.abs(ds.x_train.mean(axis=0)).max() < 0.05
+    test = load_dataset(name="breast_cancer", seed=0, split="all-test")
+    np.testing.assert_array_equal(test.x_test, ds.x_train)
 
 
 def test_split_is_seeded_and_test_fraction_respected() -> None:
@@ -66,7 +68,11 @@ def test_split_is_seeded_and_test_fraction_respected() -> None:
     c = load_dataset(name="breast_cancer", seed=2)
     np.testing.assert_array_equal(a.x_train, b.x_train)
     assert not np.array_equal(a.x_train, c.x_train)
-    assert len(load_dataset(name="breast_cancer", seed=1, test_fraction=0.5).y_test) == 285
+    half = load_dataset(name="breast_cancer", seed=1, test_fraction=0.5)
+    assert 230 < len(half.y_test) < 340  # each record held out with probability 0.5
+    # Record keys name records, not seeds: the same records have the same keys.
+    common = {bytes(k) for k in a.train_record_keys} & {bytes(k) for k in c.train_record_keys}
+    assert len(common) > 300
 
 
 def test_unknown_dataset_names_the_option_and_choices() -> None:
@@ -210,22 +216,36 @@ def _table(n_per_class: int = 10) -> pa.Table:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_table_round_trip_maps_string_labels_in_sorted_order(tmp_path: Path, suffix: str) -> None:
+def test_table_with_schema_numbers_labels_in_declared_order(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"data{suffix}"
     table = _table()
     if suffix == ".csv":
         pa_csv.write_csv(table, path)
     else:
         pa_pq.write_table(table, path)
-    ds = load_dataset(name=str(path), seed=0, target="label")
+    schema = tmp_path / "s.toml"
+    schema.write_text(
+        '[target]\ncolumn = "label"\nlabels = ["cat", "dog", "emu"]\n'
+        '[columns.a]\ntype = "numeric"\nrange = [0, 30]\n'
+        '[columns.b]\ntype = "numeric"\ncentre = 2\nscale = 2\n'
+    )
+    ds = load_dataset(name=str(path), seed=0, schema=schema, split="none")
     assert ds.num_classes == 3 and ds.input_shape == (2,) and not ds.is_image
-    assert len(ds.y_train) == 24 and len(ds.y_test) == 6
-    assert np.bincount(ds.y_test).tolist() == [2, 2, 2]  # stratified
-    for x, y in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
-        order = np.argsort(x[:, 0])  # standardising keeps the order of feature `a`
-        assert np.all(np.diff(y[order]) >= 0)
-    np.testing.assert_allclose(ds.x_train.mean(axis=0), 0.0, atol=1e-5)
+    raw = table.to_pydict()
+    expected_y = [["cat", "dog", "emu"].index(v) for v in raw["label"]]
+    np.testing.assert_array_equal(ds.y_train, expected_y)
+    np.testing.assert_allclose(ds.x_train[:, 0], (np.array(raw["a"]) - 15) / 15, atol=1e-6)
+    np.testing.assert_allclose(ds.x_train[:, 1], (np.array(raw["b"]) - 2) / 2, atol=1e-6)
     assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
+
+
+def test_string_labels_without_schema_say_how_to_declare_them(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    pa_csv.write_csv(_table(), path)
+    with pytest.raises(DataError) as info:
+        load_dataset(name=str(path), seed=0, target="label")
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: row 1: target 'label' is 'emu'") and "--schema" in msg
 
 
 @pytest.mark.parametrize("target", ["lbl", None])
@@ -239,8 +259,10 @@ def test_missing_target_names_option_columns_and_value(tmp_path: Path, target: s
 
 def test_non_numeric_feature_names_column_and_file(tmp_path: Path) -> None:
     path = tmp_path / "data.parquet"
-    pa_pq.write_table(_table().append_column("city", pa.array(["x"] * 30)), path)
-    with pytest.raises(DataError, match=r"data\.parquet: feature column 'city' must be numeric"):
+    table = _table().append_column("city", pa.array(["x"] * 30))
+    table = table.set_column(1, "label", pa.array([i % 3 for i in range(30)]))
+    pa_pq.write_table(table, path)
+    with pytest.raises(DataError, match=r"data\.parquet: row 1: feature column 'city' holds text"):
         load_dataset(name=str(path), seed=0, target="label")
 
 
@@ -259,11 +281,12 @@ def test_malformed_csv_is_one_line_data_error(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{path}: cannot parse (") and "\n" not in str(info.value)
 
 
-def test_rare_class_falls_back_to_unstratified_split(tmp_path: Path) -> None:
+def test_integer_labels_without_schema_are_class_ids(tmp_path: Path) -> None:
     path = tmp_path / "rare.csv"
-    path.write_text("f,y\n" + "".join(f"{i},{'b' if i == 0 else 'a'}\n" for i in range(20)))
-    ds = load_dataset(name=str(path), seed=0, target="y")
-    assert len(ds.y_train) + len(ds.y_test) == 20 and ds.num_classes == 2
+    path.write_text("f,y\n" + "".join(f"{i},{1 if i == 0 else 0}\n" for i in range(20)))
+    ds = load_dataset(name=str(path), seed=0, target="y", split="none")
+    assert len(ds.y_train) == 20 and ds.num_classes == 2 and ds.y_train[0] == 1
+    np.testing.assert_array_equal(ds.x_train[:, 0], np.arange(20))  # used as is
 
 
 def test_npz_with_and_without_test_arrays(tmp_path: Path) -> None:
@@ -277,20 +300,22 @@ def test_npz_with_and_without_test_arrays(tmp_path: Path) -> None:
     assert ds.num_classes == 4 and ds.x_test.shape == (6, 5) and ds.x_train.dtype == np.float32
 
     path2 = tmp_path / "imgs.npz"
-    np.savez(path2, x=rng.normal(size=(40, 6, 6)), y=np.where(y % 2, "yes", "no"))
+    np.savez(path2, x=rng.normal(size=(40, 6, 6)), y=y % 2)
     ds2 = load_dataset(name=str(path2), seed=0, test_fraction=0.25)
     assert ds2.input_shape == (1, 6, 6) and ds2.is_image and ds2.num_classes == 2
-    assert len(ds2.y_test) == 10 and set(ds2.y_train) == {0, 1}
+    assert len(ds2.y_train) + len(ds2.y_test) == 40 and set(ds2.y_train) == {0, 1}
+
+    np.savez(path2, x=rng.normal(size=(40, 6, 6)), y=np.where(y % 2, "yes", "no"))
+    with pytest.raises(DataError, match=r"imgs\.npz: 'y' must hold integer class ids"):
+        load_dataset(name=str(path2), seed=0)
 
 
 def test_too_few_rows_for_a_split_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "one.npz"
     np.savez(path, x=np.zeros((1, 2)), y=np.array([0]))
-    with pytest.raises(DataError, match=r"one\.npz: 'y' needs >= 2 classes"):
+    with pytest.raises(DataError, match=r"one\.npz: 1 rows are too few .* test_fraction=0\.2"):
         load_dataset(name=str(path), seed=0)
-    np.savez(path, x=np.zeros((2, 2)), y=np.array([0, 1]))
-    with pytest.raises(DataError, match=r"one\.npz: 2 rows are too few .* test_fraction=0\.9"):
-        load_dataset(name=str(path), seed=0, test_fraction=0.9)
+    assert len(load_dataset(name=str(path), seed=0, split="none").y_train) == 1
 
 
 def test_npz_refuses_pickled_arrays(tmp_path: Path) -> None:
