@@ -517,14 +517,15 @@ def test_client_level_dp_noise_shares_sum_to_the_mechanisms_noise(fed: Federatio
     rnd = fed.round(1, fed.initial_weights(), client_dp=(clip_norm, noise, None))
     assert len(rnd.means) == 1 and rnd.means[0].count == 4
     got = np.concatenate([m.ravel() for m in rnd.means[0].mean_update]).astype(np.float64)
-    # Equal weights; each node clipped its update to clip_norm and added N(0, (z C)^2 / t).
+    # Equal weights; each node clipped its update to clip_norm and added N(0, (z C)^2 / (t-1)):
+    # sized so that the sum minus any one node's own share still carries z C (#14.3).
     clipped = []
     for c in sorted(fed.node_of):
         d = fed.trained_delta(c, rnd)
         clipped.append(d * min(1.0, clip_norm / np.linalg.norm(d)))
     noise_in_mean = got - np.mean(clipped, axis=0)
     t = rnd.params.threshold
-    want = noise * clip_norm * np.sqrt(4 / t) / 4
+    want = noise * clip_norm * np.sqrt(4 / (t - 1)) / 4
     assert np.std(noise_in_mean) == pytest.approx(want, rel=0.15)
 
 

@@ -29,9 +29,40 @@ def test_the_shares_of_t_nodes_sum_to_the_mechanisms_noise():
     zero = [np.zeros(20_000)]
     shares = [clip_and_noise(zero, mechanism=mech, rng=rng).arrays[0] for _ in range(8)]
     assert np.std(shares[0]) == pytest.approx(mech.share_std, rel=0.03)
-    # A sum of min_contributors shares: std noise_multiplier * clip_norm, the Gaussian
-    # mechanism with sensitivity clip_norm.
-    assert np.std(np.sum(shares, axis=0)) == pytest.approx(1.2 * 0.5, rel=0.03)
+    assert mech.share_std == pytest.approx(1.2 * 0.5 / math.sqrt(7))
+    # Any 7 of them: std noise_multiplier * clip_norm, the Gaussian mechanism with
+    # sensitivity clip_norm; all 8 (what the server alone sees): sqrt(8 / 7) times that.
+    assert np.std(np.sum(shares[1:], axis=0)) == pytest.approx(1.2 * 0.5, rel=0.03)
+    assert np.std(np.sum(shares, axis=0)) == pytest.approx(1.2 * 0.5 * math.sqrt(8 / 7), rel=0.03)
+    assert mech.effective_noise_multiplier(contributors=8) == pytest.approx(1.2 * math.sqrt(8 / 7))
+    assert mech.effective_noise_multiplier(contributors=8, colluders=1) == pytest.approx(1.2)
+    assert mech.effective_noise_multiplier(contributors=8, colluders=2) < 1.2
+
+
+@pytest.mark.parametrize("t", [2, 3, 5, 8])
+def test_no_participant_sees_the_others_sum_with_less_noise_than_the_mechanism(t: int):
+    """#14.3: every node knows its own share. With t contributors, the sum minus one
+    node's share holds t - 1 shares, and must still carry noise std >= z * C."""
+    z, c = 1.1, 0.5
+    mech = ClientDP(clip_norm=c, noise_multiplier=z, min_contributors=t)
+    # Exact: t - 1 independent shares of variance share_std**2.
+    assert (t - 1) * mech.share_std**2 >= (z * c) ** 2 * (1 - 1e-12)
+    # Sampled, with real shares from one fixed generator.
+    rng = np.random.default_rng(14_3)
+    zero = [np.zeros(40_000)]
+    shares = [clip_and_noise(zero, mechanism=mech, rng=rng).arrays[0] for _ in range(t)]
+    total = np.sum(np.asarray(shares, dtype=np.float64), axis=0)
+    for own in shares:  # each participant subtracts what it knows: its own share
+        others = total - own
+        # 40k samples: the sample std is within ~1% of the true one (4 sigma: 1.4%).
+        assert np.std(others) >= z * c * (1 - 0.015)
+    # ... and what the server alone sees (all t shares) is at least as noisy.
+    assert np.std(total) >= z * c * (1 - 0.015)
+
+
+def test_a_single_contributor_share_is_the_whole_mechanism():
+    mech = ClientDP(clip_norm=0.5, noise_multiplier=1.2, min_contributors=1)
+    assert mech.share_std == pytest.approx(1.2 * 0.5)
 
 
 def test_client_level_epsilon_grows_with_rounds():
