@@ -31,7 +31,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
 from fedguard.client.node import LAST_REPLY_FILE, _round_key, node_runtime
-from fedguard.client.secure import SESSION_FILE, UPDATE_FILE
+from fedguard.client.secure import JOURNAL_FILE, SESSION_FILE, UPDATE_FILE
 from fedguard.deploy_config import FederationConfig, load_federation_config
 from fedguard.deploy_demo import EPSILON, DemoLayout, prepare_demo
 from fedguard.federation import ClientUpdate, Refusal, SecureMean, TrainRequest
@@ -483,8 +483,10 @@ def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
             assert (_mode(update) == 0o600) if stage != "unmask" else not update.exists()
         elif stage == "masked-input":  # sent: the update is no longer needed
             assert _mode(session) == 0o600 and not update.exists()
-        elif stage == "unmask":  # the last stage answered: nothing is left
+        elif stage == "unmask":  # the last stage answered: no secret is left
             assert not session.exists() and not update.exists()
+        if (stage, when) != ("train", "before"):
+            assert _mode(state / JOURNAL_FILE) == 0o600
         seen.add((stage, when))
 
     fed.grid.watchers.append(at_rest)
@@ -496,20 +498,33 @@ def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
     assert seen == {(s, w) for s in stages for w in ("before", "after")}
     for cid in range(NODES):
         left = _snapshot(fed.state(cid))
-        assert not any(name.startswith("secagg") for name in left), sorted(left)
+        # Only the journal of what was sent (public keys, sealed and revealed shares,
+        # the masked input): no private key, seed or update.
+        assert [n for n in left if n.startswith("secagg")] == [JOURNAL_FILE], sorted(left)
 
+    # The same unmask request again: the very same reply bytes, nothing new revealed.
     again = fed.grid.replayed["unmask", twice]
-    assert again.has_error() and not again.has_content()  # refused, no share revealed
-    assert "no secure-aggregation session" in again.error.reason
-    # Replayed once more after the round, by the server this time: refused all the same.
-    fed.grid.watchers.clear()
-    [unmask] = [m for s, m in fed.grid.sent if s == "unmask" and m.metadata.dst_node_id == twice]
-    payload = secagg_payload(unmask.content)
+    assert again.has_content() and not again.has_error()
+    [first] = [m for s, m in fed.grid.sent if s == "unmask" and m.metadata.dst_node_id == twice]
+    payload = secagg_payload(first.content)
     assert payload is not None
+    fed.grid.watchers.clear()
     msg = Message(encode_secagg(payload), dst_node_id=twice, message_type=SECAGG_MESSAGE_TYPE,
                   group_id="1")  # fmt: skip
     [reply] = send_and_receive(fed.grid, [msg], timeout=TIMEOUT)
+    assert secagg_payload(reply.content) == secagg_payload(again.content)
+    # Another unmask question (a survivor now called dropped) is refused: answering it
+    # could reveal both kinds of share of one neighbour.
+    asked = decode_secagg(payload, expect=UnmaskRequest)
+    assert isinstance(asked, UnmaskRequest) and asked.survivors
+    other = UnmaskRequest(
+        survivors=asked.survivors[1:], dropped=(*asked.dropped, asked.survivors[0])
+    )
+    msg = Message(encode_secagg(encode_payload(other)), dst_node_id=twice,
+                  message_type=SECAGG_MESSAGE_TYPE, group_id="1")  # fmt: skip
+    [reply] = send_and_receive(fed.grid, [msg], timeout=TIMEOUT)
     assert reply.has_error() and not reply.has_content()
+    assert "already answered for another request" in reply.error.reason
 
 
 def test_client_level_dp_noise_shares_sum_to_the_mechanisms_noise(fed: Federation):
