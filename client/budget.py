@@ -1,14 +1,17 @@
-"""A node's lifetime budget per data set, across every federation run that uses it.
+"""A node's run plans: the noise of each run, fixed at its first round.
 
-The node's ``privacy.max-epsilon`` bounds everything ever released about one data set
-(keyed by its sha256 fingerprint), over all runs. When a run asks for its first round,
-the node plans it once: the noise multiplier is calibrated so that the data set's history
-*plus* every planned round of this run stays within ``max-epsilon`` (and, if set, the run
-alone within ``run-epsilon``). A run that cannot fit (the budget is spent, or would need
-more noise than the node's ``max-noise-multiplier``, beyond which its updates would carry
-no signal) is refused before any training, with the figures. The plan is stored
-(``run-plans.json``, 0600), so a restarted server or node keeps the same noise for the
-rest of the run.
+The node's ``privacy.max-epsilon`` bounds everything ever released about each record, over
+all runs and data sets (:mod:`fedguard.privacy.record_budget`). When a run asks for its
+first round, the node plans it once: the noise multiplier is calibrated so that the
+most-spent record of the data set *plus* every planned round of this run stays within
+``max-epsilon`` (and, if set, the run alone within ``run-epsilon``). The plan fixes the
+run's ``planned_rounds``; the node checks every round against both bounds again (a plan
+is a record of a choice, never a licence: editing it frees nothing). A run that cannot
+fit (the budget is spent, or would need more noise than the node's
+``max-noise-multiplier``, beyond which its updates would carry no signal) is refused
+before any training, with the figures. The plan is stored
+(``run-plans.json``, 0600, keyed by the keyed data set fingerprint and the run), so a
+restarted server or node keeps the same noise for the rest of the run.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from fedguard._io import atomic_write_json
 from fedguard.client.training import BudgetExceededError
-from fedguard.privacy import Accountant, GaussianEvent
+from fedguard.privacy import GaussianEvent
 
 __all__ = ["PLANS_FILE", "RunPlan", "plan_run"]
 
@@ -38,7 +42,7 @@ class RunPlan:
     dataset_fingerprint: str
     noise_multiplier: float
     planned_rounds: int
-    epsilon_before: float  # the data set's epsilon when the run started
+    epsilon_before: float  # the most-spent record's epsilon when the run was planned
     epsilon_planned: float  # after every planned round of this run
     max_epsilon: float
     delta: float
@@ -88,7 +92,8 @@ def plan_run(
     state_dir: Path,
     run: str,
     fingerprint: str,
-    history: Accountant,
+    epsilon_after: Callable[[GaussianEvent], float],
+    run_epsilon_after: Callable[[GaussianEvent], float],
     round_event: GaussianEvent,
     planned_rounds: int,
     max_epsilon: float,
@@ -96,38 +101,40 @@ def plan_run(
     min_noise_multiplier: float,
     max_noise_multiplier: float,
     delta: float,
+    accountant: str,
 ) -> RunPlan:
     """The run's stored plan, or a new one; ``BudgetExceededError`` if it cannot fit.
 
     ``round_event`` gives one round's sample rate and steps (its noise is ignored);
-    ``history`` is the data set's accountant before this run's first round.
+    ``epsilon_after(event)`` is the most-spent record's lifetime epsilon after ``event``,
+    ``run_epsilon_after(event)`` this run's own after it.
     """
     path = state_dir / PLANS_FILE
     plans = _load(path)
     key = f"{fingerprint} {run}"
     if key in plans:
         return _plan(plans[key], path=path, key=key)
-    before = history.get_privacy_spent(delta=delta).epsilon
-    method = history.method.value
+    method = accountant
 
-    def epsilon_with(sigma: float, base: Accountant) -> float:
-        event = GaussianEvent(
+    def planned(sigma: float) -> GaussianEvent:
+        return GaussianEvent(
             noise_multiplier=sigma,
             sample_rate=round_event.sample_rate,
             steps=round_event.steps * planned_rounds,
         )
-        return base.epsilon_after(event, delta=delta)
-
-    fresh = Accountant(method=method)
 
     def fits(sigma: float) -> bool:
-        ok = epsilon_with(sigma, history) <= max_epsilon
-        return ok and (run_epsilon is None or epsilon_with(sigma, fresh) <= run_epsilon)
+        ok = epsilon_after(planned(sigma)) <= max_epsilon
+        return ok and (run_epsilon is None or run_epsilon_after(planned(sigma)) <= run_epsilon)
+
+    before = epsilon_after(GaussianEvent(noise_multiplier=1.0, sample_rate=1.0, steps=0))
 
     if not fits(max_noise_multiplier):
+        cap = "" if run_epsilon is None else f" (run-epsilon {run_epsilon:g})"
         raise BudgetExceededError(
-            f"run {run!r} refused before any training: data set {fingerprint[:23]}… has "
-            f"spent epsilon {before:.4f} of this node's lifetime budget {max_epsilon:g} "
+            f"run {run!r} refused before any training: the most-spent record of data set "
+            f"{fingerprint[:17]}… has spent epsilon {before:.4f} of this node's lifetime "
+            f"budget {max_epsilon:g}{cap} "
             f"(delta {delta:g}, {method}); {planned_rounds} more rounds would exceed it "
             f"even at this node's max-noise-multiplier {max_noise_multiplier:g}"
         )
@@ -145,7 +152,7 @@ def plan_run(
         noise_multiplier=sigma,
         planned_rounds=planned_rounds,
         epsilon_before=before,
-        epsilon_planned=epsilon_with(sigma, history),
+        epsilon_planned=epsilon_after(planned(sigma)),
         max_epsilon=max_epsilon,
         delta=delta,
         accountant=method,

@@ -2,11 +2,20 @@
 
 The server only *asks* (epochs, batch size, learning rate, how many rounds the run plans);
 the node decides. It refuses a request that breaks its policy (too many local epochs,
-a run that would take it past its epsilon) with a reason the server logs, calibrates its
-noise to its own budget, never below its minimum noise multiplier, and counts the
-epsilon in its state folder before training (write-ahead). Asked the very same request
-again (a server restarted from its checkpoint), it resends its stored reply instead of
-training again, so a server crash does not make it spend twice. It does not import Flower.
+a round beyond the rounds its run planned, a round that would take the run past
+``run-epsilon`` or any record past ``max-epsilon``) with a one-line reason the server
+logs, calibrates its noise to its own budget, never below its minimum noise multiplier,
+and writes the round to its ledger before training (write-ahead).
+
+The ledger is the record of reference: what each record has spent is recomputed from the
+ledger's events and the per-record index (:mod:`fedguard.privacy.record_budget`); no
+accountant file is trusted over it. A round whose ledger entry cannot be written is
+neither trained nor charged. One writer: ``budget.lock`` in the state folder is held from
+reading the ledger through committing the round, so two processes serialise.
+
+Asked the very same request again (a server restarted from its checkpoint), it resends
+its stored reply instead of training again, so a server crash does not make it spend
+twice. It does not import Flower.
 """
 
 from __future__ import annotations
@@ -29,22 +38,50 @@ from safetensors.numpy import save as st_save
 
 from fedguard._io import atomic_write_bytes
 from fedguard.client.budget import plan_run
+from fedguard.client.state_lock import hold_lock
 from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer, PrivacyBudget
 from fedguard.deploy_config import NodeConfig, load_node_config
 from fedguard.errors import DataError
 from fedguard.federation import TrainRequest, load_federated_data
-from fedguard.privacy import AccountantStore, GaussianEvent, sample_rate_for, steps_per_epoch
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, LedgerEntry
+from fedguard.privacy import (
+    Accountant,
+    AccountantStore,
+    GaussianEvent,
+    sample_rate_for,
+    steps_per_epoch,
+)
+from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, LedgerError
+from fedguard.privacy.node_secret import load_node_secret
 from fedguard.privacy.receipts import PrivacyReceipt, receipt_for
+from fedguard.privacy.record_budget import (
+    INDEX_FILE,
+    RecordBudgetError,
+    RecordSet,
+    RecordSpend,
+    group_epsilon,
+    index_digest,
+    load_index,
+    record_set,
+    record_spend,
+    updated_index,
+    write_index,
+)
 from fedguard.privacy.rng import os_entropy_generator
 from fedguard.task import build_model, load_dataset, set_weights
 
-__all__ = ["NodeRuntime", "PolicyRefusalError", "node_runtime", "read_stored_reply"]
+__all__ = [
+    "NodeRuntime",
+    "PolicyRefusalError",
+    "fallback_record_keys",
+    "node_runtime",
+    "read_stored_reply",
+]
 
 _log = logging.getLogger(__name__)
 
-ACCOUNTANT_PREFIX = "accountant-"  # + the data set's fingerprint (16 hex) + ".json"
+ACCOUNTANT_PREFIX = "accountant-"  # + 16 hex of the keyed fingerprint + ".json": a report
 LAST_REPLY_FILE = "last-reply.safetensors"
+BUDGET_LOCK = "budget.lock"
 
 
 class PolicyRefusalError(BudgetExceededError):
@@ -59,15 +96,32 @@ class NodeRuntime:
     input_shape: tuple[int, ...]
     num_classes: int
     _trainers: dict[str, LocalTrainer]
-    fingerprint: str  # sha256 of the node's training data: the ledger's budget key
+    # sha256 of each training record's raw bytes, (n, 32) uint8; in memory only: on disk
+    # and in receipts only keyed digests of them (HMAC under the node's secret).
+    record_keys: np.ndarray
+    _records: RecordSet | None = dataclasses.field(default=None, init=False, repr=False)
 
     @property
     def state_dir(self) -> Path:
         return self.config.node.state_dir
 
+    def records(self) -> RecordSet:
+        """This data set's records, keyed with the node's secret (created on first use)."""
+        if self._records is None:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            secret = load_node_secret(self.state_dir)
+            self._records = record_set(secret=secret, keys=self.record_keys)
+        return self._records
+
+    @property
+    def fingerprint(self) -> str:
+        """The data set's keyed fingerprint ("hmac:" + hex): ledger entries and receipts."""
+        return self.records().fingerprint
+
     def accountant_store(self) -> AccountantStore:
-        """The accountant of this node's data set: every run on it composes here."""
-        digest = self.fingerprint.removeprefix("sha256:")[:16]
+        """A report: the most-spent record's events on this data set, rewritten after each
+        round from the ledger. The node never reads it to decide anything."""
+        digest = self.fingerprint.removeprefix("hmac:")[:16]
         return AccountantStore(path=self.state_dir / f"{ACCOUNTANT_PREFIX}{digest}.json")
 
     def train(
@@ -80,85 +134,166 @@ class NodeRuntime:
                 f"round {request.server_round} refused: local-epochs {request.local_epochs} > "
                 f"this node's max-local-epochs {policy.max_local_epochs}"
             )
-        budget = PrivacyBudget(
-            target_epsilon=policy.max_epsilon,
-            delta=policy.delta,
-            accountant=policy.accountant,
-            planned_rounds=max(1, request.total_rounds),
-            min_noise_multiplier=policy.min_noise_multiplier,
-        )
         trainer = self._trainers.get(model_name)
         if trainer is None:
             model = build_model(
                 name=model_name, input_shape=self.input_shape, num_classes=self.num_classes
             )
-            trainer = self._trainers[model_name] = LocalTrainer(model=model, dp=True)
+            trainer = self._trainers[model_name] = LocalTrainer(
+                model=model, dp=True, secure_mode=True
+            )
         # Weights that do not fit the model (count, shape, NaN) are refused here, before
         # anything is planned or spent (set_weights checks all before writing any).
         set_weights(trainer.model, weights)
         key = _round_key(request, weights)
-        replayed = self._replay(key)
-        if replayed is not None:
-            return replayed
+        records = self.records()
+        # One writer: from reading the ledger to committing this round's entry.
+        with hold_lock(self.state_dir / BUDGET_LOCK):
+            replayed = self._replay(key)
+            if replayed is not None:
+                return replayed
+            return self._train_locked(trainer, records, weights, request, key)
+
+    def _train_locked(
+        self,
+        trainer: LocalTrainer,
+        records: RecordSet,
+        weights: list[np.ndarray],
+        request: TrainRequest,
+        key: str,
+    ) -> LocalResult:
+        policy = self.config.privacy
+        r, run = request.server_round, request.run_key
+        method, delta = policy.accountant, policy.delta
+        ledger = Ledger(path=self.state_dir / LEDGER_FILENAME)
+        try:
+            entries = ledger.entries()
+            index, warning = load_index(path=self.state_dir / INDEX_FILE, entries=entries)
+            spend = record_spend(index=index, warning=warning, records=records, entries=entries)
+        except (LedgerError, RecordBudgetError) as exc:
+            raise BudgetExceededError(f"round {r} refused: {exc}") from None
+        if spend.warning:
+            _log.warning("%s", spend.warning)
+        run_events = [e for _, e in sorted(spend.events.items()) if e.run == run]
+        run_group = max([records.max_multiplicity, *(e.multiplicity for e in run_events)])
+
+        def lifetime_after(event: GaussianEvent) -> float:
+            return spend.epsilon(method=method, delta=delta, extra=(event,))
+
+        def run_after(event: GaussianEvent) -> float:
+            acc = Accountant(method=method)
+            for e in (*(e.event for e in run_events), event):
+                acc.compose(e)
+            return group_epsilon(accountant=acc, group=run_group, delta=delta)
+
         n = int(self.x.shape[0])
-        store = self.accountant_store()
-        plan = plan_run(
-            state_dir=self.state_dir,
-            run=request.run_key,
-            fingerprint=self.fingerprint,
-            history=store.load(method=policy.accountant),
-            round_event=GaussianEvent(
-                noise_multiplier=1.0,
-                sample_rate=sample_rate_for(num_examples=n, batch_size=request.batch_size),
-                steps=request.local_epochs
-                * steps_per_epoch(num_examples=n, batch_size=request.batch_size),
-            ),
-            planned_rounds=max(1, request.total_rounds),
-            max_epsilon=policy.max_epsilon,
-            run_epsilon=policy.run_epsilon,
+        q = sample_rate_for(num_examples=n, batch_size=request.batch_size)
+        steps = request.local_epochs * steps_per_epoch(
+            num_examples=n, batch_size=request.batch_size
+        )
+        try:
+            plan = plan_run(
+                state_dir=self.state_dir,
+                run=run,
+                fingerprint=records.fingerprint,
+                epsilon_after=lifetime_after,
+                run_epsilon_after=run_after,
+                round_event=GaussianEvent(noise_multiplier=1.0, sample_rate=q, steps=steps),
+                planned_rounds=max(1, request.total_rounds),
+                max_epsilon=policy.max_epsilon,
+                run_epsilon=policy.run_epsilon,
+                min_noise_multiplier=policy.min_noise_multiplier,
+                max_noise_multiplier=policy.max_noise_multiplier,
+                delta=delta,
+                accountant=method,
+            )
+            event = GaussianEvent(
+                noise_multiplier=plan.noise_multiplier, sample_rate=q, steps=steps
+            )
+            self._check_round(request, plan.planned_rounds, len(run_events), run_after(event))
+            after = lifetime_after(event)
+        except RecordBudgetError as exc:  # group privacy did not converge
+            raise BudgetExceededError(f"round {r} refused: {exc}") from None
+        if after > policy.max_epsilon:
+            raise BudgetExceededError(
+                f"round {r} refused: the most-spent record would reach epsilon {after:.4f} > "
+                f"this node's max-epsilon {policy.max_epsilon:g} at delta {delta:g} ({method})"
+            )
+        new_index = updated_index(spend=spend, records=records, seq=len(entries)).to_bytes()
+        try:  # the ledger first: a round it does not hold is neither trained nor charged
+            entry = ledger.begin(
+                run=run,
+                server_round=r,
+                dataset_fingerprint=records.fingerprint,
+                sample_rate=q,
+                noise_multiplier=plan.noise_multiplier,
+                steps=steps,
+                max_grad_norm=request.max_grad_norm,
+                epsilon_after=after,
+                delta=delta,
+                accountant=method,
+                index_digest=index_digest(new_index),
+                max_multiplicity=records.max_multiplicity,
+            )
+        except (LedgerError, OSError) as exc:
+            why = " ".join(str(exc).split())
+            raise BudgetExceededError(
+                f"round {r} refused: the privacy ledger cannot be written ({why}); nothing "
+                "was trained or charged"
+            ) from None
+        try:
+            write_index(self.state_dir / INDEX_FILE, new_index)
+        except OSError as exc:  # the ledger holds the round: it counts for every record
+            _log.warning("%s: not written (%s)", self.state_dir / INDEX_FILE, exc.strerror)
+        budget = PrivacyBudget(
+            target_epsilon=policy.max_epsilon,
+            delta=delta,
+            accountant=method,
+            planned_rounds=plan.planned_rounds,
             min_noise_multiplier=policy.min_noise_multiplier,
-            max_noise_multiplier=policy.max_noise_multiplier,
-            delta=policy.delta,
         )
         # Deployed nodes draw noise and batches from OS entropy: the generator's whole
         # state, not a seed (torch keeps only 32 bits of one: a stream one could search).
-        generator = os_entropy_generator()
-        ledger = Ledger(path=self.state_dir / LEDGER_FILENAME)
-        pending: list[LedgerEntry] = []
-
-        def record_pending(event: GaussianEvent, epsilon_after: float) -> None:
-            # Written (and fsynced) before the first gradient step: a crash mid-round
-            # leaves a pending entry, which counts as spent.
-            pending.append(
-                ledger.begin(
-                    run=request.run_key,
-                    server_round=request.server_round,
-                    dataset_fingerprint=self.fingerprint,
-                    sample_rate=event.sample_rate,
-                    noise_multiplier=event.noise_multiplier,
-                    steps=event.steps,
-                    max_grad_norm=request.max_grad_norm,
-                    epsilon_after=epsilon_after,
-                    delta=policy.delta,
-                    accountant=policy.accountant,
-                )
-            )
-
         result = trainer.run(
             global_weights=weights,
             x=self.x,
             y=self.y,
             request=request,
-            generator=generator,
+            generator=os_entropy_generator(),
             budget=budget,
-            store=store,
-            on_spend=record_pending,
-            noise_multiplier=plan.noise_multiplier,
+            charged=event,
         )
-        for entry in pending:
-            ledger.commit(entry)
+        result = dataclasses.replace(result, epsilon=after, delta=delta)
+        ledger.commit(entry)
+        self._write_report(spend, event)
         self._remember(key, result)
         return result
+
+    def _check_round(
+        self, request: TrainRequest, planned: int, trained: int, run_epsilon: float
+    ) -> None:
+        """A run trains at most its planned rounds, each within ``run-epsilon``."""
+        r, run, cap = request.server_round, request.run_key, self.config.privacy.run_epsilon
+        why = None
+        if max(1, request.total_rounds) != planned:
+            why = f"total-rounds {request.total_rounds} differs from the {planned} rounds planned"
+        elif r > planned:
+            why = f"run {run!r} planned {planned} rounds"
+        elif trained >= planned:
+            why = f"run {run!r} already trained {trained} rounds of the {planned} it planned"
+        elif cap is not None and run_epsilon > cap:
+            why = f"run {run!r} would reach epsilon {run_epsilon:.4f} > run-epsilon {cap:g}"
+        if why is not None:
+            raise BudgetExceededError(f"round {r} refused: {why}")
+
+    def _write_report(self, spend: RecordSpend, event: GaussianEvent) -> None:
+        """Rewrite the accountant report (never read back; losing it loses nothing)."""
+        policy = self.config.privacy
+        acc = spend.worst(method=policy.accountant, delta=policy.delta, extra=(event,))[1]
+        try:
+            self.accountant_store().save(acc)
+        except OSError as exc:
+            _log.warning("%s: report not written (%s)", self.accountant_store().path, exc)
 
     def receipt(self, request: TrainRequest) -> PrivacyReceipt | None:
         """The privacy receipt of ``request``'s round, from this node's ledger."""
@@ -280,6 +415,11 @@ def node_runtime(config_path: str) -> NodeRuntime:
     else:
         ds = load_dataset(name=d.dataset, seed=d.seed, target=d.target)
         x, y = ds.x_train, ds.y_train
+    keys = getattr(ds, "train_record_keys", None)  # sha256 of each record's raw bytes
+    if keys is None:
+        keys = fallback_record_keys(x, y)  # FALLBACK: remove once every loader gives keys
+    elif d.num_partitions is not None and d.partition_id is not None:
+        keys = keys[idx]
     return NodeRuntime(
         config=cfg,
         x=torch.from_numpy(x),
@@ -287,13 +427,22 @@ def node_runtime(config_path: str) -> NodeRuntime:
         input_shape=ds.input_shape,
         num_classes=ds.num_classes,
         _trainers={},
-        fingerprint=_fingerprint(x, y),
+        record_keys=np.asarray(keys),
     )
 
 
-def _fingerprint(x: np.ndarray, y: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for array in (x, y):
-        h.update(str((array.dtype.str, array.shape)).encode())
-        h.update(np.ascontiguousarray(array).tobytes())
-    return "sha256:" + h.hexdigest()
+def fallback_record_keys(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """FALLBACK (remove once ``Dataset.train_record_keys`` is everywhere): sha256 of each
+    training row's bytes and its label, as an (n, 32) uint8 array.
+
+    A row identifies a record only after the loader's transforms, so a record loaded with
+    other transforms gets another key; the loader's keys (raw bytes) do not have that flaw.
+    """
+    xs = np.ascontiguousarray(x).reshape(len(x), -1)
+    ys = np.ascontiguousarray(y)
+    out = np.empty((len(xs), 32), dtype=np.uint8)
+    for i in range(len(xs)):
+        h = hashlib.sha256(xs[i].tobytes())
+        h.update(ys[i].tobytes())
+        out[i] = np.frombuffer(h.digest(), dtype=np.uint8)
+    return out

@@ -9,7 +9,7 @@ way. It does not import Flower.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,8 +116,9 @@ class LocalTrainer:
     weights, restores the client's accountant from its store and trains.
     """
 
-    def __init__(self, *, model: nn.Module, dp: bool) -> None:
-        self._dp = DPTrainer(model=model) if dp else None
+    def __init__(self, *, model: nn.Module, dp: bool, secure_mode: bool = False) -> None:
+        # secure_mode: Opacus's floating-point defence for the noise (deployed nodes).
+        self._dp = DPTrainer(model=model, secure_mode=secure_mode) if dp else None
         self.model = self._dp.module if self._dp is not None else model
         # Where training happens: the model's device (move the model there before this).
         self.device = next(iter(model.parameters()), torch.empty(0)).device
@@ -143,13 +144,15 @@ class LocalTrainer:
         generator: torch.Generator,  # with DP: on the model's device (``self.device``)
         budget: PrivacyBudget | None = None,
         store: AccountantStore | None = None,
-        on_spend: Callable[[GaussianEvent, float], None] | None = None,
-        noise_multiplier: float | None = None,
+        charged: GaussianEvent | None = None,
     ) -> LocalResult:
         """Train one round; with DP, refuse (``BudgetExceededError``) rather than overspend.
 
-        ``on_spend(event, epsilon_after)`` runs once the round's cost is on disk and
-        before the first gradient step.
+        A simulated client passes its ``store``: its budget is checked and its accountant
+        saved before the first gradient step. A deployed node has already checked its
+        budget and written the round to its ledger; it passes the ``charged`` event, and
+        exactly that event is trained (anything else is refused before the first step).
+        The result's ``epsilon`` is then this round's alone: the node reports its own.
         """
         set_weights(self.model, global_weights)
         # No-ops when the caller preloaded the data on the model's device (simulation).
@@ -177,24 +180,38 @@ class LocalTrainer:
                 noise_multiplier=None,
                 sample_rate=None,
             )
-        if budget is None or store is None:
-            raise ValueError("DP training needs the node's budget and accountant store")
+        if budget is None or (store is None) == (charged is None):
+            raise ValueError("DP training needs the budget and either a store or a charge")
 
-        # A deployed node plans each run's noise once (fedguard.client.budget); a
-        # simulation calibrates from the budget alone.
-        sigma = noise_multiplier or noise_for_budget(
-            budget=budget,
-            num_examples=n,
-            batch_size=request.batch_size,
-            local_epochs=request.local_epochs,
-        )
-        accountant = store.load(method=budget.accountant)
-        self._refuse_if_over_budget(accountant, budget=budget, sigma=sigma, n=n, request=request)
+        if charged is not None:
+            # A deployed node planned the noise (fedguard.client.budget) and wrote the
+            # round to its ledger already: the ledger, not an accountant file, counts it.
+            sigma = charged.noise_multiplier
+            accountant = Accountant(method=budget.accountant)
 
-        def write_ahead(event: GaussianEvent) -> None:
-            store.save(accountant)
-            if on_spend is not None:  # e.g. the node's ledger: a pending entry
-                on_spend(event, accountant.get_privacy_spent(delta=budget.delta).epsilon)
+            def write_ahead(event: GaussianEvent) -> None:
+                if event != charged:
+                    raise BudgetExceededError(
+                        f"round {request.server_round} refused: it would release {event}, "
+                        f"not the {charged} written to the ledger"
+                    )
+        elif store is not None:
+            sigma = noise_for_budget(
+                budget=budget,
+                num_examples=n,
+                batch_size=request.batch_size,
+                local_epochs=request.local_epochs,
+            )
+            accountant = store.load(method=budget.accountant)
+            self._refuse_if_over_budget(
+                accountant, budget=budget, sigma=sigma, n=n, request=request
+            )
+
+            def write_ahead(event: GaussianEvent, store: AccountantStore = store) -> None:
+                store.save(accountant)
+
+        else:
+            raise ValueError("DP training needs the budget and either a store or a charge")
 
         result = self._dp.train(
             x=x,

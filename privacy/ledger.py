@@ -16,9 +16,21 @@ naming each kind of damage precisely is most of the verifier; one file keeps the
 Every append reads and verifies the whole chain first (a broken ledger is never extended)
 and replaces the file atomically, so a crash leaves the old or the new ledger.
 
-Limits: the chain detects edits, deletions (except of the newest lines), reordering and
-torn lines. Someone who can rewrite the file can also recompute every hash, or delete the
-whole file; to detect that, record the head hash (``fedguard ledger show``) elsewhere.
+A node's pending entries also carry ``max_multiplicity`` (the most times one record
+appeared in the round's data set) and ``index_digest`` (sha256 of the per-record index
+that includes the round, :mod:`fedguard.privacy.record_budget`); both are optional so that
+ledgers written before them still verify.
+
+What :meth:`Ledger.verify` detects: edited, reordered, duplicated, torn or malformed lines,
+and deleted lines other than the newest ones. What it cannot: a ledger rewritten whole
+with recomputed hashes, the newest lines removed, or the file deleted; anyone who can
+write the file can do that. :meth:`Ledger.verify_against` closes part of that gap with an
+outside anchor: the entry hashes the server recorded from the node's receipts. It names a
+ledger rewritten or truncated before the newest entry the server saw; it cannot see
+entries the server never received (a refused or lost round, a trailing pending entry).
+
+Kinds: ``"pending"`` and ``"commit"``; the kind table leaves room for a third (a future
+``"void"``: an update never released gives its epsilon back).
 
 This module never imports Flower.
 """
@@ -40,7 +52,15 @@ from fedguard.errors import FedguardError, invalid
 
 from .accountants import AccountantMethod
 
-__all__ = ["GENESIS", "LEDGER_FILENAME", "Ledger", "LedgerEntry", "LedgerError", "VerifyReport"]
+__all__ = [
+    "GENESIS",
+    "LEDGER_FILENAME",
+    "Ledger",
+    "LedgerEntry",
+    "LedgerError",
+    "ServerReceipt",
+    "VerifyReport",
+]
 
 LEDGER_FILENAME = "ledger.jsonl"
 GENESIS = "0" * 64  # ``prev`` of the first line
@@ -61,7 +81,16 @@ _PENDING_FIELDS: dict[str, tuple[type, ...]] = {
     "delta": (int, float),
     "accountant": (str,),
 }
+_PENDING_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "index_digest": (str,),
+    "max_multiplicity": (int,),
+}
 _COMMIT_FIELDS: dict[str, tuple[type, ...]] = {"pending": (str,), "pending_seq": (int,)}
+# kind -> (required fields, optional fields)
+_KINDS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type, ...]]]] = {
+    "pending": (_PENDING_FIELDS, _PENDING_OPTIONAL),
+    "commit": (_COMMIT_FIELDS, {}),
+}
 _COMMON_FIELDS: dict[str, tuple[type, ...]] = {
     "seq": (int,),
     "kind": (str,),
@@ -101,6 +130,19 @@ class LedgerEntry:
     accountant: str | None = None
     pending: str | None = None
     pending_seq: int | None = None
+    index_digest: str | None = None
+    max_multiplicity: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerReceipt:
+    """What a server recorded of one of the node's receipts (its ``metrics.jsonl``)."""
+
+    where: str  # e.g. "metrics.jsonl line 3", for the report
+    run: str
+    server_round: int
+    ledger_seq: int
+    ledger_hash: str
 
 
 @dataclass(frozen=True)
@@ -176,6 +218,29 @@ class Ledger:
         _objs, problems = _scan(data)
         return VerifyReport(ok=not problems, entries=len(_objs), problems=problems)
 
+    def verify_against(self, receipts: list[ServerReceipt]) -> VerifyReport:
+        """:meth:`verify`, and every receipt the server stored matched by seq and hash.
+
+        A receipt whose entry is missing (ledger truncated) or differs (ledger rewritten,
+        even with recomputed hashes) is named. Entries the server never saw are not checked.
+        """
+        data = self._read_bytes()
+        objs, problems = _scan(data)
+        by_seq = {o["seq"]: o for o in objs}
+        for r in receipts:
+            got = by_seq.get(r.ledger_seq)
+            what = f"{r.where}: run {r.run!r} round {r.server_round} (entry {r.ledger_seq})"
+            if got is None:
+                problems.append(f"{what}: missing from the ledger (truncated or rewritten)")
+            elif got["hash"] != r.ledger_hash or got["kind"] != "pending":
+                problems.append(
+                    f"{what}: the ledger's entry differs from the one the server received "
+                    f"(hash {str(got['hash'])[:12]}…, server {r.ledger_hash[:12]}…): rewritten"
+                )
+            elif (got["run"], got["server_round"]) != (r.run, r.server_round):
+                problems.append(f"{what}: the ledger's entry is for another round: rewritten")
+        return VerifyReport(ok=not problems, entries=len(objs), problems=problems)
+
     def entries(self) -> list[LedgerEntry]:
         """Every line, oldest first; ``[]`` if the file does not exist yet.
 
@@ -231,9 +296,12 @@ class Ledger:
         epsilon_after: float,
         delta: float,
         accountant: str,
+        index_digest: str | None = None,
+        max_multiplicity: int | None = None,
     ) -> LedgerEntry:
         """Append a pending entry (written and fsynced before this returns); call it before
-        training. ``epsilon_after`` is the dataset's total epsilon once this round completes.
+        training. ``epsilon_after`` is the most-spent record's epsilon once this round
+        completes; ``index_digest`` anchors the per-record index that includes the round.
 
         Raises
         ------
@@ -254,6 +322,12 @@ class Ledger:
             "delta": _real("delta", delta, "a number in (0, 1)", 0, 1, hi_open=True),
             "accountant": _accountant(accountant),
         }
+        if index_digest is not None:
+            if not isinstance(index_digest, str) or not _HEX64.fullmatch(index_digest):
+                raise invalid("index_digest", allowed="64 lowercase hex digits", got=index_digest)
+            fields["index_digest"] = index_digest
+        if max_multiplicity is not None:
+            fields["max_multiplicity"] = _count("max_multiplicity", max_multiplicity, minimum=1)
         return self._append("pending", fields)
 
     def commit(self, entry: LedgerEntry) -> None:
@@ -426,12 +500,15 @@ def _parse_line(number: int, line: str, problems: list[str]) -> dict[str, Any] |
     ok_seq = isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0
     where = f"entry {seq}" if ok_seq else f"line {number}"
     kind = obj.get("kind")
-    if kind not in ("pending", "commit"):
-        problems.append(f"{where}: kind: expected 'pending' or 'commit', got {kind!r}")
+    if kind not in _KINDS:
+        allowed = " or ".join(repr(k) for k in _KINDS)
+        problems.append(f"{where}: kind: expected {allowed}, got {kind!r}")
         return None
-    spec = {**_COMMON_FIELDS, **(_PENDING_FIELDS if kind == "pending" else _COMMIT_FIELDS)}
+    required, optional = _KINDS[kind]
+    spec = {**_COMMON_FIELDS, **required}
     bad = [k for k, types in spec.items() if not _has_type(obj.get(k), types)]
-    extra = sorted(set(obj) - set(spec))
+    bad += [k for k, types in optional.items() if k in obj and not _has_type(obj[k], types)]
+    extra = sorted(set(obj) - set(spec) - set(optional))
     if bad or extra:
         what = ", ".join(
             [f"{k} missing or wrong type" for k in bad] + [f"unexpected {k}" for k in extra]
@@ -440,6 +517,9 @@ def _parse_line(number: int, line: str, problems: list[str]) -> dict[str, Any] |
         return None
     if obj["seq"] < 0 or not _HEX64.fullmatch(obj["hash"]) or not _HEX64.fullmatch(obj["prev"]):
         problems.append(f"{where}: malformed entry (seq, prev or hash out of range)")
+        return None
+    if obj.get("max_multiplicity", 1) < 1 or not _HEX64.fullmatch(obj.get("index_digest", GENESIS)):
+        problems.append(f"{where}: malformed entry (max_multiplicity or index_digest out of range)")
         return None
     return obj
 

@@ -1,0 +1,466 @@
+"""A node's lifetime budget per record: which ledger events each record took part in.
+
+The budget belongs to the records, not to a file's bytes. For every record it ever trained
+on, the node keeps a keyed digest (HMAC-SHA256 under the node's secret, label
+``LABEL_RECORD``, truncated to 16 bytes) and the ledger events it took part in. A round may
+spend only what the MOST-spent of its records has left, so reordering rows, renaming or
+copying the file, a new split seed, appending or removing rows cannot reset any record.
+
+The index (``record-index.npz``, 0600, written atomically, read with
+``allow_pickle=False``) holds the sorted digests, one history id per digest, and the
+histories: lists of ``(ledger seq, multiplicity)``. The event parameters are NOT in the
+index: they are read from the ledger's pending entries, so the ledger is the record of
+reference and epsilon is recomputed from it. Few distinct histories exist (records that
+trained together share one), so the worst record is a maximum over a handful.
+
+Why 16 bytes: the digests only have to tell this node's records apart. Two distinct
+records collide with probability about n**2 / 2**129 (1e-20 for a billion records), and a
+collision only makes two records share the longer history (more spent, never less).
+
+Anchoring, so that no edit of the index frees budget: each pending ledger entry carries
+``index_digest``, the sha256 of the index file that includes its event, written to the
+ledger BEFORE the index. An index is used only if the ledger entry it names (its newest
+event) carries its digest and every event it references is a pending entry of the
+ledger. Ledger events newer than the index (a crash between the two writes), and every
+event when the index is missing, edited, stale or unreadable, are counted for EVERY
+record (the worst case, with a one-line warning naming the file), and so are they for
+records the index does not hold (its ``default`` history). An index that names more ledger
+entries than the ledger holds means the ledger was truncated or replaced: refused.
+
+Duplicates: a record appearing k > 1 times in one data set is a group of k. A mechanism
+that is (eps, d)-DP is (k eps, k e^((k-1) eps) d)-DP for groups of k (Dwork and Roth,
+Thm 2.2 generalised); the node solves ``k e^((k-1) eps(d)) d = delta`` for the per-record
+``d`` by fixed-point iteration (then checks the inequality), and counts the record at
+``k eps(d)``. A history counts with the largest k it ever had (valid: in a round where the
+record appeared fewer times, the extra copies change nothing). No convergence: refused.
+
+This module never imports Flower nor ``fedguard.task``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import itertools
+import math
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedguard._io import atomic_write_bytes
+from fedguard.errors import FedguardError
+
+from .accountants import Accountant, AccountantMethod, GaussianEvent
+from .ledger import LedgerEntry
+from .node_secret import LABEL_DATASET, LABEL_RECORD
+
+__all__ = [
+    "DIGEST_BYTES",
+    "INDEX_FILE",
+    "LedgerEvent",
+    "Profile",
+    "RecordBudgetError",
+    "RecordIndex",
+    "RecordSet",
+    "RecordSpend",
+    "group_epsilon",
+    "load_index",
+    "record_set",
+    "record_spend",
+    "updated_index",
+    "write_index",
+]
+
+INDEX_FILE = "record-index.npz"
+DIGEST_BYTES = 16
+_FORMAT = 1
+_FILE_MODE = 0o600  # which records trained when: owner only
+_ARRAYS = ("format", "digests", "history", "default", "ledger_seq", "offsets", "seqs", "mults")
+
+
+class RecordBudgetError(FedguardError):
+    """The per-record budget cannot be computed (the node refuses to train)."""
+
+
+# -- the current data set -------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordSet:
+    """A data set as the budget sees it: distinct keyed record digests and their counts."""
+
+    digests: np.ndarray  # (m,) "S16", sorted, unique
+    counts: np.ndarray  # (m,) int64 >= 1: how many times each record appears
+    rows: int
+    fingerprint: str  # "hmac:" + hex: keyed, so it confirms no guess about a record
+
+    @property
+    def max_multiplicity(self) -> int:
+        return int(self.counts.max(initial=1))
+
+
+def record_set(*, secret: bytes, keys: np.ndarray) -> RecordSet:
+    """The records of ``keys`` ((n, 32) uint8, sha256 of each record's raw bytes)."""
+    keys = np.ascontiguousarray(keys)
+    if keys.ndim != 2 or keys.dtype != np.uint8 or keys.shape[1] != 32:
+        raise RecordBudgetError(
+            f"record keys: expected an (n, 32) uint8 array, got {keys.dtype} {keys.shape}"
+        )
+    # keyed_digest(secret, LABEL_RECORD, key)[:16], with the label's key derived once.
+    base = hmac.new(hmac.new(secret, LABEL_RECORD, hashlib.sha256).digest(), b"", hashlib.sha256)
+    out = bytearray(DIGEST_BYTES * len(keys))
+    for i, row in enumerate(keys):
+        h = base.copy()
+        h.update(row.tobytes())
+        out[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES] = h.digest()[:DIGEST_BYTES]
+    flat = np.frombuffer(bytes(out), dtype=f"S{DIGEST_BYTES}")
+    digests, counts = np.unique(flat, return_counts=True)
+    fp_key = hmac.new(secret, LABEL_DATASET, hashlib.sha256).digest()
+    # Sorted digests with their repeats: any order of the same rows, one fingerprint.
+    fingerprint = hmac.new(fp_key, np.sort(flat).tobytes(), hashlib.sha256).hexdigest()
+    return RecordSet(
+        digests=digests,
+        counts=counts.astype(np.int64),
+        rows=len(keys),
+        fingerprint="hmac:" + fingerprint,
+    )
+
+
+# -- the index ------------------------------------------------------------------------
+
+
+History = tuple[tuple[int, int], ...]  # ((ledger seq, multiplicity), ...), oldest first
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordIndex:
+    """Every record the node trained on, and the ledger events each took part in."""
+
+    digests: np.ndarray  # (M,) "S16", sorted, unique
+    history: np.ndarray  # (M,) int64: an index into ``histories``
+    histories: tuple[History, ...]
+    default: int  # the history of a record the index does not hold
+    ledger_seq: int  # the newest ledger entry whose event it includes; -1: none
+
+    @classmethod
+    def empty(cls) -> RecordIndex:
+        return cls(
+            digests=np.zeros(0, dtype=f"S{DIGEST_BYTES}"),
+            history=np.zeros(0, dtype=np.int64),
+            histories=((),),
+            default=0,
+            ledger_seq=-1,
+        )
+
+    def to_bytes(self) -> bytes:
+        lengths = [len(h) for h in self.histories]
+        pairs = [p for h in self.histories for p in h]
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            format=np.int64(_FORMAT),
+            digests=self.digests.view(np.uint8).reshape(-1, DIGEST_BYTES),
+            history=self.history.astype(np.int64),
+            default=np.int64(self.default),
+            ledger_seq=np.int64(self.ledger_seq),
+            offsets=np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64),
+            seqs=np.array([s for s, _ in pairs], dtype=np.int64),
+            mults=np.array([m for _, m in pairs], dtype=np.int64),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str) -> RecordIndex:
+        """Parse and check an index file (``RecordBudgetError`` naming ``source``)."""
+
+        def bad(why: str) -> RecordBudgetError:
+            return RecordBudgetError(f"{source}: not a valid record index ({why})")
+
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                if sorted(z.files) != sorted(_ARRAYS):
+                    raise bad(f"expected the arrays {sorted(_ARRAYS)}, got {sorted(z.files)}")
+                a = {k: z[k] for k in _ARRAYS}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            raise bad(" ".join(str(exc).split())[:120]) from None
+        ints = {k: v for k, v in a.items() if k != "digests"}
+        if any(v.dtype != np.int64 for v in ints.values()) or a["digests"].dtype != np.uint8:
+            raise bad("unexpected array types")
+        if int(a["format"]) != _FORMAT or a["digests"].ndim != 2:
+            raise bad("unknown format")
+        digests = np.ascontiguousarray(a["digests"]).view(f"S{DIGEST_BYTES}").reshape(-1)
+        offsets, seqs, mults, history = a["offsets"], a["seqs"], a["mults"], a["history"]
+        n_hist = len(offsets) - 1
+        ok = (
+            a["digests"].shape[1] == DIGEST_BYTES
+            and history.shape == digests.shape
+            and n_hist >= 1
+            and offsets[0] == 0
+            and offsets[-1] == len(seqs) == len(mults)
+            and bool(np.all(np.diff(offsets) >= 0))
+            and bool(np.all(mults >= 1))
+            and bool(np.all(seqs >= 0))
+            and bool(np.all((history >= 0) & (history < n_hist)))
+            and 0 <= int(a["default"]) < n_hist
+            and bool(np.all(digests[1:] > digests[:-1]))
+        )
+        if not ok:
+            raise bad("inconsistent arrays")
+        histories = tuple(
+            tuple(zip(seqs[o:e].tolist(), mults[o:e].tolist(), strict=True))
+            for o, e in itertools.pairwise(offsets.tolist())
+        )
+        return cls(
+            digests=digests,
+            history=history,
+            histories=histories,
+            default=int(a["default"]),
+            ledger_seq=int(a["ledger_seq"]),
+        )
+
+
+def index_digest(data: bytes) -> str:
+    """What a pending ledger entry records of the index that includes its event."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_index(path: Path, data: bytes) -> None:
+    atomic_write_bytes(path, data, mode=_FILE_MODE)
+
+
+# -- the ledger's events --------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerEvent:
+    """One pending ledger entry's DP-SGD event (the ledger is the reference)."""
+
+    seq: int
+    run: str
+    event: GaussianEvent
+    multiplicity: int  # the most times one record appeared in that round's data set
+
+
+def ledger_events(entries: Sequence[LedgerEntry]) -> dict[int, LedgerEvent]:
+    """Every pending entry's event (pending ones count as spent: write-ahead)."""
+    out: dict[int, LedgerEvent] = {}
+    for e in entries:
+        if e.kind != "pending":  # "commit" (and a future "void") carry no event
+            continue
+        out[e.seq] = LedgerEvent(
+            seq=e.seq,
+            run=e.run or "",
+            event=GaussianEvent(
+                noise_multiplier=float(e.noise_multiplier or 0.0),
+                sample_rate=float(e.sample_rate or 0.0),
+                steps=int(e.steps or 0),
+            ),
+            multiplicity=int(e.max_multiplicity or 1),
+        )
+    return out
+
+
+def load_index(*, path: Path, entries: Sequence[LedgerEntry]) -> tuple[RecordIndex, str | None]:
+    """The index if the ledger anchors it, else an empty one and the one-line warning.
+
+    Raises
+    ------
+    RecordBudgetError
+        The index names ledger entries the ledger does not hold (ledger truncated).
+    """
+    events = ledger_events(entries)
+    worst = f"every record counts as having taken part in all {len(events)} rounds of the ledger"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return RecordIndex.empty(), (f"{path}: missing; {worst}" if events else None)
+    except OSError as exc:
+        return RecordIndex.empty(), f"{path}: unreadable ({exc.strerror}); {worst}"
+    try:
+        index = RecordIndex.from_bytes(data, source=str(path))
+    except RecordBudgetError as exc:
+        return RecordIndex.empty(), f"{exc}; {worst}"
+    if index.ledger_seq >= len(entries):
+        raise RecordBudgetError(
+            f"{path}: covers ledger entry {index.ledger_seq} but the ledger holds only "
+            f"{len(entries)} entries: the ledger was truncated or replaced; refusing (restore "
+            "it; `fedguard ledger verify --against` compares it with the server's receipts)"
+        )
+    anchor = entries[index.ledger_seq] if index.ledger_seq >= 0 else None
+    referenced = {s for h in index.histories for s, _ in h}
+    if (
+        anchor is None
+        or anchor.kind != "pending"
+        or anchor.index_digest != index_digest(data)
+        or any(s not in events or s > index.ledger_seq for s in referenced)
+    ):
+        return RecordIndex.empty(), f"{path}: does not match the ledger; {worst}"
+    return index, None
+
+
+# -- what the current records have spent ----------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    """Records that took part in the same events with the same group size."""
+
+    seqs: tuple[int, ...]  # ledger events, oldest first
+    group: int
+    records: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordSpend:
+    """What a data set's records have spent, from the ledger; the worst record rules."""
+
+    index: RecordIndex
+    unindexed: tuple[int, ...]  # ledger events counted for every record
+    profiles: tuple[Profile, ...]
+    events: Mapping[int, LedgerEvent]
+    record_ids: np.ndarray  # per distinct current record: its history id in ``index``
+    warning: str | None
+    _cache: dict[tuple[int, ...], tuple[GaussianEvent, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def epsilon(
+        self, *, method: AccountantMethod | str, delta: float, extra: Sequence[GaussianEvent] = ()
+    ) -> float:
+        """The most-spent record's epsilon after ``extra`` (0.0 for a fresh data set)."""
+        return self.worst(method=method, delta=delta, extra=extra)[0]
+
+    def worst(
+        self, *, method: AccountantMethod | str, delta: float, extra: Sequence[GaussianEvent] = ()
+    ) -> tuple[float, Accountant]:
+        """The most-spent record's epsilon after ``extra``, and its events (no group factor)."""
+        worst: tuple[float, Accountant] = (0.0, Accountant(method=method))
+        for p in self.profiles:
+            base = self._cache.get(p.seqs)
+            if base is None:
+                base = self._cache[p.seqs] = tuple(self.events[s].event for s in p.seqs)
+            acc = Accountant(method=method)
+            for e in (*base, *extra):
+                acc.compose(e)
+            eps = group_epsilon(accountant=acc, group=p.group, delta=delta)
+            if eps >= worst[0]:
+                worst = (eps, acc)
+        return worst
+
+
+def record_spend(
+    *, index: RecordIndex, warning: str | None, records: RecordSet, entries: Sequence[LedgerEntry]
+) -> RecordSpend:
+    """The distinct spend profiles of ``records`` under ``index`` and the ledger."""
+    events = ledger_events(entries)
+    unindexed = tuple(s for s in sorted(events) if s > index.ledger_seq)
+    u_mult = max((events[s].multiplicity for s in unindexed), default=1)
+    ids = _history_ids(index, records.digests)
+    scale = int(records.counts.max(initial=1)) + 1
+    keys, sizes = np.unique(ids * scale + records.counts, return_counts=True)
+    profiles = []
+    for key, size in zip(keys.tolist(), sizes.tolist(), strict=True):
+        hid, k = divmod(key, scale)
+        h = index.histories[hid]
+        group = max(k, u_mult if unindexed else 1, *(m for _, m in h))
+        profiles.append(Profile(seqs=tuple(s for s, _ in h) + unindexed, group=group, records=size))
+    merged: dict[tuple[tuple[int, ...], int], int] = {}
+    for p in profiles:
+        merged[(p.seqs, p.group)] = merged.get((p.seqs, p.group), 0) + p.records
+    return RecordSpend(
+        index=index,
+        unindexed=unindexed,
+        profiles=tuple(Profile(seqs=s, group=g, records=n) for (s, g), n in merged.items()),
+        events=events,
+        record_ids=ids,
+        warning=warning,
+    )
+
+
+def _history_ids(index: RecordIndex, digests: np.ndarray) -> np.ndarray:
+    """Each digest's history id in ``index`` (its ``default`` for one it does not hold)."""
+    if not len(index.digests):
+        return np.full(len(digests), index.default, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(index.digests, digests), len(index.digests) - 1)
+    found = index.digests[pos] == digests
+    return np.where(found, index.history[pos], index.default).astype(np.int64)
+
+
+def updated_index(*, spend: RecordSpend, records: RecordSet, seq: int) -> RecordIndex:
+    """The index once ledger event ``seq`` is charged to every record of ``records``.
+
+    Unindexed events are folded into every history (the worst case becomes the record).
+    """
+    index = spend.index
+    fold: History = tuple((s, spend.events[s].multiplicity) for s in spend.unindexed)
+    histories = [h + fold for h in index.histories]
+    # Each (previous history, multiplicity now) pair gets its own new history.
+    scale = int(records.counts.max(initial=1)) + 1
+    pair_keys, inverse = np.unique(spend.record_ids * scale + records.counts, return_inverse=True)
+    new_ids = np.empty(len(pair_keys), dtype=np.int64)
+    for i, key in enumerate(pair_keys.tolist()):
+        hid, k = divmod(key, scale)
+        new_ids[i] = len(histories)
+        histories.append(histories[hid] + ((seq, k),))
+    current = new_ids[inverse.reshape(-1)]
+    keep = ~np.isin(index.digests, records.digests, assume_unique=True)
+    digests = np.concatenate([index.digests[keep], records.digests])
+    history = np.concatenate([index.history[keep], current])
+    order = np.argsort(digests, kind="stable")
+    digests, history = digests[order], history[order]
+    # Drop histories no record refers to any more, and renumber.
+    used = np.unique(np.concatenate([history, [index.default]]))
+    return RecordIndex(
+        digests=digests,
+        history=np.searchsorted(used, history).astype(np.int64),
+        histories=tuple(histories[i] for i in used.tolist()),
+        default=int(np.searchsorted(used, index.default)),
+        ledger_seq=seq,
+    )
+
+
+# -- group privacy --------------------------------------------------------------------
+
+_MAX_ITERATIONS = 200
+
+
+def group_epsilon(*, accountant: Accountant, group: int, delta: float) -> float:
+    """Epsilon of ``accountant``'s composition for a group of ``group`` records at ``delta``.
+
+    (eps, d)-DP gives (k eps, k e^((k-1) eps) d)-DP for groups of k; the per-record ``d``
+    solves ``k e^((k-1) eps(d)) d = delta`` (fixed point, approached from above, then
+    lowered until the inequality holds). ``RecordBudgetError`` if it does not converge.
+    """
+    if group <= 1:
+        return accountant.get_privacy_spent(delta=delta).epsilon
+    if not accountant.events:
+        return 0.0
+    k = group
+
+    def group_delta(d: float) -> tuple[float, float]:
+        eps = accountant.get_privacy_spent(delta=d).epsilon
+        exponent = (k - 1) * eps
+        return eps, (math.inf if exponent > 700 else k * math.exp(exponent) * d)
+
+    d = delta / k
+    for _ in range(_MAX_ITERATIONS):
+        eps, _gd = group_delta(d)
+        nxt = delta / (k * math.exp(min((k - 1) * eps, 700.0)))
+        if not nxt > 1e-300:
+            break
+        if abs(nxt - d) <= 1e-9 * d:
+            for _ in range(60):  # from above: step below until k e^((k-1)eps) d <= delta
+                eps, gd = group_delta(nxt)
+                if gd <= delta:
+                    return k * eps
+                nxt *= 0.99
+            break
+        d = nxt
+    raise RecordBudgetError(
+        f"group privacy for a record appearing {k} times: no per-record delta gives the "
+        f"node's delta {delta:g} (epsilon too large for groups of {k}); refusing"
+    )
