@@ -59,6 +59,9 @@ def simulate(
         ),
     ] = None,
     target: Annotated[str | None, Opt(help="label column of a CSV/Parquet file")] = None,
+    schema: Annotated[
+        Path | None, Opt(help="declared feature schema (TOML) of a CSV/Parquet file")
+    ] = None,
     model: Annotated[str | None, Opt(help="logreg, mlp, cnn, tb_cnn or scatter_cnn")] = None,
     hidden: Annotated[int | None, Opt(help="width of the mlp's hidden layer")] = None,
     clients: Annotated[int | None, Opt(help="number of virtual clients")] = None,
@@ -129,6 +132,7 @@ def simulate(
     overrides = {
         "dataset": dataset,
         "target": target,
+        "schema": schema,
         "model": model,
         "hidden": hidden,
         "clients": clients,

@@ -55,6 +55,7 @@ class SimulationConfig:
 
     dataset: str = "digits"
     target: str | None = None
+    schema: Path | None = None  # declared feature schema of a CSV/Parquet --dataset
     model: str = "logreg"
     hidden: int = 128  # width of the mlp's hidden layer
     clients: int = 10

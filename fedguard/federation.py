@@ -15,12 +15,13 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedguard.config import SimulationConfig
-from fedguard.errors import invalid
+from fedguard.errors import ConfigError, invalid
 from fedguard.optimizers import ServerOptimizer
 from fedguard.task import Dataset, Metrics, build_model, load_dataset, partition
 
@@ -61,14 +62,31 @@ class FederatedData:
 
 @functools.lru_cache(maxsize=4)
 def load_federated_data(
-    *, dataset: str, target: str | None, seed: int, clients: int, scheme: str, alpha: float
+    *,
+    dataset: str,
+    target: str | None,
+    seed: int,
+    clients: int,
+    scheme: str,
+    alpha: float,
+    schema: str | None = None,
 ) -> FederatedData:
     """Load ``dataset`` and split its training part among ``clients``, seeded.
 
-    Cached per process: a Flower ClientApp is rebuilt for every message, but the virtual
-    node's worker process keeps the loaded data.
+    Every transform is per record with public constants (:mod:`fedguard.task.data`), so
+    loading the set once and partitioning it gives each virtual client exactly what a
+    node loading only its own rows would get; the test holdout is drawn per record by a
+    keyed hash (key from ``seed``), so no statistic crosses clients or the train/test
+    boundary. Cached per process: a Flower ClientApp is rebuilt for every message, but
+    the virtual node's worker process keeps the loaded data.
     """
-    data = _load_dataset_cached(name=dataset, seed=seed, target=target)
+    data = _load_dataset_cached(name=dataset, seed=seed, target=target, schema=schema)
+    if data.dp_scaling is not None:
+        raise ConfigError(
+            f"--schema: expected columns with public scaling in a simulation, got "
+            f'scaling = "dp" for {", ".join(data.dp_scaling.names)} in {schema} (DP scaling '
+            f"is not yet in simulation: declare a public range or centre/scale)"
+        )
     parts = partition(
         labels=data.y_train,
         num_clients=clients,
@@ -80,10 +98,14 @@ def load_federated_data(
 
 
 @functools.lru_cache(maxsize=2)
-def _load_dataset_cached(*, name: str, seed: int, target: str | None) -> Dataset:
+def _load_dataset_cached(
+    *, name: str, seed: int, target: str | None, schema: str | None
+) -> Dataset:
     """One copy per process for every partitioning of the same data (a sweep's IID and
     Dirichlet cells): ScatterNet features take ~45 s to compute and ~1.1 GB to hold."""
-    return load_dataset(name=name, seed=seed, target=target)
+    return load_dataset(
+        name=name, seed=seed, target=target, schema=None if schema is None else Path(schema)
+    )
 
 
 def clear_data_cache() -> None:
@@ -340,4 +362,5 @@ def federated_data(config: SimulationConfig) -> FederatedData:
         clients=config.clients,
         scheme=config.partition,
         alpha=config.alpha,
+        schema=None if config.schema is None else str(config.schema),
     )

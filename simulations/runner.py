@@ -3,7 +3,9 @@
 Everything that can be wrong with the input (options, config file, data set, partition)
 is checked before the output folder is touched, so bad input leaves no partial files.
 Results are written atomically: ``metrics.jsonl`` is rewritten after every round (a
-reader never sees half a line) and ``summary.json`` once at the end.
+reader never sees half a line), ``summary.json`` and the final global model
+(``model.safetensors``: tensors named as the model's ``state_dict``, never pickle) once
+at the end.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from fedguard._io import atomic_write_json, atomic_write_text
+from fedguard._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
-from fedguard.federation import FederatedData, RoundRecord, federated_data
+from fedguard.federation import FederatedData, RoundRecord, federated_data, initial_model
 
 __all__ = ["SimulationSummary", "simulate"]
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+MODEL_FILE = "model.safetensors"
+MODEL_FORMAT = "fedguard-model/1"
 STATE_DIR = "state"
 
 
@@ -65,9 +69,11 @@ def simulate(
     _check_fits(config, data)
     out = _prepare_out(config.out, overwrite=overwrite)
     records: list[RoundRecord] = []
+    final: list[list[np.ndarray]] = []
 
-    def record_round(record: RoundRecord, _weights: list[np.ndarray]) -> None:
+    def record_round(record: RoundRecord, weights: list[np.ndarray]) -> None:
         records.append(record)
+        final[:] = [weights]
         lines = "".join(json.dumps(r.as_dict(), allow_nan=False) + "\n" for r in records)
         atomic_write_text(out / METRICS_FILE, lines)
         if on_round is not None:
@@ -103,8 +109,32 @@ def simulate(
         wall_seconds=time.perf_counter() - started,
         config=config.to_dict(),
     )
+    save_model(out / MODEL_FILE, config=config, data=data, weights=final[0])
     atomic_write_json(out / SUMMARY_FILE, summary.as_dict())
     return summary
+
+
+def save_model(
+    path: Path, *, config: SimulationConfig, data: FederatedData, weights: list[np.ndarray]
+) -> None:
+    """The final global model as safetensors, with what is needed to rebuild it."""
+    from safetensors.numpy import save as st_save
+
+    names = list(initial_model(config, data).state_dict())
+    if len(names) != len(weights):
+        raise RuntimeError(f"final model: {len(weights)} arrays for {len(names)} parameters")
+    tensors = {n: np.ascontiguousarray(w) for n, w in zip(names, weights, strict=True)}
+    ds = data.dataset
+    metadata = {
+        "format": MODEL_FORMAT,
+        "model": config.model,
+        "hidden": str(config.hidden),
+        "input-shape": json.dumps(list(ds.input_shape)),
+        "num-classes": str(ds.num_classes),
+        "rounds": str(config.rounds),
+        "dataset": config.dataset,
+    }
+    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
 
 
 def _check_fits(config: SimulationConfig, data: FederatedData) -> None:
@@ -118,7 +148,7 @@ def _check_fits(config: SimulationConfig, data: FederatedData) -> None:
 
 def _prepare_out(out: Path, *, overwrite: bool) -> Path:
     """Create ``out``; refuse to mix results with an earlier run's unless told to."""
-    previous = [out / METRICS_FILE, out / SUMMARY_FILE, out / STATE_DIR]
+    previous = [out / METRICS_FILE, out / SUMMARY_FILE, out / MODEL_FILE, out / STATE_DIR]
     if any(p.exists() for p in previous):
         if not overwrite:
             raise ConfigError(
