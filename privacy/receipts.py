@@ -7,11 +7,12 @@ matched line by line. ``fedguard.transport`` encodes it as ``fedguard.v1.Privacy
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .ledger import Ledger
 
-__all__ = ["PrivacyReceipt", "receipt_for"]
+__all__ = ["PrivacyReceipt", "receipt_for", "without_count"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,9 +20,10 @@ class PrivacyReceipt:
     run: str
     server_round: int
     dataset_fingerprint: str
-    sample_rate: float
-    noise_multiplier: float
-    steps: int
+    # None: withheld, they give away the record count (see :func:`without_count`).
+    sample_rate: float | None
+    noise_multiplier: float | None
+    steps: int | None
     max_grad_norm: float
     epsilon: float  # cumulative on this data set after the round
     delta: float
@@ -29,6 +31,17 @@ class PrivacyReceipt:
     ledger_seq: int
     ledger_hash: str
     committed: bool
+
+
+def without_count(receipt: PrivacyReceipt) -> PrivacyReceipt:
+    """The receipt without the fields that give away the node's record count.
+
+    ``sample_rate`` is batch / n, ``steps`` is epochs x ceil(n / batch), and the noise
+    multiplier is calibrated from both: each reveals n. What stays: run, round, the data
+    set's keyed fingerprint, the requested clipping norm, epsilon, delta, accountant and
+    the ledger entry's seq and hash (and whether it is committed).
+    """
+    return dataclasses.replace(receipt, sample_rate=None, noise_multiplier=None, steps=None)
 
 
 def receipt_for(ledger: Ledger, *, run: str, server_round: int) -> PrivacyReceipt | None:

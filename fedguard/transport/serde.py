@@ -317,15 +317,23 @@ def decode_receipt(data: bytes) -> PrivacyReceipt:
         raise WireError(f"not a fedguard.v1.PrivacyReceipt: {exc}") from None
     if m.version != WIRE_VERSION:
         raise WireError(f"PrivacyReceipt version: expected {WIRE_VERSION}, got {m.version}")
+    # Absent: withheld by the node, as they give away its record count.
+    sample_rate = m.sample_rate if m.HasField("sample_rate") else None
+    noise_multiplier = m.noise_multiplier if m.HasField("noise_multiplier") else None
     checks = (
-        ("sample_rate", m.sample_rate, 0 < m.sample_rate <= 1, "in (0, 1]"),
-        ("noise_multiplier", m.noise_multiplier, m.noise_multiplier >= 0, ">= 0"),
+        ("sample_rate", sample_rate, sample_rate is None or 0 < sample_rate <= 1, "in (0, 1]"),
+        (
+            "noise_multiplier",
+            noise_multiplier,
+            noise_multiplier is None or noise_multiplier >= 0,
+            ">= 0",
+        ),
         ("max_grad_norm", m.max_grad_norm, m.max_grad_norm > 0, "> 0"),
         ("epsilon", m.epsilon, m.epsilon >= 0, ">= 0"),
         ("delta", m.delta, 0 < m.delta < 1, "in (0, 1)"),
     )
     for key, value, ok, allowed in checks:
-        if not (math.isfinite(value) and ok):
+        if not ((value is None or math.isfinite(value)) and ok):
             raise WireError(
                 f"PrivacyReceipt {key}: expected a finite number {allowed}, got {value}"
             )
@@ -338,9 +346,9 @@ def decode_receipt(data: bytes) -> PrivacyReceipt:
         run=m.run,
         server_round=m.server_round,
         dataset_fingerprint=m.dataset_fingerprint,
-        sample_rate=m.sample_rate,
-        noise_multiplier=m.noise_multiplier,
-        steps=m.steps,
+        sample_rate=sample_rate,
+        noise_multiplier=noise_multiplier,
+        steps=m.steps if m.HasField("steps") else None,
         max_grad_norm=m.max_grad_norm,
         epsilon=m.epsilon,
         delta=m.delta,

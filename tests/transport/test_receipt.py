@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from fedguard.messages import attach_receipt
 from fedguard.privacy.ledger import Ledger
-from fedguard.privacy.receipts import PrivacyReceipt, receipt_for
+from fedguard.privacy.receipts import PrivacyReceipt, receipt_for, without_count
+from fedguard.proto.v1 import receipt_pb2 as rpb
 from fedguard.server.receipts import read_receipt
 from fedguard.transport import WireError, decode_receipt, encode_receipt
 
@@ -115,3 +116,19 @@ def test_mutated_receipts_raise_only_wire_error_or_decode(position: int, value: 
     raw[position % len(raw)] = value
     with contextlib.suppress(WireError):
         decode_receipt(bytes(raw))
+
+
+def test_a_receipt_without_count_carries_nothing_that_gives_the_record_count_away():
+    withheld = without_count(BASE)
+    data = encode_receipt(withheld)
+    assert decode_receipt(data) == withheld
+    assert (withheld.sample_rate, withheld.noise_multiplier, withheld.steps) == (None,) * 3
+    # Not on the wire at all (not even as a default): the fields are absent.
+    m = rpb.PrivacyReceipt.FromString(data)
+    for name in ("sample_rate", "noise_multiplier", "steps"):
+        assert not m.HasField(name)
+    # What stays: run, round, epsilon, delta, accountant, ledger seq and hash, committed.
+    full = decode_receipt(encode_receipt(BASE))
+    assert (full.sample_rate, full.noise_multiplier, full.steps) == (0.1, 1.0, 3)
+    kept = ("run", "server_round", "epsilon", "delta", "accountant", "ledger_seq", "committed")
+    assert all(getattr(withheld, k) == getattr(BASE, k) for k in kept)
