@@ -85,7 +85,9 @@ def test_same_seed_same_result_other_seed_differs(tmp_path: Path):
         for r, a_r in zip(read_metrics(tmp_path / "b"), read_metrics(tmp_path / "a"), strict=True)
     ]
     assert read_metrics(tmp_path / "c")[-1]["loss"] != read_metrics(tmp_path / "a")[-1]["loss"]
-    assert c.final_epsilon_max == pytest.approx(a.final_epsilon_max)
+    # The seed also keys the per-record test holdout, so client sizes (and the calibrated
+    # noise) differ a little between seeds; each still spends about its whole budget.
+    assert c.final_epsilon_max == pytest.approx(a.final_epsilon_max, rel=0.01)
 
 
 def test_a_client_refuses_rounds_beyond_its_budget(tmp_path: Path):
