@@ -13,7 +13,7 @@ TYPECHECK_ROOT := build/typecheck
 SUBPACKAGES := privacy client server simulations
 
 .PHONY: demo test lint typecheck unit venv clean bench-deploy bench-secagg protos bench-sim gpu-check \
-	bench-fmnist
+	bench-fmnist wheel-check
 
 venv: $(STAMP)
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,ray]'
 	@touch $(STAMP)
 
 # 1) a simulation: 10 virtual clients in one process; 2) a real federation on loopback:
@@ -49,6 +49,23 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test: lint typecheck unit
+
+# The package as a user gets it (#16): build the wheel, install it into a fresh virtual
+# environment (CPU torch first, as above), then run a simulation and a one-round loopback
+# federation from that install, outside the checkout. CI runs it after `make test`.
+WHEEL_DIR := build/wheel-check
+wheel-check: $(STAMP)
+	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) .
+	$(PY) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
+	$(WHEEL_DIR)/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt \
+		$(WHEEL_DIR)/fedguard-*.whl
+	cd $(WHEEL_DIR) && venv/bin/python -c "import fedguard, pathlib, sys; \
+		sys.exit(0 if 'site-packages' in pathlib.Path(fedguard.__file__).parts else 1)"
+	cd $(WHEEL_DIR) && venv/bin/fedguard simulate --dataset digits --clients 3 --rounds 2 \
+		--epsilon 3 --out sim --overwrite
+	cd $(WHEEL_DIR) && venv/bin/fedguard demo --out demo --nodes 2 --rounds 1
 
 # Regenerate fedguard/proto from protos/ with the pinned grpcio-tools; generated files are
 # never edited by hand (tests/transport/test_protos_fresh.py fails when they are stale).

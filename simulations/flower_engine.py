@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedguard.config import SimulationConfig
+from fedguard.errors import ConfigError
 from fedguard.federation import RoundRecord
 
 __all__ = ["ray_backend_config", "run_flower"]
@@ -37,6 +38,13 @@ def run_flower(
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            "--engine flower: Flower's simulation engine needs Ray, which is not installed: "
+            "pip install 'fedguard[ray]' (or use --engine inprocess)"
+        )
     from flwr.simulation import run_simulation
 
     from fedguard.client.app import app as client_app
