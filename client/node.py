@@ -38,6 +38,7 @@ from safetensors.numpy import save as st_save
 
 from fedguard._io import atomic_write_bytes
 from fedguard.client.budget import plan_run
+from fedguard.client.node_data import load_node_dataset
 from fedguard.client.state_lock import hold_lock
 from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer, PrivacyBudget
 from fedguard.deploy_config import NodeConfig, load_node_config
@@ -67,7 +68,7 @@ from fedguard.privacy.record_budget import (
     write_index,
 )
 from fedguard.privacy.rng import os_entropy_generator
-from fedguard.task import build_model, load_dataset, set_weights
+from fedguard.task import build_model, set_weights
 
 __all__ = [
     "NodeRuntime",
@@ -413,7 +414,7 @@ def node_runtime(config_path: str) -> NodeRuntime:
         idx = fed.partitions[d.partition_id]
         x, y = ds.x_train[idx], ds.y_train[idx]
     else:
-        ds = load_dataset(name=d.dataset, seed=d.seed, target=d.target)
+        ds = load_node_dataset(cfg)  # every record trains; schema, validation share (#13.1)
         x, y = ds.x_train, ds.y_train
     keys = getattr(ds, "train_record_keys", None)  # sha256 of each record's raw bytes
     if keys is None:

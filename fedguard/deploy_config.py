@@ -75,6 +75,7 @@ class TaskSection:
     num_classes: int = 10
     eval_dataset: str | None = None  # built-in name or a file, held out on the server
     eval_target: str | None = None
+    schema: Path | None = None  # the feature schema the nodes share (eval file read with it)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +141,8 @@ class FederationConfig:
             del doc["federation"]["prox_mu"]
         # A safety bound, not a training setting: changing it need not restart a run.
         del doc["federation"]["max_update_norm"]
+        if self.task.schema is None:  # leaving it out keeps earlier configs' digests
+            del doc["task"]["schema"]
         return hashlib.sha256(repr(sorted(doc.items())).encode()).hexdigest()[:16]
 
 
@@ -161,6 +164,8 @@ class DataSection:
     partition_id: int | None = None  # demo: take one IID share of a shared data set
     num_partitions: int | None = None
     seed: int = 0
+    schema: Path | None = None  # declared feature schema of a CSV/Parquet (next to node.toml)
+    validation_share: float = 0.0  # records kept out of training, each by a keyed hash
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,6 +260,13 @@ def load_federation_config(path: Path) -> FederationConfig:
     _check(path, "task.num-classes", t.num_classes >= 2, "an integer >= 2", t.num_classes)
     _check(
         path,
+        "task.schema",
+        t.schema is None or _exists(t.schema),
+        "an existing schema file (TOML)",
+        None if t.schema is None else str(t.schema),
+    )
+    _check(
+        path,
         "task.input-shape",
         bool(t.input_shape)
         and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in t.input_shape),
@@ -325,6 +337,20 @@ def load_node_config(path: Path) -> NodeConfig:
             f"an integer in [0, {d.num_partitions})",
             d.partition_id,
         )
+    _check(
+        path,
+        "data.validation-share",
+        0 <= d.validation_share < 1,
+        "a number in [0, 1) (0: every record trains)",
+        d.validation_share,
+    )
+    _check(
+        path,
+        "data.schema",
+        d.schema is None or _exists(d.schema),
+        "an existing schema file (TOML)",
+        None if d.schema is None else str(d.schema),
+    )
     _check(path, "privacy.max-epsilon", p.max_epsilon > 0, "a number > 0", p.max_epsilon)
     if p.run_epsilon is not None:
         _check(

@@ -417,7 +417,16 @@ def _evaluator(
             roc_auc=None,
             examples=0,
         )
-    ds = load_dataset(name=t.eval_dataset, seed=cfg.federation.seed, target=t.eval_target)
+    # The server's own file is evaluated on every row, through the nodes' schema; a
+    # built-in (the demo) on its holdout, which the demo's nodes never train on (#13.1).
+    own_file = Path(t.eval_dataset).suffix.lower() in (".csv", ".parquet", ".npz")
+    ds = load_dataset(
+        name=t.eval_dataset,
+        seed=cfg.federation.seed,
+        target=t.eval_target,
+        schema=t.schema,
+        split="all-test" if own_file else "holdout",
+    )
     x, y = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
 
     def evaluate_global(w: list[np.ndarray]) -> Metrics:
