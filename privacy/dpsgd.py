@@ -19,13 +19,25 @@ and divides by the expected batch size q*n (Opacus's ``DPOptimizer``). An empty 
 still releases a noisy (noise-only) step, as the analysis assumes.
 
 Randomness: sampling and noise come only from the ``torch.Generator`` the caller passes;
-the global RNGs are never touched. Secure mode is OFF: Opacus's ``secure_mode`` needs
-``torchcsprng``, which is not available for this torch, so noise is drawn from the
-generator's Mersenne Twister in floating point. It is therefore vulnerable to the
-floating-point attacks on Gaussian noise (Mironov 2012; Jin et al. 2022) and its
-seed-determined noise is only as secret as the seed; torch keeps only 32 bits of a seed,
-so deployed nodes pass :func:`fedguard.privacy.rng.os_entropy_generator` (the whole
-generator state from the OS) instead of a seeded generator.
+the global RNGs are never touched. Noise is drawn in floating point from that generator's
+Mersenne Twister, so it is only as secret as the generator's state: torch keeps only 32
+bits of a seed, and deployed nodes pass :func:`fedguard.privacy.rng.os_entropy_generator`
+(the whole state from the OS) instead of a seeded generator.
+
+``secure_mode=True`` (deployed nodes) is Opacus's defence against floating-point attacks
+on Gaussian noise (Mironov 2012 for Laplace; Jin et al. 2022, arXiv:2112.05307, for
+Opacus's Gaussian): every noise tensor is the sum of four independent ``N(0, std^2)``
+draws halved (same distribution; one draw is thrown away first), after Holohan and
+Braghin 2021 (arXiv:2107.10138, section 5.1), so that a released value no longer pins
+down the one float the generator produced (Opacus puts the attack's cost at ~2^159
+instead of ~2^53). It needs no ``torchcsprng``: only Opacus's ``PrivacyEngine`` uses
+that, for its generator, and fedguard passes its own. What it does not do: make the
+generator cryptographic (MT19937 outputs are predictable from enough of them; none is
+released raw), remove timing side channels, or make the sum exact (it is float32
+arithmetic, a heuristic defence, not a proof). It costs four noise draws per parameter
+per step instead of one. Simulation keeps it off (the default): seeded runs
+stay reproducible, and :class:`fedguard.privacy.cohort.CohortDPTrainer` draws exactly
+the numbers ``DPTrainer`` draws without it.
 """
 
 from __future__ import annotations
@@ -181,6 +193,10 @@ class DPTrainer:
         the same clipped sum at different costs. ``auto``: ``bk`` (book-keeping
         clipping, one backward pass) where it applies (all of fedguard's models), else
         ``hooks``.
+    secure_mode : bool
+        Opacus's floating-point defence for the noise (see the module docstring), drawn
+        from the caller's generator. On for deployed nodes; off (the default) in
+        simulation, which must stay reproducible and match the vectorised trainer.
 
     Raises
     ------
@@ -189,7 +205,11 @@ class DPTrainer:
         is already wrapped by another trainer, or the mode is unknown.
     """
 
-    def __init__(self, *, model: nn.Module, grad_sample_mode: str = "auto") -> None:
+    def __init__(
+        self, *, model: nn.Module, grad_sample_mode: str = "auto", secure_mode: bool = False
+    ) -> None:
+        if not isinstance(secure_mode, bool):
+            raise invalid("secure_mode", allowed="True or False", got=secure_mode)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
@@ -209,12 +229,18 @@ class DPTrainer:
             )
         self._per_sample = PerSampleGradients(model=model, mode=grad_sample_mode)
         self._model = model
+        self._secure_mode = secure_mode
         self._clear()
 
     @property
     def grad_sample_mode(self) -> str:
         """How per-sample gradients are clipped (:data:`GRAD_SAMPLE_MODES`)."""
         return self._per_sample.mode
+
+    @property
+    def secure_mode(self) -> bool:
+        """Whether noise is drawn with Opacus's floating-point defence."""
+        return self._secure_mode
 
     @property
     def module(self) -> nn.Module:
@@ -302,6 +328,7 @@ class DPTrainer:
             max_grad_norm=clip,
             expected_batch_size=expected_batch,
             generator=generator,
+            secure_mode=self._secure_mode,
         )
         was_training = self._model.training
         loss_sum, examples = 0.0, 0

@@ -121,8 +121,13 @@ class PerSampleGradients:
         max_grad_norm: float,
         expected_batch_size: int,
         generator: torch.Generator,
+        secure_mode: bool = False,
     ) -> DPOptimizer:
-        """Plain SGD on the noisy mean: clip (unless the backward did), sum, noise, scale."""
+        """Plain SGD on the noisy mean: clip (unless the backward did), sum, noise, scale.
+
+        ``secure_mode``: Opacus's floating-point defence for the noise, from ``generator``
+        (see :mod:`fedguard.privacy.dpsgd`).
+        """
         for p in params:
             # GradSampleModule's hooks expect the attribute (Opacus adds it to Parameter).
             p.grad_sample = None  # type: ignore[attr-defined]
@@ -139,7 +144,7 @@ class PerSampleGradients:
             expected_batch_size=expected_batch_size,
             loss_reduction="mean",  # divide the noisy sum by expected_batch_size
             generator=generator,
-            secure_mode=False,  # torchcsprng unavailable; see fedguard.privacy.dpsgd
+            secure_mode=secure_mode,
         )
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> float:

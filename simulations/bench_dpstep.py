@@ -8,7 +8,11 @@ is the fastest of the repeats (of one call's steps): on a shared machine other j
 ever add time, so the minimum is the best estimate of the cost itself (as ``timeit``
 advises).
 
-    python -m fedguard.simulations.bench_dpstep --batch 256 --models mlp,cnn
+``--secure`` adds, per mode, the same DP step with Opacus's floating-point defence for the
+noise (``DPTrainer(secure_mode=True)``, what deployed nodes run: four Gaussian draws per
+noise value instead of one), as column ``<mode>+secure``.
+
+    python -m fedguard.simulations.bench_dpstep --batch 256 --models mlp,cnn --secure
 """
 
 from __future__ import annotations
@@ -59,17 +63,31 @@ def dp_step_costs(
     repeats: int = 5,
     device: str = "cpu",
     hidden: int = 128,
+    secure: bool = False,
 ) -> list[StepCost]:
-    """Time a plain step and a DP step per mode for each model (see the module docstring)."""
+    """Time a plain step and a DP step per mode for each model (see the module docstring).
+
+    ``secure``: also time each mode with ``secure_mode=True`` (key ``<mode>+secure``).
+    """
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *input_shape, generator=gen).to(dev)
     y = torch.randint(0, 10, (batch,), generator=gen).to(dev)
-    return [_cost(name, x=x, y=y, modes=modes, repeats=repeats, hidden=hidden) for name in models]
+    return [
+        _cost(name, x=x, y=y, modes=modes, repeats=repeats, hidden=hidden, secure=secure)
+        for name in models
+    ]
 
 
 def _cost(
-    name: str, *, x: torch.Tensor, y: torch.Tensor, modes: Sequence[str], repeats: int, hidden: int
+    name: str,
+    *,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    modes: Sequence[str],
+    repeats: int,
+    hidden: int,
+    secure: bool,
 ) -> StepCost:
     batch, shape = int(x.shape[0]), tuple(int(d) for d in x.shape[1:])
 
@@ -111,10 +129,12 @@ def _cost(
 
     jobs: dict[str, Callable[[], object]] = {"plain": plain}
     for mode in modes:
-        try:
-            jobs[mode] = private(DPTrainer(model=fresh(), grad_sample_mode=mode))
-        except ConfigError:  # e.g. bk on a model with convolutions
-            continue
+        for defended in (False, True) if secure else (False,):
+            try:
+                trainer = DPTrainer(model=fresh(), grad_sample_mode=mode, secure_mode=defended)
+            except ConfigError:  # e.g. bk on a model with convolutions
+                continue
+            jobs[f"{mode}+secure" if defended else mode] = private(trainer)
     for job in jobs.values():  # warm-up: allocator, first-call dispatch
         job()
     times: dict[str, list[float]] = {k: [] for k in jobs}
@@ -155,10 +175,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--modes", default=",".join(GRAD_SAMPLE_MODES[1:]))
+    parser.add_argument(
+        "--secure", action="store_true", help="also time each mode with secure_mode=True"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     costs = dp_step_costs(
-        models=args.models.split(","), batch=args.batch, repeats=args.repeats, device=args.device
+        models=args.models.split(","),
+        batch=args.batch,
+        repeats=args.repeats,
+        device=args.device,
+        modes=args.modes.split(","),
+        secure=args.secure,
     )
     print(markdown_table(costs))
 

@@ -387,3 +387,68 @@ def test_mismatched_data_is_refused():
         match=r"^grad_sample_mode: expected one of auto, hooks, functorch, ew, ghost, bk",
     ):
         DPTrainer(model=_model(), grad_sample_mode="vmap")
+
+
+class _NoiseSpy:
+    """Wraps Opacus's real ``_generate_noise``: records each call's mode and noise."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import opacus.optimizers.optimizer as plain_opt
+        import opacus.optimizers.optimizer_fast_gradient_clipping as fast_opt
+
+        self.calls: list[tuple[bool, float, torch.Tensor]] = []
+        real = plain_opt._generate_noise
+
+        def spy(std, reference, generator=None, secure_mode=False):
+            noise = real(std, reference, generator=generator, secure_mode=secure_mode)
+            self.calls.append((secure_mode, std, noise.detach().clone()))
+            return noise
+
+        # Both optimizers DPTrainer builds (per-sample modes and bk/ghost) call it.
+        monkeypatch.setattr(plain_opt, "_generate_noise", spy)
+        monkeypatch.setattr(fast_opt, "_generate_noise", spy)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "bk"])
+def test_secure_mode_noise_is_opacus_defended_and_has_the_right_spread(monkeypatch, mode):
+    from fedguard.privacy.rng import os_entropy_generator
+
+    spy = _NoiseSpy(monkeypatch)
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 100, (32,), generator=torch.Generator().manual_seed(2))
+    trainer = DPTrainer(model=nn.Linear(64, 100), grad_sample_mode=mode, secure_mode=True)
+    assert trainer.secure_mode
+    trainer.train(
+        x=x,
+        y=y,
+        epochs=10,  # batch 32 of 32: one step an epoch, 6,500 noise values a step
+        batch_size=32,
+        lr=0.1,
+        noise_multiplier=1.3,
+        max_grad_norm=0.7,
+        accountant=Accountant(method="rdp"),
+        generator=os_entropy_generator(),
+    )
+    assert len(spy.calls) == 10 * 2  # weight and bias, every step
+    assert all(secure for secure, _, _ in spy.calls)
+    assert all(std == pytest.approx(1.3 * 0.7) for _, std, _ in spy.calls)
+    noise = torch.cat([n.reshape(-1) for _, _, n in spy.calls]).double()
+    # 65,000 draws: the sample std is within 0.3% of the true one (1 sd), the mean 0.004.
+    assert noise.std().item() == pytest.approx(1.3 * 0.7, rel=0.02)
+    assert abs(noise.mean().item()) < 5 * 1.3 * 0.7 / math.sqrt(noise.numel())
+
+
+def test_secure_mode_draws_other_numbers_and_is_off_by_default(monkeypatch):
+    spy = _NoiseSpy(monkeypatch)
+    x, y = _data(0)
+    plain, secure = DPTrainer(model=_model()), DPTrainer(model=_model(), secure_mode=True)
+    assert not plain.secure_mode  # simulation's default: reproducible, like CohortDPTrainer
+    _train(plain, x, y, seed=5)
+    _train(secure, x, y, seed=5)
+    modes = [secure_mode for secure_mode, _, _ in spy.calls]
+    half = len(modes) // 2
+    assert not any(modes[:half]) and all(modes[half:])
+    # Same generator seed, same data: the defended noise is other draws (4 a value).
+    assert not torch.equal(_flat(plain.module), _flat(secure.module))
+    with pytest.raises(ConfigError, match="secure_mode"):
+        DPTrainer(model=_model(1), secure_mode=1)  # type: ignore[arg-type]
