@@ -39,6 +39,7 @@ from fedguard.messages import (
     secagg_payload,
 )
 from fedguard.privacy import AccountantStore
+from fedguard.privacy.receipts import without_count
 from fedguard.transport import encode_receipt
 
 __all__ = ["NODE_CONFIG_KEY", "app"]
@@ -61,15 +62,14 @@ def _node_config_path(context: Context) -> str | None:
 
 @app.query("describe")
 def describe(message: Message, context: Context) -> Message:
-    """Tell the server who this node is: its name (deployment) or client id (simulation)."""
+    """Tell the server who this node is: its name (deployment) or client id (simulation).
+
+    A deployed node never tells its record count here: the weight cap of a round is the
+    federation's public ``weight-cap``, not learnt from the nodes (#13.6).
+    """
     path = _node_config_path(context)
     if path is not None:
-        runtime = node_runtime(path)
-        info: dict[str, str | int] = {
-            "name": runtime.config.node.name,
-            "client-id": -1,
-            "num-examples": int(runtime.x.shape[0]),
-        }
+        info: dict[str, str | int] = {"name": node_runtime(path).config.node.name, "client-id": -1}
     else:
         cid = _client_id(context)
         info = {"name": f"client-{cid:05d}", "client-id": cid, "num-examples": 0}
@@ -132,17 +132,21 @@ def train(message: Message, context: Context) -> Message:
                 # A virtual client's record names a state folder: never taken from a server.
                 raise ValueError("train request: a deployed node takes no simulation record")
             runtime = node_runtime(path)
-            secure = NodeSecAgg(config=runtime.config, examples=int(runtime.x.shape[0]))
+            reveal = runtime.config.privacy.reveal_count
+            # The node's weight in a secure sum: its record count only with its consent
+            # (the sums' totals over changing cohorts would give the count away too).
+            secure = NodeSecAgg(
+                config=runtime.config, examples=int(runtime.x.shape[0]) if reveal else 1
+            )
             # Policy first: a round the node would refuse is refused before any training.
             setup = secure.check_request(
                 setup_bytes=secagg_payload(message.content), request=request
             )
             result = runtime.train(model_name=request.model, weights=weights, request=request)
             receipt = runtime.receipt(request)
-            # The training loss is computed from the records and is not DP-protected: a
-            # deployed node keeps it (a simulation reports it).
-            metrics = _reply_metrics(result, {})
-            del metrics["train-loss"]
+            metrics = _deployed_metrics(result, reveal_count=reveal and setup is None)
+            if receipt is not None and not (reveal and setup is None):
+                receipt = without_count(receipt)
             if setup is not None:
                 delta = [w - g for w, g in zip(result.weights, weights, strict=True)]
                 advert = secure.begin(setup=setup, update=delta, request=request)
@@ -179,6 +183,22 @@ def secagg(message: Message, context: Context) -> Message:
             Error(code=ERROR_CLIENT_FAILED, reason=f"{type(exc).__name__}: {exc}"), reply_to=message
         )
     return Message(encode_secagg(reply), reply_to=message)
+
+
+def _deployed_metrics(result: LocalResult, *, reveal_count: bool) -> dict[str, float | int]:
+    """What a deployed node tells the server about its round, besides the update.
+
+    Never the training loss (computed from the records, not DP-protected). The record
+    count and the DP-SGD figures that give it away (steps, sample rate, the calibrated
+    noise multiplier) only with ``reveal_count``: under secure aggregation never (#13.6);
+    epsilon and delta always (the server reports every node's spend).
+    """
+    metrics = _reply_metrics(result, {})
+    del metrics["train-loss"]
+    if not reveal_count:
+        for key in ("num-examples", "steps", "sample-rate", "noise-multiplier"):
+            metrics.pop(key, None)
+    return metrics
 
 
 def _reply_metrics(result: LocalResult, extra: dict[str, float | int]) -> dict[str, float | int]:

@@ -66,6 +66,10 @@ class FederationSection:
     round_timeout: float = 300.0
     seed: int = 0
     max_update_norm: float = MAX_UPDATE_NORM  # plain rounds: larger updates are refused
+    # The most one node's update weighs in the mean (a public constant, never learnt from
+    # the nodes): 1 = equal weights; above 1, nodes with privacy.reveal-count weigh
+    # min(records, weight-cap), inside the masked vector under secure aggregation.
+    weight_cap: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +147,9 @@ class FederationConfig:
         del doc["federation"]["max_update_norm"]
         if self.task.schema is None:  # leaving it out keeps earlier configs' digests
             del doc["task"]["schema"]
+        if self.federation.weight_cap == 1:
+            # The default; leaving it out keeps the digests of configs made before it.
+            del doc["federation"]["weight_cap"]
         return hashlib.sha256(repr(sorted(doc.items())).encode()).hexdigest()[:16]
 
 
@@ -177,6 +184,10 @@ class PolicySection:
     max_noise_multiplier: float = 10.0  # a run needing more (budget nearly spent) is refused
     max_local_epochs: int = 5
     accountant: str = "rdp"
+    # Whether the server may learn this node's record count: in a plain round's reply and
+    # receipt, and as its weight inside a secure sum (whose totals over changing cohorts
+    # would give it away too). Off: weight 1, no count-revealing receipt field.
+    reveal_count: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,6 +268,7 @@ def load_federation_config(path: Path) -> FederationConfig:
         "a number > 0 (an L2 norm)",
         f.max_update_norm,
     )
+    _check(path, "federation.weight-cap", f.weight_cap >= 1, "an integer >= 1", f.weight_cap)
     _check(path, "task.num-classes", t.num_classes >= 2, "an integer >= 2", t.num_classes)
     _check(
         path,

@@ -312,8 +312,9 @@ def _metrics(content: RecordDict) -> dict[str, float]:
     bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
     if bad:
         raise ValueError(f"reply metrics: expected finite values, got non-finite {bad}")
+    # Absent: the node keeps its record count (under secure aggregation, or by its policy).
     n = metrics.get("num-examples")
-    if n is None or n < 1 or not n.is_integer():
+    if n is not None and (n < 1 or not n.is_integer()):
         raise ValueError(f"reply num-examples: expected an integer >= 1, got {n}")
     return metrics
 

@@ -7,6 +7,7 @@ module only turns a cohort into messages and replies into updates.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -57,7 +58,11 @@ def wait_for_nodes(grid: Grid, count: int, *, wait_s: float = NODE_WAIT_S) -> li
 def describe_nodes(
     grid: Grid, nodes: list[int], *, timeout: float = NODE_WAIT_S
 ) -> dict[int, dict[str, str | int]]:
-    """Ask every node who it is: {node id: {"name", "client-id", "num-examples"}}."""
+    """Ask every node who it is: {node id: {"name", "client-id"}}.
+
+    A deployed node tells no record count (a simulation's virtual client may send one; it
+    is not kept either): weights come from the replies, capped by a public constant.
+    """
     msgs = [Message(RecordDict(), dst_node_id=n, message_type="query.describe") for n in nodes]
     info: dict[int, dict[str, str | int]] = {}
     for reply in send_and_receive(grid, msgs, timeout=timeout):
@@ -66,11 +71,11 @@ def describe_nodes(
             _log.warning("node %s did not describe itself: %s", node, reply.error.reason)
             continue
         record = reply.content.config_records["node"]
-        cid, count = record["client-id"], record["num-examples"]
-        if not isinstance(cid, int) or not isinstance(count, int):
-            _log.warning("node %s described itself badly: %s", node, record)
+        cid = record.get("client-id")
+        if not isinstance(cid, int) or "name" not in record:
+            _log.warning("node %s described itself badly: %s", node, sorted(record))
             continue
-        info[node] = {"name": str(record["name"]), "client-id": cid, "num-examples": count}
+        info[node] = {"name": str(record["name"]), "client-id": cid}
     return info
 
 
@@ -99,7 +104,9 @@ def exchange_round(
     ``max_update_norm``. With ``receipt_run`` (a deployment) every reply must carry a
     privacy receipt for that run and this round: without one a stale or replayed reply
     could not be told from a fresh one. ``weight_cap`` caps a reply's ``num-examples``
-    (as secure aggregation caps a node's weight).
+    (as secure aggregation caps a node's weight). A reply without ``num-examples`` (the
+    node keeps its record count) weighs 1, and then so does every update of the round:
+    weighting the others by their counts would leave that node almost no weight.
     """
     msgs = [
         Message(
@@ -115,6 +122,8 @@ def exchange_round(
     # Pushing gave each message its id: a reply must answer the one its sender was sent.
     asked = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
     answered: set[int] = set()
+    out: list[ClientUpdate | Refusal] = []
+    withheld: list[int] = []
     # Sorted by client id: the running sum is then added in the same order on every engine.
     for reply in sorted(replies, key=lambda r: client_of.get(r.metadata.src_node_id, -1)):
         node = reply.metadata.src_node_id
@@ -129,7 +138,7 @@ def exchange_round(
             continue
         answered.add(cid)
         if reply.has_error():
-            yield Refusal(client_id=cid, reason=f"{label(cid)}: {reply.error.reason}")
+            out.append(Refusal(client_id=cid, reason=f"{label(cid)}: {reply.error.reason}"))
             continue
         try:
             decoded = decode_reply(reply, expect=expect, max_update_norm=max_update_norm)
@@ -141,27 +150,42 @@ def exchange_round(
                 )
             )
         except (ValueError, KeyError, TypeError) as exc:
-            yield Refusal(client_id=cid, reason=f"{label(cid)}: malformed reply: {exc}")
+            out.append(Refusal(client_id=cid, reason=f"{label(cid)}: malformed reply: {exc}"))
             continue
         m = decoded.metrics
-        examples = int(m["num-examples"])
+        if "num-examples" not in m:
+            withheld.append(cid)
+        examples = int(m.get("num-examples", 1))
         if weight_cap is not None and examples > weight_cap:
             _log.warning(
-                "round %d: %s claims %d examples; counted as %d (the cohort's largest)",
+                "round %d: %s claims %d examples; counted as %d (the weight cap)",
                 server_round,
                 label(cid),
                 examples,
                 weight_cap,
             )
             examples = weight_cap
-        yield ClientUpdate(
-            client_id=cid,
-            weights=decoded.weights,
-            num_examples=examples,
-            train_loss=m.get("train-loss", float("nan")),
-            epsilon=m.get("epsilon") if receipt is None else receipt.epsilon,
-            receipt=receipt,
+        out.append(
+            ClientUpdate(
+                client_id=cid,
+                weights=decoded.weights,
+                num_examples=examples,
+                train_loss=m.get("train-loss", float("nan")),
+                epsilon=m.get("epsilon") if receipt is None else receipt.epsilon,
+                receipt=receipt,
+            )
         )
+    if withheld:
+        _log.info(
+            "round %d: equal weights (%s kept their record count)",
+            server_round,
+            ", ".join(label(c) for c in withheld),
+        )
+        out = [
+            dataclasses.replace(u, num_examples=1) if isinstance(u, ClientUpdate) else u
+            for u in out
+        ]
+    yield from out
     for cid in sorted(set(cohort) - answered):
         yield Refusal(client_id=cid, reason=f"{label(cid)}: no reply within {timeout:.0f}s")
 

@@ -41,7 +41,7 @@ from fedguard.federation import (
 from fedguard.flower_compat import check_flower_version, patch_object_pull_backoff
 from fedguard.messages import encode_train
 from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
-from fedguard.privacy.client_dp import ClientLevelSpent, client_level_spent
+from fedguard.privacy.client_dp import ClientDP, ClientLevelSpent, client_level_spent
 from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.privacy.secagg import SecAggParams, make_params
 from fedguard.server.app import describe_nodes, exchange_round, wait_for_nodes
@@ -102,10 +102,9 @@ def main(grid: Grid, context: Context) -> None:
     info = {n: v for n, v in _gather_nodes(grid, cfg).items() if n not in revoked_now}
     names = sorted(str(v["name"]) for v in info.values())
     node_of = {names.index(str(v["name"])): node for node, v in info.items()}
-    examples = {c: int(info[node]["num-examples"]) for c, node in node_of.items()}
     _say(f"{len(names)} nodes: {', '.join(names)}")
     if cfg.secagg.enabled:
-        sa = _secagg_params(cfg, first_round, sorted(node_of), examples)
+        sa = _secagg_params(cfg, first_round, sorted(node_of))
         _say(
             f"secure aggregation: SecAgg+ (k={sa.degree} neighbours, t={sa.threshold} shares, "
             f"{sa.bits}-bit levels in [-{sa.clip_range:g}, {sa.clip_range:g}], "
@@ -133,7 +132,7 @@ def main(grid: Grid, context: Context) -> None:
         cohort = [c for c in cohort if node_of[c] not in gone]
         if not cohort:
             return
-        params = _secagg_params(cfg, server_round, cohort, examples) if cfg.secagg.enabled else None
+        params = _secagg_params(cfg, server_round, cohort) if cfg.secagg.enabled else None
         cd = cfg.client_dp
         request = TrainRequest(
             server_round=server_round,
@@ -201,8 +200,8 @@ def main(grid: Grid, context: Context) -> None:
             receipt_run=request.run_key,
             expect=global_weights,
             max_update_norm=cfg.federation.max_update_norm,
-            # As under secure aggregation: nobody outweighs the cohort's largest data set.
-            weight_cap=max(1, *(examples[c] for c in cohort)),
+            # As under secure aggregation: a public constant, never learnt from the nodes.
+            weight_cap=cfg.federation.weight_cap,
         )
 
     def on_round(record: RoundRecord, new_weights: list[np.ndarray]) -> None:
@@ -276,10 +275,14 @@ def main(grid: Grid, context: Context) -> None:
                     **dataclasses.asdict(cfg.client_dp),
                     # The figure and what it assumes: accountant, neighbours, sampling.
                     **client_level(int(last["round"])).as_dict(),
+                    "noise_shares": _noise_shares(cfg, cohort_size=min(cohort_size, len(names))),
                 }
                 if cfg.client_dp.enabled
                 else None
             ),
+            # Record counts: none in the clear under secure aggregation; in plain rounds
+            # only from nodes whose privacy.reveal-count is true (the others weigh 1).
+            "weight_cap": cfg.federation.weight_cap,
             "secure_aggregation": (
                 {"protocol": "SecAgg+", **dataclasses.asdict(cfg.secagg)}
                 if cfg.secagg.enabled
@@ -352,9 +355,29 @@ def _client_level(
     )
 
 
-def _secagg_params(
-    cfg: FederationConfig, server_round: int, cohort: list[int], examples: dict[int, int]
-) -> SecAggParams:
+def _noise_shares(cfg: FederationConfig, *, cohort_size: int) -> dict[str, Any]:
+    """How the nodes size their client-level noise shares, and what that guarantees."""
+    cd = cfg.client_dp
+    t = _secagg_params(cfg, 1, list(range(max(2, cohort_size)))).threshold
+    mech = ClientDP(
+        clip_norm=cd.clip_norm, noise_multiplier=cd.noise_multiplier, min_contributors=t
+    )
+    return {
+        "min_contributors": t,
+        "share_std": mech.share_std,  # noise_multiplier * clip_norm / sqrt(t - 1)
+        "guarantee": (
+            "any sum the server unmasks holds >= t shares; the server together with any one "
+            "node (which knows its own share) still faces noise std >= noise_multiplier * "
+            "clip_norm; c >= 2 colluding nodes leave noise_multiplier * sqrt((t - c) / (t - 1))"
+        ),
+        "noise_multiplier_seen_by_server_alone": mech.effective_noise_multiplier(contributors=t),
+        "noise_multiplier_seen_with_one_colluding_node": mech.effective_noise_multiplier(
+            contributors=t, colluders=1
+        ),
+    }
+
+
+def _secagg_params(cfg: FederationConfig, server_round: int, cohort: list[int]) -> SecAggParams:
     sa = cfg.secagg
     return make_params(
         run=cfg.federation.name,
@@ -362,9 +385,8 @@ def _secagg_params(
         cohort=len(cohort),
         clip_range=sa.clip_range,
         bits=sa.bits,
-        # The largest data set in the cohort (nodes told the server in `describe`); a
-        # node claiming more is capped to it. Client-level DP averages with equal weights.
-        weight_cap=1 if cfg.client_dp.enabled else max(1, *(examples[c] for c in cohort)),
+        # A public constant (nodes tell no count); client-level DP: equal weights.
+        weight_cap=1 if cfg.client_dp.enabled else cfg.federation.weight_cap,
         dropout_tolerance=sa.dropout_tolerance,
         graph_seed=cfg.federation.seed,
     )

@@ -108,7 +108,9 @@ def secure_round(
         yield ClientUpdate(
             client_id=cid,
             weights=None,
-            num_examples=int(metrics["num-examples"]),
+            # No record count in the clear under secure aggregation: 0, unknown (a weight,
+            # when the node consents, travels inside its masked input).
+            num_examples=0,
             train_loss=metrics.get("train-loss", float("nan")),
             epsilon=metrics.get("epsilon") if receipt is None else receipt.epsilon,
             receipt=receipt,

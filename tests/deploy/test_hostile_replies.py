@@ -400,11 +400,6 @@ CASES = [
         "expected a numpy.ndarray, got serialisation 'torch.raw'",
     ),
     Case(
-        "num-examples missing",
-        one(lambda m: with_records(m, metrics=MetricRecord({"train-loss": 0.5}))),
-        "num-examples: expected an integer >= 1, got None",
-    ),
-    Case(
         "num-examples 0",
         one(lambda m: with_records(m, metrics=metrics(**{"num-examples": 0}))),
         "expected an integer >= 1, got 0",
@@ -584,6 +579,20 @@ def test_an_inflated_example_count_is_capped_at_the_cohorts_largest(caplog):
     for got, s, w in zip(final, start, want, strict=True):
         np.testing.assert_allclose(got, s + w, rtol=0, atol=1e-6)
     assert any("mallory claims 1000000000 examples; counted as 50" in w for w in warnings(caplog))
+
+
+def test_a_reply_without_its_count_makes_the_round_equally_weighted(caplog):
+    """A node that keeps its record count (privacy.reveal-count off) weighs 1, and so does
+    every update of that round: weighted by the others' counts it would hardly count."""
+    caplog.set_level(logging.INFO)
+    quiet = one(lambda m: with_records(m, metrics=MetricRecord({"train-loss": 0.5})))
+    start, records, final = run({c: honest(c) for c in HONEST} | {HOSTILE: quiet})
+    assert (records[0].clients, records[0].refused) == (4, 0)
+    want = exact_mean(1, dict.fromkeys([*HONEST, HOSTILE], 1))
+    for got, s, w in zip(final, start, want, strict=True):
+        np.testing.assert_allclose(got, s + w, rtol=0, atol=1e-6)
+    assert any("equal weights (mallory kept their record count)" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
 
 
 def test_when_every_reply_is_hostile_the_model_is_kept_and_the_next_round_runs(caplog):

@@ -201,7 +201,6 @@ class Federation:
     grid: LoopbackGrid
     node_of: dict[int, int]  # client id -> node id
     names: dict[int, str]
-    examples: dict[int, int]  # as the nodes described themselves
     said: list[str] = field(default_factory=list)
 
     def state(self, cid: int) -> Path:
@@ -243,6 +242,7 @@ class Federation:
         cohort: list[int] | None = None,
         clip_range: float | None = None,
         client_dp: tuple[float, float, int | None] | None = None,
+        weight_cap: int | None = None,
     ) -> Round:
         """One secure round as the deployed ServerApp runs it (server/deploy_app.py)."""
         cohort = sorted(self.node_of) if cohort is None else cohort
@@ -255,7 +255,8 @@ class Federation:
             cohort=len(cohort),
             clip_range=clip,
             bits=sa.bits,
-            weight_cap=1 if client_dp else max(1, *(self.examples[c] for c in cohort)),
+            # A public constant ([federation] weight-cap), never learnt from the nodes.
+            weight_cap=1 if client_dp else weight_cap or self.cfg.federation.weight_cap,
             dropout_tolerance=sa.dropout_tolerance,
             graph_seed=self.cfg.federation.seed,
         )
@@ -316,8 +317,8 @@ class Federation:
         got = np.concatenate([m.ravel() for m in mean.mean_update]).astype(np.float64)
         clip = rnd.params.clip_range
         clipped = {c: np.clip(self.trained_delta(c, rnd), -clip, clip) for c in survivors}
-        weight = {r.client_id: r.num_examples for r in rnd.receipts}
-        assert max(weight.values()) <= rnd.params.weight_cap  # no weight was capped
+        # Equal weights: the nodes keep their record counts (privacy.reveal-count off).
+        weight = dict.fromkeys(survivors, 1)
         want = sum(weight[c] * clipped[c] for c in survivors) / sum(weight[c] for c in survivors)
         # One step for the stochastic rounding; float32 rounding (of each node's delta and
         # of the mean) stays below clip * 2**-23.
@@ -337,12 +338,9 @@ def fed(tmp_path: Path, identity) -> Federation:
     grid = LoopbackGrid({node_ids[cid]: toml for cid, toml in enumerate(layout.nodes)})
     info = describe_nodes(grid, list(node_ids.values()), timeout=TIMEOUT)
     names = {cid: str(info[n]["name"]) for cid, n in node_ids.items()}
-    examples = {cid: int(info[n]["num-examples"]) for cid, n in node_ids.items()}
     assert names == {cid: toml.parent.name for cid, toml in enumerate(layout.nodes)}
     grid.sent.clear()
-    return Federation(
-        layout=layout, cfg=cfg, grid=grid, node_of=node_ids, names=names, examples=examples
-    )
+    return Federation(layout=layout, cfg=cfg, grid=grid, node_of=node_ids, names=names)
 
 
 def _mode(path: Path) -> int:
@@ -372,7 +370,7 @@ def test_four_nodes_nobody_drops_mean_matches_weighted_mean(fed: Federation):
     assert sorted(r.client_id for r in rnd.receipts) == list(range(NODES))
     for r in rnd.receipts:
         assert r.weights is None  # no update reached the server in the clear
-        assert r.num_examples == fed.examples[r.client_id]
+        assert r.num_examples == 0  # no record count in the clear
         assert r.epsilon is not None and 0 < r.epsilon <= EPSILON
     assert rnd.means[0].dropped == 0
     fed.check_mean(rnd, survivors=list(range(NODES)))
@@ -614,10 +612,11 @@ def test_a_node_can_shift_the_sum_unseen_but_not_outside_the_encodable_range(fed
     assert (first.means[0].count, first.means[0].dropped) == (NODES, 0)  # accepted
     got = first.means[0].mean_update[0].ravel()[0]
     clip, bits = first.params.clip_range, first.params.bits
-    total_weight = sum(r.num_examples for r in first.receipts)
+    weight = dict.fromkeys(range(NODES), 1)  # equal weights (no node reveals its count)
+    total_weight = sum(weight.values())
     shift = 1000 * quantization_step(clip_range=clip, bits=bits) / total_weight
     delta = {c: np.clip(fed.trained_delta(c, first)[0], -clip, clip) for c in range(NODES)}
-    honest = sum(r.num_examples * delta[r.client_id] for r in first.receipts) / total_weight
+    honest = sum(weight[c] * delta[c] for c in range(NODES)) / total_weight
     step = quantization_step(clip_range=clip, bits=bits)
     assert abs(got - (honest + shift)) <= step + clip * 2.0**-22
 

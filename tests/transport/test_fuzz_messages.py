@@ -75,7 +75,7 @@ def test_reply_decoding_of_random_arrays_raises_only_value_error(got, values, ex
         assert "\n" not in str(exc)
         return
     assert all(np.all(np.isfinite(w)) for w in reply.weights)
-    assert reply.metrics["num-examples"] >= 1
+    assert reply.metrics.get("num-examples", 1) >= 1  # absent: the node keeps its count
 
 
 @settings(
