@@ -40,7 +40,12 @@ from fedguard.federation import (
     run_rounds,
 )
 from fedguard.optimizers import FedAvgM
-from fedguard.privacy.client_dp import ClientDP, client_level_spent, clip_and_noise
+from fedguard.privacy.client_dp import (
+    ClientDP,
+    ClientLevelSpent,
+    client_level_spent,
+    clip_and_noise,
+)
 from fedguard.privacy.secagg import (
     SecAggAbortedError,
     dequantize_mean,
@@ -50,7 +55,7 @@ from fedguard.privacy.secagg import (
 from fedguard.simulations.client_state import AccountantCache
 from fedguard.task import Metrics, evaluate, get_weights, set_weights
 
-__all__ = ["run_inprocess", "vectorizes"]
+__all__ = ["client_level", "run_inprocess", "vectorizes"]
 
 _log = logging.getLogger(__name__)
 _STREAM_QUANTIZE = 4  # the stochastic rounding of secure aggregation (federation.py: 1-3)
@@ -64,6 +69,19 @@ def _update(client_id: int, result: LocalResult) -> ClientUpdate:
         num_examples=result.num_examples,
         train_loss=result.train_loss,
         epsilon=result.epsilon,
+    )
+
+
+def client_level(config: SimulationConfig, *, rounds: int) -> ClientLevelSpent:
+    """Client-level epsilon after ``rounds`` (``--client-dp``): the deployed server's
+    accounting for the same m-of-N draw, RDP whatever ``--accountant`` says (that option
+    is the sample-level accountant)."""
+    return client_level_spent(
+        noise_multiplier=config.client_noise,
+        num_clients=config.clients,
+        cohort_size=min(config.cohort_size, config.clients),
+        rounds=rounds,
+        delta=config.delta,
     )
 
 
@@ -182,15 +200,7 @@ def run_inprocess(
         )
 
     def client_epsilon(server_round: int) -> float:
-        # The deployed server's accounting, for the same m-of-N draw (RDP whatever
-        # --accountant says: that option is the sample-level accountant).
-        return client_level_spent(
-            noise_multiplier=config.client_noise,
-            num_clients=config.clients,
-            cohort_size=min(config.cohort_size, config.clients),
-            rounds=server_round,
-            delta=config.delta,
-        ).epsilon
+        return client_level(config, rounds=server_round).epsilon
 
     def train_cohort_secure(
         server_round: int, cohort: list[int], global_weights: list[np.ndarray]

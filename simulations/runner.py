@@ -52,6 +52,8 @@ class SimulationSummary:
     engine: str
     wall_seconds: float
     config: dict[str, Any]
+    # --client-dp: the figure and what it assumes (accountant, neighbours, sampling).
+    client_level_dp: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,10 +110,17 @@ def simulate(
         engine=config.engine,
         wall_seconds=time.perf_counter() - started,
         config=config.to_dict(),
+        client_level_dp=None if last.client_epsilon is None else _client_level(config, last.round),
     )
     save_model(out / MODEL_FILE, config=config, data=data, weights=final[0])
     atomic_write_json(out / SUMMARY_FILE, summary.as_dict())
     return summary
+
+
+def _client_level(config: SimulationConfig, rounds: int) -> dict[str, object]:
+    from fedguard.simulations.inprocess import client_level  # --client-dp: in-process only
+
+    return client_level(config, rounds=rounds).as_dict()
 
 
 def save_model(

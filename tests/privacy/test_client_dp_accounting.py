@@ -235,3 +235,8 @@ def test_the_simulation_reports_the_scheme_it_runs(tmp_path: Path):
     want = [reference_without_replacement(z=0.8, n=6, m=3, rounds=r) for r in (1, 2)]
     assert got == pytest.approx(want, rel=1e-6)
     assert summary.final_client_epsilon == pytest.approx(want[-1], rel=1e-6)
+    written = json.loads((cfg.out / "summary.json").read_text())["client_level_dp"]
+    assert written["epsilon"] == pytest.approx(want[-1], rel=1e-6)
+    assert written["neighbouring"] == "replace-one"
+    assert written["sampling"] == "3 of 6 nodes a round, without replacement"
+    assert written["accountant"] == "rdp"
