@@ -28,15 +28,19 @@ from types import FrameType
 
 from fedguard._io import private_folder
 from fedguard._procs import flower_env, fork_start, stop
+from fedguard.client.app_bundle import bundle_refusal
+from fedguard.client.state_lock import lock_file
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import FedguardError
 from fedguard.flower_compat import (
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_PATIENCE,
     PRELOAD_ENV,
+    patch_supernode_bundle_check,
     preload_supernode,
     supernode_main,
 )
+from fedguard.task_identity import installed_task
 
 __all__ = [
     "NodeRefusedError",
@@ -46,6 +50,7 @@ __all__ = [
     "run_client",
 ]
 
+NODE_LOCK = "node.lock"
 CONNECT_TIMEOUT_S = 30.0
 MAX_RECONNECTS = 3  # a SuperNode that stops on its own after being accepted is restarted
 # How long the server may still hold a crashed session of this key online (it refuses to
@@ -170,6 +175,9 @@ def run_client(*, config_path: Path) -> None:
     n = cfg.node
     private_folder(n.state_dir, key=f"{config_path}: node.state-dir")
     os.umask(0o077)  # Flower's logs and files in the state folder: owner only
+    # One node process per state folder, for its whole life (its forks inherit the lock):
+    # a second one exits naming the PID that holds it (StateFolderInUseError, one line).
+    lock_file(n.state_dir / NODE_LOCK, wait=False)
     flwr_home = n.state_dir / "flwr"
     flwr_home.mkdir(mode=0o700, exist_ok=True)
     # Flower's SuperNode through fedguard's compatibility layer: version-checked patches
@@ -210,6 +218,12 @@ def run_client(*, config_path: Path) -> None:
     # Load). The node's environment is set first: Flower reads some of it at import.
     os.environ.update(env)
     preload_supernode()
+    # Before the SuperNode is forked: every run's app bundle is checked where it is
+    # fetched, and a bundle that is not exactly fedguard's installed app is refused.
+    installed = installed_task()
+    patch_supernode_bundle_check(
+        lambda content, run_id: bundle_refusal(content, run_id=run_id, installed=installed)
+    )
     _warm_up_crypto()
     gc.collect()
     gc.freeze()  # no collection in any of them writes to (and so copies) these pages

@@ -45,7 +45,6 @@ from fedguard.deploy_config import NodeConfig, load_node_config
 from fedguard.errors import DataError
 from fedguard.federation import TrainRequest, load_federated_data
 from fedguard.privacy import (
-    Accountant,
     AccountantStore,
     GaussianEvent,
     sample_rate_for,
@@ -59,7 +58,6 @@ from fedguard.privacy.record_budget import (
     RecordBudgetError,
     RecordSet,
     RecordSpend,
-    group_epsilon,
     index_digest,
     load_index,
     record_set,
@@ -175,17 +173,12 @@ class NodeRuntime:
             raise BudgetExceededError(f"round {r} refused: {exc}") from None
         if spend.warning:
             _log.warning("%s", spend.warning)
-        run_events = [e for _, e in sorted(spend.events.items()) if e.run == run]
-        run_group = max([records.max_multiplicity, *(e.multiplicity for e in run_events)])
 
         def lifetime_after(event: GaussianEvent) -> float:
             return spend.epsilon(method=method, delta=delta, extra=(event,))
 
-        def run_after(event: GaussianEvent) -> float:
-            acc = Accountant(method=method)
-            for e in (*(e.event for e in run_events), event):
-                acc.compose(e)
-            return group_epsilon(accountant=acc, group=run_group, delta=delta)
+        def run_after(event: GaussianEvent) -> float:  # this run's events alone, per record
+            return spend.epsilon(method=method, delta=delta, extra=(event,), run=run)
 
         n = int(self.x.shape[0])
         q = sample_rate_for(num_examples=n, batch_size=request.batch_size)
@@ -211,7 +204,7 @@ class NodeRuntime:
             event = GaussianEvent(
                 noise_multiplier=plan.noise_multiplier, sample_rate=q, steps=steps
             )
-            self._check_round(request, plan.planned_rounds, len(run_events), run_after(event))
+            self._check_round(request, plan.planned_rounds, spend.rounds(run=run), run_after(event))
             after = lifetime_after(event)
         except RecordBudgetError as exc:  # group privacy did not converge
             raise BudgetExceededError(f"round {r} refused: {exc}") from None

@@ -329,20 +329,38 @@ class RecordSpend:
     )
 
     def epsilon(
-        self, *, method: AccountantMethod | str, delta: float, extra: Sequence[GaussianEvent] = ()
+        self,
+        *,
+        method: AccountantMethod | str,
+        delta: float,
+        extra: Sequence[GaussianEvent] = (),
+        run: str | None = None,
     ) -> float:
-        """The most-spent record's epsilon after ``extra`` (0.0 for a fresh data set)."""
-        return self.worst(method=method, delta=delta, extra=extra)[0]
+        """The most-spent record's epsilon after ``extra`` (0.0 for a fresh data set);
+        with ``run``, counting only that run's events (the run's own epsilon)."""
+        return self.worst(method=method, delta=delta, extra=extra, run=run)[0]
+
+    def rounds(self, *, run: str) -> int:
+        """The most rounds of ``run`` any of the records took part in."""
+        return max(
+            (sum(self.events[s].run == run for s in p.seqs) for p in self.profiles), default=0
+        )
 
     def worst(
-        self, *, method: AccountantMethod | str, delta: float, extra: Sequence[GaussianEvent] = ()
+        self,
+        *,
+        method: AccountantMethod | str,
+        delta: float,
+        extra: Sequence[GaussianEvent] = (),
+        run: str | None = None,
     ) -> tuple[float, Accountant]:
         """The most-spent record's epsilon after ``extra``, and its events (no group factor)."""
         worst: tuple[float, Accountant] = (0.0, Accountant(method=method))
         for p in self.profiles:
-            base = self._cache.get(p.seqs)
+            seqs = p.seqs if run is None else tuple(s for s in p.seqs if self.events[s].run == run)
+            base = self._cache.get(seqs)
             if base is None:
-                base = self._cache[p.seqs] = tuple(self.events[s].event for s in p.seqs)
+                base = self._cache[seqs] = tuple(self.events[s].event for s in seqs)
             acc = Accountant(method=method)
             for e in (*base, *extra):
                 acc.compose(e)

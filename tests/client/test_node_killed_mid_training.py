@@ -3,10 +3,10 @@
 A real process runs ``NodeRuntime.train`` for a demo node with a request slow enough to
 be killed inside it (CNN, 5 local epochs of batch 8: ~450 DP-SGD steps). Once the round's
 pending ledger entry is on disk it gets SIGKILL. Then, in other processes: the ledger
-verifies, holds the round as pending and uncommitted, and counts it as spent; the
-accountant holds the round's event; and the restarted node asked the same round again
-trains it again (nothing was sent, so there is no reply to resend) and reports the
-epsilon of both attempts, never less.
+verifies, holds the round as pending and uncommitted, and counts it as spent (the
+ledger, not an accountant file, is the record of reference); and the restarted node
+asked the same round again trains it again (nothing was sent, so there is no reply to
+resend) and reports the epsilon of both attempts, never less.
 """
 
 import json
@@ -22,7 +22,7 @@ import pytest
 from fedguard.client.node import LAST_REPLY_FILE, node_runtime
 from fedguard.deploy_demo import prepare_demo
 from fedguard.federation import TrainRequest
-from fedguard.privacy import Accountant, AccountantStore, GaussianEvent
+from fedguard.privacy import Accountant, GaussianEvent
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
 
 DELTA = 1e-5  # prepare_demo's node policy
@@ -102,11 +102,11 @@ def test_a_node_killed_mid_training_counts_the_round_as_spent(tmp_path: Path):
     fingerprint = runtime.fingerprint
     assert first.dataset_fingerprint == fingerprint and first.epsilon_after is not None
     assert ledger.spent(dataset_fingerprint=fingerprint) == first.epsilon_after > 0  # ... spent
-    store = AccountantStore(path=runtime.accountant_store().path)
-    (event,) = store.load(method="rdp").events  # the accountant counted it before training
-    assert store.load(method="rdp").get_privacy_spent(delta=DELTA).epsilon == pytest.approx(
-        first.epsilon_after
-    )
+    assert first.noise_multiplier and first.sample_rate and first.steps
+    event = GaussianEvent(first.noise_multiplier, first.sample_rate, first.steps)
+    alone = Accountant(method="rdp")
+    alone.compose(event)  # what the pending entry counts: the round, before any training
+    assert alone.get_privacy_spent(delta=DELTA).epsilon == pytest.approx(first.epsilon_after)
     asked = TrainRequest(server_round=2, local_epochs=5, batch_size=8, lr=0.1, run_id=first.run)
     receipt = runtime.receipt(asked)  # what a server asking again would be told
     assert receipt is not None and receipt.committed is False
@@ -122,9 +122,9 @@ def test_a_node_killed_mid_training_counts_the_round_as_spent(tmp_path: Path):
     assert [(e.server_round, e.seq) for e in pending] == [(2, 0), (2, 1)]
     assert ledger.committed() == frozenset({pending[1].hash})  # the retry only
     assert ledger.spent(dataset_fingerprint=fingerprint) == pytest.approx(result["epsilon"])
-    # Same plan, same noise: the round's steps twice (the accountant merges them).
+    # Same plan, same noise: the round's steps twice (the report merges them).
     twice = GaussianEvent(event.noise_multiplier, event.sample_rate, 2 * event.steps)
-    assert store.load(method="rdp").events == (twice,)
+    assert runtime.accountant_store().load(method="rdp").events == (twice,)
     both = Accountant(method="rdp")
     both.compose(event)
     both.compose(event)

@@ -31,7 +31,7 @@ from fedguard.privacy import Accountant, GaussianEvent
 from fedguard.privacy.secagg import SecAggError
 from fedguard.server.enrolment import ENROLMENT_FILE, Enrolment, EnrolmentError
 
-RUN, FINGERPRINT, KEY = "fed/abc", "sha256:" + "ab" * 32, "cd" * 32
+RUN, FINGERPRINT, KEY = "fed/abc", "hmac:" + "ab" * 32, "cd" * 32
 
 
 def _plan(state: Path) -> RunPlan:
@@ -39,7 +39,8 @@ def _plan(state: Path) -> RunPlan:
         state_dir=state,
         run=RUN,
         fingerprint=FINGERPRINT,
-        history=Accountant(method="rdp"),
+        epsilon_after=_fresh_epsilon_after,
+        run_epsilon_after=_fresh_epsilon_after,
         round_event=GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=10),
         planned_rounds=5,
         max_epsilon=3.0,
@@ -47,7 +48,13 @@ def _plan(state: Path) -> RunPlan:
         min_noise_multiplier=0.0,
         max_noise_multiplier=10.0,
         delta=1e-5,
+        accountant="rdp",
     )
+
+
+def _fresh_epsilon_after(event: GaussianEvent) -> float:
+    """A data set whose records have spent nothing yet."""
+    return Accountant(method="rdp").epsilon_after(event, delta=1e-5)
 
 
 @pytest.fixture(scope="module")
