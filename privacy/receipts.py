@@ -19,13 +19,13 @@ __all__ = ["PrivacyReceipt", "receipt_for", "without_count"]
 class PrivacyReceipt:
     run: str
     server_round: int
-    dataset_fingerprint: str
+    dataset_fingerprint: str  # "hmac:" + hex, keyed with the node's secret: confirms no guess
     # None: withheld, they give away the record count (see :func:`without_count`).
     sample_rate: float | None
     noise_multiplier: float | None
     steps: int | None
     max_grad_norm: float
-    epsilon: float  # cumulative on this data set after the round
+    epsilon: float  # the most-spent record of the data set, after the round
     delta: float
     accountant: str
     ledger_seq: int

@@ -6,8 +6,10 @@ keeps the accountant in a small JSON file, written atomically (temp file, fsync,
 so that a crash leaves either the previous or the new history, never a torn one.
 
 One writer per file: the store does not lock, so two processes that update the same
-client's file concurrently can lose an event. A node runs one training at a time per
-dataset, and simulations keep one file per virtual client.
+client's file concurrently can lose an event. Simulations keep one file per virtual
+client. A deployed node does not rely on it: its budget is recomputed from its ledger
+(:mod:`fedguard.privacy.record_budget`) under a lock, and its ``accountant-*.json`` is
+only a report written after each round, never read back.
 """
 
 from __future__ import annotations
