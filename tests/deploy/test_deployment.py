@@ -82,7 +82,7 @@ def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
         pending = [e for e in ledger.entries() if e.kind == "pending"]
         assert [e.server_round for e in pending] == list(range(1, ROUNDS + 1))
         fingerprint = pending[-1].dataset_fingerprint
-        assert fingerprint is not None and fingerprint.startswith("sha256:")
+        assert fingerprint is not None and fingerprint.startswith("hmac:")
         assert ledger.spent(dataset_fingerprint=fingerprint) == pytest.approx(spent.epsilon)
         # The server's record is the node's receipt: its ledger's last entry, by hash.
         receipt = rows[-1]["receipts"][toml.parent.name]
