@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -116,7 +117,8 @@ def rdp_gaussian_without_replacement(
     if sample_size > population:
         raise invalid("sample_size", allowed=f"at most population ({population})", got=sample_size)
     sigma = noise_multiplier
-    if isinstance(sigma, bool) or not (math.isfinite(sigma) and sigma > 0):
+    real = isinstance(sigma, numbers.Real) and not isinstance(sigma, bool)
+    if not (real and math.isfinite(sigma) and sigma > 0):
         raise invalid("noise_multiplier", allowed="a finite number > 0", got=noise_multiplier)
     alphas = np.asarray(orders, dtype=np.float64)
     if alphas.ndim != 1 or not alphas.size or not np.all(np.isfinite(alphas) & (alphas > 1)):
