@@ -41,6 +41,13 @@ Two more keep a federation alive under load (seen with 22+ nodes on a busy 2-cor
     was refused for up to a minute. :func:`patch_heartbeat_interval` (with 7.) sets 10 s,
     Flower's minimum, so a crashed session is released within ~20 s.
 
+12. A SuperNode installs and imports whatever code a run's app bundle (FAB) carries.
+    :func:`patch_supernode_bundle_check` wraps ``_pull_and_store_message`` so that the
+    bundle is checked (a callable the node's launcher passes in) as soon as it is fetched,
+    before the run is stored or any task created; a refused run gets an error reply
+    (``INVALID_FAB``) with the reason, and nothing of it is imported. :func:`supernode_main`
+    refuses to start without this check.
+
 One bounds what an outsider can make the SuperLink allocate:
 
 10. The Fleet API accepts gRPC messages up to 2 GiB, and authentication is checked only
@@ -110,6 +117,7 @@ __all__ = [
     "check_flower_version",
     "defer_sql_stores",
     "patch_heartbeat_interval",
+    "patch_supernode_bundle_check",
     "patch_heartbeat_retry",
     "patch_object_pull_backoff",
     "patch_sqlite_busy_timeout",
@@ -717,6 +725,69 @@ def defer_sql_stores() -> None:
 # ---------------------------------------------------------------- entry points
 
 
+UNSAFE_ANY_BUNDLE_ENV = "FEDGUARD_UNSAFE_ANY_BUNDLE"
+"""``=1``: ``python -m fedguard.flower_compat supernode`` accepts any app bundle (benchmarks
+of Flower's transport with their own app). `fedguard client` never reads it."""
+
+BundleCheck = Callable[[bytes, int], "str | None"]
+"""``check(fab_content, run_id)``: why the node refuses the run, or None to accept it."""
+
+
+def patch_supernode_bundle_check(check: BundleCheck) -> None:
+    """Check every run's app bundle where the SuperNode fetches it (12.). Idempotent."""
+    check_flower_version()
+    module = importlib.import_module(_SUPERNODE_MODULE)
+    original = getattr(module, "_pull_and_store_message", None)
+    if getattr(original, "fedguard_bundle_check", None) is not None:
+        original.fedguard_bundle_check = check  # type: ignore[union-attr]
+        return
+    needed = ("_insert_message", "Message", "Error", "ErrorCode", "log")
+    if not callable(original) or not all(hasattr(module, n) for n in needed):
+        raise FedguardError(f"{_SUPERNODE_MODULE}._pull_and_store_message changed; stale patch")
+
+    class _RefusedError(Exception):
+        pass
+
+    @functools.wraps(original)
+    def pull_and_store(*args: Any, **kwargs: Any) -> Any:
+        receive, get_fab = kwargs["receive"], kwargs["get_fab"]
+        seen: list[Any] = []
+
+        def receive_and_keep() -> Any:
+            got = receive()
+            if got is not None:
+                seen.append(got[0])
+            return got
+
+        def get_checked_fab(fab_hash: str, run_id: int) -> Any:
+            fab = get_fab(fab_hash, run_id)
+            reason = pull_and_store.fedguard_bundle_check(fab.content, run_id)
+            if reason is not None:
+                raise _RefusedError(reason)
+            return fab
+
+        kwargs.update(receive=receive_and_keep, get_fab=get_checked_fab)
+        try:
+            return original(*args, **kwargs)
+        except _RefusedError as refused:
+            message = seen[-1]
+            module.log(40, "%s", refused)  # ERROR: one line in the node's log
+            error = module.Error(module.ErrorCode.INVALID_FAB, str(refused))
+            module._insert_message(
+                module.Message(error, reply_to=message), kwargs["state"], kwargs["object_store"]
+            )
+            return message.metadata.run_id
+
+    pull_and_store.fedguard_bundle_check = check  # type: ignore[attr-defined]
+    module._pull_and_store_message = pull_and_store
+
+
+def _bundle_check_installed() -> bool:
+    module = sys.modules.get(_SUPERNODE_MODULE)
+    fn = getattr(module, "_pull_and_store_message", None)
+    return getattr(fn, "fedguard_bundle_check", None) is not None
+
+
 def _wanted_patches() -> set[str]:
     wanted = {p.strip() for p in os.environ.get(PATCHES_ENV, ",".join(_ALL_PATCHES)).split(",")}
     wanted.discard("")
@@ -773,9 +844,17 @@ _SUPERNODE_LATE_IMPORTS = (
 
 
 def supernode_main(argv: list[str] | None = None) -> None:
-    """Run Flower's ``flower-supernode`` with ``argv`` and the patches above applied."""
+    """Run Flower's ``flower-supernode`` with ``argv`` and the patches above applied.
+
+    The app-bundle check (12.) must have been installed (the node's launcher does it):
+    without it the SuperNode would import whatever code a server sends, so it refuses."""
     check_flower_version()
     wanted = _wanted_patches()
+    if not _bundle_check_installed():
+        raise FedguardError(
+            "no app-bundle check installed: a SuperNode would run code the server sends; "
+            "start nodes with `fedguard client`"
+        )
     _set_process_name(b"fg-supernode")
     if "nosql" in wanted:
         defer_sql_stores()  # first: the patches below import Flower
@@ -834,6 +913,10 @@ def _main(argv: Sequence[str]) -> None:
             "  ARGS are those of flower-supernode / flower-superexec"
         )
     try:
+        if argv[0] == "supernode" and os.environ.get(UNSAFE_ANY_BUNDLE_ENV) == "1":
+            # Benchmarks of Flower's own transport run their own app: never a node's setting.
+            print(f"WARNING: {UNSAFE_ANY_BUNDLE_ENV}=1: this SuperNode runs any app bundle")
+            patch_supernode_bundle_check(lambda _content, _run_id: None)
         commands[argv[0]](list(argv[1:]))
     except FedguardError as err:
         sys.exit(f"fedguard: {err}")

@@ -11,6 +11,7 @@ also on Ctrl-C. Run it again with the same config to resume from the last checkp
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from fedguard.errors import FedguardError
 from fedguard.flower_compat import MAX_MESSAGE_FLAG
 from fedguard.server.checkpoint import CHECKPOINT, load_checkpoint
 from fedguard.server.enrolment import CONNECTION, Enrolment
+from fedguard.task_identity import bundle_task_table, installed_task
 
 __all__ = ["fleet_message_cap", "run_server"]
 
@@ -162,7 +164,15 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
                     print(line, flush=True)
             app_dir = state / "app"
             app_dir.mkdir(exist_ok=True)
-            atomic_write_text(app_dir / "pyproject.toml", _APP_PYPROJECT.format(key=CONFIG_KEY))
+            for stale in app_dir.iterdir():  # the bundle is this pyproject and nothing else
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
+            atomic_write_text(
+                app_dir / "pyproject.toml",
+                _APP_PYPROJECT.format(key=CONFIG_KEY) + bundle_task_table(installed_task()),
+            )
             # Own process (dies with us) rather than subprocess.run: a crashed launcher
             # must not leave `flwr run` streaming forever.
             runner = start(

@@ -35,7 +35,7 @@ from types import TracebackType
 
 from fedguard._procs import flower_env, free_port, start, stop, venv_tool, wait_for_port
 from fedguard.certs import init_federation, make_node_keys
-from fedguard.flower_compat import FAST_POLL_ENV, PATCHES_ENV
+from fedguard.flower_compat import FAST_POLL_ENV, PATCHES_ENV, UNSAFE_ANY_BUNDLE_ENV
 
 __all__ = ["ABLATIONS", "CONFIGS", "Deployment", "main"]
 
@@ -168,6 +168,7 @@ class Deployment:
             self.env.update(FAST_POLL_ENV)
         if self.patches is not None:
             self.env[PATCHES_ENV] = self.patches
+            self.env[UNSAFE_ANY_BUNDLE_ENV] = "1"  # the bench's own app, not fedguard's
 
     def __enter__(self) -> Deployment:
         try:

@@ -48,6 +48,9 @@ def restore_flower(monkeypatch):
     monkeypatch.setattr(sql_mixin, "SQLITE_PRAGMAS", sql_mixin.SQLITE_PRAGMAS)
     sender = heartbeat.HeartbeatSender
     monkeypatch.setattr(sender, "_heartbeat", sender._heartbeat)
+    connection = importlib.import_module("flwr.client.grpc_rere_client.connection")
+    for module in (heartbeat, connection):
+        monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", module.HEARTBEAT_DEFAULT_INTERVAL)
     for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
         monkeypatch.setitem(fn.__kwdefaults__, "initial_backoff", 1)
 
@@ -75,6 +78,8 @@ def test_other_version_is_refused_before_anything_is_patched(
         fc.patch_supernode_warm_clientapp,
         fc.patch_sqlite_busy_timeout,
         fc.patch_heartbeat_retry,
+        fc.patch_heartbeat_interval,
+        lambda: fc.patch_supernode_bundle_check(lambda content, run_id: None),
     ):
         with pytest.raises(FedguardError):
             patch()
