@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 
 from fedguard._io import private_folder
-from fedguard._procs import flower_env, fork_start, stop
+from fedguard._procs import flower_env, fork_start, free_port, stop
 from fedguard.client.app_bundle import bundle_refusal
 from fedguard.client.state_lock import lock_file
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
@@ -188,7 +188,7 @@ def run_client(*, config_path: Path) -> None:
         n.server,
         "--grpc-rere",
         "--port",
-        str(n.port),
+        str(_runtime_port(n.port, name=n.name)),
         "--node-config",
         f'{NODE_CONFIG_KEY}="{cfg.source}"',
     ]
@@ -320,6 +320,45 @@ def preload_modules(cfg: NodeConfig) -> list[str]:
     dataset = cfg.data.dataset
     kind = "sklearn" if dataset in ("digits", "breast_cancer") else Path(dataset).suffix.lower()
     return [*_PRELOAD, *_DATA_LOADERS.get(kind, ())]
+
+
+def _runtime_port(port: int | None, *, name: str) -> int:
+    """The SuperNode's local Runtime API port: ``node.port``, checked free, or a free one.
+
+    Flower only said "SuperNode Runtime HTTP API failed to start" when two nodes on one
+    host shared a port; the cause was in supernode.log alone."""
+    if port is None:
+        return free_port()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", port))
+    except OSError:
+        holder = _port_holder(port)
+        raise NodeRefusedError(
+            f"node {name}: node.port {port} is already in use{holder}; give each node on "
+            "this host its own node.port, or leave the key out to use a free one"
+        ) from None
+    return port
+
+
+def _port_holder(port: int) -> str:
+    """`` by PID N (command)`` for a listening TCP port, from /proc; ``""`` if unknown."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                if str(fd.readlink()) in inodes:
+                    command = (proc / "comm").read_text().strip()
+                    return f" by PID {proc.name} ({command})"
+    return ""
 
 
 def _activation_refused(output: str) -> bool:

@@ -160,7 +160,7 @@ class NodeSection:
     ca_cert: Path | None = None
     private_key: Path | None = None
     state_dir: Path = Path("state")
-    port: int = 9094
+    port: int | None = None  # the SuperNode's local Runtime API; None: a free one at start
     insecure: bool = False
 
 
@@ -323,7 +323,8 @@ def load_node_config(path: Path) -> NodeConfig:
     _check(path, "secagg.min-neighbours", mn >= 1, "an integer >= 1", mn)
     n, d, p = cfg.node, cfg.data, cfg.privacy
     _check(path, "node.server", ":" in n.server, "HOST:PORT", n.server)
-    _check(path, "node.port", 1 <= n.port <= 65535, "a port 1-65535", n.port)
+    if n.port is not None:
+        _check(path, "node.port", 1 <= n.port <= 65535, "a port 1-65535", n.port)
     if not n.insecure:
         for key in ("ca_cert", "private_key"):
             value = getattr(n, key)
