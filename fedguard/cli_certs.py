@@ -43,9 +43,10 @@ def init(
     for path in (made.ca_cert, made.ca_key, made.server_cert, made.server_key):
         typer.echo(f"wrote {path}")
     typer.echo(
-        f"next: start the SuperLink with --ssl-ca-certfile {made.ca_cert} --ssl-certfile"
-        f" {made.server_cert} --ssl-keyfile {made.server_key}; give {made.ca_cert.name} to"
-        f" every SuperNode; keep {made.ca_key.name} offline"
+        f'next: in federation.toml [server] set ca-cert = "{made.ca_cert}", server-cert = '
+        f'"{made.server_cert}", server-key = "{made.server_key}", then run `fedguard server '
+        f"--config federation.toml`; give {made.ca_cert.name} to every node (node.toml "
+        f"[node] ca-cert); keep {made.ca_key.name} offline"
     )
 
 
@@ -65,6 +66,7 @@ def node(
     typer.echo(f"wrote {made.private_key}")
     typer.echo(f"wrote {made.public_key}")
     typer.echo(
-        f"next: give {made.public_key.name} to the operator; keep {made.name} private"
-        f" (flower-supernode --auth-supernode-private-key {made.private_key})"
+        f"next: give {made.public_key.name} to the operator (it goes into the server's "
+        f"keys-dir); keep {made.name} private: node.toml [node] private-key = "
+        f'"{made.private_key}", then `fedguard client --config node.toml`'
     )
