@@ -223,7 +223,9 @@ def load_dataset(
 
         arrays = load_npz(Path(name))
         train = _Rows(arrays.x, arrays.y, arrays.records)
-        test = None if arrays.x_test is None else _Rows(arrays.x_test, arrays.y_test, [])
+        test = None
+        if arrays.x_test is not None and arrays.y_test is not None:
+            test = _Rows(arrays.x_test, arrays.y_test, [])
         return pick.dataset(name, train, test, arrays.num_classes, None)
     if name in ("fashion_mnist", "fashion_mnist_scattering"):
         train, test = _load_fashion_mnist(data_dir or FASHION_MNIST_DIR)

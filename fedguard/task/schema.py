@@ -228,16 +228,16 @@ def _encode_column(col: Column, values: list[object], *, source: str) -> np.ndar
     levels = {lev: i for i, lev in enumerate(col.levels)}
     out = np.zeros((len(texts), len(col.levels) if col.type == "categorical" else 1))
     for row, text in enumerate(texts):
-        value = missing(row) if text is None else text
+        value = str(missing(row)) if text is None else text
         if value not in levels:
             raise DataError(
                 f"{source}: row {row + 1}: column {col.name!r} is {values[row]!r}, expected "
                 f"one of {', '.join(col.levels)} (the {col.type} values declared for it)"
             )
         if col.type == "categorical":
-            out[row, levels[value]] = 1.0  # type: ignore[index]
+            out[row, levels[value]] = 1.0
         else:
-            out[row, 0] = float(levels[value])  # type: ignore[index]
+            out[row, 0] = float(levels[value])
     return out
 
 
@@ -312,10 +312,11 @@ def _pair(value: object, key: str, source: Path) -> tuple[float, float]:
 
 
 def _levels(value: object, key: str, source: Path, *, minimum: int) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else []
     ok = isinstance(value, list) and all(
-        isinstance(v, str | int) and not isinstance(v, bool) for v in value
+        isinstance(v, str | int) and not isinstance(v, bool) for v in items
     )
-    texts = tuple(str(v) for v in value) if ok else ()  # type: ignore[union-attr]
+    texts = tuple(str(v) for v in items) if ok else ()
     if not ok or len(texts) < minimum or len(set(texts)) != len(texts):
         raise invalid(
             key,
