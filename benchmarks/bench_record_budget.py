@@ -40,7 +40,9 @@ def one_round(state: Path, records: RecordSet) -> dict[str, float]:
     t0 = time.perf_counter()
     ledger = Ledger(path=state / LEDGER_FILENAME)
     entries = ledger.entries()
-    index, warning = load_index(path=state / INDEX_FILE, entries=entries)
+    index, warning = load_index(
+        path=state / INDEX_FILE, entries=entries, key_check=records.key_check
+    )
     t["read index"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     spend = record_spend(index=index, warning=warning, records=records, entries=entries)

@@ -108,7 +108,9 @@ class NodeRuntime:
         """This data set's records, keyed with the node's secret (created on first use)."""
         if self._records is None:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            secret = load_node_secret(self.state_dir)
+            # Under the lock: two first processes must not each make (and use) a secret.
+            with hold_lock(self.state_dir / BUDGET_LOCK):
+                secret = load_node_secret(self.state_dir)
             self._records = record_set(secret=secret, keys=self.record_keys)
         return self._records
 
@@ -167,7 +169,9 @@ class NodeRuntime:
         ledger = Ledger(path=self.state_dir / LEDGER_FILENAME)
         try:
             entries = ledger.entries()
-            index, warning = load_index(path=self.state_dir / INDEX_FILE, entries=entries)
+            index, warning = load_index(
+                path=self.state_dir / INDEX_FILE, entries=entries, key_check=records.key_check
+            )
             spend = record_spend(index=index, warning=warning, records=records, entries=entries)
         except (LedgerError, RecordBudgetError) as exc:
             raise BudgetExceededError(f"round {r} refused: {exc}") from None

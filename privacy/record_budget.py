@@ -56,7 +56,7 @@ from fedguard.errors import FedguardError
 
 from .accountants import Accountant, AccountantMethod, GaussianEvent
 from .ledger import LedgerEntry
-from .node_secret import LABEL_DATASET, LABEL_RECORD
+from .node_secret import LABEL_DATASET, LABEL_RECORD, keyed_digest
 
 __all__ = [
     "DIGEST_BYTES",
@@ -79,7 +79,17 @@ INDEX_FILE = "record-index.npz"
 DIGEST_BYTES = 16
 _FORMAT = 1
 _FILE_MODE = 0o600  # which records trained when: owner only
-_ARRAYS = ("format", "digests", "history", "default", "ledger_seq", "offsets", "seqs", "mults")
+_ARRAYS = (
+    "format",
+    "key_check",
+    "digests",
+    "history",
+    "default",
+    "ledger_seq",
+    "offsets",
+    "seqs",
+    "mults",
+)
 
 
 class RecordBudgetError(FedguardError):
@@ -97,6 +107,7 @@ class RecordSet:
     counts: np.ndarray  # (m,) int64 >= 1: how many times each record appears
     rows: int
     fingerprint: str  # "hmac:" + hex: keyed, so it confirms no guess about a record
+    key_check: bytes  # which secret keyed the digests (an index made with another is void)
 
     @property
     def max_multiplicity(self) -> int:
@@ -127,6 +138,8 @@ def record_set(*, secret: bytes, keys: np.ndarray) -> RecordSet:
         counts=counts.astype(np.int64),
         rows=len(keys),
         fingerprint="hmac:" + fingerprint,
+        # The record label's digest of no bytes: a record key is never empty.
+        key_check=keyed_digest(secret, LABEL_RECORD, b"")[:DIGEST_BYTES],
     )
 
 
@@ -145,6 +158,7 @@ class RecordIndex:
     histories: tuple[History, ...]
     default: int  # the history of a record the index does not hold
     ledger_seq: int  # the newest ledger entry whose event it includes; -1: none
+    key_check: bytes = b""  # RecordSet.key_check of the secret that keyed ``digests``
 
     @classmethod
     def empty(cls) -> RecordIndex:
@@ -163,6 +177,7 @@ class RecordIndex:
         np.savez(
             buf,
             format=np.int64(_FORMAT),
+            key_check=np.frombuffer(self.key_check, dtype=np.uint8),
             digests=self.digests.view(np.uint8).reshape(-1, DIGEST_BYTES),
             history=self.history.astype(np.int64),
             default=np.int64(self.default),
@@ -187,8 +202,10 @@ class RecordIndex:
                 a = {k: z[k] for k in _ARRAYS}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
             raise bad(" ".join(str(exc).split())[:120]) from None
-        ints = {k: v for k, v in a.items() if k != "digests"}
-        if any(v.dtype != np.int64 for v in ints.values()) or a["digests"].dtype != np.uint8:
+        ints = {k: v for k, v in a.items() if k not in ("digests", "key_check")}
+        if any(v.dtype != np.int64 for v in ints.values()) or any(
+            a[k].dtype != np.uint8 for k in ("digests", "key_check")
+        ):
             raise bad("unexpected array types")
         if int(a["format"]) != _FORMAT or a["digests"].ndim != 2:
             raise bad("unknown format")
@@ -220,6 +237,7 @@ class RecordIndex:
             histories=histories,
             default=int(a["default"]),
             ledger_seq=int(a["ledger_seq"]),
+            key_check=a["key_check"].tobytes(),
         )
 
 
@@ -264,8 +282,11 @@ def ledger_events(entries: Sequence[LedgerEntry]) -> dict[int, LedgerEvent]:
     return out
 
 
-def load_index(*, path: Path, entries: Sequence[LedgerEntry]) -> tuple[RecordIndex, str | None]:
-    """The index if the ledger anchors it, else an empty one and the one-line warning.
+def load_index(
+    *, path: Path, entries: Sequence[LedgerEntry], key_check: bytes
+) -> tuple[RecordIndex, str | None]:
+    """The index if the ledger anchors it and the node's secret (``key_check``) keyed it,
+    else an empty one and the one-line warning.
 
     Raises
     ------
@@ -299,6 +320,8 @@ def load_index(*, path: Path, entries: Sequence[LedgerEntry]) -> tuple[RecordInd
         or any(s not in events or s > index.ledger_seq for s in referenced)
     ):
         return RecordIndex.empty(), f"{path}: does not match the ledger; {worst}"
+    if index.key_check != key_check:  # node-secret.key replaced: old digests unmatchable
+        return RecordIndex.empty(), f"{path}: made with another node secret; {worst}"
     return index, None
 
 
@@ -438,6 +461,7 @@ def updated_index(*, spend: RecordSpend, records: RecordSet, seq: int) -> Record
         histories=tuple(histories[i] for i in used.tolist()),
         default=int(np.searchsorted(used, index.default)),
         ledger_seq=seq,
+        key_check=records.key_check,
     )
 
 

@@ -95,10 +95,15 @@ def test_the_same_records_rearranged_get_no_fresh_budget(toml: Path, how: str):
         again.train(model_name="logreg", weights=WEIGHTS, request=request("run-b", 1, rounds=1))
 
 
-def test_deleting_the_accountant_and_index_files_frees_nothing(toml: Path):
+@pytest.mark.parametrize(
+    "deleted",
+    [("accountant-*.json",), ("record-index*", PLANS_FILE), ("node-secret.key",)],
+    ids=["accountant", "index-and-plans", "node-secret"],
+)
+def test_deleting_state_files_frees_nothing(toml: Path, deleted: tuple[str, ...]):
     base = node_runtime(str(toml))
     spend_everything(base)
-    for pattern in ("accountant-*.json", "record-index*", PLANS_FILE):
+    for pattern in deleted:
         for path in base.state_dir.glob(pattern):
             path.unlink()
     node_runtime.cache_clear()

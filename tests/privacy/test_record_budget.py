@@ -42,7 +42,9 @@ def charge(state: Path, records: RecordSet, event: GaussianEvent = EVENT) -> flo
     """One round, as the node runs it: check from the ledger, write it first, then the index."""
     ledger = Ledger(path=state / LEDGER_FILENAME)
     entries = ledger.entries()
-    index, warning = load_index(path=state / INDEX_FILE, entries=entries)
+    index, warning = load_index(
+        path=state / INDEX_FILE, entries=entries, key_check=records.key_check
+    )
     spend = record_spend(index=index, warning=warning, records=records, entries=entries)
     after = spend.epsilon(method="rdp", delta=DELTA, extra=(event,))
     data = updated_index(spend=spend, records=records, seq=len(entries)).to_bytes()
@@ -66,7 +68,9 @@ def charge(state: Path, records: RecordSet, event: GaussianEvent = EVENT) -> flo
 
 def spent(state: Path, records: RecordSet) -> tuple[float, str | None]:
     entries = Ledger(path=state / LEDGER_FILENAME).entries()
-    index, warning = load_index(path=state / INDEX_FILE, entries=entries)
+    index, warning = load_index(
+        path=state / INDEX_FILE, entries=entries, key_check=records.key_check
+    )
     spend = record_spend(index=index, warning=warning, records=records, entries=entries)
     return spend.epsilon(method="rdp", delta=DELTA), warning
 
@@ -138,6 +142,7 @@ def test_damaging_the_index_never_lowers_a_records_spend(tmp_path: Path, damage:
                 histories=((),),
                 default=0,
                 ledger_seq=index.ledger_seq,
+                key_check=index.key_check,
             ).to_bytes()
         )
     elif damage == "stale":  # an old copy put back
@@ -153,6 +158,15 @@ def test_damaging_the_index_never_lowers_a_records_spend(tmp_path: Path, damage:
     # And the next round folds the worst case in: nothing is freed later either.
     charge(tmp_path, a)
     assert spent(tmp_path, other)[0] >= rounds(2) - 1e-9
+
+
+def test_a_replaced_node_secret_frees_nothing(tmp_path: Path):
+    charge(tmp_path, record_set(secret=SECRET, keys=keys(1, 2)))
+    charge(tmp_path, record_set(secret=SECRET, keys=keys(1, 2)))
+    # node-secret.key deleted: the same records now have digests the index cannot match.
+    eps, warning = spent(tmp_path, record_set(secret=bytes(32), keys=keys(1, 2)))
+    assert eps == pytest.approx(rounds(2))
+    assert warning and "made with another node secret" in warning
 
 
 def test_an_index_covering_more_than_the_ledger_means_a_truncated_ledger(tmp_path: Path):
