@@ -207,8 +207,10 @@ class LocalTrainer:
                 accountant, budget=budget, sigma=sigma, n=n, request=request
             )
 
-            def write_ahead(event: GaussianEvent, store: AccountantStore = store) -> None:
-                store.save(accountant)
+            saved_in = store  # narrowed: the closure below sees an AccountantStore
+
+            def write_ahead(event: GaussianEvent) -> None:
+                saved_in.save(accountant)
 
         else:
             raise ValueError("DP training needs the budget and either a store or a charge")
