@@ -16,6 +16,7 @@ import typer
 
 from fedguard.cli_certs import certs_app
 from fedguard.cli_ledger import ledger_app
+from fedguard.cli_status import status
 from fedguard.cli_sweep import sweep
 from fedguard.errors import FedguardError
 
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.add_typer(certs_app, name="certs")
 app.add_typer(ledger_app, name="ledger")
 app.command("sweep")(sweep)
+app.command("status")(status)
 
 # Quiet, offline Flower/Ray in every process fedguard starts (FLOWER-NOTES.md).
 _QUIET_ENV = {

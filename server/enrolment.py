@@ -108,6 +108,10 @@ class Enrolment:
         self.keys_dir, self.path, self.env = keys_dir, state_dir / ENROLMENT_FILE, dict(env)
         self._lock = threading.Lock()
 
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every node ever enrolled: name -> node_id, key_sha256, enrolled_at, revoked_at."""
+        return dict(self._load()["nodes"])
+
     # -- enrolment (the launcher, at start-up) ------------------------------------------
 
     def enrol_all(self, *, workers: int = 4) -> list[str]:

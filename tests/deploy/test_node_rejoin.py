@@ -7,6 +7,7 @@ it waits for, and the restarted node is activated again within seconds.
 """
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -68,3 +69,18 @@ def test_a_node_killed_and_restarted_rejoins_within_seconds(tmp_path: Path, proc
     assert again.poll() is None, again.stdout.read().decode() if again.stdout else ""
     assert rejoined and activations() >= 2, "the restarted node was not activated again"
     assert took < 60, f"rejoined only after {took:.0f} s"
+
+    # #17.3: the operator's view, scriptable: both nodes by their enrolled names, online.
+    def status() -> dict:
+        out = subprocess.run(
+            fedguard_cmd("status", "--config", str(layout.federation), "--json"),
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return json.loads(out.stdout)
+
+    assert _wait_for(
+        lambda: [n["connection"] for n in status()["nodes"]] == ["online", "online"], 60
+    ), status()
+    st = status()
+    assert st["server"] == "running" and st["rounds_planned"] == 200
+    assert [n["name"] for n in st["nodes"]] == ["node-a", "node-b"]

@@ -1,0 +1,128 @@
+"""What the operator asks first: who is enrolled and connected, where the run is, and each
+node's epsilon from its receipts (``fedguard status``).
+
+Read from the server's own files (enrolment record, checkpoint, ``metrics.jsonl``) and,
+when the server runs, from its SuperLink's Control API (``flwr supernode list``): nothing
+here imports torch or Flower, so it answers in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fedguard._io import read_jsonl
+from fedguard._procs import flower_env, venv_tool
+from fedguard.deploy_config import FederationConfig
+from fedguard.server.checkpoint import CHECKPOINT, load_checkpoint
+from fedguard.server.enrolment import CONNECTION, Enrolment
+
+__all__ = ["FederationStatus", "NodeStatus", "federation_status"]
+
+_LIST_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeStatus:
+    name: str  # the name it was enrolled under (its key file), never its own claim
+    node_id: int
+    enrolled_at: str
+    revoked_at: str | None
+    connection: str  # online, offline, registered (never connected), or unknown
+    last_seen: str | None
+    epsilon: float | None  # from its newest receipt the server stored
+    delta: float | None
+    accountant: str | None
+    receipt_round: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederationStatus:
+    federation: str
+    run: str
+    rounds_done: int
+    rounds_planned: int
+    server: str  # "running" or why it is not known to be
+    last_round: dict[str, Any] | None
+    nodes: list[NodeStatus] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def federation_status(cfg: FederationConfig) -> FederationStatus:
+    """The status of ``cfg``'s federation; raises ``DataError`` for a damaged state file."""
+    state = cfg.state_dir
+    checkpoint = load_checkpoint(state / CHECKPOINT)
+    rows = read_jsonl(cfg.out / "metrics.jsonl")
+    last = rows[-1] if rows else None
+    receipts: dict[str, dict[str, Any]] = dict(last.get("receipts", {})) if last else {}
+    online, server = _connections(cfg)
+    enrolled = (
+        Enrolment(keys_dir=cfg.server.keys_dir or state, state_dir=state, env={}).records()
+        if (state / "enrolment.json").exists()
+        else {}
+    )
+    nodes = []
+    for name, entry in sorted(enrolled.items()):
+        seen = online.get(entry["node_id"], {})
+        receipt = receipts.get(name, {})
+        nodes.append(
+            NodeStatus(
+                name=name,
+                node_id=entry["node_id"],
+                enrolled_at=entry["enrolled_at"],
+                revoked_at=entry.get("revoked_at"),
+                connection=seen.get("status", "unknown"),
+                last_seen=seen.get("online-at")
+                if seen.get("status") == "online"
+                else (seen.get("offline-at")),
+                epsilon=receipt.get("epsilon"),
+                delta=receipt.get("delta"),
+                accountant=receipt.get("accountant"),
+                receipt_round=receipt.get("server_round"),
+            )
+        )
+    return FederationStatus(
+        federation=cfg.federation.name,
+        run=f"{cfg.federation.name}/{cfg.digest()}",
+        rounds_done=0 if checkpoint is None else checkpoint.server_round,
+        rounds_planned=cfg.federation.rounds,
+        server=server,
+        last_round=None
+        if last is None
+        else {k: v for k, v in last.items() if k not in ("receipts", "epsilon_by_node")},
+        nodes=nodes,
+    )
+
+
+def _connections(cfg: FederationConfig) -> tuple[dict[int, dict[str, Any]], str]:
+    """Flower's view of the nodes (node id -> its row), and whether the server answered."""
+    home = cfg.state_dir / "flwr"
+    if not (home / "config.toml").exists():
+        return {}, "never started (no SuperLink connection in the state folder)"
+    try:
+        out = subprocess.run(
+            [venv_tool("flwr"), "supernode", "list", CONNECTION, "--format", "json"],
+            env=flower_env(home),
+            capture_output=True,
+            text=True,
+            timeout=_LIST_TIMEOUT_S,
+            check=False,
+        )
+        text = out.stdout
+        answer = json.loads(text[text.index("{") :])
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        answer = {}
+    if not isinstance(answer, dict) or not answer.get("success"):
+        control = f"{cfg.server.host}:{cfg.server.control_port}"
+        return {}, f"not running (its Control API at {control} did not answer)"
+    rows = {}
+    for row in answer.get("nodes", []):
+        try:
+            rows[int(row["node-id"])] = row
+        except (KeyError, TypeError, ValueError):
+            continue
+    return rows, "running"
