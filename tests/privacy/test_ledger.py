@@ -13,8 +13,8 @@ import pytest
 from fedguard.errors import ConfigError, FedguardError
 from fedguard.privacy.ledger import GENESIS, Ledger, LedgerEntry, LedgerError
 
-FP = "sha256:" + "ab" * 32
-OTHER = "sha256:" + "cd" * 32
+FP = "hmac:" + "ab" * 32
+OTHER = "hmac:" + "cd" * 32
 
 
 def _round(ledger: Ledger, rnd: int, eps: float, *, fp: str = FP) -> LedgerEntry:
@@ -220,3 +220,51 @@ def test_cli_show_and_verify(tmp_path):
     assert stdout.count("pending (counted as spent)") == 1 and stdout.count("committed") == 2
     assert f"dataset {FP}: epsilon spent 1.1 (delta 1e-05)" in stdout
     assert clean.head() in stdout
+
+
+def test_index_anchor_fields_are_checked_and_old_entries_still_verify(tmp_path):
+    ledger = Ledger(path=tmp_path / "ledger.jsonl")
+    old = _round(ledger, 1, 0.5)  # written without the anchor fields (older nodes)
+    assert old.index_digest is None and old.max_multiplicity is None
+    with pytest.raises(ConfigError, match="index_digest"):
+        ledger.begin(**_args(2), index_digest="not hex", max_multiplicity=1)
+    with pytest.raises(ConfigError, match="max_multiplicity"):
+        ledger.begin(**_args(2), index_digest="0" * 64, max_multiplicity=0)
+    entry = ledger.begin(**_args(2), index_digest="e" * 64, max_multiplicity=3)
+    assert (entry.index_digest, entry.max_multiplicity) == ("e" * 64, 3)
+    assert ledger.verify().ok
+    # A value out of range (hash recomputed) is named as such.
+    lines = _lines(ledger)
+    obj = json.loads(lines[1])
+    obj["max_multiplicity"] = 0
+    obj.pop("hash")
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    obj["hash"] = hashlib.sha256(canonical.encode()).hexdigest()
+    lines[1] = json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n"
+    _write(ledger, lines)
+    assert ledger.verify().problems == [
+        "entry 1: malformed entry (max_multiplicity or index_digest out of range)"
+    ]
+
+
+def test_an_unknown_kind_is_named_with_the_kinds_allowed(tmp_path):
+    ledger = _filled(tmp_path)
+    lines = _lines(ledger)
+    lines[1] = lines[1].replace('"kind":"commit"', '"kind":"void"')
+    _write(ledger, lines)
+    assert "entry 1: kind: expected 'pending' or 'commit', got 'void'" in ledger.verify().problems
+
+
+def _args(rnd: int) -> dict:
+    return {
+        "run": "fed-a",
+        "server_round": rnd,
+        "dataset_fingerprint": FP,
+        "sample_rate": 0.05,
+        "noise_multiplier": 1.1,
+        "steps": 40,
+        "max_grad_norm": 1.0,
+        "epsilon_after": 0.5,
+        "delta": 1e-5,
+        "accountant": "rdp",
+    }
