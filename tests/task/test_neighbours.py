@@ -238,3 +238,27 @@ def test_removing_one_row_of_a_file_keeps_every_other_records_side_and_key(tmp_p
     kept = {bytes(k) for k in base.train_record_keys}
     after = {bytes(k) for k in removed.train_record_keys}
     assert after <= kept and len(kept - after) <= 1
+
+
+def test_record_keys_survive_reordering_copying_reseeding_and_rescaling(tmp_path: Path) -> None:
+    """The per-record budget is indexed by these keys: none of these may reset a spend."""
+    base = _csv(tmp_path, "base", "none", pytest.MonkeyPatch())
+    assert base.train_record_keys is not None
+    keys = sorted(bytes(k) for k in base.train_record_keys)
+    assert len(set(keys)) == len(keys) == N
+    lines = (tmp_path / "base.csv").read_text().splitlines()
+    header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
+    order = list(reversed(range(len(header))))  # columns reversed, rows reversed
+    shuffled = tmp_path / "copy" / "moved.csv"
+    shuffled.parent.mkdir()
+    shuffled.write_text(
+        "\n".join(",".join(r[i] for i in order) for r in [header, *reversed(rows)]) + "\n"
+    )
+    rescaled = tmp_path / "rescaled.toml"
+    rescaled.write_text(_SCHEMA.replace("range = [18, 100]", 'range = [0, 120]\nscaling = "dp"'))
+    for schema in (tmp_path / "schema.toml", rescaled):
+        for seed in (0, 7):
+            again = task_data.load_dataset(
+                name=str(shuffled), seed=seed, split="none", schema=schema
+            )
+            assert sorted(bytes(k) for k in again.train_record_keys) == keys  # type: ignore[union-attr]
