@@ -70,7 +70,7 @@ class SimRow:
 
 
 def _data_file(folder: Path, clients: int) -> Path:
-    """Digits' (standardised) training set repeated to ``PER_CLIENT`` examples a client."""
+    """Digits' training set (public constants) repeated to ``PER_CLIENT`` examples a client."""
     path = folder / f"digits-x{clients}.npz"
     if not path.exists():
         ds = load_dataset(name="digits", seed=0)
