@@ -187,8 +187,6 @@ def run_client(*, config_path: Path) -> None:
         "--superlink",
         n.server,
         "--grpc-rere",
-        "--port",
-        str(_runtime_port(n.port, name=n.name)),
         "--node-config",
         f'{NODE_CONFIG_KEY}="{cfg.source}"',
     ]
@@ -210,6 +208,8 @@ def run_client(*, config_path: Path) -> None:
             "--auth-supernode-private-key",
             str(n.private_key),
         ]
+    # After the server checks: a node pointed at the wrong server hears that first.
+    args += ["--port", str(_runtime_port(n.port, name=n.name))]
     log_path = n.state_dir / "supernode.log"
     env = flower_env(flwr_home, {PRELOAD_ENV: ",".join(preload_modules(cfg))})
     # One copy of flwr, torch and Opacus per node: imported here, once, then the SuperNode
@@ -241,12 +241,17 @@ def run_client(*, config_path: Path) -> None:
                 print(
                     f"node {n.name}: the server refused to activate this key; it may still "
                     f"hold this node's previous session (a crash or restart) online for up "
-                    f"to {HEARTBEAT_PATIENCE * HEARTBEAT_INTERVAL_S} s: retrying in 5 s "
+                    f"to {HEARTBEAT_PATIENCE * HEARTBEAT_INTERVAL_S} s: retrying in 10 s "
                     f"({now - refused_since:.0f} of {SESSION_RELEASE_S} s)",
                     file=sys.stderr,
                     flush=True,
                 )
-                time.sleep(5)
+                time.sleep(10)
+                # Still there? A node whose server went away meanwhile would retry forever.
+                if n.insecure:
+                    check_server_plaintext(server=n.server)
+                elif n.ca_cert is not None:
+                    check_server_tls(server=n.server, ca_cert=n.ca_cert)
                 continue
         attempt += 1
         if "SuperNode ID:" in output:  # it had been accepted, then stopped on its own

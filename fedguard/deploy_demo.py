@@ -44,7 +44,6 @@ def _node_toml(
     certs: Path,
     key: Path,
     state: Path,
-    port: int,
     partition: int,
     partitions: int,
 ) -> str:
@@ -54,7 +53,6 @@ server = "{fleet}"
 ca-cert = "{certs / "ca.crt"}"
 private-key = "{key}"
 state-dir = "{state}"
-port = {port}
 
 [data]
 dataset = "digits"
@@ -115,7 +113,6 @@ def prepare_demo(*, out: Path, nodes: int, rounds: int, enrol: int | None = None
                 certs=certs.ca_cert.parent,
                 key=keys.private_key,
                 state=home / "state",
-                port=free_port(),
                 partition=k,
                 partitions=nodes,
             ),

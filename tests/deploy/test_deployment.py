@@ -34,13 +34,14 @@ def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
     members, outsider = layout.nodes[:3], layout.nodes[3]
     server, ready = processes.server(layout, expect=[f"enrolled {t.parent.name}" for t in members])
     assert ready.wait(timeout=120), "server did not enrol the nodes"
-    for toml in members:
-        processes.client(toml)
-
-    # A node whose key the operator never enrolled: refused, and told so.
-    refused = run_client(outsider)
+    # A node whose key the operator never enrolled: refused, and told so. It waits out a
+    # session the server might still hold for a restarted node (~35 s), so it goes first:
+    # the server waits for its members before round 1.
+    refused = run_client(outsider, timeout=240)
     assert refused.returncode == 2, refused.stderr
     assert "not enrolled" in refused.stderr and "node-d.pub" in refused.stderr
+    for toml in members:
+        processes.client(toml)
 
     # A node holding another federation's CA certificate: refused before connecting.
     other = init_federation(out=tmp_path / "other-ca")
