@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from fedguard._toml import toml_loads
 from fedguard.errors import ConfigError
@@ -61,14 +62,12 @@ def bundle_refusal(
         doc = toml_loads(text, source=Path("pyproject.toml"))
     except ConfigError as exc:
         return f"{head}: {exc}"
-    tool = doc.get("tool") if isinstance(doc.get("tool"), dict) else {}
-    flwr = tool.get("flwr") if isinstance(tool.get("flwr"), dict) else {}
-    app = flwr.get("app") if isinstance(flwr.get("app"), dict) else {}
-    components = app.get("components") if isinstance(app.get("components"), dict) else {}
+    tool = _table(doc, "tool")
+    components = _table(_table(_table(tool, "flwr"), "app"), "components")
     clientapp = components.get("clientapp")
     if clientapp != CLIENT_APP:
         return f"{head}: its ClientApp is {clientapp!r}, not fedguard's installed {CLIENT_APP!r}"
-    ours = tool.get("fedguard") if isinstance(tool.get("fedguard"), dict) else {}
+    ours = _table(tool, "fedguard")
     for key, mine in (
         ("task", installed.name),
         ("task-version", installed.version),
@@ -81,3 +80,8 @@ def bundle_refusal(
                 "(the server and this node must run the same fedguard task code)"
             )
     return None
+
+
+def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}

@@ -35,7 +35,7 @@ __all__ = [
     "load_node_secret",
 ]
 
-NODE_SECRET_FILE = "node-secret.key"
+NODE_SECRET_FILE = "node-secret.key"  # noqa: S105 (a file name, not a secret)
 _SECRET_BYTES = 32
 _FILE_MODE = 0o600
 
