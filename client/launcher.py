@@ -218,6 +218,16 @@ def run_client(*, config_path: Path) -> None:
     # Load). The node's environment is set first: Flower reads some of it at import.
     os.environ.update(env)
     preload_supernode()
+    # The node's data, loaded and checked now: a missing or unreadable data set stops the
+    # node here with the data error (it used to serve, silently, until a round came). The
+    # SuperNode and every ClientApp are forked from this process, so they find it loaded.
+    from fedguard.client.node import node_runtime
+    from fedguard.errors import DataError
+
+    try:
+        node_runtime(str(cfg.source))
+    except DataError as exc:
+        raise NodeRefusedError(f"node {n.name}: {exc}") from None
     # Before the SuperNode is forked: every run's app bundle is checked where it is
     # fetched, and a bundle that is not exactly fedguard's installed app is refused.
     installed = installed_task()

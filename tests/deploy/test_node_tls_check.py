@@ -2,6 +2,8 @@
 "connection unavailable": another federation's CA, a certificate for another host, an
 expired certificate, or a node configured without TLS against a TLS server."""
 
+import subprocess
+import sys
 from concurrent import futures
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -93,4 +95,27 @@ def test_fedguard_client_refuses_in_one_line_and_starts_nothing(
     assert len(lines) == 1, err
     want = "expired on" if problem == "expired" else "node.insecure: the server at"
     assert want in lines[0]
+    assert not (tmp_path / "state" / "supernode.log").exists()  # no SuperNode was started
+
+
+def test_a_node_whose_data_set_is_missing_stops_at_start(tmp_path: Path, tls_server):
+    """#17.2 / #15.5: `dataset = "nope.csv"` was accepted at start, and the node then served
+    silently while the server logged `node ... did not describe itself` for ever."""
+    fed = init_federation(out=tmp_path / "fed")
+    port = tls_server(fed)
+    keys = make_node_keys(name="bank-a", out=tmp_path / "keys")
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        f'[node]\nname = "bank-a"\nserver = "127.0.0.1:{port}"\nca-cert = "{fed.ca_cert}"\n'
+        f'private-key = "{keys.private_key}"\nstate-dir = "{tmp_path / "state"}"\n'
+        '[data]\ndataset = "nope.csv"\ntarget = "default"\n'
+    )
+    # A process of its own: the launcher sets the node's environment before it forks.
+    result = subprocess.run(
+        [sys.executable, "-m", "fedguard", "client", "--config", str(toml)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "nope.csv" in lines[0] and "cannot read" in lines[0], lines
     assert not (tmp_path / "state" / "supernode.log").exists()  # no SuperNode was started
