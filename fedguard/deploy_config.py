@@ -322,7 +322,21 @@ def load_node_config(path: Path) -> NodeConfig:
     mn = cfg.secagg.min_neighbours
     _check(path, "secagg.min-neighbours", mn >= 1, "an integer >= 1", mn)
     n, d, p = cfg.node, cfg.data, cfg.privacy
-    _check(path, "node.server", ":" in n.server, "HOST:PORT", n.server)
+    host, _, port = n.server.rpartition(":")
+    _check(
+        path,
+        "node.server",
+        bool(host) and port.isdigit() and 1 <= int(port) <= 65535,
+        "HOST:PORT with a port 1-65535",
+        n.server,
+    )
+    _check(
+        path,
+        "node.state-dir",
+        not n.state_dir.exists() or n.state_dir.is_dir(),
+        "a folder (created if missing)",
+        str(n.state_dir),
+    )
     if n.port is not None:
         _check(path, "node.port", 1 <= n.port <= 65535, "a port 1-65535", n.port)
     if not n.insecure:
@@ -364,7 +378,10 @@ def load_node_config(path: Path) -> NodeConfig:
         "an existing schema file (TOML)",
         None if d.schema is None else str(d.schema),
     )
-    _check(path, "privacy.max-epsilon", p.max_epsilon > 0, "a number > 0", p.max_epsilon)
+    # Beyond ~100 a DP bound says nothing about one record: such a value is a typo.
+    _check(
+        path, "privacy.max-epsilon", 0 < p.max_epsilon <= 100, "a number in (0, 100]", p.max_epsilon
+    )
     if p.run_epsilon is not None:
         _check(
             path,
@@ -373,7 +390,7 @@ def load_node_config(path: Path) -> NodeConfig:
             f"a number in (0, max-epsilon = {p.max_epsilon:g}]",
             p.run_epsilon,
         )
-    _check(path, "privacy.delta", 0 < p.delta < 1, "a number in (0, 1)", p.delta)
+    _check(path, "privacy.delta", 0 < p.delta <= 0.01, "a number in (0, 0.01]", p.delta)
     _check(
         path,
         "privacy.min-noise-multiplier",

@@ -64,8 +64,12 @@ def test_federation_errors(layout, tmp_path: Path, old, new, fragments):
 @pytest.mark.parametrize(
     ("old", "new", "fragments"),
     [
-        ("max-epsilon = 3.0", "max-epsilon = -1", ["privacy.max-epsilon", "> 0", "-1"]),
-        ("delta = 1e-05", "delta = 2.0", ["privacy.delta", "(0, 1)", "2.0"]),
+        ("max-epsilon = 3.0", "max-epsilon = -1", ["privacy.max-epsilon", "(0, 100]", "-1"]),
+        # #15.5: accepted before, and then nothing was bounded.
+        ("max-epsilon = 3.0", "max-epsilon = 1e308", ["privacy.max-epsilon", "1e+308"]),
+        ("delta = 1e-05", "delta = 2.0", ["privacy.delta", "(0, 0.01]", "2.0"]),
+        ('server = "', 'server = "127.0.0.1:notaport" #"', ["node.server", "notaport"]),
+        ('server = "', 'server = "127.0.0.1:99999" #"', ["node.server", "1-65535", "99999"]),
         ('accountant = "rdp"', 'accountant = "gdp"', ["privacy.accountant", "rdp", "prv"]),
         ("partition-id = 0", "partition-id = 5", ["data.partition-id", "[0, 2)", "5"]),
         ("[privacy]", "[privacy]\nbudget = 1", ["privacy.budget", "a known key"]),
@@ -92,4 +96,16 @@ def test_missing_key_file_is_named(layout, tmp_path: Path):
     key = next(line for line in text.splitlines() if line.startswith("private-key"))
     bad.write_text(text.replace(key, 'private-key = "/nonexistent/key"'))
     with pytest.raises(ConfigError, match=r"node\.private-key: expected an existing file"):
+        load_node_config(bad)
+
+
+def test_a_state_dir_that_is_a_file_is_named(layout, tmp_path: Path):
+    """#15.5: a state-dir that is a file gave a raw traceback."""
+    taken = tmp_path / "state-file"
+    taken.write_text("")
+    bad = tmp_path / "node.toml"
+    text = layout.nodes[0].read_text()
+    state = next(line for line in text.splitlines() if line.startswith("state-dir"))
+    bad.write_text(text.replace(state, f'state-dir = "{taken}"'))
+    with pytest.raises(ConfigError, match=r"node\.state-dir: expected a folder"):
         load_node_config(bad)
