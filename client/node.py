@@ -15,7 +15,9 @@ reading the ledger through committing the round, so two processes serialise.
 
 Asked the very same request again (a server restarted from its checkpoint), it resends
 its stored reply instead of training again, so a server crash does not make it spend
-twice. It does not import Flower.
+twice. A round trained for a secure sum whose session ended before this node sent its
+masked input released nothing: the next request for another round gives its epsilon back
+(a ledger "void" line, :mod:`fedguard.client.void`). It does not import Flower.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ from safetensors.numpy import save as st_save
 from fedguard._io import atomic_write_bytes
 from fedguard.client.budget import plan_run
 from fedguard.client.node_data import load_node_dataset
+from fedguard.client.released import HeldUpdate, update_digest
 from fedguard.client.state_lock import hold_lock
 from fedguard.client.stored_reply import read_stored_reply
 from fedguard.client.stored_reply import round_key as _round_key
 from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer, PrivacyBudget
+from fedguard.client.void import hold, release, settle
 from fedguard.deploy_config import NodeConfig, load_node_config
 from fedguard.errors import DataError
 from fedguard.federation import TrainRequest, load_federated_data
@@ -48,7 +52,7 @@ from fedguard.privacy import (
     sample_rate_for,
     steps_per_epoch,
 )
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, LedgerError
+from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, LedgerEntry, LedgerError
 from fedguard.privacy.node_secret import load_node_secret
 from fedguard.privacy.receipts import PrivacyReceipt, receipt_for
 from fedguard.privacy.record_budget import (
@@ -124,9 +128,19 @@ class NodeRuntime:
         return AccountantStore(path=self.state_dir / f"{ACCOUNTANT_PREFIX}{digest}.json")
 
     def train(
-        self, *, model_name: str, weights: list[np.ndarray], request: TrainRequest
+        self,
+        *,
+        model_name: str,
+        weights: list[np.ndarray],
+        request: TrainRequest,
+        secure: bool = False,
     ) -> LocalResult:
-        """One round under the node's policy; raises ``BudgetExceededError`` to refuse."""
+        """One round under the node's policy; raises ``BudgetExceededError`` to refuse.
+
+        ``secure``: the update leaves the node only as a masked input of a secure sum (the
+        caller's promise), so a round that ends before it is masked is given back. Without
+        it the reply counts as released when this returns.
+        """
         policy = self.config.privacy
         if request.local_epochs > policy.max_local_epochs:
             raise PolicyRefusalError(
@@ -148,10 +162,38 @@ class NodeRuntime:
         records = self.records()
         # One writer: from reading the ledger to committing this round's entry.
         with hold_lock(self.state_dir / BUDGET_LOCK):
+            ledger = Ledger(path=self.state_dir / LEDGER_FILENAME)
+            try:  # an earlier round's held update that never left: given back first
+                settle(
+                    state_dir=self.state_dir,
+                    ledger=ledger,
+                    keep_key=key,
+                    reply_file=LAST_REPLY_FILE,
+                )
+            except (LedgerError, OSError) as exc:  # it stays spent; this round goes on
+                _log.warning("no round given back: %s", " ".join(str(exc).split()))
             replayed = self._replay(key)
             if replayed is not None:
+                if not secure:  # now it leaves alone: never given back
+                    release(state_dir=self.state_dir, key=key)
                 return replayed
-            return self._train_locked(trainer, records, weights, request, key)
+            result, entry = self._train_locked(trainer, records, weights, request, key)
+            if secure:
+                held = HeldUpdate(
+                    key=key,
+                    run=request.run_key,
+                    server_round=request.server_round,
+                    update=update_digest(
+                        [w - g for w, g in zip(result.weights, weights, strict=True)]
+                    ),
+                    pending=entry.hash,
+                    pending_seq=entry.seq,
+                )
+                try:
+                    hold(state_dir=self.state_dir, held=held)
+                except (DataError, OSError) as exc:  # not held: the round stays spent
+                    _log.warning("round kept as spent: %s", " ".join(str(exc).split()))
+            return result
 
     def _train_locked(
         self,
@@ -160,7 +202,7 @@ class NodeRuntime:
         weights: list[np.ndarray],
         request: TrainRequest,
         key: str,
-    ) -> LocalResult:
+    ) -> tuple[LocalResult, LedgerEntry]:
         policy = self.config.privacy
         r, run = request.server_round, request.run_key
         method, delta = policy.accountant, policy.delta
@@ -263,7 +305,7 @@ class NodeRuntime:
         ledger.commit(entry)
         self._write_report(spend, event)
         self._remember(key, result)
-        return result
+        return result, entry
 
     def _check_round(
         self, request: TrainRequest, planned: int, trained: int, run_epsilon: float

@@ -10,7 +10,11 @@ The journal (``secagg-released.json`` in the state folder) holds:
 
 - ``masked``: every update this node masked (its digest, run, round, session id);
 - ``session``: the newest session's id, update digest and the exact bytes of each reply
-  the node sent in it, keyed by the digest of the request it answered.
+  the node sent in it, keyed by the digest of the request it answered;
+- ``held`` (optional): the newest trained update kept for a secure sum only (its request
+  key, run, round, update digest and ledger entry), until it is masked or given back;
+- ``void`` (optional): digests of updates given back (their ledger round marked void):
+  none of them is ever masked (#14.4).
 
 A re-asked round is then answered from the same session (the same request gets the same
 reply bytes: the same keys, shares and masked input, so nothing new leaves the node) or
@@ -39,6 +43,9 @@ from fedguard.transport.serde import encode_secagg
 
 __all__ = [
     "JOURNAL_FILE",
+    "SESSION_FILE",
+    "UPDATE_FILE",
+    "HeldUpdate",
     "Journal",
     "MaskedRecord",
     "Session",
@@ -51,6 +58,8 @@ __all__ = [
 ]
 
 JOURNAL_FILE = "secagg-released.json"
+SESSION_FILE = "secagg-session.pb"  # the SecAgg+ client state between stages
+UPDATE_FILE = "secagg-update.npz"  # the (noised) update between training and masking
 _FORMAT = "fedguard-secagg-released/1"
 # The newest masked records kept: a node is only ever re-asked its newest rounds (its
 # stored reply holds one round), so these are many times what a replay could reach.
@@ -81,10 +90,24 @@ class Session:
         return "masked-input" in self.replies
 
 
+@dataclass(frozen=True, kw_only=True)
+class HeldUpdate:
+    """A trained update that may leave the node only as a masked input (never alone)."""
+
+    key: str  # the request's round key (the stored reply answers it)
+    run: str
+    server_round: int
+    update: str  # update_digest
+    pending: str  # hash of its ledger pending entry
+    pending_seq: int
+
+
 @dataclass(kw_only=True)
 class Journal:
     masked: list[MaskedRecord] = field(default_factory=list)
     session: Session | None = None
+    held: HeldUpdate | None = None
+    void: list[str] = field(default_factory=list)  # update digests given back
 
     def masked_record(self, digest: str) -> MaskedRecord | None:
         return next((m for m in self.masked if m.update == digest), None)
@@ -136,9 +159,12 @@ def read_journal(path: Path) -> Journal:
         masked = [_record(m) for m in _list(doc, "masked")]
         s = doc.get("session")
         session = None if s is None else _session(s)
+        h = doc.get("held")
+        held = None if h is None else _held(h)
+        void = [_hex(v, "void") for v in (_list(doc, "void") if "void" in doc else [])]
     except (KeyError, TypeError, ValueError) as exc:
         raise bad(" ".join(str(exc).split())[:200]) from None
-    return Journal(masked=masked, session=session)
+    return Journal(masked=masked, session=session, held=held, void=void)
 
 
 def write_journal(path: Path, journal: Journal) -> None:
@@ -164,6 +190,18 @@ def write_journal(path: Path, journal: Journal) -> None:
             },
         },
     }
+    h = journal.held
+    if h is not None:
+        doc["held"] = {
+            "key": h.key,
+            "run": h.run,
+            "round": h.server_round,
+            "update": h.update,
+            "pending": h.pending,
+            "pending_seq": h.pending_seq,
+        }
+    if journal.void:
+        doc["void"] = journal.void[-MAX_RECORDS:]
     atomic_write_bytes(path, json.dumps(doc, sort_keys=True).encode(), mode=0o600)
 
 
@@ -200,6 +238,19 @@ def _record(m: object) -> MaskedRecord:
         server_round=_round(m["round"]),
         session=_hex(m["session"], "session"),
         update=_hex(m["update"], "update"),
+    )
+
+
+def _held(h: object) -> HeldUpdate:
+    if not isinstance(h, dict):
+        raise TypeError(f"held: expected an object, got {type(h).__name__}")
+    return HeldUpdate(
+        key=_hex(h["key"], "held key"),
+        run=_text(h["run"], "run"),
+        server_round=_round(h["round"]),
+        update=_hex(h["update"], "held update"),
+        pending=_hex(h["pending"], "held pending"),
+        pending_seq=_round(h["pending_seq"]),
     )
 
 

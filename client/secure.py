@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from fedguard._io import atomic_write_bytes
-from fedguard.client.node import PolicyRefusalError
+from fedguard.client.node import BUDGET_LOCK, PolicyRefusalError
 from fedguard.client.released import (
     JOURNAL_FILE,
+    SESSION_FILE,
+    UPDATE_FILE,
     Journal,
     MaskedRecord,
     Session,
@@ -34,6 +36,7 @@ from fedguard.client.released import (
     update_digest,
     write_journal,
 )
+from fedguard.client.state_lock import hold_lock
 from fedguard.deploy_config import NodeConfig
 from fedguard.federation import TrainRequest
 from fedguard.privacy.client_dp import ClientDP, clip_and_noise
@@ -50,8 +53,6 @@ from fedguard.transport.serde import encode_secagg
 
 __all__ = ["JOURNAL_FILE", "SESSION_FILE", "UPDATE_FILE", "NodeSecAgg", "read_stored_update"]
 
-SESSION_FILE = "secagg-session.pb"
-UPDATE_FILE = "secagg-update.npz"
 _STAGE: dict[type, str] = {
     ShareKeysRequest: "share-keys",
     MaskedInputRequest: "masked-input",
@@ -118,11 +119,24 @@ class NodeSecAgg:
         for an update it already masked: the same session is answered with the same keys
         (the stored advert), any other is refused (``PolicyRefusalError``): one update goes
         into at most one secure sum. An update keys were advertised for but never masked
-        keeps its stored noise share (never a second fresh one).
+        keeps its stored noise share (never a second fresh one). An update given back
+        (its ledger round void, :mod:`fedguard.client.void`) is refused.
         """
+        # The same lock as the node's void: an update is given back or masked, never both.
+        with hold_lock(self.dir / BUDGET_LOCK):
+            return self._begin(setup=setup, update=update, request=request)
+
+    def _begin(
+        self, *, setup: Setup, update: list[np.ndarray], request: TrainRequest | None
+    ) -> bytes:
         journal = read_journal(self.dir / JOURNAL_FILE)
         sid, digest = session_id(setup), update_digest(update)
         r = setup.params.server_round
+        if digest in journal.void:
+            raise PolicyRefusalError(
+                f"round {r} refused: this update was given back (its ledger round is void: "
+                "it was never released); it is never masked now"
+            )
         run = request.run_key if request is not None else setup.params.run
         current = journal.session
         if current is not None and (current.id, current.update) == (sid, digest):
@@ -180,6 +194,12 @@ class NodeSecAgg:
         very same reply bytes; with another request it is refused (a second, different
         answer could reveal both kinds of share of a neighbour, or a second masked input).
         """
+        if not self.dir.is_dir():
+            raise SecAggError("no secure-aggregation session on this node")
+        with hold_lock(self.dir / BUDGET_LOCK):  # see begin
+            return self._step(payload)
+
+    def _step(self, payload: bytes) -> bytes:
         request = decode_secagg(
             payload, expect=(ShareKeysRequest, MaskedInputRequest, UnmaskRequest)
         )
@@ -253,6 +273,8 @@ class NodeSecAgg:
             self._save(client)
             return reply
         if isinstance(request, MaskedInputRequest):
+            if session.update in journal.void:
+                raise SecAggError("this update was given back (its ledger round is void)")
             try:
                 raw = (self.dir / UPDATE_FILE).read_bytes()
             except FileNotFoundError:

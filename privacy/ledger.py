@@ -29,8 +29,12 @@ outside anchor: the entry hashes the server recorded from the node's receipts. I
 ledger rewritten or truncated before the newest entry the server saw; it cannot see
 entries the server never received (a refused or lost round, a trailing pending entry).
 
-Kinds: ``"pending"`` and ``"commit"``; the kind table leaves room for a third (a future
-``"void"``: an update never released gives its epsilon back).
+Kinds: ``"pending"``, ``"commit"`` and ``"void"``. A void line (``pending``,
+``pending_seq``, like a commit) says that the committed round's update never left the node
+(a secure round aborted before the node sent its masked input): its epsilon is given back.
+Only a committed entry can be voided, once; the node writes it only after it has made
+sure nothing derived from the update can still leave (:mod:`fedguard.client.void`).
+Ledgers written before void lines existed verify unchanged.
 
 This module never imports Flower.
 """
@@ -90,6 +94,7 @@ _COMMIT_FIELDS: dict[str, tuple[type, ...]] = {"pending": (str,), "pending_seq":
 _KINDS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type, ...]]]] = {
     "pending": (_PENDING_FIELDS, _PENDING_OPTIONAL),
     "commit": (_COMMIT_FIELDS, {}),
+    "void": (_COMMIT_FIELDS, {}),  # the same reference to a pending entry
 }
 _COMMON_FIELDS: dict[str, tuple[type, ...]] = {
     "seq": (int,),
@@ -111,6 +116,7 @@ class LedgerEntry:
     ``kind == "pending"``: the privacy parameters of one round, written before training;
     the commit fields are ``None``. ``kind == "commit"``: marks the pending entry with hash
     ``pending`` (at ``pending_seq``) as completed; the round fields are ``None``.
+    ``kind == "void"``: the same reference; that round's update was never released.
     """
 
     seq: int
@@ -255,17 +261,22 @@ class Ledger:
 
     def spent(self, *, dataset_fingerprint: str) -> float:
         """Epsilon spent on ``dataset_fingerprint``: the largest ``epsilon_after`` among its
-        entries, pending (possibly interrupted) ones included; ``0.0`` if none.
+        entries, pending (possibly interrupted) ones included, void ones not; ``0.0`` if
+        none. (A figure for reports: the node's budget is per record,
+        :mod:`fedguard.privacy.record_budget`.)
 
         Raises
         ------
         LedgerError
             The ledger fails verification.
         """
+        entries = self.entries()
+        void = _voided(entries)
         eps = [
             e.epsilon_after
-            for e in self.entries()
+            for e in entries
             if e.kind == "pending"
+            and e.hash not in void
             and e.dataset_fingerprint == dataset_fingerprint
             and e.epsilon_after is not None
         ]
@@ -274,6 +285,10 @@ class Ledger:
     def committed(self) -> frozenset[str]:
         """Hashes of the pending entries that have a commit."""
         return frozenset(e.pending for e in self.entries() if e.kind == "commit" and e.pending)
+
+    def voided(self) -> frozenset[str]:
+        """Hashes of the pending entries marked void (their update was never released)."""
+        return _voided(self.entries())
 
     def head(self) -> str:
         """sha256 of the newest line's canonical bytes (``GENESIS`` for an empty ledger);
@@ -345,6 +360,23 @@ class Ledger:
             )
         self._append("commit", {"pending": entry.hash, "pending_seq": entry.seq})
 
+    def void(self, entry: LedgerEntry) -> LedgerEntry:
+        """Mark the committed pending ``entry`` void: its update never left the node.
+
+        Call it only once nothing derived from the update can still be released (the
+        caller's duty: the ledger cannot see the network); a crash before this line is
+        written leaves the round spent.
+
+        Raises
+        ------
+        LedgerError
+            ``entry`` is not a committed pending entry of this ledger, it is already void,
+            or the ledger fails verification; nothing is written.
+        """
+        if not isinstance(entry, LedgerEntry) or entry.kind != "pending":
+            raise LedgerError(f"{self._path}: void: expected a pending LedgerEntry, got {entry!r}")
+        return self._append("void", {"pending": entry.hash, "pending_seq": entry.seq})
+
     # -- internals --------------------------------------------------------------------
 
     def _read_bytes(self) -> bytes:
@@ -371,8 +403,8 @@ class Ledger:
             objs, data = self._verified()
         else:
             objs, data = [], b""
-        if kind == "commit":
-            self._check_commit(objs, fields)
+        if kind in ("commit", "void"):
+            self._check_commit(objs, fields, kind=kind)
         obj: dict[str, Any] = {
             "seq": len(objs),
             "kind": kind,
@@ -389,7 +421,9 @@ class Ledger:
         atomic_write_text(self._path, text, mode=_FILE_MODE)
         return _to_entry(obj)
 
-    def _check_commit(self, objs: list[dict[str, Any]], fields: dict[str, Any]) -> None:
+    def _check_commit(
+        self, objs: list[dict[str, Any]], fields: dict[str, Any], *, kind: str
+    ) -> None:
         seq, digest = fields["pending_seq"], fields["pending"]
         if (
             not (0 <= seq < len(objs))
@@ -397,13 +431,21 @@ class Ledger:
             or objs[seq]["hash"] != digest
         ):
             raise LedgerError(
-                f"{self._path}: commit: entry {seq} is not a pending entry of this ledger"
+                f"{self._path}: {kind}: entry {seq} is not a pending entry of this ledger"
             )
-        for o in objs:
-            if o["kind"] == "commit" and o["pending"] == digest:
-                raise LedgerError(
-                    f"{self._path}: commit: entry {seq} is already committed (entry {o['seq']})"
-                )
+        done = {
+            o["kind"]: o["seq"] for o in objs if o["kind"] != "pending" and o["pending"] == digest
+        }
+        if kind in done:
+            what = "committed" if kind == "commit" else "void"
+            raise LedgerError(
+                f"{self._path}: {kind}: entry {seq} is already {what} (entry {done[kind]})"
+            )
+        if kind == "void" and "commit" not in done:
+            raise LedgerError(
+                f"{self._path}: void: entry {seq} is not committed (an interrupted round "
+                "counts as spent)"
+            )
 
 
 # -- verification -----------------------------------------------------------------------
@@ -462,26 +504,37 @@ def _scan(data: bytes) -> tuple[list[dict[str, Any]], list[str]]:
                 f"entry {seq}: previous entry missing or changed (entry {seq - 1} does not match)"
             )
 
-    committed: dict[str, int] = {}
+    marked: dict[str, dict[str, int]] = {"commit": {}, "void": {}}
     for seq, obj in sorted(by_seq.items()):
-        if obj["kind"] != "commit":
+        kind = obj["kind"]
+        if kind == "pending":
             continue
         target = by_seq.get(obj["pending_seq"])
+        done = marked[kind]
         if (
             target is None
             or target["kind"] != "pending"
             or target["hash"] != obj["pending"]
             or obj["pending_seq"] >= seq
         ):
-            problems.append(f"entry {seq}: commit references no pending entry")
-        elif obj["pending"] in committed:
+            problems.append(f"entry {seq}: {kind} references no pending entry")
+        elif obj["pending"] in done:
+            verb, past = ("commits", "committed") if kind == "commit" else ("voids", "voided")
             problems.append(
-                f"entry {seq}: commits entry {obj['pending_seq']}, already committed by entry"
-                f" {committed[obj['pending']]}"
+                f"entry {seq}: {verb} entry {obj['pending_seq']}, already {past} by entry"
+                f" {done[obj['pending']]}"
+            )
+        elif kind == "void" and obj["pending"] not in marked["commit"]:
+            problems.append(
+                f"entry {seq}: voids entry {obj['pending_seq']}, which is not committed before it"
             )
         else:
-            committed[obj["pending"]] = seq
+            done[obj["pending"]] = seq
     return objs, problems
+
+
+def _voided(entries: list[LedgerEntry]) -> frozenset[str]:
+    return frozenset(e.pending for e in entries if e.kind == "void" and e.pending)
 
 
 def _parse_line(number: int, line: str, problems: list[str]) -> dict[str, Any] | None:

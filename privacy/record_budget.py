@@ -27,6 +27,10 @@ record (the worst case, with a one-line warning naming the file), and so are the
 records the index does not hold (its ``default`` history). An index that names more ledger
 entries than the ledger holds means the ledger was truncated or replaced: refused.
 
+Void rounds (a ledger ``"void"`` line: the round's update never left the node) stay in
+the index, which the ledger anchors, but count for no record: :func:`record_spend` leaves
+them out of every history.
+
 Duplicates: a record appearing k > 1 times in one data set is a group of k. A mechanism
 that is (eps, d)-DP is (k eps, k e^((k-1) eps) d)-DP for groups of k (Dwork and Roth,
 Thm 2.2 generalised); the node solves ``k e^((k-1) eps(d)) d = delta`` for the per-record
@@ -90,13 +94,16 @@ class LedgerEvent:
     run: str
     event: GaussianEvent
     multiplicity: int  # the most times one record appeared in that round's data set
+    void: bool = False  # the ledger marks the round void: it counts for no record
 
 
 def ledger_events(entries: Sequence[LedgerEntry]) -> dict[int, LedgerEvent]:
-    """Every pending entry's event (pending ones count as spent: write-ahead)."""
+    """Every pending entry's event (pending ones count as spent: write-ahead); the ones a
+    ``"void"`` line gives back are marked ``void``."""
     out: dict[int, LedgerEvent] = {}
+    voided = {e.pending for e in entries if e.kind == "void"}
     for e in entries:
-        if e.kind != "pending":  # "commit" (and a future "void") carry no event
+        if e.kind != "pending":  # "commit" and "void" carry no event
             continue
         out[e.seq] = LedgerEvent(
             seq=e.seq,
@@ -107,6 +114,7 @@ def ledger_events(entries: Sequence[LedgerEntry]) -> dict[int, LedgerEvent]:
                 steps=int(e.steps or 0),
             ),
             multiplicity=int(e.max_multiplicity or 1),
+            void=e.hash in voided,
         )
     return out
 
@@ -227,7 +235,8 @@ def record_spend(
 ) -> RecordSpend:
     """The distinct spend profiles of ``records`` under ``index`` and the ledger."""
     events = ledger_events(entries)
-    unindexed = tuple(s for s in sorted(events) if s > index.ledger_seq)
+    live = {s for s, e in events.items() if not e.void}
+    unindexed = tuple(s for s in sorted(events) if s > index.ledger_seq and s in live)
     u_mult = max((events[s].multiplicity for s in unindexed), default=1)
     ids = _history_ids(index, records.digests)
     scale = int(records.counts.max(initial=1)) + 1
@@ -235,7 +244,7 @@ def record_spend(
     profiles = []
     for key, size in zip(keys.tolist(), sizes.tolist(), strict=True):
         hid, k = divmod(key, scale)
-        h = index.histories[hid]
+        h = tuple((s, m) for s, m in index.histories[hid] if s in live)
         group = max(k, u_mult if unindexed else 1, *(m for _, m in h))
         profiles.append(Profile(seqs=tuple(s for s, _ in h) + unindexed, group=group, records=size))
     merged: dict[tuple[tuple[int, ...], int], int] = {}
