@@ -44,7 +44,7 @@ def show(state: Annotated[Path, Opt("--state", help=_STATE_HELP)]) -> None:
 
     ledger = _open(state)
     entries = ledger.entries()  # raises LedgerError if the ledger fails verification
-    committed = ledger.committed()
+    committed, voided = ledger.committed(), ledger.voided()
     table = Table(title=f"privacy ledger {ledger.path}")
     for column in (
         "seq",
@@ -68,7 +68,9 @@ def show(state: Annotated[Path, Opt("--state", help=_STATE_HELP)]) -> None:
         status = "committed" if e.hash in committed else "pending (counted as spent)"
         fp = e.dataset_fingerprint or ""
         eps, delta = e.epsilon_after or 0.0, e.delta or 0.0
-        if fp not in spent or eps > spent[fp][0]:
+        if e.hash in voided:  # its update never left the node: counted for no record
+            status = "void (never released, given back)"
+        elif fp not in spent or eps > spent[fp][0]:
             spent[fp] = (eps, delta)
         table.add_row(
             str(e.seq),

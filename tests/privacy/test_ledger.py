@@ -250,9 +250,12 @@ def test_index_anchor_fields_are_checked_and_old_entries_still_verify(tmp_path):
 def test_an_unknown_kind_is_named_with_the_kinds_allowed(tmp_path):
     ledger = _filled(tmp_path)
     lines = _lines(ledger)
-    lines[1] = lines[1].replace('"kind":"commit"', '"kind":"void"')
+    lines[1] = lines[1].replace('"kind":"commit"', '"kind":"refund"')
     _write(ledger, lines)
-    assert "entry 1: kind: expected 'pending' or 'commit', got 'void'" in ledger.verify().problems
+    assert (
+        "entry 1: kind: expected 'pending' or 'commit' or 'void', got 'refund'"
+        in ledger.verify().problems
+    )
 
 
 def _args(rnd: int) -> dict:
