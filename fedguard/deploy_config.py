@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedguard._toml import toml_loads
+from fedguard.certs import _NODE_NAME as NODE_NAME
 from fedguard.config import ACCOUNTANTS
 from fedguard.errors import ConfigError, invalid
 
@@ -322,6 +323,14 @@ def load_node_config(path: Path) -> NodeConfig:
     mn = cfg.secagg.min_neighbours
     _check(path, "secagg.min-neighbours", mn >= 1, "an integer >= 1", mn)
     n, d, p = cfg.node, cfg.data, cfg.privacy
+    # The rule of `fedguard certs node NAME`: the name goes into console and log lines.
+    _check(
+        path,
+        "node.name",
+        bool(NODE_NAME.match(n.name)),
+        "a letter or digit, then up to 62 of A-Z a-z 0-9 _ . -",
+        n.name,
+    )
     host, _, port = n.server.rpartition(":")
     _check(
         path,

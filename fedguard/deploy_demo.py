@@ -20,7 +20,9 @@ from pathlib import Path
 from fedguard._io import atomic_write_text
 from fedguard._procs import free_port, start, stop
 from fedguard.certs import init_federation, make_node_keys
+from fedguard.deploy_config import load_federation_config
 from fedguard.errors import ConfigError, FedguardError
+from fedguard.server.run_files import RunFiles, run_files
 
 __all__ = ["DemoLayout", "fedguard_cmd", "prepare_demo", "relay_output", "run_demo"]
 
@@ -34,7 +36,15 @@ class DemoLayout:
     root: Path
     federation: Path
     nodes: list[Path]  # each node's node.toml
-    results: Path
+
+    @property
+    def results(self) -> Path:
+        """The results folder of the run ``federation.toml`` describes now."""
+        return self.run_files().results
+
+    def run_files(self) -> RunFiles:
+        """The files of the run ``federation.toml`` describes now (it may be edited)."""
+        return run_files(load_federation_config(self.federation))
 
 
 def _node_toml(
@@ -159,9 +169,7 @@ server-key = "{certs.server_key}"
 keys-dir = "{enrolled}"
 """,
     )
-    return DemoLayout(
-        root=out, federation=federation, nodes=node_files, results=out / "server" / "results"
-    )
+    return DemoLayout(root=out, federation=federation, nodes=node_files)
 
 
 def relay_output(proc: subprocess.Popen[bytes], *, expect: list[str]) -> threading.Event:

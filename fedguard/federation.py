@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fedguard.config import SimulationConfig
-from fedguard.errors import ConfigError, invalid
+from fedguard.errors import ConfigError, FedguardError, invalid
 from fedguard.optimizers import ServerOptimizer
 from fedguard.task import Dataset, Metrics, build_model, load_dataset, partition
 
@@ -30,6 +30,7 @@ __all__ = [
     "FederatedData",
     "Refusal",
     "RoundRecord",
+    "RoundShortError",
     "SecureMean",
     "TrainRequest",
     "WeightedSum",
@@ -249,6 +250,17 @@ class RoundRecord:
         return dataclasses.asdict(self)
 
 
+class RoundShortError(FedguardError):
+    """A round aggregated fewer updates than the run needs; it is not recorded as done."""
+
+    def __init__(self, *, server_round: int, count: int, needed: int, reasons: list[str]) -> None:
+        self.server_round, self.count, self.needed = server_round, count, needed
+        self.reasons = reasons  # each refusal's reason, as the round logged it
+        super().__init__(
+            f"round {server_round} aggregated {count} update(s), fewer than the {needed} needed"
+        )
+
+
 TrainCohort = Callable[
     [int, list[int], list[np.ndarray]], Iterable[ClientUpdate | Refusal | SecureMean]
 ]
@@ -269,13 +281,17 @@ def run_rounds(
     epsilons: dict[int, float] | None = None,
     dp: bool = True,
     client_epsilon: Callable[[int], float] | None = None,
+    min_updates: int = 0,
 ) -> list[np.ndarray]:
     """The federated loop every engine shares; returns the final global weights.
 
     ``train_cohort(round, cohort, weights)`` yields each sampled client's reply; updates
     are folded into a running sum as they arrive. Under secure aggregation it yields the
     clients' receipts (no weights) and one :class:`SecureMean`. A round where every client
-    refuses, or whose secure aggregation aborted, keeps the global model unchanged.
+    refuses, or whose secure aggregation aborted, keeps the global model unchanged; with
+    ``min_updates`` (a deployment's ``min-nodes``) a round that aggregated fewer updates
+    raises :class:`RoundShortError` instead of being recorded: a run that cannot make
+    progress stops rather than counting empty rounds as done.
     """
     spent: dict[int, float] = dict(epsilons or {})
     for server_round in range(first_round, last_round + 1):
@@ -286,12 +302,14 @@ def run_rounds(
         total = WeightedSum()
         secure: SecureMean | None = None
         refused = 0
+        reasons: list[str] = []
         for reply in train_cohort(server_round, cohort, weights):
             if isinstance(reply, SecureMean):
                 secure = reply
                 continue
             if isinstance(reply, Refusal):
                 refused += 1
+                reasons.append(reply.reason)
                 _log.warning(
                     "round %d: client %d refused: %s", server_round, reply.client_id, reply.reason
                 )
@@ -301,6 +319,11 @@ def run_rounds(
                 total.add(delta, weight=float(reply.num_examples))
             if reply.epsilon is not None:
                 spent[reply.client_id] = reply.epsilon
+        count = secure.count if secure is not None else total.count
+        if count < min_updates:
+            raise RoundShortError(
+                server_round=server_round, count=count, needed=min_updates, reasons=reasons
+            )
         if secure is not None and secure.count:
             weights = server.apply(weights=weights, mean_update=secure.mean_update)
         elif total.count:
@@ -317,7 +340,7 @@ def run_rounds(
             roc_auc=metrics.roc_auc,
             epsilon_max=max(eps) if dp else None,
             epsilon_mean=float(np.mean(eps)) if dp else None,
-            clients=secure.count if secure is not None else total.count,
+            clients=count,
             refused=refused,
             seconds=time.perf_counter() - start,
             client_epsilon=None if client_epsilon is None else client_epsilon(server_round),

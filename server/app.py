@@ -12,10 +12,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid, ServerApp
 
 from fedguard.config import SimulationConfig
@@ -33,9 +35,16 @@ from fedguard.flower_compat import send_and_receive  # polls every 0.05 s, not 3
 from fedguard.messages import decode_reply, encode_train
 from fedguard.optimizers import FedAvgM
 from fedguard.server.receipts import read_receipt
+from fedguard.server.run_files import printable
 from fedguard.task import Metrics, evaluate, get_weights, set_weights
 
-__all__ = ["describe_nodes", "exchange_round", "make_simulation_server_app", "wait_for_nodes"]
+__all__ = [
+    "describe_nodes",
+    "exchange_round",
+    "make_simulation_server_app",
+    "superlink_error",
+    "wait_for_nodes",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -56,26 +65,37 @@ def wait_for_nodes(grid: Grid, count: int, *, wait_s: float = NODE_WAIT_S) -> li
 
 
 def describe_nodes(
-    grid: Grid, nodes: list[int], *, timeout: float = NODE_WAIT_S
-) -> dict[int, dict[str, str | int]]:
-    """Ask every node who it is: {node id: {"name", "client-id"}}.
+    grid: Grid,
+    nodes: list[int],
+    *,
+    timeout: float = NODE_WAIT_S,
+    task: dict[str, int] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Ask every node who it is: {node id: its description}, at least "name", "client-id".
 
-    A deployed node tells no record count (a simulation's virtual client may send one; it
-    is not kept either): weights come from the replies, capped by a public constant.
+    ``task`` (public constants of the task, e.g. its class count) travels with the query,
+    so that a node can say whether its data fits without telling what its data holds. A
+    deployed node tells no record count (a simulation's virtual client may send one; it is
+    not kept either): weights come from the replies, capped by a public constant. The
+    values are the node's own claims: print them only through ``printable``.
     """
-    msgs = [Message(RecordDict(), dst_node_id=n, message_type="query.describe") for n in nodes]
-    info: dict[int, dict[str, str | int]] = {}
+    content = RecordDict({"task": ConfigRecord(dict(task))}) if task else RecordDict()
+    msgs = [Message(content, dst_node_id=n, message_type="query.describe") for n in nodes]
+    info: dict[int, dict[str, Any]] = {}
     for reply in send_and_receive(grid, msgs, timeout=timeout):
         node = reply.metadata.src_node_id
+        if node not in nodes:
+            continue  # the SuperLink's own error for an offline node, or not asked
         if reply.has_error():
-            _log.warning("node %s did not describe itself: %s", node, reply.error.reason)
+            _log.warning("node %s did not describe itself: %s", node, printable(reply.error.reason))
             continue
-        record = reply.content.config_records["node"]
-        cid = record.get("client-id")
-        if not isinstance(cid, int) or "name" not in record:
-            _log.warning("node %s described itself badly: %s", node, sorted(record))
+        record = reply.content.config_records.get("node")
+        cid = None if record is None else record.get("client-id")
+        if record is None or not isinstance(cid, int) or "name" not in record:
+            _log.warning("node %s described itself badly", node)
             continue
-        info[node] = {"name": str(record["name"]), "client-id": cid}
+        described = {k: v for k, v in record.items() if k != "num-examples"}
+        info[node] = {**described, "name": str(record["name"]), "client-id": cid}
     return info
 
 
@@ -118,7 +138,9 @@ def exchange_round(
         for c in cohort
     ]
     client_of = {node_of[c]: c for c in cohort}
+    started = time.monotonic()
     replies = list(send_and_receive(grid, msgs, timeout=timeout))
+    waited = time.monotonic() - started
     # Pushing gave each message its id: a reply must answer the one its sender was sent.
     asked = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
     answered: set[int] = set()
@@ -127,6 +149,13 @@ def exchange_round(
     # Sorted by client id: the running sum is then added in the same order on every engine.
     for reply in sorted(replies, key=lambda r: client_of.get(r.metadata.src_node_id, -1)):
         node = reply.metadata.src_node_id
+        offline = superlink_error(reply, asked)
+        if offline is not None:  # the SuperLink answered for a node it holds offline
+            cid = client_of[asked[reply.metadata.reply_to_message_id]]
+            if cid not in answered:
+                answered.add(cid)
+                out.append(Refusal(client_id=cid, reason=f"{label(cid)}: {offline}"))
+            continue
         cid = client_of.get(node)
         if cid is None or cid in answered or asked.get(reply.metadata.reply_to_message_id) != node:
             _log.warning(
@@ -138,7 +167,8 @@ def exchange_round(
             continue
         answered.add(cid)
         if reply.has_error():
-            out.append(Refusal(client_id=cid, reason=f"{label(cid)}: {reply.error.reason}"))
+            reason = printable(reply.error.reason)
+            out.append(Refusal(client_id=cid, reason=f"{label(cid)}: {reason}"))
             continue
         try:
             decoded = decode_reply(reply, expect=expect, max_update_norm=max_update_norm)
@@ -150,7 +180,8 @@ def exchange_round(
                 )
             )
         except (ValueError, KeyError, TypeError) as exc:
-            out.append(Refusal(client_id=cid, reason=f"{label(cid)}: malformed reply: {exc}"))
+            reason = f"{label(cid)}: malformed reply: {printable(exc)}"
+            out.append(Refusal(client_id=cid, reason=reason))
             continue
         m = decoded.metrics
         if "num-examples" not in m:
@@ -187,7 +218,22 @@ def exchange_round(
         ]
     yield from out
     for cid in sorted(set(cohort) - answered):
-        yield Refusal(client_id=cid, reason=f"{label(cid)}: no reply within {timeout:.0f}s")
+        yield Refusal(client_id=cid, reason=f"{label(cid)}: no reply within {waited:.0f}s")
+
+
+def superlink_error(reply: Message, asked: dict[str, int]) -> str | None:
+    """Why the SuperLink itself answered one of our messages (the node is offline, the
+    message expired), or None when ``reply`` came from a node.
+
+    Flower answers a message to a node it holds offline with its own error reply (source:
+    the SuperLink). Taken for "no reply" such a round ended in a second and said it had
+    waited the whole timeout.
+    """
+    if reply.metadata.src_node_id != SUPERLINK_NODE_ID or not reply.has_error():
+        return None
+    if reply.metadata.reply_to_message_id not in asked:
+        return None
+    return f"offline (the SuperLink: {printable(reply.error.reason, limit=120)})"
 
 
 def make_simulation_server_app(

@@ -5,7 +5,10 @@ dependency installation off, state database in the server's folder), enrols ever
 public key found in ``server.keys-dir`` (:mod:`fedguard.server.enrolment`; deleting a key
 there later revokes its node from the next round), then submits fedguard's ServerApp with
 ``flwr run`` and relays its progress. Everything it started is stopped when it returns,
-also on Ctrl-C. Run it again with the same config to resume from the last checkpoint.
+also on Ctrl-C. Run it again with the same config to resume from the last checkpoint; a
+changed config is a new run, with its own results and checkpoint folders. The exit status
+is the ServerApp's outcome (``state-dir/run-outcome.json``): non-zero, with one line saying
+why, unless every round aggregated at least ``min-nodes`` updates.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from fedguard._procs import (
     venv_tool,
     wait_for_port,
 )
+from fedguard.certs import _NODE_NAME as NODE_NAME  # `fedguard certs node NAME`
 from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
-from fedguard.errors import FedguardError
+from fedguard.errors import DataError, FedguardError, invalid
 from fedguard.flower_compat import MAX_MESSAGE_FLAG
-from fedguard.server.checkpoint import CHECKPOINT, load_checkpoint
 from fedguard.server.enrolment import CONNECTION, Enrolment
+from fedguard.server.run_files import read_outcome, run_files
 from fedguard.task_identity import bundle_task_table, installed_task
 
 __all__ = ["fleet_message_cap", "run_server"]
@@ -159,6 +163,7 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
                 flush=True,
             )
             if not insecure and s.keys_dir is not None:
+                _check_key_names(s.keys_dir)
                 enrolment = Enrolment(keys_dir=s.keys_dir, state_dir=state, env=env)
                 for line in enrolment.enrol_all():
                     print(line, flush=True)
@@ -173,6 +178,8 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
                 app_dir / "pyproject.toml",
                 _APP_PYPROJECT.format(key=CONFIG_KEY) + bundle_task_table(installed_task()),
             )
+            # The ServerApp writes its outcome anew: an earlier run's must not be read.
+            run_files(cfg).outcome.unlink(missing_ok=True)
             # Own process (dies with us) rather than subprocess.run: a crashed launcher
             # must not leave `flwr run` streaming forever.
             runner = start(
@@ -198,16 +205,38 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
 
 
 def _check_finished(cfg: FederationConfig, *, flwr_run_status: int) -> None:
-    # `flwr run` exits 0 even when the ServerApp raised: the checkpoint is the truth.
-    checkpoint = load_checkpoint(cfg.state_dir / CHECKPOINT)
-    done = 0 if checkpoint is None else checkpoint.server_round
-    if flwr_run_status != 0 or done < cfg.federation.rounds:
+    """Exit status from the ServerApp's own outcome file: ``flwr run`` exits 0 even when
+    the ServerApp raised, and a ServerApp that ended early says why there (#17.1)."""
+    files = run_files(cfg)
+    try:
+        outcome = read_outcome(files.outcome)
+    except DataError as exc:
+        raise ServerFailedError(f"federation {cfg.federation.name!r}: {exc}") from None
+    if outcome is None or outcome.run_id != files.run_id:
         raise ServerFailedError(
-            f"federation {cfg.federation.name!r} stopped after round {done} of "
-            f"{cfg.federation.rounds} (flwr run status {flwr_run_status}); see "
-            f"{cfg.state_dir / 'superlink.log'}; run the same command again to resume"
+            f"federation {cfg.federation.name!r}: the ServerApp ended without saying how "
+            f"(flwr run status {flwr_run_status}); see {cfg.state_dir / 'superlink.log'}"
+        )
+    if not outcome.completed or outcome.rounds_done < outcome.rounds_planned:
+        raise ServerFailedError(
+            f"federation {cfg.federation.name!r}: {outcome.reason} (after round "
+            f"{outcome.rounds_done} of {outcome.rounds_planned}; run {files.name})"
         )
     print(
-        f"federation {cfg.federation.name!r} finished {done} rounds; results in {cfg.out}",
+        f"federation {cfg.federation.name!r} finished {outcome.rounds_done} rounds: "
+        f"{outcome.reason}",
         flush=True,
     )
+
+
+def _check_key_names(keys_dir: Path) -> None:
+    """Every ``NAME.pub`` in keys-dir names a node the way `fedguard certs node` does:
+    the name is printed in every console line about that node."""
+    for pub in sorted(keys_dir.glob("*.pub")):
+        if not NODE_NAME.match(pub.stem):
+            raise invalid(
+                "server.keys-dir",
+                allowed="NAME.pub files whose NAME is a letter or digit, then up to 62 of "
+                "A-Z a-z 0-9 _ . -",
+                got=pub.name,
+            )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -33,7 +34,9 @@ from fedguard.privacy.secagg import (
     UnmaskReply,
     dequantize_mean,
 )
+from fedguard.server.app import superlink_error
 from fedguard.server.receipts import read_receipt
+from fedguard.server.run_files import printable
 from fedguard.transport import WireError, decode_secagg
 from fedguard.transport.serde import encode_secagg as encode_payload
 
@@ -78,10 +81,19 @@ def secure_round(
     ]
     adverts: list[AdvertiseKeys] = []
     answered: set[int] = set()
+    started = time.monotonic()
     trained = send_and_receive(grid, msgs, timeout=timeout)
+    waited = time.monotonic() - started
     asked = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
     for reply in trained:
         node = reply.metadata.src_node_id
+        offline = superlink_error(reply, asked)
+        if offline is not None:  # the SuperLink answered for a node it holds offline
+            cid = node_cid[asked[reply.metadata.reply_to_message_id]]
+            if cid not in answered:
+                answered.add(cid)
+                yield Refusal(client_id=cid, reason=f"{label(cid)}: {offline}")
+            continue
         cid = node_cid.get(node)
         if cid is None or cid in answered or asked.get(reply.metadata.reply_to_message_id) != node:
             _log.warning(
@@ -93,7 +105,7 @@ def secure_round(
             continue
         answered.add(cid)
         if reply.has_error():
-            yield Refusal(client_id=cid, reason=f"{label(cid)}: {reply.error.reason}")
+            yield Refusal(client_id=cid, reason=f"{label(cid)}: {printable(reply.error.reason)}")
             continue
         try:
             metrics, payload = decode_secure_reply(reply.content)
@@ -102,7 +114,7 @@ def secure_round(
                 raise WireError(f"advertised slot is not {slot_of[cid]}")
             receipt = read_receipt(reply.content, run=receipt_run, server_round=r, required=True)
         except (ValueError, KeyError, TypeError) as exc:
-            yield Refusal(client_id=cid, reason=f"{label(cid)}: malformed reply: {exc}")
+            yield Refusal(client_id=cid, reason=f"{label(cid)}: malformed reply: {printable(exc)}")
             continue
         adverts.append(advert)
         yield ClientUpdate(
@@ -116,7 +128,7 @@ def secure_round(
             receipt=receipt,
         )
     for cid in sorted(set(cohort) - answered):
-        yield Refusal(client_id=cid, reason=f"{label(cid)}: no reply within {timeout:.0f}s")
+        yield Refusal(client_id=cid, reason=f"{label(cid)}: no reply within {waited:.0f}s")
 
     # Each masked input: every parameter of the model, then the node's weight.
     server = SecAggServer(params, length=sum(math.prod(s) for s in shapes) + 1)
@@ -176,7 +188,8 @@ def _exchange(
         if slot is None or slot in out:
             continue
         if reply.has_error():
-            _log.warning("round %d: %s dropped: %s", server_round, name(slot), reply.error.reason)
+            reason = printable(reply.error.reason)
+            _log.warning("round %d: %s dropped: %s", server_round, name(slot), reason)
             continue
         try:
             payload = secagg_payload(reply.content)
@@ -186,7 +199,10 @@ def _exchange(
             if getattr(decoded, "slot", None) != slot:
                 raise WireError(f"reply names slot {getattr(decoded, 'slot', None)}, not {slot}")
         except (ValueError, KeyError, TypeError) as exc:
-            _log.warning("round %d: %s dropped: malformed reply: %s", server_round, name(slot), exc)
+            reason = printable(exc)
+            _log.warning(
+                "round %d: %s dropped: malformed reply: %s", server_round, name(slot), reason
+            )
             continue
         out[slot] = decoded
     for slot in sorted(set(requests) - set(out)):
@@ -217,4 +233,4 @@ def _implausible(total: np.ndarray, *, params: SecAggParams, count: int) -> str:
 
 def _log_rejected(server: SecAggServer, server_round: int, name: Callable[[int], str]) -> None:
     for slot, reason in server.rejected:
-        _log.warning("round %d: %s rejected: %s", server_round, name(slot), reason)
+        _log.warning("round %d: %s rejected: %s", server_round, name(slot), printable(reason))

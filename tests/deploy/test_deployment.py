@@ -64,7 +64,7 @@ def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
     assert all(r["clients"] == 3 and r["refused"] == 0 for r in rows)
     assert rows[-1]["accuracy"] > rows[0]["accuracy"] > 0.15  # learning (10 classes)
-    checkpoint = load_checkpoint(layout.root / "server" / "state" / "checkpoint.safetensors")
+    checkpoint = load_checkpoint(layout.run_files().checkpoint)
     assert checkpoint is not None and checkpoint.server_round == ROUNDS
     # Each member's own accountant holds the spent epsilon, within its budget, and the
     # server's per-node figures are those the nodes reported.

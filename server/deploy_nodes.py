@@ -1,0 +1,103 @@
+"""Which nodes a deployed run talks to, and by what name (#15.1).
+
+A node is named by the key it was enrolled under (``state-dir/enrolment.json``: name ->
+Flower node id), never by what it says it is; a key deleted from keys-dir revokes its node
+(:mod:`fedguard.server.enrolment`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flwr.serverapp import Grid
+
+from fedguard._procs import flower_env
+from fedguard.certs import _NODE_NAME as NODE_NAME  # the rule of `fedguard certs node NAME`
+from fedguard.deploy_config import FederationConfig
+from fedguard.server.app import describe_nodes, wait_for_nodes
+from fedguard.server.cohort import task_query
+from fedguard.server.enrolment import Enrolment, Revocation
+from fedguard.server.run_files import RunStoppedError, printable
+
+__all__ = ["NODE_GRACE_S", "NODE_NAME", "enrolled_names", "gather_nodes", "revocations"]
+
+NODE_GRACE_S = 20.0
+
+
+def enrolled_names(cfg: FederationConfig) -> dict[int, str] | None:
+    """Flower node id -> the name its key was enrolled under; None without node auth."""
+    if cfg.server.insecure or cfg.server.keys_dir is None:
+        return None
+    records = Enrolment(keys_dir=cfg.server.keys_dir, state_dir=cfg.state_dir, env={}).records()
+    # A name that is not a valid node name cannot come from `fedguard certs node`.
+    return {
+        int(e["node_id"]): name if NODE_NAME.match(name) else f"node-{e['node_id']}"
+        for name, e in records.items()
+        if not e.get("revoked_at")
+    }
+
+
+def revocations(
+    cfg: FederationConfig, *, say: Callable[[str], None]
+) -> Callable[[], dict[int, Revocation]]:
+    """Look at keys-dir (each call): unregister nodes whose key left it; all revoked ids.
+
+    Without node authentication (insecure, or no keys-dir) nobody is enrolled, so nobody
+    can be revoked.
+    """
+    keys_dir = cfg.server.keys_dir
+    if cfg.server.insecure or keys_dir is None:
+        return dict
+    enrolment = Enrolment(
+        keys_dir=keys_dir, state_dir=cfg.state_dir, env=flower_env(cfg.state_dir / "flwr")
+    )
+
+    def check() -> dict[int, Revocation]:
+        found = enrolment.revoke_removed()
+        for r in found.new:
+            say(
+                f"revoked {r.name}: {r.reason}; node {r.node_id} unregistered from the "
+                "SuperLink: it is sent nothing more and its calls are refused"
+            )
+        for r, error in found.failed:
+            say(
+                f"revoking {r.name} ({r.reason}): unregistering node {r.node_id} failed "
+                f"({printable(error)}); it is sent nothing, and unregistering is tried again "
+                "next round"
+            )
+        return found.revoked
+
+    return check
+
+
+def gather_nodes(grid: Grid, cfg: FederationConfig) -> dict[int, dict[str, Any]]:
+    """Describe the connected nodes until every known one answered, or ``min-nodes`` did
+    and a grace period passed (after a server restart nodes reconnect one by one)."""
+    deadline = time.monotonic() + cfg.federation.round_timeout
+    grace_end: float | None = None
+    info: dict[int, dict[str, Any]] = {}
+    asked = 0
+    while True:
+        nodes = wait_for_nodes(
+            grid, cfg.federation.min_nodes, wait_s=max(1.0, deadline - time.monotonic())
+        )
+        missing = [n for n in nodes if n not in info]
+        if missing:
+            # A reply to an earlier ask is not counted: a node that answers each ask a bit
+            # later than the wait (busy with a killed run's last message, seen after a
+            # server restart) is given longer each time.
+            asked += 1
+            wait = min(NODE_GRACE_S * asked, max(1.0, deadline - time.monotonic()))
+            info.update(describe_nodes(grid, missing, timeout=wait, task=task_query(cfg)))
+        if len(info) >= cfg.federation.min_nodes:
+            grace_end = grace_end or time.monotonic() + NODE_GRACE_S
+        if not [n for n in nodes if n not in info] or (grace_end and time.monotonic() > grace_end):
+            return info
+        if time.monotonic() > deadline:
+            raise RunStoppedError(
+                f"stopped before round 1: only {len(info)} of {cfg.federation.min_nodes} "
+                f"nodes answered within {cfg.federation.round_timeout:.0f}s"
+            )
+        time.sleep(0.5)

@@ -1,0 +1,143 @@
+"""The pieces of the deployed ServerApp that are plain functions of its config.
+
+Server optimiser, client-level accounting, SecAgg+ parameters, server-side evaluation and
+reading back ``metrics.jsonl`` on resume (:mod:`fedguard.server.deploy_app` runs them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedguard._io import read_jsonl
+from fedguard.deploy_config import FederationConfig
+from fedguard.errors import DataError
+from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
+from fedguard.privacy.client_dp import ClientDP, ClientLevelSpent, client_level_spent
+from fedguard.privacy.secagg import SecAggParams, make_params
+from fedguard.task import Metrics, evaluate, load_dataset, set_weights
+
+__all__ = [
+    "client_level",
+    "evaluator",
+    "make_server_optimizer",
+    "noise_shares",
+    "read_metrics",
+    "secagg_params",
+]
+
+
+def make_server_optimizer(cfg: FederationConfig) -> ServerOptimizer:
+    """The server optimiser for ``[federation] strategy``.
+
+    fedadam: FedAdam with step size ``server-lr``; fedavgm: FedAvgM with
+    ``server-momentum``; fedavg and fedprox: FedAvgM without momentum (FedProx changes
+    the nodes' objective, not the aggregation).
+    """
+    f = cfg.federation
+    if f.strategy == "fedadam":
+        return FedAdam(server_lr=f.server_lr)
+    momentum = f.server_momentum if f.strategy == "fedavgm" else 0.0
+    return FedAvgM(server_lr=f.server_lr, server_momentum=momentum)
+
+
+def client_level(
+    cfg: FederationConfig, *, num_clients: int, cohort_size: int
+) -> Callable[[int], ClientLevelSpent]:
+    """Client-level epsilon after a round (the server's accounting of [client-dp]).
+
+    ``run_rounds`` draws ``min(cohort_size, num_clients)`` nodes without replacement each
+    round: that is the scheme accounted.
+    """
+    cd = cfg.client_dp
+    return lambda r: client_level_spent(
+        noise_multiplier=cd.noise_multiplier,
+        num_clients=num_clients,
+        cohort_size=min(cohort_size, num_clients),
+        rounds=r,
+        delta=cd.delta,
+    )
+
+
+def noise_shares(cfg: FederationConfig, *, cohort_size: int) -> dict[str, Any]:
+    """How the nodes size their client-level noise shares, and what that guarantees."""
+    cd = cfg.client_dp
+    t = secagg_params(cfg, 1, list(range(max(2, cohort_size)))).threshold
+    mech = ClientDP(
+        clip_norm=cd.clip_norm, noise_multiplier=cd.noise_multiplier, min_contributors=t
+    )
+    return {
+        "min_contributors": t,
+        "share_std": mech.share_std,  # noise_multiplier * clip_norm / sqrt(t - 1)
+        "guarantee": (
+            "any sum the server unmasks holds >= t shares; the server together with any one "
+            "node (which knows its own share) still faces noise std >= noise_multiplier * "
+            "clip_norm; c >= 2 colluding nodes leave noise_multiplier * sqrt((t - c) / (t - 1))"
+        ),
+        "noise_multiplier_seen_by_server_alone": mech.effective_noise_multiplier(contributors=t),
+        "noise_multiplier_seen_with_one_colluding_node": mech.effective_noise_multiplier(
+            contributors=t, colluders=1
+        ),
+    }
+
+
+def secagg_params(cfg: FederationConfig, server_round: int, cohort: list[int]) -> SecAggParams:
+    sa = cfg.secagg
+    return make_params(
+        run=cfg.federation.name,
+        server_round=server_round,
+        cohort=len(cohort),
+        clip_range=sa.clip_range,
+        bits=sa.bits,
+        # A public constant (nodes tell no count); client-level DP: equal weights.
+        weight_cap=1 if cfg.client_dp.enabled else cfg.federation.weight_cap,
+        dropout_tolerance=sa.dropout_tolerance,
+        graph_seed=cfg.federation.seed,
+    )
+
+
+def evaluator(
+    cfg: FederationConfig, model: torch.nn.Module
+) -> Callable[[list[np.ndarray]], Metrics]:
+    """Server-side evaluation on the held-out set named in [task] (if any)."""
+    t = cfg.task
+    if t.eval_dataset is None:
+        nan = float("nan")
+        return lambda _w: Metrics(
+            loss=nan,
+            accuracy=nan,
+            precision_macro=nan,
+            recall_macro=nan,
+            f1_macro=nan,
+            roc_auc=None,
+            examples=0,
+        )
+    # The server's own file is evaluated on every row, through the nodes' schema; a
+    # built-in (the demo) on its holdout, which the demo's nodes never train on (#13.1).
+    own_file = Path(t.eval_dataset).suffix.lower() in (".csv", ".parquet", ".npz")
+    ds = load_dataset(
+        name=t.eval_dataset,
+        seed=cfg.federation.seed,
+        target=t.eval_target,
+        schema=t.schema,
+        split="all-test" if own_file else "holdout",
+    )
+    x, y = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+
+    def evaluate_global(w: list[np.ndarray]) -> Metrics:
+        set_weights(model, w)
+        return evaluate(model=model, x=x, y=y, num_classes=t.num_classes)
+
+    return evaluate_global
+
+
+def read_metrics(path: Path, *, upto: int) -> list[dict[str, Any]]:
+    rows = read_jsonl(path)  # a torn last line (a crash mid-write) is dropped and logged
+    bad = [r for r in rows if not isinstance(r.get("round"), int)]
+    if bad:
+        raise DataError(f"{path}: a line without an integer 'round': {str(bad[0])[:80]}")
+    return [r for r in rows if r["round"] <= upto]
