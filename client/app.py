@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import torch
@@ -40,9 +41,12 @@ from fedguard.messages import (
 )
 from fedguard.privacy import AccountantStore
 from fedguard.privacy.receipts import without_count
+from fedguard.task.schema import load_schema
 from fedguard.transport import encode_receipt
 
 __all__ = ["NODE_CONFIG_KEY", "app"]
+
+ConfigRecordValue: TypeAlias = str | int | float | bool | list[int]
 
 _log = logging.getLogger(__name__)
 
@@ -62,18 +66,53 @@ def _node_config_path(context: Context) -> str | None:
 
 @app.query("describe")
 def describe(message: Message, context: Context) -> Message:
-    """Tell the server who this node is: its name (deployment) or client id (simulation).
+    """Tell the server who this node is, and whether its data and policy fit the task.
 
-    A deployed node never tells its record count here: the weight cap of a round is the
-    federation's public ``weight-cap``, not learnt from the nodes (#13.6).
+    A deployed node describes its input shape, whether every label is a class id of the
+    task (one bit, from the class count the query carries: never its label set), the
+    digest of its feature schema and the policy limits it will enforce (#14.5). It never
+    tells its record count here: the weight cap of a round is the federation's public
+    ``weight-cap``, not learnt from the nodes (#13.6). Its name is a claim; the server
+    names it by the key it was enrolled under.
     """
     path = _node_config_path(context)
     if path is not None:
-        info: dict[str, str | int] = {"name": node_runtime(path).config.node.name, "client-id": -1}
+        info: dict[str, ConfigRecordValue] = {
+            "name": node_runtime(path).config.node.name,
+            "client-id": -1,
+            **_description(path, message),
+        }
     else:
         cid = _client_id(context)
         info = {"name": f"client-{cid:05d}", "client-id": cid, "num-examples": 0}
     return Message(RecordDict({"node": ConfigRecord(dict(info))}), reply_to=message)
+
+
+def _description(path: str, message: Message) -> dict[str, ConfigRecordValue]:
+    runtime = node_runtime(path)
+    cfg = runtime.config
+    p, sa = cfg.privacy, cfg.secagg
+    out: dict[str, ConfigRecordValue] = {
+        "input-shape": [int(v) for v in runtime.input_shape],
+        "schema-digest": "" if cfg.data.schema is None else load_schema(cfg.data.schema).digest(),
+        "max-local-epochs": p.max_local_epochs,
+        "min-noise-multiplier": float(p.min_noise_multiplier),
+        "max-noise-multiplier": float(p.max_noise_multiplier),
+        "max-epsilon": float(p.max_epsilon),
+        "delta": float(p.delta),
+        "accountant": p.accountant,
+        "reveal-count": p.reveal_count,
+        "secagg-required": sa.required,
+        "min-neighbours": sa.min_neighbours,
+    }
+    if p.run_epsilon is not None:
+        out["run-epsilon"] = float(p.run_epsilon)
+    task = message.content.config_records.get("task")
+    classes = None if task is None else task.get("num-classes")
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        y = runtime.y
+        out["labels-fit"] = bool(y.numel() == 0 or (int(y.min()) >= 0 and int(y.max()) < classes))
+    return out
 
 
 @functools.lru_cache(maxsize=2)
