@@ -1,7 +1,8 @@
 """What the operator asks first: who is enrolled and connected, where the run is, and each
 node's epsilon from its receipts (``fedguard status``).
 
-Read from the server's own files (enrolment record, checkpoint, ``metrics.jsonl``) and,
+Read from the server's own files (enrolment record, the run's checkpoint and
+``metrics.jsonl``, :mod:`fedguard.server.run_files`) and,
 when the server runs, from its SuperLink's Control API (``flwr supernode list``): nothing
 here imports torch or Flower, so it answers in about a second.
 """
@@ -16,8 +17,9 @@ from typing import Any
 from fedguard._io import read_jsonl
 from fedguard._procs import flower_env, venv_tool
 from fedguard.deploy_config import FederationConfig
-from fedguard.server.checkpoint import CHECKPOINT, load_checkpoint
+from fedguard.server.checkpoint import load_checkpoint
 from fedguard.server.enrolment import CONNECTION, Enrolment
+from fedguard.server.run_files import run_files
 
 __all__ = ["FederationStatus", "NodeStatus", "federation_status"]
 
@@ -54,9 +56,12 @@ class FederationStatus:
 
 def federation_status(cfg: FederationConfig) -> FederationStatus:
     """The status of ``cfg``'s federation; raises ``DataError`` for a damaged state file."""
-    state = cfg.state_dir
-    checkpoint = load_checkpoint(state / CHECKPOINT)
-    rows = read_jsonl(cfg.out / "metrics.jsonl")
+    state, files = cfg.state_dir, run_files(cfg)
+    checkpoint = load_checkpoint(files.checkpoint)
+    if checkpoint is None:  # written before runs had their own folders
+        legacy = load_checkpoint(files.legacy_checkpoint)
+        checkpoint = legacy if legacy and legacy.config_digest == cfg.digest() else None
+    rows = read_jsonl(files.results / "metrics.jsonl")
     last = rows[-1] if rows else None
     receipts: dict[str, dict[str, Any]] = dict(last.get("receipts", {})) if last else {}
     online, server = _connections(cfg)
@@ -87,7 +92,7 @@ def federation_status(cfg: FederationConfig) -> FederationStatus:
         )
     return FederationStatus(
         federation=cfg.federation.name,
-        run=f"{cfg.federation.name}/{cfg.digest()}",
+        run=files.run_id,
         rounds_done=0 if checkpoint is None else checkpoint.server_round,
         rounds_planned=cfg.federation.rounds,
         server=server,

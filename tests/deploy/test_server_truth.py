@@ -69,7 +69,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def test_a_node_is_named_by_its_key_and_a_misfit_is_left_out(tmp_path: Path, processes):
     layout = prepare_demo(out=tmp_path / "fed", nodes=3, rounds=2)
-    a, b, c = layout.nodes
+    _, b, c = layout.nodes
     _edit(layout.federation, "min-nodes = 3", "min-nodes = 2")
     for toml in layout.nodes:  # a cohort of two: one neighbour each
         _edit(toml, "min-neighbours = 2", "min-neighbours = 1")
@@ -111,7 +111,8 @@ def test_a_killed_node_stops_the_run_with_a_reason(tmp_path: Path, processes):
     assert console.wait_for("enrolled node-b", 120), "server did not enrol the nodes"
     a = processes.client(layout.nodes[0])
     out_b = (tmp_path / "b.out").open("wb")
-    b = start(fedguard_cmd("client", "--config", str(layout.nodes[1])), env=dict(os.environ), log=out_b)
+    cmd = fedguard_cmd("client", "--config", str(layout.nodes[1]))
+    b = start(cmd, env=dict(os.environ), log=out_b)
     processes.started.append(b)
     assert console.wait_for("round 1:", 300), "\n".join(console.lines)
     text = (tmp_path / "b.out").read_text()

@@ -10,7 +10,8 @@ import numpy as np
 
 from fedguard._io import atomic_write_json
 from fedguard.deploy_config import load_federation_config
-from fedguard.server.checkpoint import CHECKPOINT, Checkpoint, save_checkpoint
+from fedguard.server.checkpoint import Checkpoint, save_checkpoint
+from fedguard.server.run_files import run_files
 from fedguard.server.status import federation_status
 
 
@@ -37,8 +38,10 @@ def test_status_names_nodes_by_enrolment_and_reads_their_receipts(tmp_path: Path
             },
         },
     )  # fmt: skip
+    files = run_files(cfg)  # the run's own folders (#17.1)
+    files.checkpoint.parent.mkdir(parents=True)
     save_checkpoint(
-        state / CHECKPOINT,
+        files.checkpoint,
         Checkpoint(server_round=2, config_digest=cfg.digest(), weights=[np.zeros(3)], velocity=[]),
     )
     receipt = {"epsilon": 1.25, "delta": 1e-5, "accountant": "rdp", "server_round": 2}
@@ -47,8 +50,8 @@ def test_status_names_nodes_by_enrolment_and_reads_their_receipts(tmp_path: Path
         {"round": 2, "accuracy": 0.6, "clients": 1, "refused": 1,
          "receipts": {"bank-a": receipt}},
     ]  # fmt: skip
-    cfg.out.mkdir()
-    (cfg.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files.results.mkdir(parents=True)
+    (files.results / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     st = federation_status(cfg)
     assert (st.rounds_done, st.rounds_planned) == (2, 5)
     assert st.server.startswith("never started")
