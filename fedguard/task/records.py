@@ -1,12 +1,18 @@
 """Record identity and per-record holdout membership.
 
-A record's canonical bytes depend on the record alone: its raw values (a table row: every
-column, sorted by column name, each value as :func:`~fedguard.task.schema.canonical_text`;
-an array row: its dtype, shape and bytes, plus the label). So reordering rows or columns,
-copying the file, changing a seed or a schema's scaling leaves every record's key as it
-was, and deciding a holdout from a keyed hash of those bytes means adding or removing one
-record moves no other record across the split (a seeded shuffle moves many: removing one
-of 1,000 rows changed the training membership of 271 others).
+A record's canonical bytes depend on the record's VALUES alone, not on how a file happens
+to write them: a table row is every column the record is made of (sorted by name; a
+schema's ``identifier`` and ``ignore`` columns left out, so a row number renumbered after
+reordering names the same record), each cell a number when it reads as one (``1.5``,
+``1.50``, ``15e-1``, `` +1.5`` are one value) and stripped text otherwise; an array row is
+its values as float64, flattened (a uint8 or float32, big- or little-endian, ``(H, W)`` or
+``(1, H, W)`` copy of an image is one record), plus its label. So reordering rows or
+columns, copying or re-exporting the file, changing a seed or a schema's scaling leaves
+every record's key as it was, and deciding a holdout from a keyed hash of those bytes
+means adding or removing one record moves no other record across the split (a seeded
+shuffle moves many: removing one of 1,000 rows changed the training membership of 271
+others). What exact matching cannot do: a record whose value was changed, however
+slightly, is another record (DP's neighbouring relation says the same).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -31,10 +38,13 @@ __all__ = [
 _HOLDOUT_LABEL = b"fedguard/v1/simulation-holdout"
 
 
-def table_record_bytes(table: dict[str, list[object]]) -> list[bytes]:
-    """Canonical bytes of each row of ``table`` (column name -> values)."""
-    names = sorted(table)
-    columns = [[canonical_text(v) for v in table[name]] for name in names]
+def table_record_bytes(
+    table: dict[str, list[object]], *, skip: frozenset[str] = frozenset()
+) -> list[bytes]:
+    """Canonical bytes of each row of ``table`` (column name -> values), without the
+    columns in ``skip`` (a schema's identifier and ignore columns)."""
+    names = sorted(name for name in table if name not in skip)
+    columns = [[_canonical_value(v) for v in table[name]] for name in names]
     n = len(columns[0]) if columns else 0
     return [
         json.dumps(
@@ -46,13 +56,33 @@ def table_record_bytes(table: dict[str, list[object]]) -> list[bytes]:
     ]
 
 
+def _canonical_value(value: object) -> str | None:
+    """A cell as a value: a number when it reads as one (``repr`` of the float, integral
+    values as integers), else its stripped text; ``None`` when missing."""
+    text = canonical_text(value)
+    if text is None:
+        return None
+    stripped = text.strip()
+    try:
+        number = float(stripped)
+    except ValueError:
+        return stripped
+    if not math.isfinite(number):
+        return stripped.lower()
+    if number.is_integer() and abs(number) < 2**63:
+        return str(int(number))
+    return repr(number)
+
+
 def array_record_bytes(x: np.ndarray, y: np.ndarray) -> list[bytes]:
-    """Canonical bytes of each example of raw arrays (before any scaling)."""
-    xs = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
-    head = f"{xs.dtype.str}{xs.shape[1:]}".encode()
+    """Canonical bytes of each example of raw arrays (before any scaling): its values as
+    little-endian float64, flattened, and its label."""
+    flat = np.asarray(x, dtype="<f8").reshape(len(x), -1)
+    flat = flat + 0.0  # -0.0 and 0.0 are one value
     labels = [canonical_text(v) or "" for v in y.tolist()]
     return [
-        head + b"|" + xs[i].tobytes() + b"|" + labels[i].encode("utf-8") for i in range(len(xs))
+        f"{flat.shape[1]}|".encode() + flat[i].tobytes() + b"|" + labels[i].encode("utf-8")
+        for i in range(len(flat))
     ]
 
 

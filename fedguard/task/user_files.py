@@ -83,7 +83,10 @@ def read_columns(path: Path) -> dict[str, list[object]]:
 
 def load_table(path: Path, *, target: str | None, schema: Schema | None) -> Table:
     columns = read_columns(path)
-    records = table_record_bytes(columns)
+    skip = frozenset(
+        c.name for c in (schema.columns if schema else ()) if c.type in ("identifier", "ignore")
+    )
+    records = table_record_bytes(columns, skip=skip)
     if schema is not None:
         if target is not None and target != schema.target:
             raise invalid(
