@@ -43,6 +43,11 @@ def bundle_refusal(
         with zipfile.ZipFile(io.BytesIO(content)) as fab:
             infos = fab.infolist()
             names = sorted(i.filename for i in infos)
+            if len(set(names)) != len(names):
+                # zipfile and Flower read the LAST entry of a name: a second pyproject.toml
+                # after ours would be the one Flower loads (an auditor's bypass).
+                twice = sorted({n for n in names if names.count(n) > 1})
+                return f"{head}: its app bundle holds {', '.join(twice)} more than once"
             extra = [n for n in names if n not in _ALLOWED_FILES]
             if extra:
                 shown = ", ".join(extra[:5]) + (

@@ -75,6 +75,12 @@ def test_the_installed_task_identity_is_stable_and_names_the_task_package():
         (lambda: b"not a zip at all", "not a readable zip"),
         (lambda: _zip({"README.md": b"hi"}), "carries files of its own (README.md)"),
         (lambda: _zip({".info/CONTENT": b""}), "no pyproject.toml"),
+        (
+            lambda: _zip_entries(
+                [("pyproject.toml", ours().encode()), ("pyproject.toml", b"[x]\n")]
+            ),
+            "holds pyproject.toml more than once",
+        ),
         (lambda: _zip({"pyproject.toml": b"x" * 70_000}), "no pyproject.toml of at most 64 KiB"),
         (lambda: _zip({"pyproject.toml": b"[[[nope"}), "not valid TOML"),
     ],
@@ -89,5 +95,13 @@ def _zip(files: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _zip_entries(entries: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in entries:
             z.writestr(name, data)
     return buf.getvalue()
