@@ -50,13 +50,20 @@ from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.server.app import exchange_round
 from fedguard.server.checkpoint import CHECKPOINT, load_checkpoint, resume, save_round
 from fedguard.server.cohort import check_cohort
-from fedguard.server.deploy_nodes import NODE_NAME, enrolled_names, gather_nodes, revocations
+from fedguard.server.deploy_nodes import (
+    NODE_NAME,
+    enrolled_names,
+    gather_nodes,
+    live_cohort,
+    revocations,
+)
 from fedguard.server.deploy_parts import (
     client_level,
     evaluator,
     make_server_optimizer,
-    noise_shares,
+    protection,
     read_metrics,
+    run_summary,
     secagg_params,
 )
 from fedguard.server.run_files import (
@@ -154,7 +161,7 @@ class DeployedRun:
         self.names = fit
         self.node_of = {c: described[n][0] for c, n in enumerate(fit)}
         _say(f"{len(fit)} nodes: {', '.join(fit)}")
-        self._say_protection(first_round)
+        _say(protection(cfg, first_round, sorted(self.node_of)))
         started = time.perf_counter()
         size = max(f.min_nodes, math.ceil(f.fraction * len(fit)))
         self.cohort_size = min(size, len(fit))
@@ -256,7 +263,15 @@ class DeployedRun:
                 f"round {server_round}",
             )
         cohort = [c for c in cohort if self.node_of[c] not in gone]
-        live = self._live(server_round, cohort)
+        live = live_cohort(
+            self.grid,
+            self.cfg,
+            server_round=server_round,
+            cohort=cohort,
+            node_of=self.node_of,
+            names=names,
+            say=_say,
+        )
         for c in sorted(set(cohort) - set(live)):
             yield Refusal(client_id=c, reason=f"{names[c]}: offline; not sent round {server_round}")
         cohort = live
@@ -346,61 +361,17 @@ class DeployedRun:
         )
 
     def summary(self, started: float) -> dict[str, Any]:
-        cfg, last = self.cfg, self.records[-1]
-        return {
-            "federation": cfg.federation.name,
-            "run": self.run_id,
-            "rounds": cfg.federation.rounds,
-            "final_accuracy": last["accuracy"],  # null without a held-out set
-            "epsilon_by_node": last["epsilon_by_node"],  # from the nodes' receipts
-            "receipts": last.get("receipts", {}),
-            "nodes": self.names,  # enrolled names
-            "wall_seconds_this_run": time.perf_counter() - started,
-            "config_digest": cfg.digest(),
-            # How the updates were protected from this server (None: it saw each one).
-            "client_level_dp": (
-                {
-                    **dataclasses.asdict(cfg.client_dp),
-                    # The figure and what it assumes: accountant, neighbours, sampling.
-                    **self.client_level(int(last["round"])).as_dict(),
-                    "noise_shares": noise_shares(cfg, cohort_size=self.cohort_size),
-                }
-                if cfg.client_dp.enabled
-                else None
-            ),
-            # Record counts: none in the clear under secure aggregation; in plain rounds
-            # only from nodes whose privacy.reveal-count is true (the others weigh 1).
-            "weight_cap": cfg.federation.weight_cap,
-            "secure_aggregation": (
-                {"protocol": "SecAgg+", **dataclasses.asdict(cfg.secagg)}
-                if cfg.secagg.enabled
-                else None
-            ),
-        }
+        return run_summary(
+            self.cfg,
+            run_id=self.run_id,
+            last=self.records[-1],
+            nodes=self.names,
+            seconds=time.perf_counter() - started,
+            client_level=self.client_level,
+            cohort_size=self.cohort_size,
+        )
 
     # -- helpers ---------------------------------------------------------------------
-
-    def _live(self, server_round: int, cohort: list[int]) -> list[int]:
-        """The cohort's connected nodes; waits up to round-timeout while fewer than
-        min-nodes are, then stops the run (#15.3)."""
-        f = self.cfg.federation
-        deadline = time.monotonic() + f.round_timeout
-        said = False
-        while True:
-            online = set(self.grid.get_node_ids())
-            live = [c for c in cohort if self.node_of[c] in online]
-            if len(live) >= min(f.min_nodes, len(cohort)):
-                return live
-            off = ", ".join(self.names[c] for c in cohort if c not in live)
-            if time.monotonic() > deadline:
-                raise RunStoppedError(
-                    f"stopped in round {server_round}: {len(live)} of the {f.min_nodes} nodes "
-                    f"needed are connected ({off} offline for {f.round_timeout:.0f}s)"
-                )
-            if not said:
-                _say(f"round {server_round}: waiting up to {f.round_timeout:.0f}s for {off}")
-                said = True
-            time.sleep(1.0)
 
     def _request(self, server_round: int, threshold: int) -> TrainRequest:
         cfg, tr, cd = self.cfg, self.cfg.training, self.cfg.client_dp
@@ -422,17 +393,6 @@ class DeployedRun:
             client_noise=cd.noise_multiplier if cd.enabled else 0.0,
             client_min_contributors=threshold if cd.enabled else 0,
         )
-
-    def _say_protection(self, first_round: int) -> None:
-        if self.cfg.secagg.enabled:
-            sa = secagg_params(self.cfg, first_round, sorted(self.node_of))
-            _say(
-                f"secure aggregation: SecAgg+ (k={sa.degree} neighbours, t={sa.threshold} "
-                f"shares, {sa.bits}-bit levels in [-{sa.clip_range:g}, {sa.clip_range:g}], "
-                f"ring 2^{sa.ring_bits}); the server sees only the sum"
-            )
-        else:
-            _say("secure aggregation: OFF ([secagg] enabled = false): the server sees each update")
 
     def _outcome(self, completed: bool, done: int, reason: str) -> RunOutcome:
         return RunOutcome(

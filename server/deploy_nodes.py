@@ -21,7 +21,14 @@ from fedguard.server.cohort import task_query
 from fedguard.server.enrolment import Enrolment, Revocation
 from fedguard.server.run_files import RunStoppedError, printable
 
-__all__ = ["NODE_GRACE_S", "NODE_NAME", "enrolled_names", "gather_nodes", "revocations"]
+__all__ = [
+    "NODE_GRACE_S",
+    "NODE_NAME",
+    "enrolled_names",
+    "gather_nodes",
+    "live_cohort",
+    "revocations",
+]
 
 NODE_GRACE_S = 20.0
 
@@ -101,3 +108,35 @@ def gather_nodes(grid: Grid, cfg: FederationConfig) -> dict[int, dict[str, Any]]
                 f"nodes answered within {cfg.federation.round_timeout:.0f}s"
             )
         time.sleep(0.5)
+
+
+def live_cohort(
+    grid: Grid,
+    cfg: FederationConfig,
+    *,
+    server_round: int,
+    cohort: list[int],
+    node_of: dict[int, int],
+    names: list[str],
+    say: Callable[[str], None],
+) -> list[int]:
+    """The cohort's connected nodes; while fewer than min-nodes are, waits up to
+    round-timeout for them, then stops the run with one line (#15.3)."""
+    f = cfg.federation
+    deadline = time.monotonic() + f.round_timeout
+    said = False
+    while True:
+        online = set(grid.get_node_ids())
+        live = [c for c in cohort if node_of[c] in online]
+        if len(live) >= min(f.min_nodes, len(cohort)):
+            return live
+        off = ", ".join(names[c] for c in cohort if c not in live)
+        if time.monotonic() > deadline:
+            raise RunStoppedError(
+                f"stopped in round {server_round}: {len(live)} of the {f.min_nodes} nodes "
+                f"needed are connected ({off} offline for {f.round_timeout:.0f}s)"
+            )
+        if not said:
+            say(f"round {server_round}: waiting up to {f.round_timeout:.0f}s for {off}")
+            said = True
+        time.sleep(1.0)

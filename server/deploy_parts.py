@@ -6,6 +6,7 @@ reading back ``metrics.jsonl`` on resume (:mod:`fedguard.server.deploy_app` runs
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ __all__ = [
     "evaluator",
     "make_server_optimizer",
     "noise_shares",
+    "protection",
     "read_metrics",
+    "run_summary",
     "secagg_params",
 ]
 
@@ -85,6 +88,18 @@ def noise_shares(cfg: FederationConfig, *, cohort_size: int) -> dict[str, Any]:
     }
 
 
+def protection(cfg: FederationConfig, server_round: int, cohort: list[int]) -> str:
+    """The console line saying how the updates are protected from this server."""
+    if not cfg.secagg.enabled:
+        return "secure aggregation: OFF ([secagg] enabled = false): the server sees each update"
+    sa = secagg_params(cfg, server_round, cohort)
+    return (
+        f"secure aggregation: SecAgg+ (k={sa.degree} neighbours, t={sa.threshold} "
+        f"shares, {sa.bits}-bit levels in [-{sa.clip_range:g}, {sa.clip_range:g}], "
+        f"ring 2^{sa.ring_bits}); the server sees only the sum"
+    )
+
+
 def secagg_params(cfg: FederationConfig, server_round: int, cohort: list[int]) -> SecAggParams:
     sa = cfg.secagg
     return make_params(
@@ -141,3 +156,46 @@ def read_metrics(path: Path, *, upto: int) -> list[dict[str, Any]]:
     if bad:
         raise DataError(f"{path}: a line without an integer 'round': {str(bad[0])[:80]}")
     return [r for r in rows if r["round"] <= upto]
+
+
+def run_summary(
+    cfg: FederationConfig,
+    *,
+    run_id: str,
+    last: dict[str, Any],
+    nodes: list[str],
+    seconds: float,
+    client_level: Callable[[int], ClientLevelSpent],
+    cohort_size: int,
+) -> dict[str, Any]:
+    """``summary.json`` of a completed run (``last``: its last metrics row)."""
+    return {
+        "federation": cfg.federation.name,
+        "run": run_id,
+        "rounds": cfg.federation.rounds,
+        "final_accuracy": last["accuracy"],  # null without a held-out set
+        "epsilon_by_node": last["epsilon_by_node"],  # from the nodes' receipts
+        "receipts": last.get("receipts", {}),
+        "nodes": nodes,  # enrolled names
+        "wall_seconds_this_run": seconds,
+        "config_digest": cfg.digest(),
+        # How the updates were protected from this server (None: it saw each one).
+        "client_level_dp": (
+            {
+                **dataclasses.asdict(cfg.client_dp),
+                # The figure and what it assumes: accountant, neighbours, sampling.
+                **client_level(int(last["round"])).as_dict(),
+                "noise_shares": noise_shares(cfg, cohort_size=cohort_size),
+            }
+            if cfg.client_dp.enabled
+            else None
+        ),
+        # Record counts: none in the clear under secure aggregation; in plain rounds
+        # only from nodes whose privacy.reveal-count is true (the others weigh 1).
+        "weight_cap": cfg.federation.weight_cap,
+        "secure_aggregation": (
+            {"protocol": "SecAgg+", **dataclasses.asdict(cfg.secagg)}
+            if cfg.secagg.enabled
+            else None
+        ),
+    }
