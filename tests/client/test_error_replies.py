@@ -1,0 +1,70 @@
+"""A node's error reply never quotes its records (audit): a data error names the file, the
+row and the offending value, which is for the node's own log, not for the server."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedguard.client.app import NODE_CONFIG_KEY
+from fedguard.client.app import app as client_app
+from fedguard.client.node import node_runtime
+from fedguard.deploy_demo import prepare_demo
+from fedguard.federation import TrainRequest
+from fedguard.messages import ERROR_CLIENT_FAILED, encode_train
+from fedguard.task import build_model, get_weights
+
+SECRET = "HIV-positive (J. Smith)"
+
+SCHEMA = """
+[target]
+column = "y"
+labels = ["no", "yes"]
+[columns.dx]
+type = "categorical"
+levels = ["none", "flu"]
+[columns.age]
+type = "numeric"
+range = [0, 100]
+"""
+
+
+def test_a_data_error_reply_quotes_no_record(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 3)
+    layout = prepare_demo(out=tmp_path / "demo", nodes=2, rounds=3)
+    toml = layout.nodes[0]
+    (toml.parent / "schema.toml").write_text(SCHEMA)
+    (toml.parent / "d.csv").write_text(f"dx,age,y\nnone,40,no\n{SECRET},51,yes\nflu,33,no\n")
+    text = re.sub(
+        r"\[data\][^\[]*",
+        '[data]\ndataset = "d.csv"\nschema = "schema.toml"\n\n',
+        toml.read_text(),
+    ).replace("required = true", "required = false")
+    toml.write_text(text)
+    node_runtime.cache_clear()
+    weights = get_weights(build_model(name="logreg", input_shape=(3,), num_classes=2))
+    request = TrainRequest(
+        server_round=1, local_epochs=1, batch_size=8, lr=0.1, max_grad_norm=1.0,
+        total_rounds=3, federation="demo", model="logreg", run_id="demo/abc",
+    )  # fmt: skip
+    msg = Message(
+        encode_train(weights=weights, request=request, simulation=None, state_dir=None),
+        dst_node_id=1,
+        message_type=MessageType.TRAIN,
+        group_id="1",
+    )
+    msg.metadata.__dict__["_message_id"] = msg.object_id
+    context = Context(
+        run_id=7, node_id=1, node_config={NODE_CONFIG_KEY: str(toml)}, state=RecordDict(),
+        run_config={},
+    )  # fmt: skip
+    reply = client_app(msg, context)
+    assert reply.has_error() and reply.error.code == ERROR_CLIENT_FAILED
+    reason = reply.error.reason
+    assert SECRET not in reason and "d.csv" not in reason and "row" not in reason, reason
+    assert "could not load its data (DataError)" in reason
