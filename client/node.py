@@ -38,6 +38,7 @@ from fedguard._io import atomic_write_bytes
 from fedguard.client.budget import plan_run
 from fedguard.client.node_data import load_node_dataset
 from fedguard.client.released import HeldUpdate, update_digest
+from fedguard.client.scaling import release_to_come, scale_records
 from fedguard.client.state_lock import hold_lock
 from fedguard.client.stored_reply import read_stored_reply
 from fedguard.client.stored_reply import round_key as _round_key
@@ -68,7 +69,8 @@ from fedguard.privacy.record_budget import (
     write_index,
 )
 from fedguard.privacy.rng import os_entropy_generator
-from fedguard.task import build_model, set_weights
+from fedguard.task import build_model, load_schema, set_weights
+from fedguard.task.schema import DPScalingPlan
 
 __all__ = [
     "NodeRuntime",
@@ -100,7 +102,12 @@ class NodeRuntime:
     # sha256 of each training record's raw bytes, (n, 32) uint8; in memory only: on disk
     # and in receipts only keyed digests of them (HMAC under the node's secret).
     record_keys: np.ndarray
+    # Columns the schema scales with a DP estimate (client/scaling.py): ``x`` holds them
+    # clipped, unscaled, until the node has released (or reloaded) their centre/scale.
+    dp_plan: DPScalingPlan | None = None
+    schema_digest: str = ""
     _records: RecordSet | None = dataclasses.field(default=None, init=False, repr=False)
+    _scaled: bool = dataclasses.field(default=False, init=False, repr=False)
 
     @property
     def state_dir(self) -> Path:
@@ -218,8 +225,15 @@ class NodeRuntime:
         if spend.warning:
             _log.warning("%s", spend.warning)
 
+        # A dp-scaling release still to come is counted in every check below, so a run
+        # that cannot fit is refused before the release, and the plan sees it.
+        try:
+            pre = self._scaling_to_release()
+        except DataError as exc:
+            raise BudgetExceededError(f"round {r} refused: {exc}") from None
+
         def lifetime_after(event: GaussianEvent) -> float:
-            return spend.epsilon(method=method, delta=delta, extra=(event,))
+            return spend.epsilon(method=method, delta=delta, extra=(*pre, event))
 
         def run_after(event: GaussianEvent) -> float:  # this run's events alone, per record
             return spend.epsilon(method=method, delta=delta, extra=(event,), run=run)
@@ -257,6 +271,8 @@ class NodeRuntime:
                 f"round {r} refused: the most-spent record would reach epsilon {after:.4f} > "
                 f"this node's max-epsilon {policy.max_epsilon:g} at delta {delta:g} ({method})"
             )
+        if pre or self.dp_plan is not None:
+            entries, spend = self._scale_locked(ledger, records, entries, spend, pre, r)
         new_index = updated_index(spend=spend, records=records, seq=len(entries)).to_bytes()
         try:  # the ledger first: a round it does not hold is neither trained nor charged
             entry = ledger.begin(
@@ -306,6 +322,56 @@ class NodeRuntime:
         self._write_report(spend, event)
         self._remember(key, result)
         return result, entry
+
+    def _scaling_to_release(self) -> tuple[GaussianEvent, ...]:
+        """The dp-scaling release this round must make first (none if it is stored)."""
+        if self.dp_plan is None or self._scaled:
+            return ()
+        return release_to_come(
+            state_dir=self.state_dir,
+            plan=self.dp_plan,
+            schema_digest=self.schema_digest,
+            policy=self.config.privacy,
+        )
+
+    def _scale_locked(
+        self,
+        ledger: Ledger,
+        records: RecordSet,
+        entries: list[LedgerEntry],
+        spend: RecordSpend,
+        pre: tuple[GaussianEvent, ...],
+        r: int,
+    ) -> tuple[list[LedgerEntry], RecordSpend]:
+        """Release (charged first) or reload the dp columns' centre/scale; scale ``x``."""
+        if self.dp_plan is None or self._scaled:
+            return entries, spend
+        try:
+            scaled = scale_records(
+                state_dir=self.state_dir,
+                plan=self.dp_plan,
+                schema_digest=self.schema_digest,
+                policy=self.config.privacy,
+                ledger=ledger,
+                records=records,
+                entries=entries,
+                spend=spend,
+                pre=pre,
+                x=self.x.numpy(),
+            )
+        except (LedgerError, OSError, DataError) as exc:
+            why = " ".join(str(exc).split())
+            raise BudgetExceededError(
+                f"round {r} refused: the dp scaling was not released ({why})"
+            ) from None
+        self.x, self._scaled = torch.from_numpy(scaled.x), True
+        if not scaled.released_now:
+            return entries, spend
+        entries = ledger.entries()
+        index, warning = load_index(
+            path=self.state_dir / INDEX_FILE, entries=entries, key_check=records.key_check
+        )
+        return entries, record_spend(index=index, warning=warning, records=records, entries=entries)
 
     def _check_round(
         self, request: TrainRequest, planned: int, trained: int, run_epsilon: float
@@ -387,6 +453,8 @@ def node_runtime(config_path: str) -> NodeRuntime:
     else:
         ds = load_node_dataset(cfg)  # every record trains; schema, validation share (#13.1)
         x, y = ds.x_train, ds.y_train
+    plan = ds.dp_scaling
+    digest = load_schema(d.schema).digest() if plan is not None and d.schema else ""
     keys = getattr(ds, "train_record_keys", None)  # sha256 of each record's raw bytes
     if keys is None:
         keys = fallback_record_keys(x, y)  # FALLBACK: remove once every loader gives keys
@@ -400,6 +468,8 @@ def node_runtime(config_path: str) -> NodeRuntime:
         num_classes=ds.num_classes,
         _trainers={},
         record_keys=np.asarray(keys),
+        dp_plan=plan,
+        schema_digest=digest,
     )
 
 
