@@ -8,11 +8,18 @@ matched line by line. ``fedguard.transport`` encodes it as ``fedguard.v1.Privacy
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .ledger import Ledger
 
-__all__ = ["PrivacyReceipt", "receipt_for", "without_count"]
+__all__ = [
+    "EPSILON_REPORT_STEP",
+    "coarse_epsilon",
+    "PrivacyReceipt",
+    "receipt_for",
+    "without_count",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,15 +40,38 @@ class PrivacyReceipt:
     committed: bool
 
 
+EPSILON_REPORT_STEP = 0.1
+"""When a node keeps its record count, the epsilon it reports is rounded UP to this step."""
+
+
+def coarse_epsilon(epsilon: float) -> float:
+    """``epsilon`` rounded up to :data:`EPSILON_REPORT_STEP` (still an upper bound).
+
+    The exact epsilon after a round is a function of the sample rate batch / n: reported to
+    six digits it gave n to within one batch, or exactly with a batch of 1 (an auditor
+    measured it). Rounded up to 0.1 it tells the server little more than n's order of
+    magnitude; the node's own ledger keeps the exact figure.
+    """
+    steps = math.ceil(epsilon / EPSILON_REPORT_STEP - 1e-9)
+    return round(max(steps, 0) * EPSILON_REPORT_STEP, 10)
+
+
 def without_count(receipt: PrivacyReceipt) -> PrivacyReceipt:
     """The receipt without the fields that give away the node's record count.
 
     ``sample_rate`` is batch / n, ``steps`` is epochs x ceil(n / batch), and the noise
-    multiplier is calibrated from both: each reveals n. What stays: run, round, the data
-    set's keyed fingerprint, the requested clipping norm, epsilon, delta, accountant and
-    the ledger entry's seq and hash (and whether it is committed).
+    multiplier is calibrated from both: each reveals n, and so does the exact epsilon
+    (reported rounded up, :func:`coarse_epsilon`). What stays: run, round, the data set's
+    keyed fingerprint, the requested clipping norm, the coarse epsilon, delta, accountant
+    and the ledger entry's seq and hash (and whether it is committed).
     """
-    return dataclasses.replace(receipt, sample_rate=None, noise_multiplier=None, steps=None)
+    return dataclasses.replace(
+        receipt,
+        sample_rate=None,
+        noise_multiplier=None,
+        steps=None,
+        epsilon=coarse_epsilon(receipt.epsilon),
+    )
 
 
 def receipt_for(ledger: Ledger, *, run: str, server_round: int) -> PrivacyReceipt | None:

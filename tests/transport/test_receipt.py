@@ -132,3 +132,16 @@ def test_a_receipt_without_count_carries_nothing_that_gives_the_record_count_awa
     assert (full.sample_rate, full.noise_multiplier, full.steps) == (0.1, 1.0, 3)
     kept = ("run", "server_round", "epsilon", "delta", "accountant", "ledger_seq", "committed")
     assert all(getattr(withheld, k) == getattr(BASE, k) for k in kept)
+
+
+def test_a_node_that_keeps_its_count_reports_epsilon_rounded_up():
+    """Audit: the exact epsilon gave n to within one batch (batch 64: n = 400 -> 2.024009,
+    600 -> 2.078146), or exactly with a batch of 1. Rounded up to 0.1 it stays an upper
+    bound and tells little more than n's order of magnitude."""
+    from fedguard.privacy.receipts import coarse_epsilon
+
+    assert coarse_epsilon(2.024009) == coarse_epsilon(2.078146) == 2.1
+    assert coarse_epsilon(2.0) == 2.0 and coarse_epsilon(0.0) == 0.0
+    assert coarse_epsilon(2.000001) == 2.1
+    for eps in (0.01, 0.5, 1.2345, 2.999, 7.95):
+        assert eps <= coarse_epsilon(eps) <= eps + 0.1
