@@ -40,7 +40,7 @@ from fedguard.messages import (
     secagg_payload,
 )
 from fedguard.privacy import AccountantStore
-from fedguard.privacy.receipts import without_count
+from fedguard.privacy.receipts import coarse_epsilon, without_count
 from fedguard.task.schema import load_schema
 from fedguard.transport import encode_receipt
 
@@ -157,6 +157,9 @@ def _train_virtual(
 def train(message: Message, context: Context) -> Message:
     """Train one round on this node's data, within its privacy budget, and reply."""
     who = _node_config_path(context) or f"partition {context.node_config.get('partition-id')}"
+    # What the failing step was about: the server's request (its reason may go back), or
+    # the node's own data and training (whose messages may quote records: they stay here).
+    stage = "request"
     try:
         # Checked before anything else: records, finite weights, every key's type and range.
         weights, request = decode_request(message)
@@ -170,7 +173,9 @@ def train(message: Message, context: Context) -> Message:
             if is_simulation(message):
                 # A virtual client's record names a state folder: never taken from a server.
                 raise ValueError("train request: a deployed node takes no simulation record")
+            stage = "data"
             runtime = node_runtime(path)
+            stage = "request"
             reveal = runtime.config.privacy.reveal_count
             # The node's weight in a secure sum: its record count only with its consent
             # (the sums' totals over changing cohorts would give the count away too).
@@ -181,7 +186,10 @@ def train(message: Message, context: Context) -> Message:
             setup = secure.check_request(
                 setup_bytes=secagg_payload(message.content), request=request
             )
-            result = runtime.train(model_name=request.model, weights=weights, request=request)
+            stage = "training"
+            result = runtime.train(
+                model_name=request.model, weights=weights, request=request, secure=setup is not None
+            )
             receipt = runtime.receipt(request)
             metrics = _deployed_metrics(result, reveal_count=reveal and setup is None)
             if receipt is not None and not (reveal and setup is None):
@@ -199,9 +207,14 @@ def train(message: Message, context: Context) -> Message:
         return Message(Error(code=ERROR_BUDGET_REFUSED, reason=str(exc)), reply_to=message)
     except Exception as exc:  # the server logs the reason; the node keeps serving
         _log.exception("node %s: round failed", who)
-        return Message(
-            Error(code=ERROR_CLIENT_FAILED, reason=f"{type(exc).__name__}: {exc}"), reply_to=message
-        )
+        reason = f"{type(exc).__name__}: {exc}"
+        if stage != "request" and _node_config_path(context) is not None:
+            # A data or training error can quote a record's values, the file or a row count.
+            reason = (
+                f"the node could not {'load its data' if stage == 'data' else 'train'} "
+                f"({type(exc).__name__}); the details are in the node's own log"
+            )
+        return Message(Error(code=ERROR_CLIENT_FAILED, reason=reason), reply_to=message)
     metrics = _reply_metrics(result, extra)
     return Message(encode_reply(weights=result.weights, metrics=metrics), reply_to=message)
 
@@ -230,13 +243,15 @@ def _deployed_metrics(result: LocalResult, *, reveal_count: bool) -> dict[str, f
     Never the training loss (computed from the records, not DP-protected). The record
     count and the DP-SGD figures that give it away (steps, sample rate, the calibrated
     noise multiplier) only with ``reveal_count``: under secure aggregation never (#13.6);
-    epsilon and delta always (the server reports every node's spend).
+    epsilon (rounded up to 0.1 without ``reveal_count``) and delta always.
     """
     metrics = _reply_metrics(result, {})
     del metrics["train-loss"]
     if not reveal_count:
         for key in ("num-examples", "steps", "sample-rate", "noise-multiplier"):
             metrics.pop(key, None)
+        if "epsilon" in metrics:  # its sixth digit gives n away too (audit)
+            metrics["epsilon"] = coarse_epsilon(float(metrics["epsilon"]))
     return metrics
 
 
