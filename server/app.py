@@ -151,10 +151,10 @@ def exchange_round(
         node = reply.metadata.src_node_id
         offline = superlink_error(reply, asked)
         if offline is not None:  # the SuperLink answered for a node it holds offline
-            cid = client_of[asked[reply.metadata.reply_to_message_id]]
-            if cid not in answered:
-                answered.add(cid)
-                out.append(Refusal(client_id=cid, reason=f"{label(cid)}: {offline}"))
+            gone = client_of[asked[reply.metadata.reply_to_message_id]]
+            if gone not in answered:
+                answered.add(gone)
+                out.append(Refusal(client_id=gone, reason=f"{label(gone)}: {offline}"))
             continue
         cid = client_of.get(node)
         if cid is None or cid in answered or asked.get(reply.metadata.reply_to_message_id) != node:

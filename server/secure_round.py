@@ -89,10 +89,10 @@ def secure_round(
         node = reply.metadata.src_node_id
         offline = superlink_error(reply, asked)
         if offline is not None:  # the SuperLink answered for a node it holds offline
-            cid = node_cid[asked[reply.metadata.reply_to_message_id]]
-            if cid not in answered:
-                answered.add(cid)
-                yield Refusal(client_id=cid, reason=f"{label(cid)}: {offline}")
+            gone = node_cid[asked[reply.metadata.reply_to_message_id]]
+            if gone not in answered:
+                answered.add(gone)
+                yield Refusal(client_id=gone, reason=f"{label(gone)}: {offline}")
             continue
         cid = node_cid.get(node)
         if cid is None or cid in answered or asked.get(reply.metadata.reply_to_message_id) != node:
