@@ -41,6 +41,7 @@ from fedguard.messages import (
 )
 from fedguard.privacy import AccountantStore
 from fedguard.privacy.receipts import coarse_epsilon, without_count
+from fedguard.task import build_model, set_weights
 from fedguard.task.schema import load_schema
 from fedguard.transport import encode_receipt
 
@@ -185,6 +186,15 @@ def train(message: Message, context: Context) -> Message:
             # Policy first: a round the node would refuse is refused before any training.
             setup = secure.check_request(
                 setup_bytes=secagg_payload(message.content), request=request
+            )
+            # Weights that do not fit the task's model are the server's flaw: named to it.
+            set_weights(
+                build_model(
+                    name=request.model,
+                    input_shape=runtime.input_shape,
+                    num_classes=runtime.num_classes,
+                ),
+                weights,
             )
             stage = "training"
             result = runtime.train(
