@@ -46,7 +46,7 @@ from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrai
 from fedguard.client.void import hold, release, settle
 from fedguard.deploy_config import NodeConfig, load_node_config
 from fedguard.errors import DataError
-from fedguard.federation import TrainRequest, load_federated_data
+from fedguard.federation import TrainRequest
 from fedguard.privacy import (
     AccountantStore,
     GaussianEvent,
@@ -69,7 +69,8 @@ from fedguard.privacy.record_budget import (
     write_index,
 )
 from fedguard.privacy.rng import os_entropy_generator
-from fedguard.task import build_model, load_schema, set_weights
+from fedguard.task import build_model, load_dataset, load_schema, set_weights
+from fedguard.task.records import record_partition
 from fedguard.task.schema import DPScalingPlan
 
 __all__ = [
@@ -439,16 +440,16 @@ def node_runtime(config_path: str) -> NodeRuntime:
     cfg.node.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     d = cfg.data
     if d.num_partitions is not None and d.partition_id is not None:
-        fed = load_federated_data(
-            dataset=d.dataset,
-            target=d.target,
-            seed=d.seed,
-            clients=d.num_partitions,
-            scheme="iid",
-            alpha=1.0,
+        # The demo: nodes share one public data set, each taking the records whose keyed
+        # hash names its share (per record: one record added moves no other), never the
+        # server's evaluation holdout.
+        ds = load_dataset(
+            name=d.dataset, seed=d.seed, target=d.target, schema=d.schema, split="holdout"
         )
-        ds = fed.dataset
-        idx = fed.partitions[d.partition_id]
+        if ds.train_record_keys is None:
+            raise DataError(f"{d.dataset}: no record keys to decide the demo's shares by")
+        share = record_partition(ds.train_record_keys, parts=d.num_partitions, seed=d.seed)
+        idx = np.flatnonzero(share == d.partition_id)
         x, y = ds.x_train[idx], ds.y_train[idx]
     else:
         ds = load_node_dataset(cfg)  # every record trains; schema, validation share (#13.1)
