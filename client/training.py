@@ -58,6 +58,9 @@ class PrivacyBudget:
     accountant: str
     planned_rounds: int
     min_noise_multiplier: float = 0.0  # the node never trains with less noise than this
+    # Events charged to the same accountant before training (a virtual client's DP
+    # feature scaling): the calibration leaves room for them within ``target_epsilon``.
+    reserved: tuple[GaussianEvent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,21 +95,62 @@ def noise_for_budget(
     """Noise multiplier that spends exactly ``budget`` over the planned rounds.
 
     Cached: it is a pure function of its arguments and a bisection over the accountant,
-    and simulations ask it for hundreds of clients with the same data size.
+    and simulations ask it for hundreds of clients with the same data size. With
+    ``budget.reserved`` the reserved events and every planned round together stay within
+    the target (``BudgetExceededError`` if no noise up to ``_MAX_SIGMA`` does).
     """
     steps = (
         budget.planned_rounds
         * local_epochs
         * steps_per_epoch(num_examples=num_examples, batch_size=batch_size)
     )
+    q = sample_rate_for(num_examples=num_examples, batch_size=batch_size)
     sigma = calibrate_noise_multiplier(
         target_epsilon=budget.target_epsilon,
         delta=budget.delta,
-        sample_rate=sample_rate_for(num_examples=num_examples, batch_size=batch_size),
+        sample_rate=q,
         steps=steps,
         method=budget.accountant,
     )
+    if budget.reserved:
+        sigma = _with_reserved(budget, sigma=sigma, sample_rate=q, steps=steps)
     return max(sigma, budget.min_noise_multiplier)
+
+
+_MAX_SIGMA = 1000.0  # calibrate_noise_multiplier's most noise too
+_BISECTION_STEPS = 50
+
+
+def _with_reserved(budget: PrivacyBudget, *, sigma: float, sample_rate: float, steps: int) -> float:
+    """The least noise (>= ``sigma``, the figure without reservation) with which the
+    reserved events and ``steps`` steps stay within the target."""
+
+    def fits(s: float) -> bool:
+        acc = Accountant(method=budget.accountant)
+        for e in budget.reserved:
+            acc.compose(e)
+        acc.compose(GaussianEvent(noise_multiplier=s, sample_rate=sample_rate, steps=steps))
+        return acc.get_privacy_spent(delta=budget.delta).epsilon <= budget.target_epsilon
+
+    low, high = sigma, sigma
+    while not fits(high):
+        low, high = high, high * 2
+        if high > _MAX_SIGMA:
+            if fits(_MAX_SIGMA):
+                high = _MAX_SIGMA
+                break
+            raise BudgetExceededError(
+                f"epsilon {budget.target_epsilon:g} at delta {budget.delta:g}: the "
+                f"{len(budget.reserved)} event(s) charged before training leave no room for "
+                f"{steps} steps even at noise multiplier {_MAX_SIGMA:g}"
+            )
+    for _ in range(_BISECTION_STEPS):
+        mid = (low + high) / 2
+        if fits(mid):
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 class LocalTrainer:

@@ -23,6 +23,7 @@ import torch
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError, FedguardError, invalid
 from fedguard.optimizers import ServerOptimizer
+from fedguard.privacy.dp_scaling import SCALE_FLOOR
 from fedguard.task import Dataset, Metrics, build_model, load_dataset, partition
 
 __all__ = [
@@ -80,14 +81,16 @@ def load_federated_data(
     keyed hash (key from ``seed``), so no statistic crosses clients or the train/test
     boundary. Cached per process: a Flower ClientApp is rebuilt for every message, but
     the virtual node's worker process keeps the loaded data.
+
+    Columns a schema marks ``scaling = "dp"`` stay clipped and unscaled in ``x_train``:
+    each virtual client scales its own rows with its own DP estimate, charged to its
+    accountant, as a deployed node does (:mod:`fedguard.client.virtual_scaling`). The
+    test rows (the server's) are standardised with their own exact mean and std
+    (:func:`standardise_eval_rows`).
     """
-    data = _load_dataset_cached(name=dataset, seed=seed, target=target, schema=schema)
-    if data.dp_scaling is not None:
-        raise ConfigError(
-            f"--schema: expected columns with public scaling in a simulation, got "
-            f'scaling = "dp" for {", ".join(data.dp_scaling.names)} in {schema} (DP scaling '
-            f"is not yet in simulation: declare a public range or centre/scale)"
-        )
+    data = standardise_eval_rows(
+        _load_dataset_cached(name=dataset, seed=seed, target=target, schema=schema)
+    )
     parts = partition(
         labels=data.y_train,
         num_clients=clients,
@@ -107,6 +110,31 @@ def _load_dataset_cached(
     return load_dataset(
         name=name, seed=seed, target=target, schema=None if schema is None else Path(schema)
     )
+
+
+def standardise_eval_rows(data: Dataset) -> Dataset:
+    """``data`` with the dp columns of its TEST rows scaled by those rows' own exact mean
+    and std (the same floor as the DP estimate); the training rows untouched.
+
+    Why exact: the evaluation rows are the server's own (a simulation's holdout, a
+    deployed server's file); their statistics never leave the server and no node's
+    record is in them, so no privacy is spent. Why not the range midpoint and
+    half-width: the nodes train on features standardised by their own (noisy) estimate,
+    roughly mean 0 and std 1; rows scaled to [-1, 1] would measure the model on another
+    distribution.
+    """
+    plan = data.dp_scaling
+    if plan is None or not len(data.x_test):
+        return data
+    cols = list(plan.columns)
+    values = data.x_test[:, cols].astype(np.float64)
+    low, high = np.asarray(plan.ranges, dtype=np.float64).T
+    half = (high - low) / 2
+    centre = values.mean(axis=0)
+    scale = np.maximum(values.std(axis=0), SCALE_FLOOR * half)
+    x_test = data.x_test.copy()
+    x_test[:, cols] = ((values - centre) / scale).astype(np.float32)
+    return dataclasses.replace(data, x_test=x_test)
 
 
 def clear_data_cache() -> None:
@@ -378,7 +406,7 @@ def request_for(config: SimulationConfig, server_round: int) -> TrainRequest:
 
 def federated_data(config: SimulationConfig) -> FederatedData:
     """The simulation's data set and partition (cached per process)."""
-    return load_federated_data(
+    data = load_federated_data(
         dataset=config.dataset,
         target=config.target,
         seed=config.seed,
@@ -387,3 +415,11 @@ def federated_data(config: SimulationConfig) -> FederatedData:
         alpha=config.alpha,
         schema=None if config.schema is None else str(config.schema),
     )
+    plan = data.dataset.dp_scaling
+    if plan is not None and config.engine != "inprocess":
+        # Flower's virtual ClientApp does not scale or charge them yet (client/app.py).
+        raise ConfigError(
+            f'--engine: expected inprocess with scaling = "dp" columns ({", ".join(plan.names)}'
+            f" in {config.schema}), got {config.engine}"
+        )
+    return data

@@ -26,6 +26,7 @@ from fedguard.client.training import (
     LocalTrainer,
 )
 from fedguard.client.virtual import budget_for
+from fedguard.client.virtual_scaling import reserve_scaling, scale_client_rows
 from fedguard.config import SimulationConfig, resolve_device
 from fedguard.errors import ConfigError
 from fedguard.federation import (
@@ -117,12 +118,36 @@ def run_inprocess(
     xs = [torch.from_numpy(ds.x_train[idx]).to(device) for idx in data.partitions]
     ys = [torch.from_numpy(ds.y_train[idx]).to(device) for idx in data.partitions]
     x_test, y_test = torch.from_numpy(ds.x_test).to(device), torch.from_numpy(ds.y_test).to(device)
-    budget = budget_for(config)
+    # scaling = "dp" columns: each client scales its own rows with its own DP estimate,
+    # charged to its accountant before its first round (client/virtual_scaling.py).
+    plan = ds.dp_scaling
+    budget = reserve_scaling(budget_for(config), plan)
+    scaling_event = budget.reserved[-1] if plan is not None and budget is not None else None
     accountants = AccountantCache(state_dir=state_dir)  # files written once, at the end
+    scaled: set[int] = set()
+
+    def prepare(cid: int) -> None:
+        if plan is None or cid in scaled:
+            return
+        rows = scale_client_rows(
+            ds.x_train[data.partitions[cid]],
+            plan=plan,
+            event=scaling_event,
+            seed=config.seed,
+            client_id=cid,
+        )
+        if scaling_event is not None and budget is not None:  # charged before any step
+            store = accountants.store(cid)
+            acc = store.load(method=budget.accountant)
+            acc.compose(scaling_event)
+            store.save(acc)
+        xs[cid] = torch.from_numpy(rows).to(device)
+        scaled.add(cid)
 
     def train_one(
         server_round: int, cid: int, global_weights: list[np.ndarray]
     ) -> ClientUpdate | Refusal:
+        prepare(cid)
         store = accountants.store(cid)
         try:
             result = trainer.run(
@@ -150,6 +175,8 @@ def run_inprocess(
         server_round: int, cohort: list[int], global_weights: list[np.ndarray]
     ) -> Iterator[ClientUpdate | Refusal]:
         assert budget is not None
+        for cid in cohort:
+            prepare(cid)
         members = [
             CohortMember(
                 client_id=cid,

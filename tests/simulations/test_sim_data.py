@@ -12,7 +12,6 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from fedguard.config import SimulationConfig
-from fedguard.errors import ConfigError
 from fedguard.federation import clear_data_cache, federated_data
 from fedguard.simulations.runner import MODEL_FILE, simulate
 from fedguard.task import build_model, evaluate, load_dataset
@@ -108,16 +107,4 @@ def test_simulate_saves_the_final_model_it_evaluated(tmp_path: Path) -> None:
         num_classes=2,
     )
     assert metrics.accuracy == pytest.approx(summary.final_accuracy)
-    clear_data_cache()
-
-
-def test_dp_scaling_in_a_simulation_is_refused_in_one_line(tmp_path: Path) -> None:
-    clear_data_cache()
-    data, schema, _ = _table(tmp_path)
-    schema.write_text(SCHEMA.replace("range = [-4, 4]", 'range = [-4, 4]\nscaling = "dp"'))
-    with pytest.raises(ConfigError) as info:
-        simulate(_config(tmp_path, data, schema))
-    assert "not yet in simulation" in str(info.value) and "x1" in str(info.value)
-    assert "\n" not in str(info.value)
-    assert not (tmp_path / "out").exists()  # refused before anything is written
     clear_data_cache()
