@@ -8,9 +8,10 @@ other. Features come from public per-record transforms only (built-in constants 
 ``[data] schema`` file).
 
 Columns a schema marks ``scaling = "dp"`` arrive clipped but unscaled (still a
-per-record transform, so training on them as they are is private, only badly scaled).
-To scale them the node calls :func:`dp_scale`, charges the returned event to its ledger
-and to every record's budget BEFORE training, then trains on the returned data set.
+per-record transform). The node scales them with a DP estimate it releases once and
+charges to its ledger and every record's budget BEFORE training
+(:mod:`fedguard.client.scaling`); :func:`dp_scale` is the same mechanism for callers
+that charge the returned event themselves.
 """
 
 from __future__ import annotations
