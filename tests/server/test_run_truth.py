@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedguard.deploy_config import load_federation_config, load_node_config
+from fedguard.deploy_config import CONFIG_KEY, load_federation_config, load_node_config
 from fedguard.errors import ConfigError, DataError
 from fedguard.federation import ClientUpdate, Refusal, RoundShortError, run_rounds
 from fedguard.optimizers import FedAvgM
@@ -314,3 +314,28 @@ def test_a_changed_config_is_a_new_run_with_its_own_folders(tmp_path: Path):
     assert first.results.parent == changed.results.parent == tmp_path / "results"
     assert first.run_id == f"card/{_federation(tmp_path).digest()}"
     assert first.name == first.run_id.replace("/", "-")
+
+
+class BrokenGrid(DescribeGrid):
+    def get_node_ids(self) -> Iterable[int]:
+        raise RuntimeError("the SuperLink went away")
+
+
+def test_a_serverapp_that_raises_leaves_a_one_line_outcome_not_a_traceback(tmp_path: Path):
+    """#17.1: the launcher used to see `flwr run` exit 0 after the ServerApp raised."""
+    cfg = _federation(tmp_path)
+    context = Context(
+        run_id=7,
+        node_id=1,
+        node_config={},
+        state=RecordDict(),
+        run_config={CONFIG_KEY: str(cfg.source)},
+    )
+    deploy_app.main(BrokenGrid({}), context)  # returns: Flower prints no traceback
+    outcome = read_outcome(run_files(cfg).outcome)
+    assert outcome is not None and not outcome.completed and outcome.rounds_done == 0
+    assert outcome.reason.startswith("RuntimeError: the SuperLink went away (traceback in")
+    assert "Traceback" in (cfg.state_dir / deploy_app.ERROR_LOG).read_text()
+    with pytest.raises(ServerFailedError, match="the SuperLink went away") as err:
+        _check_finished(cfg, flwr_run_status=0)
+    assert "\n" not in str(err.value)
