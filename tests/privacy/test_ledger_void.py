@@ -4,6 +4,7 @@ as any other."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from fedguard.privacy.accountants import GaussianEvent
-from fedguard.privacy.ledger import Ledger, LedgerError
+from fedguard.privacy.ledger import Ledger, LedgerError, ServerReceipt
 from fedguard.privacy.record_budget import RecordIndex, record_set, record_spend
 
 FP = "hmac:" + "ab" * 32
@@ -144,3 +145,22 @@ def test_cli_show_and_verify_handle_void_lines(tmp_path: Path):
     show = out["show"][0]
     assert procs["show"].returncode == 0 and show.count("void (never released") == 1
     assert f"dataset {FP}: epsilon spent 0.7 (delta 1e-05)" in show
+
+
+def test_verify_against_the_servers_receipts_accepts_a_void_round(tmp_path: Path):
+    """The server got round 1's receipt (sent with the keys, before the abort); the node
+    later voided it: the ledger still matches every receipt."""
+    ledger = Ledger(path=tmp_path / "ledger.jsonl")
+    first = _round(ledger, 1, 0.5)
+    ledger.commit(first)
+    ledger.void(first)
+    receipt = ServerReceipt(
+        where="metrics.jsonl line 1",
+        run="fed-a",
+        server_round=1,
+        ledger_seq=first.seq,
+        ledger_hash=first.hash,
+    )
+    assert ledger.verify_against([receipt]).ok
+    forged = dataclasses.replace(receipt, ledger_seq=2, ledger_hash=ledger.entries()[2].hash)
+    assert not ledger.verify_against([forged]).ok  # a void line is no round's entry
