@@ -72,7 +72,8 @@ def settle(
         or (journal.session is not None and journal.session.update == held.update
             and journal.session.masked)
     ):  # fmt: skip
-        return _forget(path, journal)  # it left (or the ledger does not hold it): spent
+        _forget(path, journal)  # it left (or the ledger does not hold it): spent
+        return None
     if held.update not in journal.void:
         journal.void.append(held.update)
     session = journal.session
