@@ -323,7 +323,8 @@ def test_cli_init_node_and_refusal(tmp_path: Path):
 
     node = fedguard("node", "hospital-a", "--out", "keys", cwd=tmp_path)
     assert node.returncode == 0, node.stderr
-    assert "give hospital-a.pub to the operator; keep hospital-a private" in node.stdout
+    assert "give hospital-a.pub to the operator" in node.stdout
+    assert "keep hospital-a private" in node.stdout
     assert (tmp_path / "keys/hospital-a.pub").is_file()
 
     again = fedguard("init", "--out", "fed", cwd=tmp_path)
