@@ -299,6 +299,8 @@ class NodeSecAgg:
                     update=session.update,
                 )
             )
+            if journal.held is not None and journal.held.update == session.update:
+                journal.held = None  # released: it can never be given back
             write_journal(self.dir / JOURNAL_FILE, journal)
             self._save(client)
             (self.dir / UPDATE_FILE).unlink(missing_ok=True)

@@ -14,6 +14,7 @@ import pytest
 from deploy.test_secure_round import NODES, Federation, fed, identity
 
 from fedguard.client.node import node_runtime
+from fedguard.client.released import JOURNAL_FILE, read_journal
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
 from fedguard.privacy.record_budget import INDEX_FILE, load_index, record_spend
 
@@ -60,8 +61,10 @@ def test_a_round_aborted_before_masking_is_given_back_and_a_completed_one_is_spe
         assert _ledger(fed, c).verify().ok
         # Round 1 released nothing: the node has spent exactly one round (round 2's).
         assert _spent(fed, c) == pytest.approx(one_round[c], rel=1e-9)
-        [receipt] = [r for r in second.receipts if r.client_id == c]
-        assert receipt.epsilon == pytest.approx(one_round[c], rel=1e-9)
+        # Round 2's ledger entry (what its receipt reports) charges one round, not two.
+        assert _ledger(fed, c).entries()[3].epsilon_after == pytest.approx(one_round[c])
+        # Masked and sent: no longer held for a possible give-back.
+        assert read_journal(fed.state(c) / JOURNAL_FILE).held is None
 
     third = fed.round(3, weights)  # completed rounds stay spent
     assert third.means
