@@ -103,11 +103,16 @@ def main(grid: Grid, context: Context) -> None:
     try:
         outcome = DeployedRun(grid=grid, cfg=cfg).run()
     except Exception as exc:  # the launcher says why; Flower would print it twice
-        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write_text(cfg.state_dir / ERROR_LOG, traceback.format_exc(), mode=0o600)
         why = str(exc) if isinstance(exc, FedguardError) else f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, FedguardError):
-            why += f" (traceback in {cfg.state_dir / ERROR_LOG})"
+        try:
+            cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic_write_text(cfg.state_dir / ERROR_LOG, traceback.format_exc(), mode=0o600)
+            if not isinstance(exc, FedguardError):
+                why += f" (traceback in {cfg.state_dir / ERROR_LOG})"
+        except OSError:
+            pass  # a full disk: the line below still reaches the operator's console
+        # `flwr run --stream` relays this to the operator even when no file can be written.
+        _say(f"stopped: {printable(why, limit=600)}")
         done = load_checkpoint(files.checkpoint)
         outcome = RunOutcome(
             run_id=files.run_id,

@@ -213,9 +213,11 @@ def _check_finished(cfg: FederationConfig, *, flwr_run_status: int) -> None:
     except DataError as exc:
         raise ServerFailedError(f"federation {cfg.federation.name!r}: {exc}") from None
     if outcome is None or outcome.run_id != files.run_id:
+        full = _full_disk(cfg.state_dir, cfg.out)
+        where = full or f"see {cfg.state_dir / 'superlink.log'}"
         raise ServerFailedError(
             f"federation {cfg.federation.name!r}: the ServerApp ended without saying how "
-            f"(flwr run status {flwr_run_status}); see {cfg.state_dir / 'superlink.log'}"
+            f"(flwr run status {flwr_run_status}); {where}"
         )
     if not outcome.completed or outcome.rounds_done < outcome.rounds_planned:
         raise ServerFailedError(
@@ -227,6 +229,28 @@ def _check_finished(cfg: FederationConfig, *, flwr_run_status: int) -> None:
         f"{outcome.reason}",
         flush=True,
     )
+
+
+_FULL_BELOW = 4 * 2**20  # a disk with less free is why nothing could be written
+
+
+def _full_disk(*folders: Path) -> str | None:
+    """Which of ``folders`` sits on a (nearly) full disk, said so that the operator knows
+    which disk to free (its log, on that disk, could not record it)."""
+    for folder in folders:
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        try:
+            st = os.statvfs(existing or folder)
+        except OSError:
+            continue
+        free = st.f_bavail * st.f_frsize
+        if free < _FULL_BELOW:
+            return (
+                f"the disk holding {folder} is full ({free // 1024} KiB free): the ServerApp "
+                f"could not write its checkpoint, metrics or outcome there; free space on it "
+                f"and run the same command again to resume"
+            )
+    return None
 
 
 def _check_key_names(keys_dir: Path) -> None:
