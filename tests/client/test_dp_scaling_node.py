@@ -149,3 +149,31 @@ def test_a_scaling_release_over_the_budget_is_refused_before_anything_is_release
     # The run could not fit WITH the release counted: nothing released, nothing charged.
     assert not (runtime.state_dir / SCALING_FILE).exists()
     assert Ledger(path=runtime.state_dir / LEDGER_FILENAME).entries() == []
+
+
+def test_a_deleted_or_damaged_statistics_file_never_gives_a_free_release(tmp_path: Path):
+    toml = _node(tmp_path)
+    node_runtime.cache_clear()
+    runtime = node_runtime(str(toml))
+    weights = get_weights(build_model(name="logreg", input_shape=(2,), num_classes=2))
+    runtime.train(model_name="logreg", weights=weights, request=_request("run-a"))
+    stats = runtime.state_dir / SCALING_FILE
+    ledger = Ledger(path=runtime.state_dir / LEDGER_FILENAME)
+
+    def releases() -> int:
+        return sum(1 for e in ledger.entries() if (e.run or "").startswith("dp-scaling/"))
+
+    # Damaged: refused in one line naming the file, nothing trained or charged.
+    stats.write_text(json.dumps({"format": "fedguard-dp-scaling/1", "released": []}))
+    node_runtime.cache_clear()
+    damaged = node_runtime(str(toml))
+    before = len(ledger.entries())
+    with pytest.raises(BudgetExceededError) as info:
+        damaged.train(model_name="logreg", weights=weights, request=_request("run-b"))
+    assert str(stats) in str(info.value) and "\n" not in str(info.value)
+    assert len(ledger.entries()) == before
+    # Deleted: the node releases again, and charges again.
+    stats.unlink()
+    node_runtime.cache_clear()
+    node_runtime(str(toml)).train(model_name="logreg", weights=weights, request=_request("run-c"))
+    assert releases() == 2
