@@ -218,6 +218,7 @@ def run_client(*, config_path: Path) -> None:
     # Load). The node's environment is set first: Flower reads some of it at import.
     os.environ.update(env)
     preload_supernode()
+    _remove_round_secrets(n.state_dir, name=n.name)
     # The node's data, loaded and checked now: a missing or unreadable data set stops the
     # node here with the data error (it used to serve, silently, until a round came). The
     # SuperNode and every ClientApp are forked from this process, so they find it loaded.
@@ -335,6 +336,26 @@ def preload_modules(cfg: NodeConfig) -> list[str]:
     dataset = cfg.data.dataset
     kind = "sklearn" if dataset in ("digits", "breast_cancer") else Path(dataset).suffix.lower()
     return [*_PRELOAD, *_DATA_LOADERS.get(kind, ())]
+
+
+def _remove_round_secrets(state_dir: Path, *, name: str) -> None:
+    """A node killed during secure aggregation left its round's SecAgg secrets (private
+    keys, mask seed, shares) and its noised update, not yet masked, in its state folder:
+    removed at start-up, under the node's lock. What they were for is lost with them: a
+    re-asked round is then answered afresh or refused (client/released.py keeps what was
+    sent, so nothing goes into a second sum), and an update never sent is voided at the
+    next request (client/void.py)."""
+    from fedguard.client.released import SESSION_FILE, UPDATE_FILE  # imports torch
+
+    for stale in (SESSION_FILE, UPDATE_FILE):
+        path = state_dir / stale
+        if path.exists():
+            path.unlink()
+            print(
+                f"node {name}: removed {path} (an interrupted round's secure-aggregation "
+                "secrets or unmasked update)",
+                flush=True,
+            )
 
 
 def _runtime_port(port: int | None, *, name: str) -> int:
