@@ -17,6 +17,7 @@ import torch
 from fedguard._io import read_jsonl
 from fedguard.deploy_config import FederationConfig
 from fedguard.errors import DataError
+from fedguard.federation import standardise_eval_rows
 from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
 from fedguard.privacy.client_dp import ClientDP, ClientLevelSpent, client_level_spent
 from fedguard.privacy.secagg import SecAggParams, make_params
@@ -134,12 +135,14 @@ def evaluator(
     # The server's own file is evaluated on every row, through the nodes' schema; a
     # built-in (the demo) on its holdout, which the demo's nodes never train on (#13.1).
     own_file = Path(t.eval_dataset).suffix.lower() in (".csv", ".parquet", ".npz")
-    ds = load_dataset(
-        name=t.eval_dataset,
-        seed=cfg.federation.seed,
-        target=t.eval_target,
-        schema=t.schema,
-        split="all-test" if own_file else "holdout",
+    ds = standardise_eval_rows(  # dp columns: by the server's own rows (its data, no node's)
+        load_dataset(
+            name=t.eval_dataset,
+            seed=cfg.federation.seed,
+            target=t.eval_target,
+            schema=t.schema,
+            split="all-test" if own_file else "holdout",
+        )
     )
     x, y = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
 

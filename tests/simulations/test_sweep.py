@@ -239,7 +239,7 @@ LISTS = "only epsilon, seed, partition, alpha, clients-per-round take lists"
         ("lr = 0", "--lr: expected a finite number > 0, got 0.0"),
         ("bogus = 1", "bogus: expected a known key: "),
         ('dataset = "missing.csv"', "dataset: missing.csv: cannot read"),
-        ("clients = 5000", "--clients: expected at most 720 for 1441 samples, got 5000"),
+        ("clients = 5000", "--clients: expected at most 704 for 1408 samples, got 5000"),
         ("[grid]\nseed = 1", "grid: expected a value (tables are not used), got {'seed': 1}"),
     ],
 )  # fmt: skip
