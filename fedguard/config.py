@@ -49,7 +49,7 @@ class SimulationConfig:
     Defaults are the demo's: digits, 10 clients, epsilon 3 at delta 1e-5 per client.
     Tuned on a grid (model, batch, lr, clipping norm, rounds, server momentum; 3 seeds):
     logistic regression with a small clipping norm and many cheap rounds was the most
-    accurate at this budget (0.892-0.927 over seeds 0-2, ~5 s on 2 cores, with public
+    accurate at this budget (0.883-0.923 over seeds 0-2, ~5 s on 2 cores, with public
     per-pixel constants and the per-record holdout; 0.886-0.906 with the per-node
     standardisation it replaced); the MLP's extra parameters cost more noise than they
     earn on 8x8 digits.
