@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from pathlib import Path
 from typing import TypeAlias
 
@@ -214,7 +215,11 @@ def train(message: Message, context: Context) -> Message:
                 attach_receipt(content, encode_receipt(receipt))
             return Message(content, reply_to=message)
     except BudgetExceededError as exc:
-        return Message(Error(code=ERROR_BUDGET_REFUSED, reason=str(exc)), reply_to=message)
+        reason = str(exc)
+        if _node_config_path(context) is not None and not _reveals_count(context):
+            # Its exact epsilon figures give the record count away (audit): rounded up.
+            reason = _EXACT_FIGURE.sub(lambda m: f"{coarse_epsilon(float(m[0])):.1f}", reason)
+        return Message(Error(code=ERROR_BUDGET_REFUSED, reason=reason), reply_to=message)
     except Exception as exc:  # the server logs the reason; the node keeps serving
         _log.exception("node %s: round failed", who)
         reason = f"{type(exc).__name__}: {exc}"
@@ -245,6 +250,17 @@ def secagg(message: Message, context: Context) -> Message:
             Error(code=ERROR_CLIENT_FAILED, reason=f"{type(exc).__name__}: {exc}"), reply_to=message
         )
     return Message(encode_secagg(reply), reply_to=message)
+
+
+_EXACT_FIGURE = re.compile(r"\d+\.\d{2,}")
+
+
+def _reveals_count(context: Context) -> bool:
+    path = _node_config_path(context)
+    try:
+        return path is not None and _node_config(path).privacy.reveal_count
+    except Exception:  # an unreadable config: reveal nothing
+        return False
 
 
 def _deployed_metrics(result: LocalResult, *, reveal_count: bool) -> dict[str, float | int]:

@@ -68,3 +68,13 @@ def test_a_data_error_reply_quotes_no_record(tmp_path: Path, monkeypatch):
     reason = reply.error.reason
     assert SECRET not in reason and "d.csv" not in reason and "row" not in reason, reason
     assert "could not load its data (DataError)" in reason
+
+
+def test_a_refusal_keeps_no_exact_epsilon_when_the_node_keeps_its_count():
+    """Audit: a budget refusal's exact figures ('spent so far 2.0241') gave n away."""
+    from fedguard.client.app import _EXACT_FIGURE
+    from fedguard.privacy.receipts import coarse_epsilon
+
+    reason = "round 3 refused: epsilon would reach 3.0412 > budget 3 (spent so far 2.0241, rdp)"
+    out = _EXACT_FIGURE.sub(lambda m: f"{coarse_epsilon(float(m[0])):.1f}", reason)
+    assert out == "round 3 refused: epsilon would reach 3.1 > budget 3 (spent so far 2.1, rdp)"
