@@ -40,9 +40,7 @@ def test_the_same_values_written_otherwise_are_the_same_records(tmp_path: Path):
     rewritten = tmp_path / "rewritten.csv"
     rewritten.write_text(
         "y,note,a,id\n"  # columns reordered, rows reversed, ids renumbered, notes changed
-        + "".join(
-            f"{y},other, {a:+.4e},{100 - i:05d}\n" for i, (a, y) in enumerate(reversed(rows))
-        )
+        + "".join(f"{y},other, {a:+.4e},{100 - i:05d}\n" for i, (a, y) in enumerate(reversed(rows)))
     )
     assert _keys(rewritten, schema) == keys
     changed = tmp_path / "changed.csv"
