@@ -57,7 +57,10 @@ def _fleet_call_refusal(call, request) -> grpc.RpcError:
 def test_plaintext_and_revoked_nodes_are_refused_and_get_nothing(tmp_path: Path, processes, capsys):
     layout = prepare_demo(out=tmp_path / "fed", nodes=3, rounds=ROUNDS)
     a, b, c = layout.nodes
-    # Once node-c is gone, node-a and node-b form a secure sum of two: let them.
+    # Once node-c is gone, node-a and node-b form a secure sum of two: let them; and a
+    # round of two updates is a complete round (min-nodes: the fewest a round aggregates).
+    fed = layout.federation
+    fed.write_text(fed.read_text().replace("min-nodes = 3", "min-nodes = 2"))
     for toml in (a, b):
         toml.write_text(toml.read_text().replace("min-neighbours = 2", "min-neighbours = 1"))
     server, ready = processes.server(
