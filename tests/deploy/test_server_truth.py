@@ -130,9 +130,12 @@ def test_a_killed_node_stops_the_run_with_a_reason(tmp_path: Path, processes):
     assert console.proc.returncode != 0, out
     assert not any(x.startswith("federation 'demo' finished") for x in console.lines), out
     assert a.poll() is None  # the live node was not the problem
-    # One line naming the stop, the round and the node that is gone.
+    # One line naming the stop and the round; the node that is gone is named in it (it
+    # refused or was offline) or, when it vanished mid secure aggregation, in the round's
+    # own warning just before.
     last = console.lines[-1]
-    assert "stopped" in last and "node-b" in last, out
+    assert "stopped" in last and "round" in last, out
+    assert "node-b" in last or any("node-b dropped" in x for x in console.lines), out
     rounds = [x for x in console.lines if re.match(r"round \d+:", x)]
     assert len(rounds) <= 4, out  # not a round a second
     assert took < timeout + 150
