@@ -74,6 +74,12 @@ def test_as_dict_and_frozen() -> None:
         "f1_macro": 1.0,
         "roc_auc": 1.0,
         "examples": 2,
+        "pr_auc": 1.0,
+        "threshold": 0.5,  # halfway between the two rows' margins, -1 and 1
+        # One row of each class: no second fold to choose a threshold on.
+        "precision_pos": None,
+        "recall_pos": None,
+        "f1_pos": None,
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         got.loss = 0.0  # type: ignore[misc]
