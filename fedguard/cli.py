@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from fedguard.cli_budget import budget
 from fedguard.cli_certs import certs_app
 from fedguard.cli_ledger import ledger_app
 from fedguard.cli_status import status
@@ -34,6 +35,7 @@ app.add_typer(certs_app, name="certs")
 app.add_typer(ledger_app, name="ledger")
 app.command("sweep")(sweep)
 app.command("status")(status)
+app.command("budget")(budget)
 
 # Quiet, offline Flower/Ray in every process fedguard starts (FLOWER-NOTES.md).
 _QUIET_ENV = {

@@ -6,10 +6,46 @@ on it, and it must stay usable (and testable) without a federation runtime.
 
 from __future__ import annotations
 
-from .accountants import Accountant, AccountantMethod, GaussianEvent, PrivacySpent
-from .calibration import calibrate_noise_multiplier
-from .dpsgd import GRAD_SAMPLE_MODES, DPTrainer, DPTrainResult, sample_rate_for, steps_per_epoch
-from .state import AccountantStore
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .accountants import Accountant, AccountantMethod, GaussianEvent, PrivacySpent
+    from .calibration import calibrate_noise_multiplier
+    from .dpsgd import (
+        GRAD_SAMPLE_MODES,
+        DPTrainer,
+        DPTrainResult,
+        sample_rate_for,
+        steps_per_epoch,
+    )
+    from .state import AccountantStore
+
+# Imported on first use (PEP 562): a light submodule (the ledger, read by ``fedguard
+# budget``) must not pull in torch and opacus through this package's import.
+_LAZY = {
+    "Accountant": "accountants",
+    "AccountantMethod": "accountants",
+    "GaussianEvent": "accountants",
+    "PrivacySpent": "accountants",
+    "calibrate_noise_multiplier": "calibration",
+    "GRAD_SAMPLE_MODES": "dpsgd",
+    "DPTrainer": "dpsgd",
+    "DPTrainResult": "dpsgd",
+    "sample_rate_for": "dpsgd",
+    "steps_per_epoch": "dpsgd",
+    "AccountantStore": "state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "GRAD_SAMPLE_MODES",

@@ -54,8 +54,6 @@ from typing import Any
 from fedguard._io import atomic_write_text
 from fedguard.errors import FedguardError, invalid
 
-from .accountants import AccountantMethod
-
 __all__ = [
     "GENESIS",
     "LEDGER_FILENAME",
@@ -623,6 +621,9 @@ def _real(
 
 
 def _accountant(value: object) -> str:
+    # Imported here: reading a ledger (``fedguard budget``) must not import opacus/torch.
+    from .accountants import AccountantMethod
+
     allowed = [m.value for m in AccountantMethod]
     if value not in allowed:
         raise invalid("accountant", allowed=allowed, got=value)
