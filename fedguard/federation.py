@@ -273,6 +273,12 @@ class RoundRecord:
     refused: int
     seconds: float
     client_epsilon: float | None = None  # client-level DP (opt-in), counted separately
+    # Binary tasks (fedguard.task.metrics.Metrics): the figures a rare class needs.
+    pr_auc: float | None = None
+    precision_pos: float | None = None
+    recall_pos: float | None = None
+    f1_pos: float | None = None
+    threshold: float | None = None  # class-1 probability at which to call a row positive
 
     def as_dict(self) -> dict[str, float | int | None]:
         return dataclasses.asdict(self)
@@ -372,6 +378,11 @@ def run_rounds(
             refused=refused,
             seconds=time.perf_counter() - start,
             client_epsilon=None if client_epsilon is None else client_epsilon(server_round),
+            pr_auc=metrics.pr_auc,
+            precision_pos=metrics.precision_pos,
+            recall_pos=metrics.recall_pos,
+            f1_pos=metrics.f1_pos,
+            threshold=metrics.threshold,
         )
         on_round(record, weights)
     return weights

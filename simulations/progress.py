@@ -8,6 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedguard.config import SimulationConfig
 from fedguard.federation import RoundRecord
 from fedguard.simulations.runner import SimulationSummary, simulate
+from fedguard.task.metrics import headline
 
 __all__ = ["format_round", "run_with_progress"]
 
@@ -20,7 +21,7 @@ def format_round(record: RoundRecord) -> str:
     )
     refused = f"  refused {record.refused}" if record.refused else ""
     return (
-        f"round {record.round:3d}  accuracy {record.accuracy:.4f}  loss {record.loss:.4f}"
+        f"round {record.round:3d}  {headline(record.as_dict())}  loss {record.loss:.4f}"
         f"{eps}  clients {record.clients}{refused}  {record.seconds:.2f}s"
     )
 
@@ -60,7 +61,13 @@ def run_with_progress(config: SimulationConfig, *, overwrite: bool = False) -> S
         f"({summary.accountant})"
     )
     console.print(
-        f"final accuracy {summary.final_accuracy:.4f}{eps}; "
+        f"final {headline(_final(summary))}{eps}; "
         f"{summary.wall_seconds:.1f}s; results in {config.out}"
     )
     return summary
+
+
+def _final(summary: SimulationSummary) -> dict[str, object]:
+    """``summary.json``'s ``final_*`` figures under their metrics-row names."""
+    prefix = "final_"
+    return {k[len(prefix) :]: v for k, v in summary.as_dict().items() if k.startswith(prefix)}

@@ -39,9 +39,16 @@ STATE_DIR = "state"
 class SimulationSummary:
     """What ``summary.json`` holds."""
 
+    # Binary tasks lead with the figures a rare positive class needs (null otherwise):
+    # fedguard.task.metrics.Metrics says how each is computed.
+    final_roc_auc: float | None
+    final_pr_auc: float | None
+    final_f1_pos: float | None
+    final_precision_pos: float | None
+    final_recall_pos: float | None
+    final_threshold: float | None  # class-1 probability chosen on the evaluation rows
     final_accuracy: float
     final_f1_macro: float
-    final_roc_auc: float | None
     final_epsilon_max: float | None
     final_client_epsilon: float | None  # client-level DP (--client-dp), at the same delta
     delta: float | None
@@ -97,9 +104,14 @@ def simulate(
         )
     last = records[-1]
     summary = SimulationSummary(
+        final_roc_auc=last.roc_auc,
+        final_pr_auc=last.pr_auc,
+        final_f1_pos=last.f1_pos,
+        final_precision_pos=last.precision_pos,
+        final_recall_pos=last.recall_pos,
+        final_threshold=last.threshold,
         final_accuracy=last.accuracy,
         final_f1_macro=last.f1_macro,
-        final_roc_auc=last.roc_auc,
         final_epsilon_max=last.epsilon_max,
         final_client_epsilon=last.client_epsilon,
         delta=None if config.no_dp else config.delta,

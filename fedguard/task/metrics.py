@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Metrics", "best_f1_threshold", "compute_metrics"]
+__all__ = ["Metrics", "best_f1_threshold", "compute_metrics", "headline"]
 
 
 @dataclass(frozen=True)
@@ -185,3 +187,35 @@ def _two_folds(y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 def _sigmoid(t: float) -> float:
     # The margin is the log-odds of class 1, so its sigmoid is class 1's probability.
     return 1.0 / (1.0 + math.exp(-t)) if t >= 0 else math.exp(t) / (1.0 + math.exp(t))
+
+
+def headline(figures: Mapping[str, Any]) -> str:
+    """The figures a console line leads with, from a metrics row (``Metrics.as_dict()``,
+    a ``metrics.jsonl`` line or ``summary.json``'s ``final_*`` keys without the prefix).
+
+    Binary tasks lead with ROC-AUC, PR-AUC and the positive class's F1, precision and
+    recall at the chosen threshold; accuracy comes last, since predicting the common class
+    for every row already scores the common class's share. Other tasks: accuracy and
+    macro F1. Missing or NaN figures (no evaluation set) are left out.
+    """
+
+    def num(key: str) -> float | None:
+        v = figures.get(key)
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        return float(v) if ok else None
+
+    parts: list[str] = []
+    if num("roc_auc") is not None:
+        parts += [f"ROC-AUC {num('roc_auc'):.4f}", f"PR-AUC {num('pr_auc') or 0.0:.4f}"]
+        if num("f1_pos") is not None:
+            parts.append(
+                f"positive F1 {num('f1_pos'):.4f} (precision {num('precision_pos'):.4f} "
+                f"recall {num('recall_pos'):.4f})"
+            )
+        if num("threshold") is not None:
+            parts.append(f"threshold {num('threshold'):.4g}")
+    if num("accuracy") is not None:
+        parts.append(f"accuracy {num('accuracy'):.4f}")
+    if num("roc_auc") is None and num("f1_macro") is not None:
+        parts.append(f"macro F1 {num('f1_macro'):.4f}")
+    return "  ".join(parts)
