@@ -36,6 +36,7 @@ from safetensors.numpy import save as st_save
 
 from fedguard._io import atomic_write_bytes
 from fedguard.client.budget import plan_run
+from fedguard.client.events import RUN_DONE, append_event
 from fedguard.client.node_data import load_node_dataset
 from fedguard.client.released import HeldUpdate, update_digest
 from fedguard.client.scaling import release_to_come, scale_records
@@ -149,6 +150,32 @@ class NodeRuntime:
         caller's promise), so a round that ends before it is masked is given back. Without
         it the reply counts as released when this returns.
         """
+        r, run = request.server_round, request.run_key
+        say = functools.partial(append_event, self.state_dir)
+        say(
+            f"run '{run}' round {r} of {request.total_rounds}: request: "
+            f"{request.local_epochs} local epochs, batch {request.batch_size}, lr "
+            f"{request.lr:g}, clip {request.max_grad_norm:g}{' (secure sum)' if secure else ''}"
+        )
+        try:
+            return self._train(
+                model_name=model_name, weights=weights, request=request, secure=secure
+            )
+        except BudgetExceededError as exc:
+            say(f"run '{run}' round {r}: refused: {str(exc).removeprefix(f'round {r} refused: ')}")
+            raise
+        except Exception as exc:
+            say(f"run '{run}' round {r}: failed: {type(exc).__name__}: {exc}")
+            raise
+
+    def _train(
+        self,
+        *,
+        model_name: str,
+        weights: list[np.ndarray],
+        request: TrainRequest,
+        secure: bool,
+    ) -> LocalResult:
         policy = self.config.privacy
         if request.local_epochs > policy.max_local_epochs:
             raise PolicyRefusalError(
@@ -182,6 +209,11 @@ class NodeRuntime:
                 _log.warning("no round given back: %s", " ".join(str(exc).split()))
             replayed = self._replay(key)
             if replayed is not None:
+                append_event(
+                    self.state_dir,
+                    f"run '{request.run_key}' round {request.server_round}: asked again: "
+                    "resent the stored reply (nothing trained, nothing spent)",
+                )
                 if not secure:  # now it leaves alone: never given back
                     release(state_dir=self.state_dir, key=key)
                 return replayed
@@ -275,6 +307,7 @@ class NodeRuntime:
         if pre or self.dp_plan is not None:
             entries, spend = self._scale_locked(ledger, records, entries, spend, pre, r)
         new_index = updated_index(spend=spend, records=records, seq=len(entries)).to_bytes()
+        before = ledger.spent(dataset_fingerprint=records.fingerprint)
         try:  # the ledger first: a round it does not hold is neither trained nor charged
             entry = ledger.begin(
                 run=run,
@@ -320,6 +353,14 @@ class NodeRuntime:
         )
         result = dataclasses.replace(result, epsilon=after, delta=delta)
         ledger.commit(entry)
+        done = f"; {RUN_DONE} '{run}'" if r >= plan.planned_rounds else ""
+        append_event(
+            self.state_dir,
+            f"run '{run}' round {r}: trained: noise multiplier {plan.noise_multiplier:.4g} "
+            f"(the run's plan: {plan.planned_rounds} rounds), {steps} steps at sample rate "
+            f"{q:.4g}; epsilon {before:.4g} -> {after:.4g} (delta {delta:g}, accountant "
+            f"{method}, the most-spent record, every run){done}",
+        )
         self._write_report(spend, event)
         self._remember(key, result)
         return result, entry
