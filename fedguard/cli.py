@@ -131,7 +131,6 @@ def simulate(
 ) -> None:
     """Simulate a federation of virtual clients on this machine."""
     from fedguard.config import load_simulation_config
-    from fedguard.simulations.progress import run_with_progress
 
     overrides = {
         "dataset": dataset,
@@ -171,6 +170,10 @@ def simulate(
         "out": out,
     }
     cfg = load_simulation_config(path=config, overrides=overrides)
+    # Imported once the config is valid: it pulls in torch (seconds), and a config error
+    # must be answered at once (#17.8).
+    from fedguard.simulations.progress import run_with_progress
+
     run_with_progress(cfg, overwrite=overwrite)
 
 

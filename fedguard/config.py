@@ -204,10 +204,6 @@ def _coerce(key: str, value: Any, annotation: Any, *, source: Path | None) -> An
 
 
 def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
-    # Imported here: the registries live with the code they name (one source of truth).
-    from fedguard.task.models import MODEL_NAMES
-    from fedguard.task.partition import PARTITION_SCHEMES
-
     def need(ok: bool, key: str, allowed: str | tuple[str, ...], got: object) -> None:
         if not ok:
             raise invalid(key, allowed=allowed, got=got, source=source)
@@ -236,8 +232,6 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
         high = "" if upper == math.inf else f" and {'<' if strict_upper else '<='} {upper:g}"
         need(ok, key, f"a finite number {low}{high}", value)
 
-    need(cfg.model in MODEL_NAMES, "--model", MODEL_NAMES, cfg.model)
-    need(cfg.partition in PARTITION_SCHEMES, "--partition", PARTITION_SCHEMES, cfg.partition)
     need(cfg.accountant in ACCOUNTANTS, "--accountant", ACCOUNTANTS, cfg.accountant)
     need(cfg.engine in ENGINES, "--engine", ENGINES, cfg.engine)
     need(cfg.vectorize in VECTORIZE, "--vectorize", VECTORIZE, cfg.vectorize)
@@ -268,6 +262,13 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
     positive_float("--alpha", cfg.alpha)
     _validate_resources(cfg, need)
     _validate_secagg(cfg, need)
+    # Imported here, after the checks that need nothing: the registries live with the code
+    # they name (one source of truth), and fedguard.task imports torch (seconds, #17.8).
+    from fedguard.task.models import MODEL_NAMES
+    from fedguard.task.partition import PARTITION_SCHEMES
+
+    need(cfg.model in MODEL_NAMES, "--model", MODEL_NAMES, cfg.model)
+    need(cfg.partition in PARTITION_SCHEMES, "--partition", PARTITION_SCHEMES, cfg.partition)
     if cfg.client_dp:
         need(
             cfg.secagg, "--client-dp", "--secagg as well (each client adds its noise share)", False
