@@ -64,6 +64,12 @@ class CellResult:
     best_round: int
     final_f1_macro: float
     final_roc_auc: float | None
+    # Binary tasks (None otherwise, and for a cell run before these were recorded).
+    final_pr_auc: float | None = None
+    final_f1_pos: float | None = None
+    final_precision_pos: float | None = None
+    final_recall_pos: float | None = None
+    final_threshold: float | None = None
     epsilon_reached: float | None
     delta: float | None
     accountant: str | None
@@ -179,6 +185,11 @@ def _finished(cell: Cell) -> CellResult | None:
         best_round=best["round"],
         final_f1_macro=summary["final_f1_macro"],
         final_roc_auc=summary["final_roc_auc"],
+        final_pr_auc=summary.get("final_pr_auc"),
+        final_f1_pos=summary.get("final_f1_pos"),
+        final_precision_pos=summary.get("final_precision_pos"),
+        final_recall_pos=summary.get("final_recall_pos"),
+        final_threshold=summary.get("final_threshold"),
         epsilon_reached=summary["final_epsilon_max"],
         delta=summary["delta"],
         accountant=summary["accountant"],

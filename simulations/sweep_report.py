@@ -44,6 +44,11 @@ _METRIC_COLUMNS = (
     "best_round",
     "final_f1_macro",
     "final_roc_auc",
+    "final_pr_auc",
+    "final_f1_pos",
+    "final_precision_pos",
+    "final_recall_pos",
+    "final_threshold",
     "epsilon_reached",
     "delta",
     "accountant",
@@ -70,6 +75,8 @@ class SettingStats:
     best_accuracy: tuple[float, float]
     f1_macro: tuple[float, float]
     roc_auc: tuple[float, float] | None
+    pr_auc: tuple[float, float] | None
+    f1_pos: tuple[float, float] | None  # positive class, at the threshold chosen per run
     epsilon_reached: tuple[float, float] | None
     wall_seconds: float  # mean
 
@@ -140,6 +147,8 @@ def aggregate(results: Sequence[CellResult]) -> list[SettingStats]:
     out = []
     for (partitioning, cohort, epsilon), runs in groups.items():
         aucs = [r.final_roc_auc for r in runs if r.final_roc_auc is not None]
+        pr_aucs = [r.final_pr_auc for r in runs if r.final_pr_auc is not None]
+        f1s = [r.final_f1_pos for r in runs if r.final_f1_pos is not None]
         spent = [r.epsilon_reached for r in runs if r.epsilon_reached is not None]
         out.append(
             SettingStats(
@@ -151,6 +160,8 @@ def aggregate(results: Sequence[CellResult]) -> list[SettingStats]:
                 best_accuracy=_mean_std([r.best_accuracy for r in runs]),
                 f1_macro=_mean_std([r.final_f1_macro for r in runs]),
                 roc_auc=_mean_std(aucs) if aucs else None,
+                pr_auc=_mean_std(pr_aucs) if pr_aucs else None,
+                f1_pos=_mean_std(f1s) if f1s else None,
                 epsilon_reached=_mean_std(spent) if spent else None,
                 wall_seconds=float(np.mean([r.wall_seconds for r in runs])),
             )
@@ -206,18 +217,23 @@ def _plot(stats: Sequence[SettingStats], *, plan: SweepPlan) -> bytes:
     for s in stats:
         series.setdefault(_series_label(s, many_cohorts=many_cohorts), []).append(s)
     finite = sorted({s.epsilon for s in stats if math.isfinite(s.epsilon)})
+    binary = _binary(stats)  # a rare positive class: accuracy would hide it
+
+    def shown(p: SettingStats) -> tuple[float, float]:
+        return (p.f1_pos or (math.nan, math.nan)) if binary else p.final_accuracy
+
     colors = [f"C{i % 10}" for i in range(len(series))]
     for color, (label, points) in zip(colors, series.items(), strict=True):
         private = [p for p in points if math.isfinite(p.epsilon)]
         if private:
             x = np.array([p.epsilon for p in private])
-            y = np.array([p.final_accuracy[0] for p in private])
-            sd = np.array([p.final_accuracy[1] for p in private])
+            y = np.array([shown(p)[0] for p in private])
+            sd = np.array([shown(p)[1] for p in private])
             ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, color=color, label=label)
             ax.fill_between(x, y - sd, y + sd, color=color, alpha=0.15, linewidth=0)
         for p in points:
             if not math.isfinite(p.epsilon):
-                mean, spread = p.final_accuracy
+                mean, spread = shown(p)
                 ax.axhline(mean, color=color, linestyle="--", label=f"{label}, non-private")
                 ax.axhspan(mean - spread, mean + spread, color=color, alpha=0.08, linewidth=0)
     ax.set_xscale("log")
@@ -229,7 +245,8 @@ def _plot(stats: Sequence[SettingStats], *, plan: SweepPlan) -> bytes:
     base = plan.cells[0].config
     seeds = len(plan.axes["seed"])
     ax.set_xlabel(f"target epsilon per client (delta {base.delta:g}, {base.accountant.upper()})")
-    ax.set_ylabel(f"final test accuracy (mean ± std, {seeds} seed{'s' if seeds > 1 else ''})")
+    what = "final positive-class F1" if binary else "final test accuracy"
+    ax.set_ylabel(f"{what} (mean ± std, {seeds} seed{'s' if seeds > 1 else ''})")
     ax.set_title(
         f"{base.dataset}, {base.model}, {base.clients} clients, {base.rounds} rounds",
         fontsize=10,
@@ -243,8 +260,22 @@ def _plot(stats: Sequence[SettingStats], *, plan: SweepPlan) -> bytes:
     return buffer.getvalue()
 
 
+def _binary(stats: Sequence[SettingStats]) -> bool:
+    return any(s.f1_pos is not None for s in stats)
+
+
 def _pm(value: tuple[float, float] | None, digits: int = 4) -> str:
     return "" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
+def _binary_cells(r: CellResult) -> list[str]:
+    def f(v: float | None, fmt: str = ".4f") -> str:
+        return "" if v is None else format(v, fmt)
+
+    f1 = f(r.final_f1_pos)
+    if r.final_f1_pos is not None:
+        f1 += f" ({f(r.final_precision_pos)}, {f(r.final_recall_pos)})"
+    return [f(r.final_roc_auc), f(r.final_pr_auc), f1, f(r.final_threshold, ".4g")]
 
 
 def _markdown(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -262,16 +293,18 @@ def _report(
     partitionings = sorted({c.partitioning for c in plan.cells})
     cohorts = sorted({c.clients_per_round for c in plan.cells})
     any_auc = any(s.roc_auc is not None for s in stats)
+    binary = _binary(stats)  # lead with the figures a rare positive class needs
     setting_rows = [
         [
             s.partitioning,
             str(s.clients_per_round),
             "non-private" if math.isinf(s.epsilon) else f"{s.epsilon:g}",
             str(s.seeds),
+            *([_pm(s.roc_auc), _pm(s.pr_auc), _pm(s.f1_pos)] if binary else []),
             _pm(s.final_accuracy),
             _pm(s.best_accuracy),
             _pm(s.f1_macro),
-            *([_pm(s.roc_auc)] if any_auc else []),
+            *([_pm(s.roc_auc)] if any_auc and not binary else []),
             _pm(s.epsilon_reached, 3),
             f"{s.wall_seconds:.1f}",
         ]
@@ -282,20 +315,22 @@ def _report(
         "clients/round",
         "target epsilon",
         "seeds",
+        *(["ROC-AUC", "PR-AUC", "positive F1"] if binary else []),
         "final accuracy",
         "best accuracy",
         "macro F1",
-        *(["ROC-AUC"] if any_auc else []),
+        *(["ROC-AUC"] if any_auc and not binary else []),
         "epsilon reached",
         "seconds",
     ]
     run_columns = [
         "run",
         "seed",
+        *(["ROC-AUC", "PR-AUC", "positive F1 (precision, recall)", "threshold"] if binary else []),
         "final accuracy",
         "best accuracy (round)",
         "macro F1",
-        "ROC-AUC",
+        *([] if binary else ["ROC-AUC"]),
         "epsilon reached",
         "seconds",
     ]
@@ -303,10 +338,11 @@ def _report(
         [
             r.cell.name,
             str(r.cell.seed),
+            *(_binary_cells(r) if binary else []),
             f"{r.final_accuracy:.4f}",
             f"{r.best_accuracy:.4f} ({r.best_round})",
             f"{r.final_f1_macro:.4f}",
-            "" if r.final_roc_auc is None else f"{r.final_roc_auc:.4f}",
+            *([] if binary else ["" if r.final_roc_auc is None else f"{r.final_roc_auc:.4f}"]),
             "" if r.epsilon_reached is None else f"{r.epsilon_reached:.3f}",
             f"{r.wall_seconds:.1f}",
         ]
