@@ -24,6 +24,7 @@ from fedguard.privacy.secagg import SecAggParams, make_params
 from fedguard.task import Metrics, evaluate, load_dataset, set_weights
 
 __all__ = [
+    "BINARY_FIGURES",
     "client_level",
     "evaluator",
     "make_server_optimizer",
@@ -161,6 +162,9 @@ def read_metrics(path: Path, *, upto: int) -> list[dict[str, Any]]:
     return [r for r in rows if r["round"] <= upto]
 
 
+BINARY_FIGURES = ("roc_auc", "pr_auc", "f1_pos", "precision_pos", "recall_pos", "threshold")
+
+
 def run_summary(
     cfg: FederationConfig,
     *,
@@ -177,6 +181,10 @@ def run_summary(
         "run": run_id,
         "rounds": cfg.federation.rounds,
         "final_accuracy": last["accuracy"],  # null without a held-out set
+        # Binary tasks: the figures a rare positive class needs, and the class-1
+        # probability to call a row positive, chosen on the server's evaluation rows
+        # (fedguard.task.metrics.Metrics); null otherwise.
+        **{f"final_{k}": last.get(k) for k in BINARY_FIGURES},
         "epsilon_by_node": last["epsilon_by_node"],  # from the nodes' receipts
         "receipts": last.get("receipts", {}),
         "nodes": nodes,  # enrolled names
