@@ -17,6 +17,8 @@ from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.privacy.secagg import (
     AdvertiseKeys,
     ClientState,
+    ConsistencyReply,
+    ConsistencyRequest,
     MaskedInputReply,
     MaskedInputRequest,
     NeighbourKeys,
@@ -33,6 +35,7 @@ from fedguard.proto.v1 import receipt_pb2 as rpb
 from fedguard.proto.v1 import secagg_pb2 as pb
 
 __all__ = [
+    "SECAGG_WIRE_VERSION",
     "WIRE_VERSION",
     "SecAggPayload",
     "WireError",
@@ -45,8 +48,12 @@ __all__ = [
 ]
 
 WIRE_VERSION = 1
+SECAGG_WIRE_VERSION = 2
+"""``SecAggMessage.version``: 2 since the consistency stage (a version-1 peer is refused)."""
 _MAX_SLOTS = 1 << 20  # far above any cohort; bounds what a hostile peer can make us build
 _KEY_BYTES = 32
+_MAX_SIGNATURE = 112  # DER ECDSA P-384 is at most 104 bytes
+_MAX_NAME = 255
 
 
 class WireError(FedguardError, ValueError):
@@ -60,6 +67,8 @@ SecAggPayload = (
     | ShareKeysReply
     | MaskedInputRequest
     | MaskedInputReply
+    | ConsistencyRequest
+    | ConsistencyReply
     | UnmaskRequest
     | UnmaskReply
 )
@@ -77,6 +86,7 @@ def _params_pb(p: SecAggParams) -> pb.SecAggParams:
         weight_cap=p.weight_cap,
         ring_bits=p.ring_bits,
         graph_seed=p.graph_seed,
+        names=list(p.names),
     )
 
 
@@ -93,6 +103,7 @@ def _params(m: pb.SecAggParams) -> SecAggParams:
             weight_cap=m.weight_cap,
             ring_bits=m.ring_bits,
             graph_seed=m.graph_seed,
+            names=tuple(_name(n) for n in m.names),
         )
     except ValueError as exc:  # ConfigError from the parameter checks
         raise WireError(f"secure aggregation parameters: {exc}") from None
@@ -110,6 +121,26 @@ def _key(value: bytes) -> bytes:
     return bytes(value)
 
 
+def _signature(value: bytes) -> bytes:
+    if not 0 < len(value) <= _MAX_SIGNATURE:
+        raise WireError(f"signature: expected 1..{_MAX_SIGNATURE} bytes, got {len(value)}")
+    return bytes(value)
+
+
+def _name(value: str) -> str:
+    if not 0 < len(value) <= _MAX_NAME:
+        raise WireError(f"node name: expected 1..{_MAX_NAME} characters, got {len(value)}")
+    return str(value)
+
+
+def _consistency_pb(c: ConsistencyReply) -> pb.ConsistencyReply:
+    return pb.ConsistencyReply(slot=c.slot, signature=c.signature)
+
+
+def _consistency(m: pb.ConsistencyReply) -> ConsistencyReply:
+    return ConsistencyReply(slot=_slot(m.slot), signature=_signature(m.signature))
+
+
 def _sealed_pb(s: SealedShare) -> pb.SealedShare:
     return pb.SealedShare(sender=s.sender, receiver=s.receiver, ciphertext=s.ciphertext)
 
@@ -121,12 +152,20 @@ def _sealed(m: pb.SealedShare) -> SealedShare:
 
 
 def _nk_pb(n: NeighbourKeys) -> pb.NeighbourKeys:
-    return pb.NeighbourKeys(slot=n.slot, encryption_key=n.encryption_key, masking_key=n.masking_key)
+    return pb.NeighbourKeys(
+        slot=n.slot,
+        encryption_key=n.encryption_key,
+        masking_key=n.masking_key,
+        signature=n.signature,
+    )
 
 
 def _nk(m: pb.NeighbourKeys) -> NeighbourKeys:
     return NeighbourKeys(
-        slot=_slot(m.slot), encryption_key=_key(m.encryption_key), masking_key=_key(m.masking_key)
+        slot=_slot(m.slot),
+        encryption_key=_key(m.encryption_key),
+        masking_key=_key(m.masking_key),
+        signature=_signature(m.signature),
     )
 
 
@@ -140,7 +179,7 @@ def _reveal(m: pb.RevealedShare) -> RevealedShare:
 
 def encode_secagg(payload: SecAggPayload) -> bytes:
     """One stage's message as ``fedguard.v1.SecAggMessage`` bytes."""
-    env = pb.SecAggMessage(version=WIRE_VERSION)
+    env = pb.SecAggMessage(version=SECAGG_WIRE_VERSION)
     match payload:
         case Setup():
             env.setup.CopyFrom(pb.Setup(params=_params_pb(payload.params), slot=payload.slot))
@@ -150,6 +189,7 @@ def encode_secagg(payload: SecAggPayload) -> bytes:
                     slot=payload.slot,
                     encryption_key=payload.encryption_key,
                     masking_key=payload.masking_key,
+                    signature=payload.signature,
                 )
             )
         case ShareKeysRequest():
@@ -169,9 +209,13 @@ def encode_secagg(payload: SecAggPayload) -> bytes:
                     masked=masked.astype(masked.dtype.newbyteorder("<"), copy=False).tobytes(),
                 )
             )
+        case ConsistencyRequest():
+            env.consistency_request.survivors.extend(payload.survivors)
+        case ConsistencyReply():
+            env.consistency_reply.CopyFrom(_consistency_pb(payload))
         case UnmaskRequest():
             env.unmask_request.survivors.extend(payload.survivors)
-            env.unmask_request.dropped.extend(payload.dropped)
+            env.unmask_request.signatures.extend(_consistency_pb(c) for c in payload.signatures)
         case UnmaskReply():
             env.unmask_reply.slot = payload.slot
             env.unmask_reply.seed_shares.extend(_reveal_pb(r) for r in payload.seed_shares)
@@ -190,8 +234,8 @@ def decode_secagg(
         env.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise WireError(f"not a fedguard.v1.SecAggMessage: {exc}") from None
-    if env.version != WIRE_VERSION:
-        raise WireError(f"SecAggMessage version: expected {WIRE_VERSION}, got {env.version}")
+    if env.version != SECAGG_WIRE_VERSION:
+        raise WireError(f"SecAggMessage version: expected {SECAGG_WIRE_VERSION}, got {env.version}")
     stage = env.WhichOneof("stage")
     allowed = expect if isinstance(expect, tuple) else (expect,)
     wanted = [_STAGE_OF[t] for t in allowed]
@@ -206,6 +250,7 @@ def decode_secagg(
             slot=_slot(m.slot),
             encryption_key=_key(m.encryption_key),
             masking_key=_key(m.masking_key),
+            signature=_signature(m.signature),
         )
     if expect is ShareKeysRequest:
         return ShareKeysRequest(neighbours=tuple(_nk(n) for n in m.neighbours))
@@ -226,10 +271,14 @@ def decode_secagg(
             )
         masked = np.frombuffer(m.masked, dtype=dtype).astype(dtype.newbyteorder("="))
         return MaskedInputReply(slot=_slot(m.slot), masked=masked)
+    if expect is ConsistencyRequest:
+        return ConsistencyRequest(survivors=tuple(_slot(s) for s in m.survivors))
+    if expect is ConsistencyReply:
+        return _consistency(m)
     if expect is UnmaskRequest:
         return UnmaskRequest(
             survivors=tuple(_slot(s) for s in m.survivors),
-            dropped=tuple(_slot(s) for s in m.dropped),
+            signatures=tuple(_consistency(c) for c in m.signatures),
         )
     return UnmaskReply(
         slot=_slot(m.slot),
@@ -245,6 +294,8 @@ _STAGE_OF: dict[type, str] = {
     ShareKeysReply: "share_keys_reply",
     MaskedInputRequest: "masked_input_request",
     MaskedInputReply: "masked_input_reply",
+    ConsistencyRequest: "consistency_request",
+    ConsistencyReply: "consistency_reply",
     UnmaskRequest: "unmask_request",
     UnmaskReply: "unmask_reply",
 }
@@ -259,6 +310,7 @@ def encode_client_state(state: ClientState) -> bytes:
         encryption_private=state.encryption_private,
         masking_private=state.masking_private,
         seed=state.seed,
+        signed=list(state.signed),
     )
     m.neighbours.extend(_nk_pb(n) for _, n in sorted(state.neighbour_keys.items()))
     m.held.extend(
@@ -285,6 +337,7 @@ def decode_client_state(data: bytes) -> ClientState:
         seed=_key(m.seed),
         neighbour_keys={n.slot: _nk(n) for n in m.neighbours},
         held={_slot(h.owner): (bytes(h.seed_share), bytes(h.key_share)) for h in m.held},
+        signed=tuple(_slot(s) for s in m.signed),
     )
 
 

@@ -4,11 +4,21 @@ Recipes only: :class:`SecAggClient` and :class:`SecAggServer` (the two halves of
 round), :func:`make_params`, :func:`secure_sum_in_process`, and the quantisation
 helpers. The primitives (X25519, HKDF-SHA256, AES-GCM, AES-CTR) stay in ``_hazmat``.
 
-Threat model: the server is honest-but-curious (follows the protocol, reads everything it
-receives); nodes are curious; fewer than ``threshold`` nodes of any neighbourhood collude
-with the server. Public keys reach nodes through the server, so a server that substitutes
-keys (an active man-in-the-middle) is outside this model; node authentication and TLS
-keep outsiders from doing so.
+Threat model: the server may deviate from the protocol (malicious: it may drop, reorder,
+alter or invent any message it relays) and up to ``c`` nodes may collude with it, ``c``
+being each node's ``max-colluding-nodes`` (node.toml ``[secagg]``, default 0). Public keys
+reach nodes through the server but are signed with each node's node key and checked
+against a roster of node keys every node received out of band, so a server that
+substitutes keys (a man-in-the-middle) is refused, naming the slot. The server chooses
+every parameter, and all of them (and the names by slot) are bound into every derived key,
+seal and signature, so it cannot tell two nodes different parameters in one round. In the
+consistency stage each survivor signs the one survivor set it was told, and reveals shares
+only when at least ``q = max(t, floor((n + c) / 2) + 1)`` survivors signed that same set:
+two different sets could both reach q only if more than ``c`` nodes signed both, so a
+server lying about who dropped out is caught. What then holds: the server learns no
+individual input unless ``t`` or more holders of one neighbourhood collude with it
+(masking) or more than ``c`` nodes collude (consistency); it can always make a round
+abort (nothing is aggregated then).
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ from .client import ClientState, SecAggClient
 from .local import RoundCost, secure_sum_in_process
 from .messages import (
     AdvertiseKeys,
+    ConsistencyReply,
+    ConsistencyRequest,
     MaskedInputReply,
     MaskedInputRequest,
     NeighbourKeys,
@@ -32,14 +44,18 @@ from .messages import (
 from .params import SecAggParams, choose_degree, make_params, neighbours
 from .quantize import dequantize_mean, quantization_step, quantize
 from .server import SecAggAbortedError, SecAggServer, SecureSum
+from .signing import Roster, quorum
 
 __all__ = [
     "AdvertiseKeys",
     "ClientState",
+    "ConsistencyReply",
+    "ConsistencyRequest",
     "MaskedInputReply",
     "MaskedInputRequest",
     "NeighbourKeys",
     "RevealedShare",
+    "Roster",
     "RoundCost",
     "SealedShare",
     "SecAggAbortedError",
@@ -59,5 +75,6 @@ __all__ = [
     "neighbours",
     "quantization_step",
     "quantize",
+    "quorum",
     "secure_sum_in_process",
 ]

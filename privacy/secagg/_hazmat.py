@@ -7,17 +7,20 @@ keys for different purposes, runs or rounds are never the same. Every failure ra
 :class:`SecAggError` with a fixed message (no padding or tag oracle to probe).
 
 Each public function that needs randomness draws it from the OS and calls a deterministic
-``_..._from_parts`` core that tests pin with known-answer vectors.
+``_..._from_parts`` core that tests pin with known-answer vectors. Signatures (ECDSA P-384,
+SHA-384, with the node key) are the exception: randomised, so tests pin a verification.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -29,6 +32,8 @@ __all__ = [
     "LABEL_PREFIX",
     "MaskExpander",
     "SEAL_VERSION",
+    "SIGN_ADVERTISE",
+    "SIGN_CONSISTENCY",
     "SecAggError",
     "agree",
     "derive_key",
@@ -36,7 +41,12 @@ __all__ = [
     "new_keypair",
     "open_sealed",
     "public_key",
+    "new_signing_key",
+    "same_public_key",
     "seal",
+    "session_digest",
+    "sign",
+    "verify",
 ]
 
 KEY_BYTES = 32
@@ -46,6 +56,13 @@ LABEL_PREFIX = b"fedguard/v1/secagg/"
 SEAL_VERSION = 1
 """First byte of every sealed payload, so a future format is told apart, not misread."""
 _NONCE_BYTES = 12  # AES-GCM's 96-bit nonce (NIST SP 800-38D, 8.2)
+SIGN_ADVERTISE = b"fedguard/secagg/v1/advertise\x00"
+"""Label of a node's signature on its advertised keys (stage 0)."""
+SIGN_CONSISTENCY = b"fedguard/secagg/v1/consistency\x00"
+"""Label of a node's signature on the survivor set it was told (consistency stage)."""
+SESSION_LABEL = b"fedguard/secagg/v1/session\x00"
+_SIGN_LABELS = (SIGN_ADVERTISE, SIGN_CONSISTENCY)
+_MAX_SIGNATURE_BYTES = 112  # DER of two 384-bit integers: 104 at most, with slack
 
 
 class SecAggError(Exception):
@@ -145,3 +162,55 @@ class MaskExpander:
 def expand_mask(key: bytes, *, length: int, dtype: type[np.unsignedinteger]) -> np.ndarray:
     """One mask as a fresh array (see :class:`MaskExpander`)."""
     return MaskExpander(length=length, dtype=dtype).expand(key).astype(dtype)
+
+
+# --- Signatures with the node key (ECDSA P-384, SHA-384) --------------------------------
+# The node key also authenticates the node to Flower's SuperLink. Every message signed here
+# starts with a fedguard label ending in NUL, so no signature made for secure aggregation
+# can be replayed as one of Flower's, nor one stage's as another's (domain separation).
+
+
+def new_signing_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh P-384 key (the simulation's stand-in for a node key; deployed nodes load theirs)."""
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+def _check_label(label: bytes) -> None:
+    if label not in _SIGN_LABELS:
+        raise SecAggError("unknown signature label")
+
+
+def sign(key: ec.EllipticCurvePrivateKey, *, label: bytes, message: bytes) -> bytes:
+    """ECDSA P-384 / SHA-384 over ``label || message``; DER-encoded, randomised."""
+    _check_label(label)
+    if not isinstance(key.curve, ec.SECP384R1):
+        raise SecAggError("signing key is not an EC P-384 key")
+    return key.sign(label + message, ec.ECDSA(hashes.SHA384()))
+
+
+def verify(
+    key: ec.EllipticCurvePublicKey, signature: bytes, *, label: bytes, message: bytes
+) -> bool:
+    """Whether ``signature`` is ``key``'s over ``label || message`` (never raises on bad input)."""
+    _check_label(label)
+    if not isinstance(key.curve, ec.SECP384R1) or not 0 < len(signature) <= _MAX_SIGNATURE_BYTES:
+        return False
+    try:
+        key.verify(signature, label + message, ec.ECDSA(hashes.SHA384()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def same_public_key(a: ec.EllipticCurvePublicKey, b: ec.EllipticCurvePublicKey) -> bool:
+    """Whether two EC public keys are the same point (compared as public bytes)."""
+    pub, fmt = Encoding.X962, PublicFormat.UncompressedPoint
+    return a.public_bytes(pub, fmt) == b.public_bytes(pub, fmt)
+
+
+def session_digest(fields: tuple[bytes, ...]) -> bytes:
+    """SHA-256 of :data:`SESSION_LABEL` and each field, 4-byte length first (unambiguous)."""
+    h = hashlib.sha256(SESSION_LABEL)
+    for f in fields:
+        h.update(len(f).to_bytes(4, "big") + f)
+    return h.digest()

@@ -2,13 +2,16 @@
 
 Stages (server -> node request, node -> server reply):
 
-0. setup: :class:`~fedguard.privacy.secagg.params.SecAggParams` and the node's slot ->
-   :class:`AdvertiseKeys` (two X25519 public keys).
-1. :class:`ShareKeysRequest` (the neighbours' public keys) -> :class:`ShareKeysReply`
+0. setup: :class:`~fedguard.privacy.secagg.params.SecAggParams` (with the node names by
+   slot) and the node's slot -> :class:`AdvertiseKeys` (two X25519 public keys, signed
+   with the node key).
+1. :class:`ShareKeysRequest` (the neighbours' signed public keys) -> :class:`ShareKeysReply`
    (Shamir shares of the node's self-mask seed and masking key, sealed to each neighbour).
 2. :class:`MaskedInputRequest` (the sealed shares addressed to the node) ->
    :class:`MaskedInputReply` (the quantised update plus self mask and pairwise masks).
-3. :class:`UnmaskRequest` (which neighbours survived, which dropped) ->
+3. :class:`ConsistencyRequest` (the survivor set: every slot whose masked input arrived)
+   -> :class:`ConsistencyReply` (the node's signature on that set; it signs one set only).
+4. :class:`UnmaskRequest` (the survivor set and the signatures collected on it) ->
    :class:`UnmaskReply` (self-mask shares of survivors, key shares of the dropped).
 
 ``fedguard.transport.serde`` maps each onto its ``fedguard.v1`` protobuf message.
@@ -24,6 +27,8 @@ from .params import SecAggParams
 
 __all__ = [
     "AdvertiseKeys",
+    "ConsistencyReply",
+    "ConsistencyRequest",
     "MaskedInputReply",
     "MaskedInputRequest",
     "NeighbourKeys",
@@ -48,6 +53,7 @@ class AdvertiseKeys:
     slot: int
     encryption_key: bytes  # X25519 public key: seals the shares sent to this node
     masking_key: bytes  # X25519 public key: pairwise masks with this node
+    signature: bytes  # ECDSA P-384 (node key) over context, slot and both keys
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class NeighbourKeys:
     slot: int
     encryption_key: bytes
     masking_key: bytes
+    signature: bytes  # the neighbour's, passed on unchanged: nodes check it, not the server
 
 
 @dataclass(frozen=True)
@@ -87,9 +94,20 @@ class MaskedInputReply:
 
 
 @dataclass(frozen=True)
+class ConsistencyRequest:
+    survivors: tuple[int, ...]  # every cohort slot whose masked input arrived (U3)
+
+
+@dataclass(frozen=True)
+class ConsistencyReply:
+    slot: int
+    signature: bytes  # ECDSA P-384 (node key) over context and the sorted survivor set
+
+
+@dataclass(frozen=True)
 class UnmaskRequest:
-    survivors: tuple[int, ...]  # neighbours whose masked input arrived
-    dropped: tuple[int, ...]  # neighbours that shared keys but sent no masked input
+    survivors: tuple[int, ...]  # the survivor set (U3), as in ConsistencyRequest
+    signatures: tuple[ConsistencyReply, ...]  # the signatures the server collected on it
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import numpy as np
 
 from fedguard.errors import invalid
 
+from ._hazmat import session_digest
+
 __all__ = ["SecAggParams", "choose_degree", "make_params", "neighbours"]
 
 FAILURE_PROBABILITY = 2.0**-20
@@ -42,6 +44,9 @@ class SecAggParams:
     weight_cap: int
     ring_bits: int
     graph_seed: int  # the server's seed for the neighbour permutation
+    # The enrolled node names by slot (slot i is names[i - 1]): whose key signs for a slot.
+    # Empty only until the server assigns the cohort; a node refuses a session without them.
+    names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         holders = self.degree + 1
@@ -67,6 +72,16 @@ class SecAggParams:
         for key, value, ok, allowed in checks:
             if isinstance(value, bool) or not ok:
                 raise invalid(key, allowed=allowed, got=value)
+        if self.names and (
+            len(self.names) != self.cohort
+            or len(set(self.names)) != len(self.names)
+            or not all(isinstance(n, str) and n and "\x00" not in n for n in self.names)
+        ):
+            raise invalid(
+                "secagg names",
+                allowed=f"{self.cohort} distinct non-empty node names, one per slot",
+                got=", ".join(map(str, self.names)),
+            )
         if self.degree < self.cohort - 1 and self.degree % 2:
             raise invalid(
                 "secagg degree", allowed="an even number below cohort - 1", got=self.degree
@@ -85,8 +100,29 @@ class SecAggParams:
         return np.uint32 if self.ring_bits == 32 else np.uint64
 
     def context(self) -> bytes:
-        """The run and round, bound into every derived key and every sealed share."""
-        return f"{self.run}\x00{self.server_round}".encode()
+        """The session: a digest of everything the server chose, bound into every key and
+        seal (HKDF labels, AES-GCM AAD) and every signature.
+
+        Run, round, cohort, degree, threshold, bits, clip range, weight cap, ring, graph
+        seed and the names by slot: a server that tells two nodes different parameters (or
+        a different cohort) in one round gets keys that do not agree and shares that do
+        not open, and signatures that do not verify.
+        """
+        fields = (
+            self.run,
+            str(self.server_round),
+            str(self.cohort),
+            str(self.degree),
+            str(self.threshold),
+            str(self.bits),
+            float(self.clip_range).hex(),
+            str(self.weight_cap),
+            str(self.ring_bits),
+            str(self.graph_seed),
+            str(len(self.names)),
+            *self.names,
+        )
+        return session_digest(tuple(f.encode() for f in fields))
 
 
 def _tail(holders: int, p: float, allowed: int) -> float:

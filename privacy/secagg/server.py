@@ -1,8 +1,10 @@
 """The server's side of one SecAgg+ round: route keys and shares, sum, unmask.
 
 The server only ever holds masked inputs, their running sum (O(model) memory), public
-keys, sealed shares it cannot open, and — after the masked inputs are in — the shares
-that let it remove the self masks of survivors and the pairwise masks of the dropped.
+keys, sealed shares it cannot open, the nodes' signatures (passed on; the nodes check
+them against their rosters), and — after the masked inputs are in and a quorum of
+survivors signed the survivor set — the shares that let it remove the self masks of
+survivors and the pairwise masks of the dropped.
 Any stage that leaves too few holders for some node's secrets raises
 :class:`SecAggAbortedError`: nothing is aggregated and the next round starts afresh.
 """
@@ -19,6 +21,8 @@ from . import shamir
 from .client import pairwise_mask_key, self_mask_key
 from .messages import (
     AdvertiseKeys,
+    ConsistencyReply,
+    ConsistencyRequest,
     MaskedInputReply,
     MaskedInputRequest,
     NeighbourKeys,
@@ -30,6 +34,7 @@ from .messages import (
     UnmaskRequest,
 )
 from .params import SecAggParams, neighbours
+from .signing import quorum
 
 __all__ = ["SecAggAbortedError", "SecAggServer", "SecureSum"]
 
@@ -61,6 +66,7 @@ class SecAggServer:
         self._total: np.ndarray | None = None
         self._length = length
         self._survivors: set[int] = set()
+        self._signatures: dict[int, ConsistencyReply] = {}
         self._reveals: dict[int, dict[int, bytes]] = {}  # seed shares by owner
         self._key_reveals: dict[int, dict[int, bytes]] = {}  # key shares by owner
         self.rejected: list[tuple[int, str]] = []  # (slot, reason), for the server's log
@@ -93,6 +99,7 @@ class SecAggServer:
                         slot=n,
                         encryption_key=self._keys[n].encryption_key,
                         masking_key=self._keys[n].masking_key,
+                        signature=self._keys[n].signature,
                     )
                     for n in live
                 )
@@ -142,8 +149,8 @@ class SecAggServer:
             self._total += masked
         self._survivors.add(reply.slot)
 
-    def unmask_requests(self) -> dict[int, UnmaskRequest]:
-        """Stage 2 -> 3: tell each survivor which neighbours survived and which dropped."""
+    def consistency_requests(self) -> dict[int, ConsistencyRequest]:
+        """Stage 2 -> 3: every survivor is sent the same survivor set, to sign."""
         dropped = self._shared - self._survivors
         if not self._survivors:
             raise SecAggAbortedError("secure aggregation aborted: no masked input arrived")
@@ -151,13 +158,31 @@ class SecAggServer:
             self._need(len(self._nbrs[slot] & self._survivors) + 1, slot, "unmask")
         for slot in dropped:
             self._need(len(self._nbrs[slot] & self._survivors), slot, "unmask")
-        return {
-            slot: UnmaskRequest(
-                survivors=tuple(sorted(self._nbrs[slot] & self._survivors)),
-                dropped=tuple(sorted(self._nbrs[slot] & dropped)),
+        request = ConsistencyRequest(survivors=tuple(sorted(self._survivors)))
+        return {slot: request for slot in sorted(self._survivors)}
+
+    def receive_consistency(self, replies: Iterable[ConsistencyReply]) -> dict[int, UnmaskRequest]:
+        """Stage 3 -> 4: pass every signature on to every signer, with the survivor set.
+
+        Nodes check the signatures against their rosters; the server only counts them, and
+        aborts when fewer than the smallest quorum a node accepts (no collusion) arrived.
+        """
+        for r in replies:
+            if r.slot not in self._survivors or r.slot in self._signatures:
+                self._reject(r.slot, "consistency reply from a non-survivor, or repeated")
+                continue
+            self._signatures[r.slot] = r
+        needed = quorum(self.params, max_colluding=0)
+        if len(self._signatures) < needed:
+            raise SecAggAbortedError(
+                f"secure aggregation aborted at consistency: {len(self._signatures)} "
+                f"survivors signed the survivor set, {needed} needed (too many nodes dropped)"
             )
-            for slot in sorted(self._survivors)
-        }
+        request = UnmaskRequest(
+            survivors=tuple(sorted(self._survivors)),
+            signatures=tuple(self._signatures[s] for s in sorted(self._signatures)),
+        )
+        return {slot: request for slot in sorted(self._signatures)}
 
     def receive_unmask(self, replies: Iterable[UnmaskReply]) -> SecureSum:
         """Stage 3: reconstruct the secrets, strip every mask, return the exact sum."""

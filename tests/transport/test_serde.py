@@ -16,6 +16,8 @@ from hypothesis.extra import numpy as hnp
 from fedguard.privacy.secagg import (
     AdvertiseKeys,
     ClientState,
+    ConsistencyReply,
+    ConsistencyRequest,
     MaskedInputReply,
     MaskedInputRequest,
     NeighbourKeys,
@@ -30,6 +32,7 @@ from fedguard.privacy.secagg import (
     UnmaskRequest,
     make_params,
 )
+from fedguard.privacy.secagg._hazmat import new_signing_key
 from fedguard.proto.v1 import secagg_pb2 as pb
 from fedguard.transport import (
     WireError,
@@ -46,6 +49,8 @@ TYPES = [
     ShareKeysReply,
     MaskedInputRequest,
     MaskedInputReply,
+    ConsistencyRequest,
+    ConsistencyReply,
     UnmaskRequest,
     UnmaskReply,
 ]
@@ -54,11 +59,13 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 slots = st.integers(1, 2**20 - 1)
 keys = st.binary(min_size=32, max_size=32)
 shares = st.binary(min_size=66, max_size=66)
+signatures = st.binary(min_size=1, max_size=104)
+names = st.text(min_size=1, max_size=12).filter(lambda n: "\x00" not in n)
 
 
 @st.composite
 def params_strategy(draw):
-    return make_params(
+    p = make_params(
         run=draw(st.text(max_size=20)),
         server_round=draw(st.integers(0, 2**40)),
         cohort=draw(st.integers(2, 120)),
@@ -68,25 +75,39 @@ def params_strategy(draw):
         dropout_tolerance=draw(st.floats(1 / 3, 0.49)),
         graph_seed=draw(st.integers(0, 2**64 - 1)),
     )
+    named = draw(st.booleans())
+    if not named:
+        return p
+    return dataclasses.replace(
+        p,
+        names=tuple(draw(st.lists(names, min_size=p.cohort, max_size=p.cohort, unique=True))),
+    )
 
 
 sealed = st.builds(SealedShare, sender=slots, receiver=slots, ciphertext=st.binary(max_size=80))
 revealed = st.builds(RevealedShare, owner=slots, holder=slots, share=shares)
-neighbour_keys = st.builds(NeighbourKeys, slot=slots, encryption_key=keys, masking_key=keys)
+neighbour_keys = st.builds(
+    NeighbourKeys, slot=slots, encryption_key=keys, masking_key=keys, signature=signatures
+)
+consistency = st.builds(ConsistencyReply, slot=slots, signature=signatures)
 masked_arrays = st.sampled_from([np.uint32, np.uint64]).flatmap(
     lambda dtype: hnp.arrays(dtype, st.integers(0, 40))
 )
 messages = st.one_of(
     st.builds(Setup, params=params_strategy(), slot=slots),
-    st.builds(AdvertiseKeys, slot=slots, encryption_key=keys, masking_key=keys),
+    st.builds(
+        AdvertiseKeys, slot=slots, encryption_key=keys, masking_key=keys, signature=signatures
+    ),
     st.builds(ShareKeysRequest, neighbours=st.lists(neighbour_keys, max_size=5).map(tuple)),
     st.builds(ShareKeysReply, slot=slots, shares=st.lists(sealed, max_size=5).map(tuple)),
     st.builds(MaskedInputRequest, shares=st.lists(sealed, max_size=5).map(tuple)),
     st.builds(MaskedInputReply, slot=slots, masked=masked_arrays),
+    st.builds(ConsistencyRequest, survivors=st.lists(slots, max_size=8).map(tuple)),
+    consistency,
     st.builds(
         UnmaskRequest,
         survivors=st.lists(slots, max_size=8).map(tuple),
-        dropped=st.lists(slots, max_size=8).map(tuple),
+        signatures=st.lists(consistency, max_size=5).map(tuple),
     ),
     st.builds(
         UnmaskReply,
@@ -144,13 +165,21 @@ def _round_states():
         dropout_tolerance=1 / 3,
         graph_seed=3,
     )
+    params = dataclasses.replace(params, names=("a", "b", "c", "d"))
     server = SecAggServer(params)
-    clients = {s: SecAggClient.create(params=params, slot=s) for s in range(1, 5)}
-    return params, server, clients
+    keys = {name: new_signing_key() for name in params.names}
+    roster = {name: k.public_key() for name, k in keys.items()}
+    clients = {
+        s: SecAggClient.create(
+            params=params, slot=s, signing_key=keys[params.names[s - 1]], roster=roster
+        )
+        for s in range(1, 5)
+    }
+    return params, server, clients, keys, roster
 
 
 def test_client_state_round_trips_and_a_restored_node_finishes_the_round():
-    _, server, clients = _round_states()
+    params, server, clients, keys, roster = _round_states()
     rng = np.random.default_rng(0)
     update = [np.linspace(-1, 1, 6).reshape(2, 3)]
 
@@ -159,7 +188,9 @@ def test_client_state_round_trips_and_a_restored_node_finishes_the_round():
         state = decode_client_state(data)
         assert state == clients[slot].state()
         assert encode_client_state(state) == data
-        clients[slot] = SecAggClient(state)  # a fresh process picks the round up
+        # A fresh process picks the round up (with its node key and roster, from disk).
+        key = keys[params.names[slot - 1]]
+        clients[slot] = SecAggClient(state, signing_key=key, roster=roster)
 
     for s in clients:
         restore(s)
@@ -179,8 +210,16 @@ def test_client_state_round_trips_and_a_restored_node_finishes_the_round():
         server.add_masked_input(decode_secagg(encode_secagg(reply), expect=MaskedInputReply))
         restore(s)
         assert len(clients[s].state().held) == 4
+    signed = []
+    for s, r in server.consistency_requests().items():
+        r = decode_secagg(encode_secagg(r), expect=ConsistencyRequest)
+        signed.append(
+            decode_secagg(encode_secagg(clients[s].consistency(r)), expect=ConsistencyReply)
+        )
+        restore(s)
+        assert clients[s].state().signed == (1, 2, 3, 4)
     unmask = []
-    for s, r in server.unmask_requests().items():
+    for s, r in server.receive_consistency(signed).items():
         r = decode_secagg(encode_secagg(r), expect=UnmaskRequest)
         unmask.append(decode_secagg(encode_secagg(clients[s].unmask(r)), expect=UnmaskReply))
         restore(s)
@@ -232,7 +271,7 @@ def test_mutated_messages_raise_only_wire_error(case, other):
 
 @pytest.mark.parametrize("cut", range(1, 4))
 def test_every_truncation_raises_only_wire_error(cut):
-    params, _, clients = _round_states()
+    params, _, clients, _, _ = _round_states()
     samples = [
         Setup(params=params, slot=cut),
         clients[cut].advertise(),
@@ -242,6 +281,9 @@ def test_every_truncation_raises_only_wire_error(cut):
             key_shares=(RevealedShare(owner=2, holder=cut, share=b"\x01" * 66),),
         ),
         MaskedInputReply(slot=cut, masked=np.arange(5, dtype=np.uint64)),
+        UnmaskRequest(
+            survivors=(1, 2, 3), signatures=(ConsistencyReply(slot=cut, signature=b"s" * 103),)
+        ),
     ]
     for message in samples:
         data = encode_secagg(message)
@@ -254,7 +296,7 @@ def test_every_truncation_raises_only_wire_error(cut):
 
 
 def _envelope(**stage) -> pb.SecAggMessage:
-    return pb.SecAggMessage(version=1, **stage)
+    return pb.SecAggMessage(version=2, **stage)
 
 
 def _good_params() -> pb.SecAggParams:
@@ -279,14 +321,44 @@ def _params_with(**fields) -> pb.SecAggParams:
     return p
 
 
+def _named(names: list[str]) -> pb.SecAggParams:
+    p = _good_params()
+    p.names.extend(names)
+    return p
+
+
 KEY = bytes(range(32))
 
 
 @pytest.mark.parametrize(
     ("expect", "envelope", "message"),
     [
-        (AdvertiseKeys, pb.SecAggMessage(version=2), "version: expected 1, got 2"),
-        (AdvertiseKeys, pb.SecAggMessage(), "version: expected 1, got 0"),
+        (AdvertiseKeys, pb.SecAggMessage(version=1), "version: expected 2, got 1"),
+        (AdvertiseKeys, pb.SecAggMessage(), "version: expected 2, got 0"),
+        (
+            AdvertiseKeys,
+            _envelope(advertise_keys=pb.AdvertiseKeys(slot=1, encryption_key=KEY, masking_key=KEY)),
+            "signature: expected 1..112 bytes, got 0",
+        ),
+        (
+            UnmaskRequest,
+            _envelope(
+                unmask_request=pb.UnmaskRequest(
+                    survivors=[1], signatures=[pb.ConsistencyReply(slot=1, signature=bytes(113))]
+                )
+            ),
+            "signature: expected 1..112 bytes, got 113",
+        ),
+        (
+            Setup,
+            _envelope(setup=pb.Setup(params=_named(["a", "a", "b"]), slot=1)),
+            "secagg names",
+        ),
+        (
+            Setup,
+            _envelope(setup=pb.Setup(params=_named(["a", "", "b"]), slot=1)),
+            "node name: expected 1..255 characters, got 0",
+        ),
         (AdvertiseKeys, _envelope(), "expected stage advertise_keys, got None"),
         (
             AdvertiseKeys,
@@ -296,7 +368,9 @@ KEY = bytes(range(32))
         (
             AdvertiseKeys,
             _envelope(
-                advertise_keys=pb.AdvertiseKeys(slot=1, encryption_key=KEY[:31], masking_key=KEY)
+                advertise_keys=pb.AdvertiseKeys(
+                    slot=1, encryption_key=KEY[:31], masking_key=KEY, signature=b"s"
+                )
             ),
             "key: expected 32 bytes, got 31",
         ),
@@ -337,7 +411,7 @@ KEY = bytes(range(32))
         ),
         (
             UnmaskRequest,
-            _envelope(unmask_request=pb.UnmaskRequest(survivors=[1, 2**20], dropped=[])),
+            _envelope(unmask_request=pb.UnmaskRequest(survivors=[1, 2**20])),
             "slot: expected",
         ),
         (
@@ -385,8 +459,8 @@ def test_well_formed_but_invalid_messages_raise_wire_error(expect, envelope, mes
 
 
 def test_invalid_utf8_in_a_string_field_raises_wire_error():
-    # version 1; setup { params { run: b"\xff" } }
-    data = bytes.fromhex("0801 1205 0a03 0a01ff")
+    # version 2; setup { params { run: b"\xff" } }
+    data = bytes.fromhex("0802 1205 0a03 0a01ff")
     with pytest.raises(WireError, match=r"not a fedguard\.v1\.SecAggMessage"):
         decode_secagg(data, expect=Setup)
 
@@ -394,11 +468,11 @@ def test_invalid_utf8_in_a_string_field_raises_wire_error():
 def test_valid_hand_built_envelope_decodes():
     data = _envelope(setup=pb.Setup(params=_good_params(), slot=3)).SerializeToString()
     setup = decode_secagg(data, expect=Setup)
-    assert setup.slot == 3 and setup.params.threshold == 2 and setup.params.context() == b"r\x001"
+    assert setup.slot == 3 and setup.params.threshold == 2 and setup.params.names == ()
 
 
 def test_invalid_client_states_raise_wire_error():
-    _, _, clients = _round_states()
+    _, _, clients, _, _ = _round_states()
     state = clients[1].state()
     with pytest.raises(WireError, match="no parameters"):
         decode_client_state(pb.ClientState(slot=1).SerializeToString())

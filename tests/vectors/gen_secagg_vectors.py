@@ -13,6 +13,12 @@ fedguard's wire format, never by calling ``fedguard``:
   below against the RFC's section 6.1 vector), *not* OpenSSL.
 * Shamir shares: ``f(x) = sum(c_j * x**j) mod 2**521 - 1`` with big-endian 66-byte
   shares, evaluated term by term (fedguard uses Horner's rule).
+* Session context: ``SHA-256(b"fedguard/secagg/v1/session\\x00" || for each field:
+  4-byte big-endian length || field)`` over run, round, cohort, degree, threshold, bits,
+  ``float.hex(clip_range)``, weight cap, ring bits, graph seed (decimal ASCII), the number
+  of names and each name (UTF-8): ``hashlib``.
+* Signatures: ECDSA P-384 / SHA-384 over ``label || message`` with RFC 6979 deterministic
+  nonces (``cryptography``, checked below against RFC 6979 appendix A.2.6), DER-encoded.
 * Quantisation: the formula in ``fedguard.privacy.secagg.quantize`` restated with numpy,
   using one ``numpy.random.default_rng(seed)`` consumed in slot order (one
   ``rng.random(n)`` per node), as ``secure_sum_in_process`` does.
@@ -35,9 +41,12 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 OUT = Path(__file__).with_name("secagg.json")
 LABEL_PREFIX = b"fedguard/v1/secagg/"
@@ -130,8 +139,74 @@ def shamir_shares(secret: bytes, coefficients: list[int], holders: list[int]) ->
     }
 
 
-def context(run: str, server_round: int) -> bytes:
-    return f"{run}\x00{server_round}".encode()
+def context(params: dict[str, Any]) -> bytes:
+    names = list(params.get("names", []))
+    fields = [
+        params["run"],
+        str(params["server_round"]),
+        str(params["cohort"]),
+        str(params["degree"]),
+        str(params["threshold"]),
+        str(params["bits"]),
+        float(params["clip_range"]).hex(),
+        str(params["weight_cap"]),
+        str(params["ring_bits"]),
+        str(params["graph_seed"]),
+        str(len(names)),
+        *names,
+    ]
+    h = hashlib.sha256(b"fedguard/secagg/v1/session\x00")
+    for f in fields:
+        data = f.encode()
+        h.update(len(data).to_bytes(4, "big") + data)
+    return h.digest()
+
+
+# RFC 6979, appendix A.2.6 (P-384): the private key, and the SHA-384 signature of "sample".
+RFC6979_X = int(
+    "6B9D3DAD2E1B8C1C05B19875B6659F4DE23C3B667BF297BA9AA47740787137D8"
+    "96D5724E4C70A825F872C9EA60D2EDF5",
+    16,
+)
+RFC6979_R = int(
+    "94EDBB92A5ECB8AAD4736E56C691916B3F88140666CE9FA73D64C4EA95AD133C"
+    "81A648152E44ACF96E36DD1E80FABE46",
+    16,
+)
+RFC6979_S = int(
+    "99EF4AEB15F178CEA1FE40DB2603138F130E740A19624526203B6351D0A3A94F"
+    "A329C145786E679E7B82C71A38628AC8",
+    16,
+)
+
+
+def ecdsa_p384(private: int, data: bytes) -> bytes:
+    key = ec.derive_private_key(private, ec.SECP384R1())
+    return key.sign(data, ec.ECDSA(hashes.SHA384(), deterministic_signing=True))
+
+
+def signature_vectors() -> dict[str, Any]:
+    key = ec.derive_private_key(RFC6979_X, ec.SECP384R1())
+    public = key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    ctx = context(PARAMS)
+    adv_message = ctx + (2).to_bytes(4, "big") + bytes(range(32)) + bytes(range(32, 64))
+    survivors = [1, 2, 3]
+    cons_message = (
+        ctx + len(survivors).to_bytes(4, "big") + b"".join(x.to_bytes(4, "big") for x in survivors)
+    )
+    cases = []
+    for label, message in (
+        (b"fedguard/secagg/v1/advertise\x00", adv_message),
+        (b"fedguard/secagg/v1/consistency\x00", cons_message),
+    ):
+        cases.append(
+            {
+                "label": label.hex(),
+                "message": message.hex(),
+                "signature": ecdsa_p384(RFC6979_X, label + message).hex(),
+            }
+        )
+    return {"public_x962": public.hex(), "cases": cases}
 
 
 def quantize(
@@ -157,8 +232,9 @@ PARAMS: dict[str, Any] = {
     "weight_cap": 10,
     "ring_bits": 32,
     "graph_seed": 1,
+    "names": ["alice", "bob", "carol"],
 }
-CTX = context(PARAMS["run"], PARAMS["server_round"])
+CTX = context(PARAMS)
 
 
 def derive_key_vectors() -> list[dict[str, str]]:
@@ -280,7 +356,7 @@ def mask_key_vectors() -> dict[str, Any]:
 def full_round(ring_bits: int) -> dict[str, Any]:
     """Three nodes, complete graph: each node's masked input and the unmasked sum."""
     params = dict(PARAMS, ring_bits=ring_bits, run=f"vector-run-{ring_bits}")
-    ctx = context(params["run"], params["server_round"])
+    ctx = context(params)
     masking = {1: ALICE, 2: BOB, 3: _fixed("carol")}
     nodes: dict[int, dict[str, Any]] = {}
     for slot in (1, 2, 3):
@@ -340,6 +416,8 @@ def main() -> None:
     assert x25519_public(ALICE).hex() == ALICE_PUBLIC
     assert x25519_public(BOB).hex() == BOB_PUBLIC
     assert x25519(ALICE, bytes.fromhex(BOB_PUBLIC)).hex() == SHARED
+    # Deterministic ECDSA must reproduce RFC 6979's A.2.6 before it is trusted.
+    assert decode_dss_signature(ecdsa_p384(RFC6979_X, b"sample")) == (RFC6979_R, RFC6979_S)
     vectors = {
         "provenance": (
             "tests/vectors/gen_secagg_vectors.py: computed from the specification "
@@ -353,6 +431,8 @@ def main() -> None:
         "expand_mask": mask_vectors(),
         "shamir": shamir_vectors(),
         "mask_keys": mask_key_vectors(),
+        "session_context": {"params": PARAMS, "context": CTX.hex()},
+        "signatures": signature_vectors(),
         "full_round": [full_round(32), full_round(64)],
     }
     OUT.write_text(json.dumps(vectors, indent=1) + "\n")

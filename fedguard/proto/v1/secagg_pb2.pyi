@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SecAggParams(_message.Message):
-    __slots__ = ("run", "server_round", "cohort", "degree", "threshold", "clip_range", "bits", "weight_cap", "ring_bits", "graph_seed")
+    __slots__ = ("run", "server_round", "cohort", "degree", "threshold", "clip_range", "bits", "weight_cap", "ring_bits", "graph_seed", "names")
     RUN_FIELD_NUMBER: _ClassVar[int]
     SERVER_ROUND_FIELD_NUMBER: _ClassVar[int]
     COHORT_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class SecAggParams(_message.Message):
     WEIGHT_CAP_FIELD_NUMBER: _ClassVar[int]
     RING_BITS_FIELD_NUMBER: _ClassVar[int]
     GRAPH_SEED_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
     run: str
     server_round: int
     cohort: int
@@ -28,7 +29,8 @@ class SecAggParams(_message.Message):
     weight_cap: int
     ring_bits: int
     graph_seed: int
-    def __init__(self, run: _Optional[str] = ..., server_round: _Optional[int] = ..., cohort: _Optional[int] = ..., degree: _Optional[int] = ..., threshold: _Optional[int] = ..., clip_range: _Optional[float] = ..., bits: _Optional[int] = ..., weight_cap: _Optional[int] = ..., ring_bits: _Optional[int] = ..., graph_seed: _Optional[int] = ...) -> None: ...
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run: _Optional[str] = ..., server_round: _Optional[int] = ..., cohort: _Optional[int] = ..., degree: _Optional[int] = ..., threshold: _Optional[int] = ..., clip_range: _Optional[float] = ..., bits: _Optional[int] = ..., weight_cap: _Optional[int] = ..., ring_bits: _Optional[int] = ..., graph_seed: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Setup(_message.Message):
     __slots__ = ("params", "slot")
@@ -39,24 +41,28 @@ class Setup(_message.Message):
     def __init__(self, params: _Optional[_Union[SecAggParams, _Mapping]] = ..., slot: _Optional[int] = ...) -> None: ...
 
 class AdvertiseKeys(_message.Message):
-    __slots__ = ("slot", "encryption_key", "masking_key")
+    __slots__ = ("slot", "encryption_key", "masking_key", "signature")
     SLOT_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
     MASKING_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     slot: int
     encryption_key: bytes
     masking_key: bytes
-    def __init__(self, slot: _Optional[int] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, slot: _Optional[int] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class NeighbourKeys(_message.Message):
-    __slots__ = ("slot", "encryption_key", "masking_key")
+    __slots__ = ("slot", "encryption_key", "masking_key", "signature")
     SLOT_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
     MASKING_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     slot: int
     encryption_key: bytes
     masking_key: bytes
-    def __init__(self, slot: _Optional[int] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, slot: _Optional[int] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ShareKeysRequest(_message.Message):
     __slots__ = ("neighbours",)
@@ -98,13 +104,27 @@ class MaskedInputReply(_message.Message):
     masked: bytes
     def __init__(self, slot: _Optional[int] = ..., ring_bits: _Optional[int] = ..., masked: _Optional[bytes] = ...) -> None: ...
 
-class UnmaskRequest(_message.Message):
-    __slots__ = ("survivors", "dropped")
+class ConsistencyRequest(_message.Message):
+    __slots__ = ("survivors",)
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
-    DROPPED_FIELD_NUMBER: _ClassVar[int]
     survivors: _containers.RepeatedScalarFieldContainer[int]
-    dropped: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, survivors: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ConsistencyReply(_message.Message):
+    __slots__ = ("slot", "signature")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    signature: bytes
+    def __init__(self, slot: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class UnmaskRequest(_message.Message):
+    __slots__ = ("survivors", "signatures")
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    survivors: _containers.RepeatedScalarFieldContainer[int]
+    signatures: _containers.RepeatedCompositeFieldContainer[ConsistencyReply]
+    def __init__(self, survivors: _Optional[_Iterable[int]] = ..., signatures: _Optional[_Iterable[_Union[ConsistencyReply, _Mapping]]] = ...) -> None: ...
 
 class RevealedShare(_message.Message):
     __slots__ = ("owner", "holder", "share")
@@ -127,7 +147,7 @@ class UnmaskReply(_message.Message):
     def __init__(self, slot: _Optional[int] = ..., seed_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., key_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ...) -> None: ...
 
 class SecAggMessage(_message.Message):
-    __slots__ = ("version", "setup", "advertise_keys", "share_keys_request", "share_keys_reply", "masked_input_request", "masked_input_reply", "unmask_request", "unmask_reply")
+    __slots__ = ("version", "setup", "advertise_keys", "share_keys_request", "share_keys_reply", "masked_input_request", "masked_input_reply", "unmask_request", "unmask_reply", "consistency_request", "consistency_reply")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SETUP_FIELD_NUMBER: _ClassVar[int]
     ADVERTISE_KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +157,8 @@ class SecAggMessage(_message.Message):
     MASKED_INPUT_REPLY_FIELD_NUMBER: _ClassVar[int]
     UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
     UNMASK_REPLY_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_REPLY_FIELD_NUMBER: _ClassVar[int]
     version: int
     setup: Setup
     advertise_keys: AdvertiseKeys
@@ -146,7 +168,9 @@ class SecAggMessage(_message.Message):
     masked_input_reply: MaskedInputReply
     unmask_request: UnmaskRequest
     unmask_reply: UnmaskReply
-    def __init__(self, version: _Optional[int] = ..., setup: _Optional[_Union[Setup, _Mapping]] = ..., advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys_request: _Optional[_Union[ShareKeysRequest, _Mapping]] = ..., share_keys_reply: _Optional[_Union[ShareKeysReply, _Mapping]] = ..., masked_input_request: _Optional[_Union[MaskedInputRequest, _Mapping]] = ..., masked_input_reply: _Optional[_Union[MaskedInputReply, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., unmask_reply: _Optional[_Union[UnmaskReply, _Mapping]] = ...) -> None: ...
+    consistency_request: ConsistencyRequest
+    consistency_reply: ConsistencyReply
+    def __init__(self, version: _Optional[int] = ..., setup: _Optional[_Union[Setup, _Mapping]] = ..., advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys_request: _Optional[_Union[ShareKeysRequest, _Mapping]] = ..., share_keys_reply: _Optional[_Union[ShareKeysReply, _Mapping]] = ..., masked_input_request: _Optional[_Union[MaskedInputRequest, _Mapping]] = ..., masked_input_reply: _Optional[_Union[MaskedInputReply, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., unmask_reply: _Optional[_Union[UnmaskReply, _Mapping]] = ..., consistency_request: _Optional[_Union[ConsistencyRequest, _Mapping]] = ..., consistency_reply: _Optional[_Union[ConsistencyReply, _Mapping]] = ...) -> None: ...
 
 class HeldShares(_message.Message):
     __slots__ = ("owner", "seed_share", "key_share")
@@ -159,7 +183,7 @@ class HeldShares(_message.Message):
     def __init__(self, owner: _Optional[int] = ..., seed_share: _Optional[bytes] = ..., key_share: _Optional[bytes] = ...) -> None: ...
 
 class ClientState(_message.Message):
-    __slots__ = ("params", "slot", "stage", "encryption_private", "masking_private", "seed", "neighbours", "held")
+    __slots__ = ("params", "slot", "stage", "encryption_private", "masking_private", "seed", "neighbours", "held", "signed")
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +192,7 @@ class ClientState(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
     params: SecAggParams
     slot: int
     stage: int
@@ -176,4 +201,5 @@ class ClientState(_message.Message):
     seed: bytes
     neighbours: _containers.RepeatedCompositeFieldContainer[NeighbourKeys]
     held: _containers.RepeatedCompositeFieldContainer[HeldShares]
-    def __init__(self, params: _Optional[_Union[SecAggParams, _Mapping]] = ..., slot: _Optional[int] = ..., stage: _Optional[int] = ..., encryption_private: _Optional[bytes] = ..., masking_private: _Optional[bytes] = ..., seed: _Optional[bytes] = ..., neighbours: _Optional[_Iterable[_Union[NeighbourKeys, _Mapping]]] = ..., held: _Optional[_Iterable[_Union[HeldShares, _Mapping]]] = ...) -> None: ...
+    signed: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, params: _Optional[_Union[SecAggParams, _Mapping]] = ..., slot: _Optional[int] = ..., stage: _Optional[int] = ..., encryption_private: _Optional[bytes] = ..., masking_private: _Optional[bytes] = ..., seed: _Optional[bytes] = ..., neighbours: _Optional[_Iterable[_Union[NeighbourKeys, _Mapping]]] = ..., held: _Optional[_Iterable[_Union[HeldShares, _Mapping]]] = ..., signed: _Optional[_Iterable[int]] = ...) -> None: ...

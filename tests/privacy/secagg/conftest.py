@@ -17,6 +17,7 @@ from fedguard.privacy.secagg import (
     make_params,
     quantize,
 )
+from fedguard.privacy.secagg import _hazmat as hz
 
 SHAPES = ((3, 4), (5,))
 
@@ -105,19 +106,46 @@ class Harness:
         return num / den
 
 
+def named(params: SecAggParams) -> SecAggParams:
+    """``params`` with node names by slot (``node-1``...), when it has none."""
+    if params.names:
+        return params
+    return dataclasses.replace(
+        params, names=tuple(f"node-{s}" for s in range(1, params.cohort + 1))
+    )
+
+
 class HandRound:
     """One round with the real :class:`SecAggServer` and :class:`SecAggClient`, stage by
-    stage, so a test can leave out (drop) any node at any stage."""
+    stage, so a test can leave out (drop) any node at any stage. Each node has its own
+    P-384 signing key; ``roster`` holds every node's public key by name."""
 
-    def __init__(self, params: SecAggParams, *, min_holders: dict[int, int] | None = None):
+    def __init__(
+        self,
+        params: SecAggParams,
+        *,
+        min_holders: dict[int, int] | None = None,
+        max_colluding: int = 0,
+    ):
+        params = named(params)
         self.params = params
         self.server = SecAggServer(params)
+        self.keys = {name: hz.new_signing_key() for name in params.names}
+        self.roster = {name: key.public_key() for name, key in self.keys.items()}
         self.clients = {
-            s: SecAggClient.create(params=params, slot=s, min_holders=(min_holders or {}).get(s, 0))
+            s: SecAggClient.create(
+                params=params,
+                slot=s,
+                signing_key=self.keys[params.names[s - 1]],
+                roster=self.roster,
+                min_holders=(min_holders or {}).get(s, 0),
+                max_colluding=max_colluding,
+            )
             for s in range(1, params.cohort + 1)
         }
         self.share_requests: dict = {}
         self.mask_requests: dict = {}
+        self.unmask_requests: dict = {}
         self.masked_slots: list[int] = []
         self.seen: list[tuple[str, int, object]] = []  # every message the server sees
 
@@ -155,11 +183,23 @@ class HandRound:
             self.server.add_masked_input(self._up(reply))
             self.masked_slots.append(slot)
 
-    def unmask(self, skip: Iterable[int] = ()) -> SecureSum:
+    def consistency(self, skip: Iterable[int] = ()) -> dict:
         skip = set(skip)
-        requests = self._down(self.server.unmask_requests())
+        requests = self._down(self.server.consistency_requests())
         replies = [
-            self._up(self.clients[s].unmask(r)) for s, r in requests.items() if s not in skip
+            self._up(self.clients[s].consistency(r)) for s, r in requests.items() if s not in skip
+        ]
+        self.unmask_requests = self._down(self.server.receive_consistency(replies))
+        return self.unmask_requests
+
+    def unmask(self, skip: Iterable[int] = ()) -> SecureSum:
+        if not self.unmask_requests:
+            self.consistency()
+        skip = set(skip)
+        replies = [
+            self._up(self.clients[s].unmask(r))
+            for s, r in self.unmask_requests.items()
+            if s not in skip
         ]
         return self.server.receive_unmask(replies)
 

@@ -232,51 +232,57 @@ def unmask_ready(harness, hand_round, cohort=5):
     r.advertise()
     r.share()
     r.mask(harness.inputs(params, seed=9), RNG_SEED)
-    return r, r.server.unmask_requests()
+    return r, r.consistency()
 
 
 @pytest.mark.parametrize(
-    ("survivors", "dropped"),
+    ("survivors", "match"),
     [
-        ((2, 3, 4, 5), (2,)),  # a neighbour both survivor and dropped
-        ((2, 3, 4), (1,)),  # the node itself as dropped
-        ((2, 3, 4, 5, 6), ()),  # not a neighbour
+        ((1, 2, 3, 4), "not the one this node signed"),  # 5 dropped for this node only
+        ((2, 3, 4, 5), "leaves out this node"),
+        ((1, 2, 3, 4, 5, 6), r"outside 1\.\.5"),
+        ((1, 2, 2, 3, 4, 5), "repeats a slot"),
     ],
 )
-def test_a_node_refuses_an_unmask_request_that_would_reveal_both_shares(
-    harness, hand_round, survivors, dropped
+def test_a_node_refuses_an_unmask_request_for_a_survivor_set_it_did_not_sign(
+    harness, hand_round, survivors, match
 ):
-    r, _ = unmask_ready(harness, hand_round)
-    request = UnmaskRequest(survivors=survivors, dropped=dropped)
-    with pytest.raises(SecAggError, match="both survivor and dropped"):
+    r, requests = unmask_ready(harness, hand_round)
+    request = UnmaskRequest(survivors=survivors, signatures=requests[1].signatures)
+    with pytest.raises(SecAggError, match=match):
         r.clients[1].unmask(request)
     # No second chance: the node never answers unmask after a refusal.
     with pytest.raises(SecAggError, match="protocol stage"):
-        r.clients[1].unmask(UnmaskRequest(survivors=(2, 3, 4, 5), dropped=()))
+        r.clients[1].unmask(requests[1])
 
 
-def test_a_node_refuses_to_unmask_when_too_few_survive(harness, hand_round):
-    r, _ = unmask_ready(harness, hand_round)
+def test_a_node_refuses_to_sign_when_too_few_survive(harness, hand_round):
+    params = harness.params(5)
+    r = hand_round(params, min_holders={1: 5})
+    r.advertise()
+    r.share()
+    r.mask(harness.inputs(params, seed=9), RNG_SEED, skip={5})
+    requests = r.server.consistency_requests()
     with pytest.raises(SecAggError, match="sent masked inputs"):
-        r.clients[1].unmask(UnmaskRequest(survivors=(2,), dropped=(3, 4, 5)))
+        r.clients[1].consistency(requests[1])
 
 
 def test_a_node_answers_unmask_once_and_only_in_stage_order(harness, hand_round):
     r, requests = unmask_ready(harness, hand_round)
     reply = r.clients[1].unmask(requests[1])
     assert {s.owner for s in reply.seed_shares} == {1, 2, 3, 4, 5} and reply.key_shares == ()
-    with pytest.raises(SecAggError, match="protocol stage 3 requested in stage 4"):
+    with pytest.raises(SecAggError, match="protocol stage 4 requested in stage 5"):
         r.clients[1].unmask(requests[1])
     # A second server asking (say) for key shares of the same neighbours gets nothing.
     with pytest.raises(SecAggError, match="protocol stage"):
-        r.clients[1].unmask(UnmaskRequest(survivors=(), dropped=(2, 3, 4, 5)))
+        r.clients[1].unmask(UnmaskRequest(survivors=(1,), signatures=()))
     # Out of order: unmask before masking, masking before sharing, sharing twice.
     params = harness.params(3)
     fresh = hand_round(params)
     share_requests = fresh.advertise()
     update, weight = harness.inputs(params, seed=0)[1]
-    with pytest.raises(SecAggError, match="protocol stage 3 requested in stage 1"):
-        fresh.clients[1].unmask(UnmaskRequest(survivors=(2, 3), dropped=()))
+    with pytest.raises(SecAggError, match="protocol stage 4 requested in stage 1"):
+        fresh.clients[1].unmask(UnmaskRequest(survivors=(1, 2, 3), signatures=()))
     fresh = hand_round(params)
     share_requests = fresh.advertise()
     with pytest.raises(SecAggError, match="protocol stage 2 requested in stage 1"):

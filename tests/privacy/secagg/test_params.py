@@ -156,4 +156,44 @@ def test_make_params_checks_tolerance_and_picks_the_ring():
             made(10, bad)
     assert made(10, bits=16, weight_cap=100).ring_bits == 32
     assert made(10, bits=24, weight_cap=1000).ring_bits == 64
-    assert made(10).context() == b"fed\x001"
+    assert made(10).context() == made(10).context() and len(made(10).context()) == 32
+
+
+def test_the_session_context_binds_every_parameter_and_the_names():
+    """A server that gives two nodes different parameters in one round gives them different
+    contexts: their keys, seals and signatures then do not agree (see test_consistency)."""
+    base = dataclasses.replace(made(10), names=tuple(f"n{i}" for i in range(10)))
+    changes = {
+        "run": "other",
+        "server_round": 2,
+        "cohort": 11,
+        "degree": 4,
+        "threshold": 6,
+        "clip_range": 2.0,
+        "bits": 15,
+        "weight_cap": 99,
+        "ring_bits": 64,
+        "graph_seed": 6,
+        "names": ("n1", "n0", *(f"n{i}" for i in range(2, 10))),
+    }
+    seen = {base.context()}
+    for field, value in changes.items():
+        kw = {field: value}
+        if field == "cohort":
+            kw |= {"names": (*base.names, "n10"), "degree": 10}
+        if field == "degree":
+            kw["threshold"] = 3
+        changed = dataclasses.replace(base, **kw)
+        assert changed.context() not in seen, field
+        seen.add(changed.context())
+    assert len(seen) == len(changes) + 1
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("a", "b"), ("a",) * 10, ("a", "", *"cdefghij"), ("a\x00", *"bcdefghij")],
+    ids=["too-few", "duplicate", "empty", "nul"],
+)
+def test_names_must_be_one_distinct_name_per_slot(names):
+    with pytest.raises(ConfigError, match="secagg names: expected 10 distinct non-empty"):
+        dataclasses.replace(made(10), names=names)

@@ -10,6 +10,8 @@ import pytest
 
 from fedguard.privacy.secagg import (
     AdvertiseKeys,
+    ConsistencyReply,
+    ConsistencyRequest,
     MaskedInputReply,
     MaskedInputRequest,
     SecAggParams,
@@ -66,6 +68,7 @@ def test_the_hook_sees_every_message_in_stage_order(harness):
         [("up", AdvertiseKeys)] * 4
         + [("down", ShareKeysRequest), ("up", ShareKeysReply)] * 4
         + [("down", MaskedInputRequest), ("up", MaskedInputReply)] * 4
+        + [("down", ConsistencyRequest), ("up", ConsistencyReply)] * 4
         + [("down", UnmaskRequest), ("up", UnmaskReply)] * 4
     )
     assert [(d, t) for d, _, t in seen] == expected
@@ -103,7 +106,9 @@ def test_sparse_graph_sum_is_exact_and_each_node_talks_to_k_neighbours(harness, 
         assert [n.slot for n in request.neighbours] == graph
         assert sorted(s.receiver for s in messages[(slot, ShareKeysReply)].shares) == graph
         assert sorted(s.sender for s in messages[(slot, MaskedInputRequest)].shares) == graph
-        assert list(messages[(slot, UnmaskRequest)].survivors) == graph
+        # Every survivor is told the same, global survivor set (and signs it).
+        assert list(messages[(slot, ConsistencyRequest)].survivors) == list(slots)
+        assert list(messages[(slot, UnmaskRequest)].survivors) == list(slots)
 
 
 def test_sparse_graph_with_dropouts(harness):

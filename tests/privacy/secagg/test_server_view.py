@@ -110,6 +110,7 @@ def _round_with_a_dropout(harness, hand_round, cohort=4, drop=4):
     params = harness.params(cohort, bits=16, weight_cap=10)
     inputs = structured_inputs(params, cohort)
     r = hand_round(params)
+    params = r.params  # with the node names the round was run under
     r.advertise()
     r.share()
     r.mask(inputs, RNG_SEED, skip={drop})

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedguard.privacy.secagg import SecAggParams, _hazmat, shamir
@@ -34,6 +35,7 @@ from fedguard.privacy.secagg.client import (
 )
 from fedguard.privacy.secagg.messages import MaskedInputRequest
 from fedguard.privacy.secagg.server import SecAggServer
+from fedguard.privacy.secagg.signing import advertise_message, consistency_message
 
 VECTORS = json.loads(
     (Path(__file__).parents[2] / "vectors" / "secagg.json").read_text(encoding="utf-8")
@@ -287,7 +289,66 @@ def test_shamir_split_and_combine(v):
 
 
 def _params(d: dict) -> SecAggParams:
-    return SecAggParams(**d)
+    return SecAggParams(**(d | {"names": tuple(d.get("names", ()))}))
+
+
+def test_session_context_is_pinned():
+    v = VECTORS["session_context"]
+    params = _params(v["params"])
+    assert params.context().hex() == v["context"]
+    # And every mask key vector above was derived under this very context.
+    assert params == _params(VECTORS["mask_keys"]["params"])
+
+
+def _signature_key():
+    return ec.EllipticCurvePublicKey.from_encoded_point(
+        ec.SECP384R1(), bytes.fromhex(VECTORS["signatures"]["public_x962"])
+    )
+
+
+@pytest.mark.parametrize("v", VECTORS["signatures"]["cases"], ids=["advertise", "consistency"])
+def test_signature_vector_verifies_and_nothing_else_does(v):
+    """A fixed key and fixed (RFC 6979) signature: fedguard's verify accepts exactly it."""
+    key = _signature_key()
+    label, message = bytes.fromhex(v["label"]), bytes.fromhex(v["message"])
+    signature = bytes.fromhex(v["signature"])
+    assert label in (_hazmat.SIGN_ADVERTISE, _hazmat.SIGN_CONSISTENCY)
+    assert _hazmat.verify(key, signature, label=label, message=message)
+    other_label = next(x for x in (_hazmat.SIGN_ADVERTISE, _hazmat.SIGN_CONSISTENCY) if x != label)
+    flipped = bytearray(signature)
+    flipped[-1] ^= 1
+    wrong_context = bytes([message[0] ^ 1]) + message[1:]
+    other_key = ec.derive_private_key(2, ec.SECP384R1()).public_key()
+    assert not _hazmat.verify(key, bytes(flipped), label=label, message=message)
+    assert not _hazmat.verify(key, signature, label=other_label, message=message)
+    assert not _hazmat.verify(key, signature, label=label, message=wrong_context)
+    assert not _hazmat.verify(other_key, signature, label=label, message=message)
+    assert not _hazmat.verify(key, b"", label=label, message=message)
+    with pytest.raises(_hazmat.SecAggError, match="unknown signature label"):
+        _hazmat.verify(key, signature, label=b"fedguard/other\x00", message=message)
+
+
+def test_the_signed_messages_are_the_specified_bytes():
+    params = _params(VECTORS["session_context"]["params"])
+    adv, cons = VECTORS["signatures"]["cases"]
+    enc, mask = bytes(range(32)), bytes(range(32, 64))
+    assert advertise_message(params, slot=2, encryption=enc, masking=mask).hex() == adv["message"]
+    assert consistency_message(params, [3, 1, 2]).hex() == cons["message"]
+
+
+def test_sign_then_verify_round_trip_with_a_fresh_key():
+    key = _hazmat.new_signing_key()
+    for label in (_hazmat.SIGN_ADVERTISE, _hazmat.SIGN_CONSISTENCY):
+        signature = _hazmat.sign(key, label=label, message=b"m")
+        assert _hazmat.verify(key.public_key(), signature, label=label, message=b"m")
+        assert not _hazmat.verify(key.public_key(), signature, label=label, message=b"n")
+    # ECDSA is randomised: two signatures of one message differ, both verify.
+    a = _hazmat.sign(key, label=_hazmat.SIGN_ADVERTISE, message=b"m")
+    b = _hazmat.sign(key, label=_hazmat.SIGN_ADVERTISE, message=b"m")
+    assert a != b
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(_hazmat.SecAggError, match="not an EC P-384 key"):
+        _hazmat.sign(p256, label=_hazmat.SIGN_ADVERTISE, message=b"m")
 
 
 def test_pairwise_and_self_mask_keys():
@@ -319,6 +380,9 @@ def test_pairwise_and_self_mask_keys():
 def test_full_round_masked_inputs(v):
     """Three nodes with fixed keys: each masked input, and the sum, are pinned."""
     params = _params(v["params"])
+    # Signing keys are not pinned (ECDSA is randomised); the masks never depend on them.
+    keys = {name: _hazmat.new_signing_key() for name in params.names}
+    roster = {name: k.public_key() for name, k in keys.items()}
     clients = {}
     for slot_text, node in v["nodes"].items():
         slot = int(slot_text)
@@ -330,7 +394,7 @@ def test_full_round_masked_inputs(v):
             masking_private=bytes.fromhex(node["masking_private"]),
             seed=bytes.fromhex(node["seed"]),
         )
-        clients[slot] = SecAggClient(state)
+        clients[slot] = SecAggClient(state, signing_key=keys[params.names[slot - 1]], roster=roster)
     server = SecAggServer(params)
     share_requests = server.receive_keys([c.advertise() for c in clients.values()])
     replies = [clients[s].share_keys(r) for s, r in share_requests.items()]
@@ -348,7 +412,8 @@ def test_full_round_masked_inputs(v):
             (m - q) % modulus for m, q in zip(node["masked"], node["quantized"], strict=True)
         )
         server.add_masked_input(reply)
-    unmask = [clients[s].unmask(r) for s, r in server.unmask_requests().items()]
+    signed = [clients[s].consistency(r) for s, r in server.consistency_requests().items()]
+    unmask = [clients[s].unmask(r) for s, r in server.receive_consistency(signed).items()]
     total = server.receive_unmask(unmask).total
     assert [int(x) for x in total] == v["sum"]
     plain = [
