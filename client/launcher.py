@@ -30,6 +30,7 @@ from fedguard._io import private_folder
 from fedguard._procs import flower_env, fork_start, free_port, stop
 from fedguard.client.app_bundle import bundle_refusal
 from fedguard.client.state_lock import lock_file
+from fedguard.client.watch import ServeWatch, wait_for_server
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import FedguardError
 from fedguard.flower_compat import (
@@ -190,6 +191,8 @@ def run_client(*, config_path: Path) -> None:
         "--node-config",
         f'{NODE_CONFIG_KEY}="{cfg.source}"',
     ]
+    # A node started before its server waits for it, saying so at each attempt (#17.2).
+    wait_for_server(server=n.server, state_dir=n.state_dir, name=n.name)
     if n.insecure:
         print(
             "WARNING: insecure: no TLS; this node's updates travel in clear text.",
@@ -238,11 +241,16 @@ def run_client(*, config_path: Path) -> None:
     _warm_up_crypto()
     gc.collect()
     gc.freeze()  # no collection in any of them writes to (and so copies) these pages
+    history: list[str] = []  # the node's event lines this process relayed, every session
     was_active = False
     refused_since: float | None = None
     attempt = 0
     while attempt <= MAX_RECONNECTS:
-        status, output = _run_supernode(args, env=env, log_path=log_path, cfg=cfg)
+        status, output, finished = _run_supernode(
+            args, env=env, log_path=log_path, cfg=cfg, history=history
+        )
+        if finished:  # said by the watch: the run's last round trained, the server closed
+            return
         if not was_active and _activation_refused(output):
             # A key the server enrolled is still refused while the server holds an earlier
             # session of it online (this node, crashed and restarted): wait that out.
@@ -402,9 +410,10 @@ def _activation_refused(output: str) -> bool:
 
 
 def _run_supernode(
-    args: list[str], *, env: dict[str, str], log_path: Path, cfg: NodeConfig
-) -> tuple[int, str]:
-    """Run the SuperNode until it ends; its status and what it wrote this time."""
+    args: list[str], *, env: dict[str, str], log_path: Path, cfg: NodeConfig, history: list[str]
+) -> tuple[int, str, bool]:
+    """Run the SuperNode until it ends; its status, what it wrote this time, and whether
+    it was stopped because the federation finished."""
     n = cfg.node
     offset = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as log:
@@ -421,13 +430,27 @@ def _run_supernode(
             f"state {n.state_dir}",
             flush=True,
         )
+
+        def finish() -> None:  # only a signal here: the main thread is the one waiting
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGTERM)
+
+        watch = ServeWatch(
+            server=n.server,
+            state_dir=n.state_dir,
+            name=n.name,
+            on_finished=finish,
+            history=history,
+        )
+        watch.start()
         try:
             status = node.wait()
         finally:
+            watch.stop()
             stop(node)
     with log_path.open("rb") as fh:  # only this run's output: its start and its end
         fh.seek(offset)
         head = fh.read(_LOG_HEAD)
         end = fh.seek(0, 2)
         fh.seek(max(offset + len(head), end - _LOG_TAIL))
-        return status, (head + fh.read()).decode(errors="replace")
+        return status, (head + fh.read()).decode(errors="replace"), watch.finished is not None
