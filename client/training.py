@@ -213,6 +213,7 @@ class LocalTrainer:
                 momentum=request.momentum,
                 generator=generator,
                 prox_mu=request.prox_mu,
+                class_weights=request.class_weights or None,
             )
             return LocalResult(
                 weights=get_weights(self.model),
@@ -273,6 +274,9 @@ class LocalTrainer:
             # Write-ahead: the epsilon is on disk as spent before the first step.
             before_training=write_ahead,
             prox_mu=request.prox_mu,
+            # Public constants in (0, 1], weighting each loss before it is clipped: the
+            # per-example bound, the noise and this epsilon are unchanged.
+            class_weights=request.class_weights or None,
         )
         spent = accountant.get_privacy_spent(delta=budget.delta)
         return LocalResult(
@@ -351,6 +355,7 @@ class LocalTrainer:
             momentum=request.momentum,
             max_grad_norm=request.max_grad_norm,
             prox_mu=request.prox_mu,
+            class_weights=request.class_weights or None,
         )
         for cid, client, out in zip(ids, clients, results, strict=True):
             spent = client.accountant.get_privacy_spent(delta=budget.delta)

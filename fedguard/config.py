@@ -94,10 +94,19 @@ class SimulationConfig:
     client_dp: bool = False  # client-level DP with distributed noise (needs secagg)
     client_clip: float = 1.0  # L2 clip of each client's round update
     client_noise: float = 1.0  # noise multiplier of the summed updates
+    # Public per-class loss weights, e.g. "0.031,1" (fedguard.privacy.class_weights): each
+    # in (0, 1], applied before clipping, so epsilon is unchanged. Never derive them from
+    # the clients' label counts; a declared prevalence p gives min(p) / p_c.
+    class_weights: str | None = None
     out: Path = field(default_factory=lambda: Path("runs/latest"))
 
     def __post_init__(self) -> None:
         _validate(self, source=None)
+
+    @property
+    def class_weight_values(self) -> tuple[float, ...]:
+        """``class-weights`` as numbers; () when not set."""
+        return _parse_class_weights(self.class_weights, source=None)
 
     @property
     def cohort_size(self) -> int:
@@ -262,6 +271,14 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
     positive_float("--alpha", cfg.alpha)
     _validate_resources(cfg, need)
     _validate_secagg(cfg, need)
+    if cfg.class_weights is not None:
+        _parse_class_weights(cfg.class_weights, source=source)
+        need(
+            cfg.engine == Engine.INPROCESS,
+            "--engine",
+            "inprocess with --class-weights (the Flower engine's messages do not carry them)",
+            cfg.engine,
+        )
     # Imported here, after the checks that need nothing: the registries live with the code
     # they name (one source of truth), and fedguard.task imports torch (seconds, #17.8).
     from fedguard.task.models import MODEL_NAMES
@@ -276,6 +293,22 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
         c, z = cfg.client_clip, cfg.client_noise
         need(math.isfinite(c) and c > 0, "--client-clip", "a finite number > 0", c)
         need(math.isfinite(z) and z > 0, "--client-noise", "a finite number > 0", z)
+
+
+def _parse_class_weights(text: str | None, *, source: Path | None) -> tuple[float, ...]:
+    if text is None:
+        return ()
+    from fedguard.privacy.class_weights import check_class_weights
+
+    allowed = "comma-separated weights, one per class, each in (0, 1] (e.g. 0.05,1)"
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise invalid("--class-weights", allowed=allowed, got=text, source=source) from None
+    try:
+        return check_class_weights(values, key="--class-weights")
+    except ConfigError as exc:
+        raise invalid("--class-weights", allowed=allowed, got=text, source=source) from exc
 
 
 def _validate_resources(cfg: SimulationConfig, need: Any) -> None:

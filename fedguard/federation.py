@@ -214,6 +214,9 @@ class TrainRequest:
     client_clip: float = 0.0
     client_noise: float = 0.0
     client_min_contributors: int = 0
+    # Public per-class loss weights in (0, 1] (fedguard.privacy.class_weights); () = none.
+    # Simulation only so far: the deployed request message does not carry them.
+    class_weights: tuple[float, ...] = ()
 
     @property
     def run_key(self) -> str:
@@ -412,6 +415,7 @@ def request_for(config: SimulationConfig, server_round: int) -> TrainRequest:
         total_rounds=config.rounds,
         federation="simulation",
         model=config.model,
+        class_weights=config.class_weight_values,
     )
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from fedguard.errors import ConfigError, invalid
 
 from .accountants import Accountant, GaussianEvent
+from .class_weights import check_class_weights
 from .dpsgd import DPTrainResult, _int, _real, check_training_inputs, steps_per_epoch
 from .stacked import StackedSequential, stacked_problems
 
@@ -115,11 +116,13 @@ class CohortDPTrainer:
         momentum: float = 0.0,
         max_grad_norm: float,
         prox_mu: float = 0.0,
+        class_weights: Sequence[float] | None = None,
     ) -> Iterator[CohortResult]:
         """Train every client from the weights ``start``; results in ``clients`` order.
 
         Clients are trained a chunk at a time; a chunk's events are composed (and each
         ``before_training`` called) just before that chunk's first step.
+        ``class_weights``: as :meth:`fedguard.privacy.DPTrainer.train`'s.
         """
         if len(start) != len(self._shapes):
             raise invalid("start", allowed=f"{len(self._shapes)} arrays", got=len(start))
@@ -137,6 +140,7 @@ class CohortDPTrainer:
                 "max_grad_norm", max_grad_norm, allowed="a finite number > 0", ok=lambda v: v > 0
             ),
             mu=_real("prox_mu", prox_mu, allowed="a finite number >= 0", ok=lambda v: v >= 0),
+            class_weights=None if class_weights is None else check_class_weights(class_weights),
         )
         first = [
             torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w) for w in start
@@ -201,10 +205,15 @@ class CohortDPTrainer:
                 for p in params:
                     p.requires_grad_(True)
                 logits, records = self._stacked.forward(params, xb)
+                weight = (
+                    None
+                    if h.class_weights is None
+                    else torch.tensor(h.class_weights, dtype=logits.dtype, device=dev)
+                )
                 losses = (
-                    F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(
-                        valid.shape
-                    )
+                    F.cross_entropy(
+                        logits.flatten(0, 1), yb.flatten(), weight=weight, reduction="none"
+                    ).view(valid.shape)
                     * valid
                 )
                 grads = torch.autograd.grad(losses.sum(), [r.z for r in records])
@@ -297,3 +306,4 @@ class _Hyper:
     momentum: float
     clip: float
     mu: float
+    class_weights: tuple[float, ...] | None = None

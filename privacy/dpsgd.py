@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +56,7 @@ from torch import nn
 from fedguard.errors import ConfigError, invalid
 
 from .accountants import Accountant, GaussianEvent
+from .class_weights import check_class_weights
 from .persample import GRAD_SAMPLE_MODES, STEP_ATTRS, PerSampleGradients
 
 __all__ = [
@@ -262,6 +263,7 @@ class DPTrainer:
         generator: torch.Generator,
         before_training: Callable[[GaussianEvent], None] | None = None,
         prox_mu: float = 0.0,
+        class_weights: Sequence[float] | None = None,
     ) -> DPTrainResult:
         """Train :attr:`module` in place with DP-SGD on one client's data.
 
@@ -288,6 +290,11 @@ class DPTrainer:
             FedProx (Li et al. 2020): adds ``(prox_mu / 2) * ||w - w_start||^2`` to the
             local objective, ``w_start`` being the weights at the call (the global model).
             Its gradient is added after clipping and noise; 0 turns it off.
+        class_weights : sequence of float, optional
+            Public per-class loss weights in ``(0, 1]``, applied to each example's loss
+            before its gradient is clipped (:mod:`fedguard.privacy.class_weights`): the
+            clipping norm, the noise and epsilon are unchanged. ``mean_loss`` is then
+            the weighted loss.
 
         Returns
         -------
@@ -332,6 +339,9 @@ class DPTrainer:
         )
         was_training = self._model.training
         loss_sum, examples = 0.0, 0
+        if class_weights is not None:
+            checked = check_class_weights(class_weights)
+            self._per_sample.class_weight = torch.tensor(checked, device=device)
         try:
             # Write-ahead: the release is counted (and persisted by the caller) before any
             # gradient of this data is computed.
@@ -372,6 +382,7 @@ class DPTrainer:
         finally:
             optimizer.zero_grad(set_to_none=True)
             self._per_sample.hooks(enabled=False)
+            self._per_sample.class_weight = None
             self._clear()
             self._model.train(was_training)
         return DPTrainResult(

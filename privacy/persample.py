@@ -75,6 +75,9 @@ class PerSampleGradients:
         if mode == "auto":
             mode = "hooks" if _unsupported(model) else "bk"
         self.mode = mode
+        # Per-class loss weights in (0, 1] (fedguard.privacy.class_weights), set by the
+        # trainer for one call: applied before clipping, so the bound C still holds.
+        self.class_weight: torch.Tensor | None = None
         self._gsm: nn.Module
         self._bk: _BookKeeping | None = None
         if mode == "bk":
@@ -155,13 +158,13 @@ class PerSampleGradients:
         ``bk``).
         """
         if self._bk is not None:
-            return self._bk.backward(x, y)
+            return self._bk.backward(x, y, weight=self.class_weight)
         logits = self._gsm(x)
         if not isinstance(self._gsm, GradSampleModuleFastGradientClipping):
-            loss = F.cross_entropy(logits, y, reduction="sum")
+            loss = F.cross_entropy(logits, y, weight=self.class_weight, reduction="sum")
             loss.backward()
             return float(loss.detach())
-        losses = F.cross_entropy(logits, y, reduction="none")
+        losses = F.cross_entropy(logits, y, weight=self.class_weight, reduction="none")
         losses.sum().backward(retain_graph=True)  # hooks: each example's gradient norm
         factors = self._gsm.get_clipping_coef()  # min(1, C / norm), no gradient
         for p in self._gsm.trainable_parameters:
@@ -251,10 +254,12 @@ class _BookKeeping:
             )
         self._records.append((module, inputs[0].detach(), output))
 
-    def backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def backward(
+        self, x: torch.Tensor, y: torch.Tensor, *, weight: torch.Tensor | None = None
+    ) -> float:
         self._records.clear()
         try:
-            losses = F.cross_entropy(self._model(x), y, reduction="none")
+            losses = F.cross_entropy(self._model(x), y, weight=weight, reduction="none")
             outputs = [z for _, _, z in self._records]
             # Gradients of the summed loss w.r.t. each layer's output (row i: example i's),
             # and no parameter gradient at all.

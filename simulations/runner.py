@@ -159,6 +159,12 @@ def save_model(
 
 
 def _check_fits(config: SimulationConfig, data: FederatedData) -> None:
+    k, weights = data.dataset.num_classes, config.class_weight_values
+    if weights and len(weights) != k:
+        raise ConfigError(
+            f"--class-weights: expected {k} weights (one per class of {config.dataset}), "
+            f"got {config.class_weights!r}"
+        )
     smallest = min(len(p) for p in data.partitions)
     if smallest < 1:
         raise ConfigError(

@@ -7,7 +7,7 @@ the sampling that the DP-SGD privacy analysis assumes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +92,7 @@ def train_plain(
     momentum: float = 0.0,
     generator: torch.Generator,
     prox_mu: float = 0.0,
+    class_weights: Sequence[float] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with non-private minibatch SGD on cross-entropy.
 
@@ -110,6 +111,9 @@ def train_plain(
     prox_mu
         FedProx (Li et al. 2020): adds ``(prox_mu / 2) * ||w - w_start||^2`` to the loss,
         ``w_start`` being the weights at the call (the global model); 0 turns it off.
+    class_weights
+        Per-class loss weights (``fedguard.privacy.class_weights``), as the DP trainer
+        applies them, so a non-private reference trains the same objective.
 
     Raises
     ------
@@ -126,6 +130,7 @@ def train_plain(
         raise invalid("prox-mu", allowed="a finite number >= 0", got=prox_mu)
     _check_xy(x, y)
     y = y.long()
+    weight = None if class_weights is None else torch.tensor(class_weights, device=x.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     # FedProx anchor: the weights this call starts from (the global model).
     anchor = [(p, p.detach().clone()) for p in model.parameters()] if prox_mu > 0 else []
@@ -139,7 +144,14 @@ def train_plain(
         ):
             idx = idx.to(x.device)
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            logits = model(x[idx])
+            loss = (
+                F.cross_entropy(logits, y[idx])
+                if weight is None
+                # Sum over the batch size, the DP trainer's scale (a weighted "mean" would
+                # divide by the batch's total weight instead).
+                else F.cross_entropy(logits, y[idx], weight=weight, reduction="sum") / len(idx)
+            )
             value = float(loss.detach())
             if not math.isfinite(value):
                 # Stop before the step: one NaN update would corrupt every weight.
