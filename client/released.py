@@ -64,7 +64,7 @@ _FORMAT = "fedguard-secagg-released/1"
 # The newest masked records kept: a node is only ever re-asked its newest rounds (its
 # stored reply holds one round), so these are many times what a replay could reach.
 MAX_RECORDS = 256
-STAGES = ("advertise", "share-keys", "masked-input", "unmask")
+STAGES = ("advertise", "share-keys", "masked-input", "consistency", "unmask")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,4 +1,4 @@
-"""A deployed node's side of secure aggregation, across the round's four messages.
+"""A deployed node's side of secure aggregation, across the round's five messages.
 
 Flower runs every message in a fresh ClientApp (here: a fresh forked process), so the
 node keeps its round's secrets in its state folder between stages: the SecAgg+ client
@@ -8,7 +8,9 @@ the last stage is answered; a new round's setup replaces an abandoned one. What 
 sent, and which update it masked into which session, stays in its journal
 (:mod:`fedguard.client.released`): one trained update goes into at most one secure sum.
 The node checks the server's parameters against its own policy (node.toml [secagg])
-before it trains.
+before it trains, signs with its node key (node.toml [node] private-key) and checks the
+other nodes' signatures against its roster ([secagg] roster): without a roster it takes
+part in no secure round.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
 from fedguard._io import atomic_write_bytes
 from fedguard.client.node import BUDGET_LOCK, PolicyRefusalError
@@ -41,13 +44,17 @@ from fedguard.deploy_config import NodeConfig
 from fedguard.federation import TrainRequest
 from fedguard.privacy.client_dp import ClientDP, clip_and_noise
 from fedguard.privacy.secagg import (
+    ConsistencyRequest,
     MaskedInputRequest,
     SecAggClient,
     SecAggError,
     Setup,
     ShareKeysRequest,
     UnmaskRequest,
+    quorum,
 )
+from fedguard.privacy.secagg.client import ClientState
+from fedguard.roster import load_node_key, load_roster
 from fedguard.transport import decode_client_state, decode_secagg, encode_client_state
 from fedguard.transport.serde import encode_secagg
 
@@ -56,8 +63,10 @@ __all__ = ["JOURNAL_FILE", "SESSION_FILE", "UPDATE_FILE", "NodeSecAgg", "read_st
 _STAGE: dict[type, str] = {
     ShareKeysRequest: "share-keys",
     MaskedInputRequest: "masked-input",
+    ConsistencyRequest: "consistency",
     UnmaskRequest: "unmask",
 }
+_Stage = ShareKeysRequest | MaskedInputRequest | ConsistencyRequest | UnmaskRequest
 
 
 class NodeSecAgg:
@@ -107,7 +116,74 @@ class NodeSecAgg:
             )
         if not 1 <= setup.slot <= p.cohort:
             raise PolicyRefusalError(f"secure aggregation slot {setup.slot} outside 1..{p.cohort}")
+        self._check_identity(setup)
         return setup
+
+    def _check_identity(self, setup: Setup) -> None:
+        """The session's names against this node's name, key and roster (before training)."""
+        p, policy, me = setup.params, self.config.secagg, self.config.node.name
+        r = p.server_round
+        if policy.roster is None:
+            raise PolicyRefusalError(
+                f"node.toml [secagg] roster: not set; round {r} refused: without the nodes' "
+                "public keys from outside the server, a server could substitute keys and lie "
+                "about who dropped out unnoticed (set it to a folder of NAME.pub node keys)"
+            )
+        if self.config.node.private_key is None:
+            raise PolicyRefusalError(
+                f"node.toml [node] private-key: not set; round {r} refused: secure "
+                "aggregation signs with the node key"
+            )
+        if len(p.names) != p.cohort or p.names[setup.slot - 1] != me:
+            named = p.names[setup.slot - 1] if len(p.names) == p.cohort else "no name"
+            raise PolicyRefusalError(
+                f"round {r} refused: the server gave slot {setup.slot} to {named!r}, "
+                f"but this node is {me!r}"
+            )
+        roster = self._roster()
+        strangers = [n for n in p.names if n not in roster]
+        if strangers:
+            raise PolicyRefusalError(
+                f"round {r} refused: node {strangers[0]!r} is not in this node's roster "
+                f"({policy.roster}); its signatures could not be checked"
+            )
+        q = quorum(p, max_colluding=policy.max_colluding_nodes)
+        if q > p.cohort:
+            raise PolicyRefusalError(
+                f"round {r} refused: a cohort of {p.cohort} cannot reach the quorum of {q} "
+                f"signatures this node's secagg.max-colluding-nodes "
+                f"{policy.max_colluding_nodes} requires"
+            )
+
+    def _roster(self) -> dict[str, EllipticCurvePublicKey]:
+        policy, node = self.config.secagg, self.config.node
+        if policy.roster is None:
+            raise SecAggError("node.toml [secagg] roster: not set; no secure round")
+        return load_roster(
+            policy.roster, source=self.config.source, own_name=node.name, own_key=None
+        )
+
+    def _client(self, state: ClientState | None = None, setup: Setup | None = None) -> SecAggClient:
+        """This node's SecAgg+ client: node key, roster and policy from node.toml."""
+        node, policy = self.config.node, self.config.secagg
+        if node.private_key is None:
+            raise SecAggError("node.toml [node] private-key: not set; no secure round")
+        key = load_node_key(node.private_key, source=self.config.source)
+        roster, floor, c = self._roster(), self._min_holders(), policy.max_colluding_nodes
+        if state is not None:
+            return SecAggClient(
+                state, signing_key=key, roster=roster, min_holders=floor, max_colluding=c
+            )
+        if setup is None:
+            raise SecAggError("no secure-aggregation session on this node")
+        return SecAggClient.create(
+            params=setup.params,
+            slot=setup.slot,
+            signing_key=key,
+            roster=roster,
+            min_holders=floor,
+            max_colluding=c,
+        )
 
     def begin(
         self, *, setup: Setup, update: list[np.ndarray], request: TrainRequest | None = None
@@ -175,9 +251,7 @@ class NodeSecAgg:
                 digest=np.frombuffer(bytes.fromhex(digest), dtype=np.uint8),
             )
             atomic_write_bytes(self.dir / UPDATE_FILE, buf.getvalue(), mode=0o600)
-        client = SecAggClient.create(
-            params=setup.params, slot=setup.slot, min_holders=self._min_holders()
-        )
+        client = self._client(setup=setup)
         advert = encode_secagg(client.advertise())
         journal.session = Session(
             run=run, server_round=r, id=sid, update=digest, replies={"advertise": (sid, advert)}
@@ -188,7 +262,7 @@ class NodeSecAgg:
         return advert
 
     def step(self, payload: bytes) -> bytes:
-        """Answer one of stages 1-3 (share keys, masked input, unmask).
+        """Answer one of stages 1-4 (share keys, masked input, consistency, unmask).
 
         A stage of the journal's session asked again with the very same request gets the
         very same reply bytes; with another request it is refused (a second, different
@@ -200,10 +274,8 @@ class NodeSecAgg:
             return self._step(payload)
 
     def _step(self, payload: bytes) -> bytes:
-        request = decode_secagg(
-            payload, expect=(ShareKeysRequest, MaskedInputRequest, UnmaskRequest)
-        )
-        if not isinstance(request, ShareKeysRequest | MaskedInputRequest | UnmaskRequest):
+        request = decode_secagg(payload, expect=tuple(_STAGE))
+        if not isinstance(request, _Stage):
             raise SecAggError(f"unexpected stage {type(request).__name__}")
         stage = _STAGE[type(request)]
         journal = read_journal(self.dir / JOURNAL_FILE)
@@ -229,7 +301,7 @@ class NodeSecAgg:
         ):
             path.unlink(missing_ok=True)
             raise SecAggError("no secure-aggregation session on this node (journal mismatch)")
-        client = SecAggClient(state, min_holders=self._min_holders())
+        client = self._client(state)
         try:
             reply = self._answer(client, request, journal, session, asked)
         except SecAggError:
@@ -260,7 +332,7 @@ class NodeSecAgg:
     def _answer(
         self,
         client: SecAggClient,
-        request: ShareKeysRequest | MaskedInputRequest | UnmaskRequest,
+        request: _Stage,
         journal: Journal,
         session: Session,
         asked: str,
@@ -305,6 +377,14 @@ class NodeSecAgg:
             self._save(client)
             (self.dir / UPDATE_FILE).unlink(missing_ok=True)
             return masked
+        if isinstance(request, ConsistencyRequest):
+            # Journal and state record the signed set before the signature leaves: a second,
+            # different set is then refused (see step), never signed.
+            signed = encode_secagg(client.consistency(request))
+            session.replies[stage] = (asked, signed)
+            write_journal(self.dir / JOURNAL_FILE, journal)
+            self._save(client)
+            return signed
         revealed = encode_secagg(client.unmask(request))
         session.replies[stage] = (asked, revealed)
         write_journal(self.dir / JOURNAL_FILE, journal)

@@ -21,6 +21,7 @@ from fedguard._toml import toml_loads
 from fedguard.certs import _NODE_NAME as NODE_NAME
 from fedguard.config import ACCOUNTANTS
 from fedguard.errors import ConfigError, invalid
+from fedguard.roster import load_roster
 
 __all__ = [
     "CONFIG_KEY",
@@ -197,6 +198,9 @@ class NodeSecAggSection:
 
     required: bool = True  # refuse to send an update the server could read alone
     min_neighbours: int = 2  # live neighbours needed before the node reveals anything
+    # Folder of NAME.pub node keys (received out of band): checks the server cannot forge.
+    roster: Path | None = None
+    max_colluding_nodes: int = 0  # nodes that may collude with the server (sets the quorum)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -322,6 +326,8 @@ def load_node_config(path: Path) -> NodeConfig:
     )
     mn = cfg.secagg.min_neighbours
     _check(path, "secagg.min-neighbours", mn >= 1, "an integer >= 1", mn)
+    mc = cfg.secagg.max_colluding_nodes
+    _check(path, "secagg.max-colluding-nodes", mc >= 0, "an integer >= 0", mc)
     n, d, p = cfg.node, cfg.data, cfg.privacy
     # The rule of `fedguard certs node NAME`: the name goes into console and log lines.
     _check(
@@ -358,6 +364,13 @@ def load_node_config(path: Path) -> NodeConfig:
                 "an existing file (from the operator / `fedguard certs node`)",
                 None if value is None else str(value),
             )
+    if cfg.secagg.roster is not None:
+        load_roster(
+            cfg.secagg.roster,
+            source=path,
+            own_name=n.name,
+            own_key=None if n.insecure else n.private_key,
+        )
     if (d.partition_id is None) != (d.num_partitions is None):
         raise invalid(
             "data.partition-id",

@@ -54,6 +54,7 @@ def _node_toml(
     certs: Path,
     key: Path,
     state: Path,
+    roster: Path,
     partition: int,
     partitions: int,
 ) -> str:
@@ -80,6 +81,11 @@ accountant = "rdp"
 # Send updates only under secure aggregation, and only while at least 2 neighbours live.
 required = true
 min-neighbours = {min(2, partitions - 1)}
+# Every node's public key, received out of band (here: copied by the demo; in a real
+# federation, check each fingerprint with `ssh-keygen -lf NAME.pub` before trusting it).
+roster = "{roster}"
+# Nodes that may collude with the server: the survivor-set quorum is floor((n + c)/2) + 1.
+max-colluding-nodes = 0
 """
 
 
@@ -108,12 +114,18 @@ def prepare_demo(*, out: Path, nodes: int, rounds: int, enrol: int | None = None
     host, fleet_port, control_port = "127.0.0.1", free_port(), free_port()
     fleet = f"{host}:{fleet_port}"
     node_files = []
-    for k in range(nodes):
-        name = f"node-{chr(ord('a') + k)}" if k < 26 else f"node-{k}"
-        home = out / name
-        keys = make_node_keys(name=name, out=home / "keys")
+    names = [f"node-{chr(ord('a') + k)}" if k < 26 else f"node-{k}" for k in range(nodes)]
+    made = {name: make_node_keys(name=name, out=out / name / "keys") for name in names}
+    for k, name in enumerate(names):
+        home, keys = out / name, made[name]
         if enrol is None or k < enrol:
             shutil.copy(keys.public_key, enrolled / keys.public_key.name)
+        # Each node's own roster: every node's public key (as its IT team would receive
+        # them out of band), so no key it checks comes through the server.
+        roster = home / "roster"
+        roster.mkdir(mode=0o700)
+        for other in made.values():
+            shutil.copy(other.public_key, roster / other.public_key.name)
         toml = home / "node.toml"
         atomic_write_text(
             toml,
@@ -123,6 +135,7 @@ def prepare_demo(*, out: Path, nodes: int, rounds: int, enrol: int | None = None
                 certs=certs.ca_cert.parent,
                 key=keys.private_key,
                 state=home / "state",
+                roster=roster,
                 partition=k,
                 partitions=nodes,
             ),

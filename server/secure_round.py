@@ -1,6 +1,7 @@
-"""One deployed round under SecAgg+: train + advertise keys, share keys, masked input, unmask.
+"""One deployed round under SecAgg+: train + advertise keys, share keys, masked input,
+consistency, unmask.
 
-The ServerApp drives the four stages over Flower's Message API (``train`` for the first,
+The ServerApp drives the five stages over Flower's Message API (``train`` for the first,
 ``query.secagg`` for the others); :class:`~fedguard.privacy.secagg.SecAggServer` decides
 what each node is sent and checks what comes back. A node that errs, times out or sends
 something malformed at any stage counts as dropped, with the reason logged under its
@@ -10,6 +11,7 @@ the round aborts with nothing aggregated and the next round starts afresh.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -25,6 +27,7 @@ from fedguard.flower_compat import send_and_receive
 from fedguard.messages import decode_secure_reply, encode_secagg, secagg_payload
 from fedguard.privacy.secagg import (
     AdvertiseKeys,
+    ConsistencyReply,
     MaskedInputReply,
     SecAggAbortedError,
     SecAggParams,
@@ -60,7 +63,12 @@ def secure_round(
     say: Callable[[str], None],
     receipt_run: str,
 ) -> Iterator[ClientUpdate | Refusal | SecureMean]:
-    """Run the round; yields each node's receipt or refusal, then the secure mean."""
+    """Run the round; yields each node's receipt or refusal, then the secure mean.
+
+    ``label(cid)`` is the node's enrolled name: slot i is named ``label(cohort[i - 1])`` in
+    the session, and each node checks that name against its own and its roster.
+    """
+    params = dataclasses.replace(params, names=tuple(label(cid) for cid in cohort))
     r = params.server_round
     slot_of = {cid: i + 1 for i, cid in enumerate(cohort)}
     cid_of = {slot: cid for cid, slot in slot_of.items()}
@@ -140,7 +148,9 @@ def secure_round(
             grid, requests, MaskedInputReply, r, cid_of, node_of, timeout, name
         ):
             server.add_masked_input(masked)
-        requests = server.unmask_requests()
+        requests = server.consistency_requests()
+        signed = _exchange(grid, requests, ConsistencyReply, r, cid_of, node_of, timeout, name)
+        requests = server.receive_consistency(signed)
         replies = _exchange(grid, requests, UnmaskReply, r, cid_of, node_of, timeout, name)
         total = server.receive_unmask(replies)
     except SecAggAbortedError as exc:

@@ -39,6 +39,7 @@ from fedguard.flower_compat import send_and_receive
 from fedguard.messages import ERROR_BUDGET_REFUSED, encode_secagg, encode_train, secagg_payload
 from fedguard.privacy.ledger import LEDGER_FILENAME
 from fedguard.privacy.secagg import (
+    ConsistencyRequest,
     MaskedInputReply,
     MaskedInputRequest,
     SecAggParams,
@@ -62,12 +63,14 @@ TIMEOUT = 0.3  # the grid answers during the push: only lost replies are waited 
 _STAGE_OF_REQUEST = {
     ShareKeysRequest: "share-keys",
     MaskedInputRequest: "masked-input",
+    ConsistencyRequest: "consistency",
     UnmaskRequest: "unmask",
 }
 
 
 def stage_of(message: Message) -> str:
-    """``train``, ``share-keys``, ``masked-input``, ``unmask`` or the message type."""
+    """``train``, ``share-keys``, ``masked-input``, ``consistency``, ``unmask`` or the
+    message type."""
     kind = message.metadata.message_type
     if kind == SECAGG_MESSAGE_TYPE:
         payload = secagg_payload(message.content)
@@ -478,8 +481,9 @@ def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
             # Between stages the node's secrets wait in its state folder, owner-only.
             assert _mode(state) == 0o700
             assert _mode(session) == 0o600
-            assert (_mode(update) == 0o600) if stage != "unmask" else not update.exists()
-        elif stage == "masked-input":  # sent: the update is no longer needed
+            masked = stage in ("consistency", "unmask")
+            assert (_mode(update) == 0o600) if not masked else not update.exists()
+        elif stage in ("masked-input", "consistency"):  # sent: the update is not needed
             assert _mode(session) == 0o600 and not update.exists()
         elif stage == "unmask":  # the last stage answered: no secret is left
             assert not session.exists() and not update.exists()
@@ -492,7 +496,7 @@ def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
     fed.grid.replay.add(("unmask", twice))  # the grid delivers node-c's unmask twice
     rnd = fed.round(1, fed.initial_weights())
     assert (rnd.means[0].count, rnd.means[0].dropped) == (NODES, 0)
-    stages = ("train", "share-keys", "masked-input", "unmask")
+    stages = ("train", "share-keys", "masked-input", "consistency", "unmask")
     assert seen == {(s, w) for s in stages for w in ("before", "after")}
     for cid in range(NODES):
         left = _snapshot(fed.state(cid))
@@ -515,9 +519,7 @@ def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
     # could reveal both kinds of share of one neighbour.
     asked = decode_secagg(payload, expect=UnmaskRequest)
     assert isinstance(asked, UnmaskRequest) and asked.survivors
-    other = UnmaskRequest(
-        survivors=asked.survivors[1:], dropped=(*asked.dropped, asked.survivors[0])
-    )
+    other = UnmaskRequest(survivors=asked.survivors[1:], signatures=asked.signatures)
     msg = Message(encode_secagg(encode_payload(other)), dst_node_id=twice,
                   message_type=SECAGG_MESSAGE_TYPE, group_id="1")  # fmt: skip
     [reply] = send_and_receive(fed.grid, [msg], timeout=TIMEOUT)
