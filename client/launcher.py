@@ -31,6 +31,7 @@ from fedguard._procs import flower_env, fork_start, free_port, stop
 from fedguard.client.app_bundle import bundle_refusal
 from fedguard.client.state_lock import lock_file
 from fedguard.client.watch import ServeWatch, wait_for_server
+from fedguard.console import is_verbose
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import FedguardError
 from fedguard.flower_compat import (
@@ -221,6 +222,10 @@ def run_client(*, config_path: Path) -> None:
     # Load). The node's environment is set first: Flower reads some of it at import.
     os.environ.update(env)
     preload_supernode()
+    # Flower colours its log lines; the SuperNode's log is a file (#17.8): plain text.
+    from flwr.common.logger import update_console_handler
+
+    update_console_handler(colored=is_verbose())
     _remove_round_secrets(n.state_dir, name=n.name)
     # The node's data, loaded and checked now: a missing or unreadable data set stops the
     # node here with the data error (it used to serve, silently, until a round came). The
@@ -441,6 +446,7 @@ def _run_supernode(
             name=n.name,
             on_finished=finish,
             history=history,
+            raw_log=log_path if is_verbose() else None,
         )
         watch.start()
         try:

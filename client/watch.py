@@ -71,6 +71,7 @@ class ServeWatch(threading.Thread):
         name: str,
         on_finished: Callable[[], None],
         history: list[str],
+        raw_log: Path | None = None,
     ) -> None:
         super().__init__(name="fedguard-node-watch", daemon=True)
         self.server, self.state_dir, self.node = server, state_dir, name
@@ -80,6 +81,8 @@ class ServeWatch(threading.Thread):
         path = state_dir / EVENTS_FILE
         # Only this session's lines count: a run finished before it says nothing now.
         self._offset = path.stat().st_size if path.exists() else 0
+        self._raw_log = raw_log  # --verbose: the SuperNode's own output is shown too
+        self._raw_offset = raw_log.stat().st_size if raw_log and raw_log.exists() else 0
         self._seen = history  # shared by the sessions of one `fedguard client`
 
     def stop(self) -> None:
@@ -88,6 +91,10 @@ class ServeWatch(threading.Thread):
         self._relay()
 
     def _relay(self) -> None:
+        if self._raw_log is not None:
+            raw, self._raw_offset = follow(self._raw_log, self._raw_offset)
+            for line in raw:
+                print(f"node {self.node} (flower): {line}", flush=True)
         lines, self._offset = follow(self.state_dir / EVENTS_FILE, self._offset)
         for line in lines:
             stamp, _, rest = line.partition(" ")

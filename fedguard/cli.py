@@ -128,8 +128,12 @@ def simulate(
     ] = None,
     out: Annotated[Path | None, Opt("--out", help="results folder")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="replace an earlier run in --out")] = False,
+    verbose: Annotated[
+        bool, Opt("--verbose", help="also show Flower's own output (colours, tracebacks)")
+    ] = False,
 ) -> None:
     """Simulate a federation of virtual clients on this machine."""
+    _quiet(verbose)
     from fedguard.config import load_simulation_config
 
     overrides = {
@@ -183,16 +187,26 @@ def server(
     insecure: Annotated[
         bool, Opt("--insecure", help="no TLS, no node auth: local experiments only")
     ] = False,
+    verbose: Annotated[
+        bool, Opt("--verbose", help="also show Flower's own output (colours, tracebacks)")
+    ] = False,
 ) -> None:
     """Run the aggregation server (Flower SuperLink + fedguard's ServerApp)."""
+    _quiet(verbose)
     from fedguard.server.launcher import run_server
 
     run_server(config_path=config, insecure=insecure)
 
 
 @app.command()
-def client(config: Annotated[Path, Opt("--config", help="node.toml")]) -> None:
+def client(
+    config: Annotated[Path, Opt("--config", help="node.toml")],
+    verbose: Annotated[
+        bool, Opt("--verbose", help="also show Flower's own output (colours, tracebacks)")
+    ] = False,
+) -> None:
     """Run a node (Flower SuperNode + fedguard's ClientApp) under its own privacy policy."""
+    _quiet(verbose)
     from fedguard.client.launcher import run_client
 
     run_client(config_path=config)
@@ -205,11 +219,32 @@ def demo(
     ),
     nodes: Annotated[int, Opt(help="client processes")] = 3,
     rounds: Annotated[int, Opt()] = 12,
+    verbose: Annotated[
+        bool, Opt("--verbose", help="also show Flower's own output (colours, tracebacks)")
+    ] = False,
 ) -> None:
     """A real local federation on loopback: CA, server, nodes with TLS + node auth + DP."""
+    _quiet(verbose)  # inherited by the server and nodes it starts (FEDGUARD_VERBOSE)
     from fedguard.deploy_demo import run_demo
 
     run_demo(out=out, nodes=nodes, rounds=rounds)
+
+
+def _quiet(verbose: bool) -> None:
+    """fedguard's own lines only, unless ``--verbose`` (#17.8)."""
+    from fedguard.console import set_verbose
+
+    set_verbose(verbose)
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+        return
+    import warnings
+
+    # Opacus warns when the best RDP order is the largest one it tried. The epsilon it
+    # then reports is still a valid upper bound, only looser than it could be (it happens
+    # at small epsilon, with much noise): the guarantee holds, and nothing the user could
+    # change would make the figure wrong. So it is silenced, not shown every round.
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 
 
 def main(argv: list[str] | None = None) -> None:

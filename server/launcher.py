@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from fedguard._procs import (
     wait_for_port,
 )
 from fedguard.certs import _NODE_NAME as NODE_NAME  # `fedguard certs node NAME`
+from fedguard.console import FlowerLines
 from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
 from fedguard.errors import DataError, FedguardError, invalid
 from fedguard.flower_compat import MAX_MESSAGE_FLAG
@@ -193,15 +195,29 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
                     f'{CONFIG_KEY}="{cfg.source}"',
                 ],
                 env=env,
-                log=None,
+                log=subprocess.PIPE,
             )
             try:
+                _relay_flower(runner, raw_log=state / "flwr-run.log")
                 status = runner.wait()
             finally:
                 stop(runner)
             _check_finished(cfg, flwr_run_status=status)
         finally:
             stop(link)
+
+
+def _relay_flower(runner: subprocess.Popen[bytes], *, raw_log: Path) -> None:
+    """Show ``flwr run --stream``'s output as fedguard's console shows Flower's (no
+    colours, DEBUG lines or tracebacks unless --verbose); all of it is kept in ``raw_log``."""
+    lines = FlowerLines(raw_log=str(raw_log))
+    with raw_log.open("ab") as raw:
+        for chunk in runner.stdout or ():
+            raw.write(chunk)
+            raw.flush()
+            shown = lines.feed(chunk.decode(errors="replace"))
+            if shown is not None:
+                print(shown, flush=True)
 
 
 def _check_finished(cfg: FederationConfig, *, flwr_run_status: int) -> None:

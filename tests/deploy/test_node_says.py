@@ -3,13 +3,16 @@ console. Started before its server, it waits with a visible back-off; per round 
 the request, its plan and noise, epsilon before and after; once its federation finished
 (its run's last round trained, the server gone) it says so and exits 0."""
 
+import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from fedguard.deploy_demo import prepare_demo
+from fedguard._procs import start
+from fedguard.deploy_demo import fedguard_cmd, prepare_demo
 
 pytestmark = pytest.mark.deploy
 
@@ -43,8 +46,20 @@ def test_node_waits_for_its_server_says_each_round_and_exits_when_finished(
     for log in logs:  # before its server: one line per attempt, the wait doubling
         _wait_for(log, server_at + r"\d+ not reachable; retrying in 4s", timeout=60)
         assert re.search(server_at + r"\d+ not reachable; retrying in 2s\n", log.read_text())
-    server, _ = processes.server(layout, expect=[])
-    assert server.wait(timeout=400) == 0
+    server = start(
+        fedguard_cmd("server", "--config", str(layout.federation)),
+        env=dict(os.environ),
+        log=subprocess.PIPE,
+    )
+    processes.started.append(server)
+    console, _ = server.communicate(timeout=400)
+    assert server.returncode == 0, console.decode(errors="replace")[-3000:]
+    # What the operator reads of Flower's output (#17.8): no colour codes, no DEBUG lines.
+    shown = console.decode(errors="replace")
+    assert "\x1b[" not in shown and ":DEBUG:" not in shown and "Traceback" not in shown
+    assert "Starting logstream" in shown  # Flower's own lines are there, plain
+    raw = (layout.root / "server" / "state" / "flwr-run.log").read_text()
+    assert ":DEBUG:" in raw and "\x1b[" in raw  # kept whole, for whoever needs them
     for proc in nodes:  # told by the run's last round and the closed server: exit 0
         assert proc.wait(timeout=60) == 0
     for toml, log in zip(layout.nodes, logs, strict=True):
@@ -68,3 +83,4 @@ def test_node_waits_for_its_server_says_each_round_and_exits_when_finished(
             text,
         ), text[-3000:]
         assert "\x1b[" not in text  # no colour codes in what the operator reads
+        assert "\x1b[" not in (toml.parent / "state" / "supernode.log").read_text()
