@@ -86,6 +86,12 @@ bench-load: $(STAMP)
 	$(BIN)/python -m fedguard.simulations.bench_load --nodes 50 --rounds 3 --secagg on,off \
 		--out runs/bench-load
 
+# Imbalanced binary task (#17.5): a seeded make_classification with 3% positives on 3
+# nodes, epsilon 1/3/8/non-private: ROC-AUC, PR-AUC, positive-class F1 (about a minute).
+.PHONY: bench-imbalanced
+bench-imbalanced: $(STAMP)
+	$(BIN)/python benchmarks/bench_imbalanced.py --class-weights --out runs/bench-imbalanced
+
 # Secure aggregation's cost: s/round and bytes/node with and without, n = 10, 50, 100.
 bench-secagg: $(STAMP)
 	$(BIN)/python -m fedguard.simulations.bench_secagg --clients 10,50,100 --models 10k,1M
