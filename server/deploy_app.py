@@ -226,20 +226,35 @@ class DeployedRun:
         calls itself is never a key and is printed only escaped.
         """
         revoked_now = self.revoked()  # keys deleted while the server was down
-        info = {n: v for n, v in gather_nodes(self.grid, self.cfg).items() if n not in revoked_now}
         enrolled = enrolled_names(self.cfg)
-        out: dict[str, tuple[int, dict[str, Any]]] = {}
-        for node, desc in sorted(info.items()):
+
+        def named(info: dict[int, dict[str, Any]]) -> dict[str, tuple[int, dict[str, Any]]]:
+            out: dict[str, tuple[int, dict[str, Any]]] = {}
+            for node, desc in sorted(info.items()):
+                if node in revoked_now:
+                    continue
+                claimed = str(desc.get("name", ""))
+                if enrolled is None:  # no node authentication: nothing binds a name to a node
+                    ok = NODE_NAME.match(claimed) and claimed not in out
+                    name = claimed if ok else f"node-{node}"
+                else:
+                    name = enrolled.get(node, f"unrecorded-{node}")
+                out[name] = (node, desc)
+            return out
+
+        def fit_count(info: dict[int, dict[str, Any]]) -> int:
+            fit, _ = check_cohort(self.cfg, {n: d for n, (_, d) in named(info).items()})
+            return len(fit)
+
+        expected = None
+        if enrolled is not None:
+            expected = {n: name for n, name in enrolled.items() if n not in revoked_now}
+        info = gather_nodes(self.grid, self.cfg, expected=expected, fit_count=fit_count, say=_say)
+        out = named(info)
+        for name, (_, desc) in out.items():
             claimed = str(desc.get("name", ""))
-            if enrolled is None:  # no node authentication: nothing binds a name to a node
-                name = (
-                    claimed if NODE_NAME.match(claimed) and claimed not in out else f"node-{node}"
-                )
-            else:
-                name = enrolled.get(node, f"unrecorded-{node}")
             if claimed != name:
                 _say(f'{name} calls itself "{printable(claimed, limit=80)}"; named by its key')
-            out[name] = (node, desc)
         return out
 
     def check(self, described: dict[str, tuple[int, dict[str, Any]]]) -> list[str]:

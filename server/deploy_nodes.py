@@ -8,7 +8,7 @@ Flower node id), never by what it says it is; a key deleted from keys-dir revoke
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flwr.serverapp import Grid
@@ -79,17 +79,33 @@ def revocations(
     return check
 
 
-def gather_nodes(grid: Grid, cfg: FederationConfig) -> dict[int, dict[str, Any]]:
-    """Describe the connected nodes until every known one answered, or ``min-nodes`` did
-    and a grace period passed (after a server restart nodes reconnect one by one)."""
-    deadline = time.monotonic() + cfg.federation.round_timeout
+def gather_nodes(
+    grid: Grid,
+    cfg: FederationConfig,
+    *,
+    expected: Mapping[int, str] | None = None,
+    fit_count: Callable[[dict[int, dict[str, Any]]], int] = len,
+    say: Callable[[str], None] = lambda line: None,
+) -> dict[int, dict[str, Any]]:
+    """Describe the connected nodes until every expected one answered, or enough of them
+    fit the task (``fit_count`` >= min-nodes) and a grace period passed.
+
+    ``expected`` names the enrolled, unrevoked nodes by id (None without enrolment: then
+    every connected node is waited for). Nodes connect one by one (a fresh start, a server
+    restart), so the first ``min-nodes`` to connect may not fit together (a node demanding
+    more neighbours than are there yet): the grace period starts only once enough fit.
+    """
+    f = cfg.federation
+    deadline = time.monotonic() + f.round_timeout
     grace_end: float | None = None
     info: dict[int, dict[str, Any]] = {}
     asked = 0
+    said = False
     while True:
-        nodes = wait_for_nodes(
-            grid, cfg.federation.min_nodes, wait_s=max(1.0, deadline - time.monotonic())
-        )
+        try:
+            nodes = wait_for_nodes(grid, f.min_nodes, wait_s=max(1.0, deadline - time.monotonic()))
+        except RuntimeError:
+            nodes = sorted(grid.get_node_ids())
         missing = [n for n in nodes if n not in info]
         if missing:
             # A reply to an earlier ask is not counted: a node that answers each ask a bit
@@ -98,14 +114,25 @@ def gather_nodes(grid: Grid, cfg: FederationConfig) -> dict[int, dict[str, Any]]
             asked += 1
             wait = min(NODE_GRACE_S * asked, max(1.0, deadline - time.monotonic()))
             info.update(describe_nodes(grid, missing, timeout=wait, task=task_query(cfg)))
-        if len(info) >= cfg.federation.min_nodes:
+        enough = len(info) >= f.min_nodes and fit_count(info) >= f.min_nodes
+        absent = sorted(name for n, name in (expected or {}).items() if n not in info)
+        if enough:
             grace_end = grace_end or time.monotonic() + NODE_GRACE_S
-        if not [n for n in nodes if n not in info] or (grace_end and time.monotonic() > grace_end):
-            return info
+            if (not absent and all(n in info for n in nodes)) or time.monotonic() > grace_end:
+                return info
+        if absent and not said:
+            until = (grace_end if enough and grace_end else deadline) - time.monotonic()
+            say(
+                f"waiting up to {max(0.0, until):.0f}s for {', '.join(absent)} "
+                f"({len(info)} of {len(expected or {})} enrolled nodes answered)"
+            )
+            said = True
         if time.monotonic() > deadline:
+            if len(info) >= f.min_nodes:
+                return info  # the caller names which nodes fit and why the others do not
             raise RunStoppedError(
-                f"stopped before round 1: only {len(info)} of {cfg.federation.min_nodes} "
-                f"nodes answered within {cfg.federation.round_timeout:.0f}s"
+                f"stopped before round 1: only {len(info)} of {f.min_nodes} "
+                f"nodes answered within {f.round_timeout:.0f}s"
             )
         time.sleep(0.5)
 

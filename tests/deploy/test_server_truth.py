@@ -143,3 +143,29 @@ def test_a_killed_node_stops_the_run_with_a_reason(tmp_path: Path, processes):
     for line in console.lines:
         m = re.search(r"no reply within (\d+)s", line)
         assert m is None or int(m.group(1)) >= timeout, line
+
+
+def test_the_server_waits_for_enrolled_nodes_that_connect_late(tmp_path: Path, processes):
+    """Nodes connect one by one. The first two (each demanding two neighbours) cannot form
+    a secure sum alone; before, the server described them, left both out and stopped
+    before round 1 ("1 node(s) fit the task, min-nodes is 2") instead of waiting for the
+    third enrolled node. Now it names whom it waits for and runs once node-b is there."""
+    layout = prepare_demo(out=tmp_path / "fed", nodes=3, rounds=1)
+    a, b, c = layout.nodes
+    _edit(layout.federation, "min-nodes = 3", "min-nodes = 2")
+    console = _server(layout, processes)
+    assert console.wait_for("enrolled node-c", 120), "server did not enrol the nodes"
+    processes.client(a)
+    processes.client(c)
+    waiting = console.wait_for("waiting up to", 300)
+    out = "\n".join(console.lines)
+    assert waiting, out
+    line = next(x for x in console.lines if x.startswith("waiting up to"))
+    assert "for node-b (2 of 3 enrolled nodes answered)" in line, out
+    assert console.proc.poll() is None, out
+    processes.client(b)
+    console.proc.wait(timeout=400)
+    out = "\n".join(console.lines)
+    assert console.proc.returncode == 0, out
+    assert "3 nodes: node-a, node-b, node-c" in out, out
+    assert not any(x.startswith("left out") for x in console.lines), out
