@@ -60,6 +60,8 @@ def _setup(server_round: int) -> Setup:
         dropout_tolerance=0.34,
         graph_seed=1,
     )
+    # The demo's nodes by slot: this node (node-a) is slot 1.
+    params = dataclasses.replace(params, names=("node-a", "node-b", "node-c"))
     return Setup(params=params, slot=1)
 
 
