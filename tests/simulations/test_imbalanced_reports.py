@@ -16,6 +16,7 @@ import pytest
 from sklearn.datasets import make_classification
 
 from fedguard.config import SimulationConfig
+from fedguard.errors import ConfigError
 from fedguard.simulations.progress import format_round
 from fedguard.simulations.runner import simulate
 from fedguard.simulations.sweep import load_sweep, run_sweep
@@ -79,3 +80,33 @@ def test_sweep_tables_lead_with_the_rare_class_figures(rare_csv: Path, tmp_path:
     assert "| run | seed | ROC-AUC | PR-AUC | positive F1 (precision, recall) | threshold |" in (
         report
     )
+
+
+def test_class_weights_change_the_model_not_the_epsilon(rare_csv: Path, tmp_path: Path) -> None:
+    runs = {}
+    for weights in (None, "0.05,1"):
+        config = SimulationConfig(
+            dataset=str(rare_csv),
+            target="label",
+            clients=3,
+            rounds=2,
+            class_weights=weights,
+            out=tmp_path / str(weights),
+        )
+        runs[weights] = simulate(config)
+    plain, weighted = runs[None], runs["0.05,1"]
+    assert weighted.final_epsilon_max == plain.final_epsilon_max  # same mechanism, same C
+    assert weighted.config["class-weights"] == "0.05,1"  # recorded with the results
+    assert (weighted.final_roc_auc, weighted.final_threshold) != (
+        plain.final_roc_auc,
+        plain.final_threshold,
+    )
+
+
+def test_class_weights_must_match_the_classes(rare_csv: Path, tmp_path: Path) -> None:
+    config = SimulationConfig(
+        dataset=str(rare_csv), target="label", class_weights="0.1,0.5,1", out=tmp_path / "x"
+    )
+    with pytest.raises(ConfigError, match=r"^--class-weights: expected 2 weights .*'0.1,0.5,1'"):
+        simulate(config)
+    assert not (tmp_path / "x").exists()  # refused before the output folder is made
