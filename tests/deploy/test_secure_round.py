@@ -39,6 +39,7 @@ from fedguard.flower_compat import send_and_receive
 from fedguard.messages import ERROR_BUDGET_REFUSED, encode_secagg, encode_train, secagg_payload
 from fedguard.privacy.ledger import LEDGER_FILENAME
 from fedguard.privacy.secagg import (
+    ConsistencyReply,
     ConsistencyRequest,
     MaskedInputReply,
     MaskedInputRequest,
@@ -655,3 +656,33 @@ def test_a_train_reply_without_its_privacy_receipt_is_refused(fed: Federation):
     # It never got its neighbours' keys: out of the round, not a dropout to recover.
     assert (rnd.means[0].count, rnd.means[0].dropped) == (3, 0)
     fed.check_mean(rnd, survivors=[c for c in range(NODES) if c != bad])
+
+
+def test_a_node_signs_one_survivor_set_per_session_even_across_processes(fed: Federation):
+    """A hostile server asks a deployed node (a fresh process per message, state on disk)
+    to sign a second survivor set after the first: the node refuses; the same request
+    gets the very same signature bytes back."""
+    rnd = fed.round(1, fed.initial_weights())
+    assert rnd.means and rnd.means[0].count == NODES
+    node = fed.node_of[fed.cid("node-b")]
+    [first] = [m for s, m in fed.grid.sent if s == "consistency" and m.metadata.dst_node_id == node]
+    payload = secagg_payload(first.content)
+    assert payload is not None
+    asked = decode_secagg(payload, expect=ConsistencyRequest)
+    assert isinstance(asked, ConsistencyRequest) and len(asked.survivors) == NODES
+
+    def ask(request_bytes: bytes) -> Message:
+        msg = Message(encode_secagg(request_bytes), dst_node_id=node,
+                      message_type=SECAGG_MESSAGE_TYPE, group_id="1")  # fmt: skip
+        [reply] = send_and_receive(fed.grid, [msg], timeout=TIMEOUT)
+        return reply
+
+    again = ask(payload)
+    assert again.has_content() and not again.has_error()
+    signed = decode_secagg(secagg_payload(again.content) or b"", expect=ConsistencyReply)
+    assert isinstance(signed, ConsistencyReply) and signed.slot == fed.cid("node-b") + 1
+    # The second list: one survivor now said to have dropped.
+    other = ConsistencyRequest(survivors=asked.survivors[:-1])
+    refused = ask(encode_payload(other))
+    assert refused.has_error() and not refused.has_content()
+    assert "already answered for another request" in refused.error.reason

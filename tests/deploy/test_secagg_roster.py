@@ -1,0 +1,170 @@
+"""node.toml ``[secagg] roster`` and ``max-colluding-nodes`` (#14.6): checked when node.toml
+is loaded, and a node without a roster, or named wrongly in a session, takes part in no
+secure round (refused before training, so nothing is spent).
+
+Real files from ``prepare_demo`` (real OpenSSH P-384 node keys), real ``load_node_config``
+and the real :class:`NodeSecAgg`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from fedguard.client.node import PolicyRefusalError
+from fedguard.client.secure import NodeSecAgg
+from fedguard.deploy_config import load_node_config
+from fedguard.deploy_demo import prepare_demo
+from fedguard.errors import ConfigError
+from fedguard.federation import TrainRequest
+from fedguard.privacy.secagg import Setup, make_params
+from fedguard.transport import encode_secagg
+
+NAMES = ("node-a", "node-b", "node-c")
+
+
+@pytest.fixture
+def demo(tmp_path: Path):
+    return prepare_demo(out=tmp_path / "demo", nodes=3, rounds=1)
+
+
+def _rewrite(toml: Path, pattern: str, replacement: str) -> None:
+    text = toml.read_text()
+    new = re.sub(pattern, replacement, text, count=1, flags=re.MULTILINE)
+    assert new != text
+    toml.write_text(new)
+
+
+def test_the_demo_writes_a_roster_of_every_node_key(demo):
+    cfg = load_node_config(demo.nodes[0])
+    roster = cfg.secagg.roster
+    assert roster is not None and roster.is_dir()
+    assert sorted(p.name for p in roster.iterdir()) == [f"{n}.pub" for n in NAMES]
+    assert cfg.secagg.max_colluding_nodes == 0
+
+
+def _ed25519_line() -> str:
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    ssh = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return ssh.decode() + " intruder\n"
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        ("file", r"secagg\.roster: expected a folder of NAME\.pub node keys, got '.*node\.toml'"),
+        ("ed25519", r"secagg\.roster: expected EC P-384 OpenSSH public keys .*, got '.*x\.pub"),
+        ("bad-name", r"secagg\.roster: expected NAME\.pub files, NAME a letter or digit"),
+        ("own-missing", r"secagg\.roster: expected a folder holding this node's own node-a\.pub"),
+        ("own-wrong", r"secagg\.roster: expected node-a\.pub matching node\.private-key"),
+        ("colluding", r"secagg\.max-colluding-nodes: expected an integer >= 0, got -1"),
+    ],
+)
+def test_a_bad_roster_is_one_line_naming_file_key_and_value(demo, spoil, message):
+    toml = demo.nodes[0]
+    roster = load_node_config(toml).secagg.roster
+    assert roster is not None
+    if spoil == "file":
+        _rewrite(toml, r'^roster = ".*"$', f'roster = "{toml}"')
+    elif spoil == "ed25519":
+        (roster / "x.pub").write_text(_ed25519_line())
+    elif spoil == "bad-name":
+        shutil.copy(roster / "node-b.pub", roster / "-b.pub")
+    elif spoil == "own-missing":
+        (roster / "node-a.pub").unlink()
+    elif spoil == "own-wrong":
+        shutil.copy(roster / "node-b.pub", roster / "node-a.pub")
+    else:
+        _rewrite(toml, r"^max-colluding-nodes = 0$", "max-colluding-nodes = -1")
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_node_config(toml)
+    assert "\n" not in str(caught.value) and str(toml.resolve()) in str(caught.value)
+
+
+def test_a_relative_roster_is_read_next_to_node_toml(demo):
+    toml = demo.nodes[1]
+    _rewrite(toml, r'^roster = ".*"$', 'roster = "roster"')
+    assert load_node_config(toml).secagg.roster == toml.parent / "roster"
+
+
+def _request(server_round: int = 1) -> TrainRequest:
+    return TrainRequest(
+        server_round=server_round,
+        local_epochs=1,
+        batch_size=32,
+        lr=0.1,
+        max_grad_norm=0.5,
+        total_rounds=1,
+        federation="demo",
+        model="logreg",
+    )
+
+
+def _setup(names: tuple[str, ...], slot: int = 1) -> bytes:
+    params = make_params(
+        run="demo",
+        server_round=1,
+        cohort=len(names),
+        clip_range=1.0,
+        bits=16,
+        weight_cap=1,
+        dropout_tolerance=0.34,
+        graph_seed=1,
+    )
+    return encode_secagg(Setup(params=dataclasses.replace(params, names=names), slot=slot))
+
+
+def test_a_node_without_a_roster_refuses_a_secure_round_before_training(demo):
+    toml = demo.nodes[0]
+    _rewrite(toml, r'^roster = ".*"\n', "")
+    node = NodeSecAgg(config=load_node_config(toml))
+    with pytest.raises(PolicyRefusalError, match=r"^node\.toml \[secagg\] roster: not set; ") as e:
+        node.check_request(setup_bytes=_setup(NAMES), request=_request())
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("names", "slot", "message"),
+    [
+        (NAMES, 2, r"gave slot 2 to 'node-b', but this node is 'node-a'"),
+        (("node-b", "node-a", "node-c"), 1, r"gave slot 1 to 'node-b'"),
+        (("node-a", "node-b", "node-z"), 1, r"node 'node-z' is not in this node's roster"),
+        ((), 1, r"gave slot 1 to 'no name'"),
+    ],
+    ids=["another-slot", "swapped", "stranger", "unnamed"],
+)
+def test_a_node_refuses_a_session_that_names_it_wrongly(demo, names, slot, message):
+    node = NodeSecAgg(config=load_node_config(demo.nodes[0]))
+    if not names:
+        params = make_params(
+            run="demo",
+            server_round=1,
+            cohort=3,
+            clip_range=1.0,
+            bits=16,
+            weight_cap=1,
+            dropout_tolerance=0.34,
+            graph_seed=1,
+        )
+        setup = encode_secagg(Setup(params=params, slot=slot))
+    else:
+        setup = _setup(names, slot)
+    with pytest.raises(PolicyRefusalError, match=message):
+        node.check_request(setup_bytes=setup, request=_request())
+
+
+def test_a_node_refuses_a_cohort_too_small_for_its_quorum(demo):
+    toml = demo.nodes[0]
+    _rewrite(toml, r"^max-colluding-nodes = 0$", "max-colluding-nodes = 3")
+    node = NodeSecAgg(config=load_node_config(toml))
+    with pytest.raises(PolicyRefusalError, match=r"cannot reach the quorum of 4 signatures"):
+        node.check_request(setup_bytes=_setup(NAMES), request=_request())
+    # The right session passes every identity check.
+    ok = NodeSecAgg(config=load_node_config(demo.nodes[1]))
+    assert ok.check_request(setup_bytes=_setup(NAMES, 2), request=_request()) is not None
