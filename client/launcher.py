@@ -28,6 +28,7 @@ from types import FrameType
 
 from fedguard._io import private_folder
 from fedguard._procs import flower_env, fork_start, free_port, stop
+from fedguard.class_labels import class_mapping, declared_labels
 from fedguard.client.app_bundle import bundle_refusal
 from fedguard.client.state_lock import lock_file
 from fedguard.client.watch import ServeWatch, wait_for_server
@@ -234,9 +235,11 @@ def run_client(*, config_path: Path) -> None:
     from fedguard.errors import DataError
 
     try:
-        node_runtime(str(cfg.source))
+        runtime = node_runtime(str(cfg.source))
     except DataError as exc:
         raise NodeRefusedError(f"node {n.name}: {exc}") from None
+    labels = declared_labels(cfg.data.schema, runtime.num_classes)
+    print(f"node {n.name}: {len(runtime.y)} training records; {class_mapping(labels)}", flush=True)
     # Before the SuperNode is forked: every run's app bundle is checked where it is
     # fetched, and a bundle that is not exactly fedguard's installed app is refused.
     installed = installed_task()

@@ -29,6 +29,7 @@ from fedguard._procs import (
     wait_for_port,
 )
 from fedguard.certs import _NODE_NAME as NODE_NAME  # `fedguard certs node NAME`
+from fedguard.class_labels import class_mapping, declared_labels
 from fedguard.console import FlowerLines
 from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
 from fedguard.errors import DataError, FedguardError, invalid
@@ -164,6 +165,8 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
                 f"state {state}",
                 flush=True,
             )
+            t = cfg.task
+            print(class_mapping(declared_labels(t.schema, t.num_classes)), flush=True)
             if not insecure and s.keys_dir is not None:
                 _check_key_names(s.keys_dir)
                 enrolment = Enrolment(keys_dir=s.keys_dir, state_dir=state, env=env)

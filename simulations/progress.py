@@ -5,8 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedguard.class_labels import class_mapping, default_names
 from fedguard.config import SimulationConfig
-from fedguard.federation import RoundRecord
+from fedguard.federation import RoundRecord, federated_data
 from fedguard.simulations.runner import SimulationSummary, simulate
 from fedguard.task.metrics import headline
 
@@ -39,6 +40,8 @@ def run_with_progress(config: SimulationConfig, *, overwrite: bool = False) -> S
         f"({config.cohort_size} per round), {config.rounds} rounds, "
         f"{config.partition} partition, engine {config.engine}; {privacy}"
     )
+    ds = federated_data(config).dataset  # cached: the run below uses this very load
+    console.print(class_mapping(ds.class_names or default_names(ds.num_classes)))
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedguard._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from fedguard.class_labels import default_names
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
 from fedguard.federation import FederatedData, RoundRecord, federated_data, initial_model
@@ -61,6 +62,8 @@ class SimulationSummary:
     config: dict[str, Any]
     # --client-dp: the figure and what it assumes (accountant, neighbours, sampling).
     client_level_dp: dict[str, object] | None = None
+    # Each class id's label (#17.4): classes[i] is the label the model calls class i.
+    classes: list[str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,6 +126,7 @@ def simulate(
         wall_seconds=time.perf_counter() - started,
         config=config.to_dict(),
         client_level_dp=None if last.client_epsilon is None else _client_level(config, last.round),
+        classes=list(data.dataset.class_names or default_names(data.dataset.num_classes)),
     )
     save_model(out / MODEL_FILE, config=config, data=data, weights=final[0])
     atomic_write_json(out / SUMMARY_FILE, summary.as_dict())

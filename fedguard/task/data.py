@@ -110,6 +110,8 @@ class Dataset:
     input_shape: tuple[int, ...]
     train_record_keys: np.ndarray | None = None
     dp_scaling: DPScalingPlan | None = None
+    # Each class id's label as the data names it (a schema's labels); () = the ids.
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -210,7 +212,7 @@ def load_dataset(
         parsed = load_schema(schema) if isinstance(schema, Path | str) else schema
         table = load_table(Path(name), target=target, schema=parsed)
         rows = _Rows(table.x, table.y, table.records)
-        return pick.dataset(name, rows, None, table.num_classes, table.plan)
+        return pick.dataset(name, rows, None, table.num_classes, table.plan, table.classes)
     if target is not None:
         raise invalid(
             "--target",
@@ -278,6 +280,7 @@ class _Picker:
         fixed_test: _Rows | None,
         num_classes: int,
         plan: DPScalingPlan | None,
+        class_names: tuple[str, ...] = (),
     ) -> Dataset:
         empty = _Rows(rows.x[:0], rows.y[:0], [])
         if fixed_test is not None:  # a public, fixed split: keep it
@@ -308,6 +311,7 @@ class _Picker:
             tuple(rows.x.shape[1:]),
             train_record_keys=record_keys(train.records) if train.records else _no_keys(train),
             dp_scaling=plan,
+            class_names=class_names,
         )
 
 

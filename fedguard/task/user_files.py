@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from fedguard.class_labels import default_names
 from fedguard.errors import DataError, invalid
 from fedguard.task.records import array_record_bytes, table_record_bytes
 from fedguard.task.schema import DPScalingPlan, Schema, canonical_text
@@ -40,6 +41,7 @@ class Table:
     records: list[bytes]
     num_classes: int
     plan: DPScalingPlan | None
+    classes: tuple[str, ...] = ()  # each class id's label (class_labels.class_mapping)
 
 
 @dataclass(frozen=True)
@@ -96,18 +98,48 @@ def load_table(path: Path, *, target: str | None, schema: Schema | None) -> Tabl
                 source=schema.source,
             )
         x, y = schema.encode(columns, source=str(path))
-        return Table(x, y, records, schema.num_classes, schema.dp_plan())
+        return Table(x, y, records, schema.num_classes, schema.dp_plan(), schema.labels)
     names = list(columns)
     if target is None or target not in names:
         raise invalid("--target", allowed=names, got=target, source=path)
     features = [c for c in names if c != target]
     if not features:
         raise DataError(f"{path}: no feature columns besides the target {target!r}")
+    for c in features:
+        _refuse_identifier(path, c, columns[c])
     matrix = [_numbers(path, c, columns[c]) for c in features]
     y = np.array([_label(path, row, v, target) for row, v in enumerate(columns[target])])
     y = y.astype(np.int64)
     num_classes = max(int(y.max()) + 1 if y.size else 0, 2)
-    return Table(np.stack(matrix, axis=1).astype(np.float32), y, records, num_classes, None)
+    names = default_names(num_classes)
+    if {canonical_text(v) for v in columns[target]} & {"false", "true"}:
+        names = ("false", "true", *names[2:])
+    x = np.stack(matrix, axis=1).astype(np.float32)
+    return Table(x, y, records, num_classes, None, names)
+
+
+def _looks_like_id(name: str) -> bool:
+    low = name.strip().lower()
+    return low in ("id", "uuid", "key", "index") or low.endswith(("_id", "-id", " id", "uuid"))
+
+
+def _refuse_identifier(path: Path, name: str, values: list[object]) -> None:
+    """A column named like an identifier whose every row holds a distinct value is
+    refused as a feature, not merely warned about: a node runs unattended (a warning in
+    its log is read by no one), a customer number carries nothing a model should learn,
+    and declaring it takes one schema line."""
+    if len(values) < 2 or not _looks_like_id(name):
+        return
+    texts = [canonical_text(v) for v in values]
+    if None in texts or len(set(texts)) != len(texts):
+        return
+    raise DataError(
+        f"{path}: column {name!r} looks like an identifier (named like one, a distinct value "
+        f"in each of its {len(texts)} rows) and is not used as a feature without a schema: "
+        f'declare it in a schema file ([columns.{name}] type = "identifier", or "ignore"; '
+        "--schema FILE or schema = in [data]/[task]), or rename the column if it is a "
+        "measurement"
+    )
 
 
 def _numbers(path: Path, name: str, values: list[object]) -> np.ndarray:
