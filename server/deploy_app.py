@@ -75,6 +75,7 @@ from fedguard.server.run_files import (
 )
 from fedguard.server.secure_round import secure_round
 from fedguard.task import build_model, get_weights
+from fedguard.task.metrics import headline
 
 __all__ = ["CHECKPOINT", "CONFIG_KEY", "DeployedRun", "RunStoppedError", "app"]
 # Kept importable from here for earlier callers.
@@ -197,7 +198,9 @@ class DeployedRun:
         atomic_write_json(self.files.results / "summary.json", self.summary(started))
         last = self.records[-1]
         return self._outcome(
-            True, f.rounds, f"accuracy {last['accuracy']}; results in {self.files.results}"
+            True,
+            f.rounds,
+            f"{headline(last) or 'no evaluation set'}; results in {self.files.results}",
         )
 
     def resume_point(self) -> tuple[list[np.ndarray], int]:
@@ -368,7 +371,7 @@ class DeployedRun:
         quality = (
             ""
             if math.isnan(record.accuracy)
-            else f" accuracy {record.accuracy:.4f} loss {record.loss:.4f}"
+            else f" {headline(record.as_dict())} loss {record.loss:.4f}"
         )
         client = (
             ""
