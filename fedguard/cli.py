@@ -90,6 +90,10 @@ def simulate(
     delta: Annotated[float | None, Opt()] = None,
     no_dp: Annotated[bool | None, Opt("--no-dp", help="train without differential privacy")] = None,
     max_grad_norm: Annotated[float | None, Opt(help="per-sample clipping norm")] = None,
+    class_weights: Annotated[
+        str | None,
+        Opt(help="public per-class loss weights in (0, 1], e.g. 0.05,1 (epsilon unchanged)"),
+    ] = None,
     accountant: Annotated[str | None, Opt(help="rdp or prv")] = None,
     partition: Annotated[str | None, Opt(help="iid, dirichlet or shards")] = None,
     alpha: Annotated[float | None, Opt(help="Dirichlet concentration (smaller: more skew)")] = None,
@@ -155,6 +159,7 @@ def simulate(
         "delta": delta,
         "no-dp": no_dp,
         "max-grad-norm": max_grad_norm,
+        "class-weights": class_weights,
         "accountant": accountant,
         "partition": partition,
         "alpha": alpha,

@@ -120,9 +120,15 @@ class _Observer:
         )
         target = "non-private" if math.isinf(cell.epsilon) else f"target {cell.epsilon:g}"
         how = "finished earlier" if result.reused else f"{result.wall_seconds:.1f}s"
+        binary = (  # a rare positive class: the figures that show it come first (#17.5)
+            ""
+            if result.final_roc_auc is None
+            else f"ROC-AUC {result.final_roc_auc:.4f} PR-AUC {result.final_pr_auc or 0:.4f} "
+            f"positive F1 {result.final_f1_pos or 0:.4f}, "
+        )
         self._console.print(
             f"[{index + 1}/{self._total}] {cell.partitioning}, {cell.clients_per_round}/round, "
-            f"{target}, seed {cell.seed}: accuracy {result.final_accuracy:.4f} "
+            f"{target}, seed {cell.seed}: {binary}accuracy {result.final_accuracy:.4f} "
             f"(best {result.best_accuracy:.4f}), {eps}; {how}"
         )
         self._bar.advance(self._grid)
