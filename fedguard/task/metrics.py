@@ -124,10 +124,15 @@ def compute_metrics(*, y_true: np.ndarray, logits: np.ndarray, num_classes: int)
     margin = z[:, 1] - z[:, 0]
     if not (np.isfinite(prob1).all() and np.isfinite(margin).all()):
         return macro
+    b = _binary(y=y.astype(np.int64), margin=margin)
     return dataclasses.replace(
         macro,
         roc_auc=float(roc_auc_score(y, prob1)),
-        **_binary(y=y.astype(np.int64), margin=margin),
+        pr_auc=b["pr_auc"],
+        threshold=b["threshold"],
+        precision_pos=b.get("precision_pos"),
+        recall_pos=b.get("recall_pos"),
+        f1_pos=b.get("f1_pos"),
     )
 
 
@@ -201,8 +206,9 @@ def headline(figures: Mapping[str, Any]) -> str:
 
     def num(key: str) -> float | None:
         v = figures.get(key)
-        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-        return float(v) if ok else None
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return None
+        return float(v)
 
     parts: list[str] = []
     if num("roc_auc") is not None:
