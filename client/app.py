@@ -21,6 +21,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedguard.client.events import append_event
 from fedguard.client.node import node_runtime
 from fedguard.client.secure import NodeSecAgg
 from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer
@@ -216,12 +217,16 @@ def train(message: Message, context: Context) -> Message:
             return Message(content, reply_to=message)
     except BudgetExceededError as exc:
         reason = str(exc)
+        if stage != "training":  # a refusal from training is in the node's log already
+            _node_event(context, f"a request refused before training: {reason}")
         if _node_config_path(context) is not None and not _reveals_count(context):
             # Its exact epsilon figures give the record count away (audit): rounded up.
             reason = _EXACT_FIGURE.sub(lambda m: f"{coarse_epsilon(float(m[0])):.1f}", reason)
         return Message(Error(code=ERROR_BUDGET_REFUSED, reason=reason), reply_to=message)
     except Exception as exc:  # the server logs the reason; the node keeps serving
         _log.exception("node %s: round failed", who)
+        if stage != "training":
+            _node_event(context, f"a request failed ({stage}): {type(exc).__name__}: {exc}")
         reason = f"{type(exc).__name__}: {exc}"
         if stage != "request" and _node_config_path(context) is not None:
             # A data or training error can quote a record's values, the file or a row count.
@@ -232,6 +237,17 @@ def train(message: Message, context: Context) -> Message:
         return Message(Error(code=ERROR_CLIENT_FAILED, reason=reason), reply_to=message)
     metrics = _reply_metrics(result, extra)
     return Message(encode_reply(weights=result.weights, metrics=metrics), reply_to=message)
+
+
+def _node_event(context: Context, message: str) -> None:
+    """One line in a deployed node's event log (client/events.py); nothing otherwise."""
+    path = _node_config_path(context)
+    if path is None:
+        return
+    try:
+        append_event(_node_config(path).node.state_dir, message)
+    except Exception:  # an unreadable config: the round's own error says why
+        _log.warning("node %s: event not logged: %s", path, message)
 
 
 @app.query("secagg")

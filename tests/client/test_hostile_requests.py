@@ -26,6 +26,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
+from fedguard.client.events import EVENTS_FILE
 from fedguard.client.node import node_runtime
 from fedguard.deploy_demo import prepare_demo
 from fedguard.federation import TrainRequest
@@ -79,7 +80,8 @@ class Node:
         return client_app(over_the_wire(msg), context)
 
     def snapshot(self) -> dict[str, bytes]:
-        files = (p for p in self.state.rglob("*") if p.is_file())
+        # node-events.log: the node's own account of each request (it grows, #17.2).
+        files = (p for p in self.state.rglob("*") if p.is_file() and p.name != EVENTS_FILE)
         return {str(p.relative_to(self.state)): p.read_bytes() for p in files}
 
 
@@ -342,8 +344,11 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_the_node_answers_an_error_naming_the_flaw_and_spends_nothing(node: Node, case: Case):
     before = node.snapshot()
+    events = node.state / EVENTS_FILE
+    logged = events.read_text()
     reply = node.deliver(case.content())
     assert reply.has_error() and not reply.has_content()
+    assert len(events.read_text()) > len(logged)  # the node's own log says it (#17.2)
     assert reply.error.code == (ERROR_BUDGET_REFUSED if case.policy else ERROR_CLIENT_FAILED)
     assert case.fragment in reply.error.reason, reply.error.reason
     assert "\n" not in reply.error.reason

@@ -116,7 +116,7 @@ def _snapshot(state: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(state)): p.read_bytes()
         for p in state.rglob("*")
-        if p.is_file() and p.name != "budget.lock"
+        if p.is_file() and p.name not in ("budget.lock", "node-events.log")  # (#17.2)
     }
 
 

@@ -58,6 +58,7 @@ def test_node_waits_for_its_server_says_each_round_and_exits_when_finished(
     shown = console.decode(errors="replace")
     assert "\x1b[" not in shown and ":DEBUG:" not in shown and "Traceback" not in shown
     assert "Starting logstream" in shown  # Flower's own lines are there, plain
+    assert "classes (label -> id): '0' -> 0, '1' -> 1, " in shown  # digits (#17.4)
     raw = (layout.root / "server" / "state" / "flwr-run.log").read_text()
     assert ":DEBUG:" in raw and "\x1b[" in raw  # kept whole, for whoever needs them
     for proc in nodes:  # told by the run's last round and the closed server: exit 0
@@ -83,4 +84,5 @@ def test_node_waits_for_its_server_says_each_round_and_exits_when_finished(
             text,
         ), text[-3000:]
         assert "\x1b[" not in text  # no colour codes in what the operator reads
+        assert re.search(rf"node {name}: \d+ training records; classes \(label -> id\): '0'", text)
         assert "\x1b[" not in (toml.parent / "state" / "supernode.log").read_text()
