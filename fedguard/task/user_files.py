@@ -111,11 +111,11 @@ def load_table(path: Path, *, target: str | None, schema: Schema | None) -> Tabl
     y = np.array([_label(path, row, v, target) for row, v in enumerate(columns[target])])
     y = y.astype(np.int64)
     num_classes = max(int(y.max()) + 1 if y.size else 0, 2)
-    names = default_names(num_classes)
+    classes = default_names(num_classes)
     if {canonical_text(v) for v in columns[target]} & {"false", "true"}:
-        names = ("false", "true", *names[2:])
+        classes = ("false", "true", *classes[2:])
     x = np.stack(matrix, axis=1).astype(np.float32)
-    return Table(x, y, records, num_classes, None, names)
+    return Table(x, y, records, num_classes, None, classes)
 
 
 def _looks_like_id(name: str) -> bool:
