@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fedguard._io import read_jsonl
+from fedguard.class_labels import declared_labels
 from fedguard.deploy_config import FederationConfig
 from fedguard.errors import DataError
 from fedguard.federation import standardise_eval_rows
@@ -188,6 +189,8 @@ def run_summary(
         "epsilon_by_node": last["epsilon_by_node"],  # from the nodes' receipts
         "receipts": last.get("receipts", {}),
         "nodes": nodes,  # enrolled names
+        # classes[i]: the label the model calls class i (#17.4), as the console printed it
+        "classes": list(declared_labels(cfg.task.schema, cfg.task.num_classes)),
         "wall_seconds_this_run": seconds,
         "config_digest": cfg.digest(),
         # How the updates were protected from this server (None: it saw each one).
