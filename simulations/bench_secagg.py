@@ -10,8 +10,15 @@ sends and receives (serialised ``fedguard.v1`` messages), against a plain upload
 float32 weights. Client compute should grow like k x model size (k neighbours), not
 n x model size: the column ``ns/(k*P)`` stays flat when it does.
 
+Part 3 is the consistency stage's share of part 2 (Bell et al. 2020; #14.6): each survivor
+signs the survivor set (ECDSA P-384) and, before it unmasks, verifies every survivor's
+signature; the messages are the survivor set, one signature up, and all signatures down.
+Signing is timed inside the round; verification is timed on the very signatures of the
+round (|U3| verifications per node, as ``SecAggClient.unmask`` does).
+
     python -m fedguard.simulations.bench_secagg            # make bench-secagg
     python -m fedguard.simulations.bench_secagg --quick    # a smoke run (CI-sized)
+    python -m fedguard.simulations.bench_secagg --protocol-only   # parts 2 and 3 only
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +36,17 @@ from pathlib import Path
 import numpy as np
 
 from fedguard.config import load_simulation_config
-from fedguard.privacy.secagg import RoundCost, make_params, secure_sum_in_process
+from fedguard.privacy.secagg import (
+    ConsistencyReply,
+    ConsistencyRequest,
+    RoundCost,
+    UnmaskRequest,
+    make_params,
+    quorum,
+    secure_sum_in_process,
+)
+from fedguard.privacy.secagg import _hazmat as hz
+from fedguard.privacy.secagg.signing import consistency_message
 from fedguard.simulations.runner import METRICS_FILE, simulate
 from fedguard.transport import encode_secagg
 
@@ -93,6 +111,11 @@ class ProtocolCost:
     up_bytes: float  # per node, all stages
     down_bytes: float  # per node, secure-aggregation messages only
     plain_up_bytes: int
+    quorum: int  # signatures needed on the survivor set (c = 0)
+    sign_ms: float  # per node: the consistency stage (checks and one signature)
+    verify_ms: float  # per node: verifying every survivor's signature before unmasking
+    consistency_up_bytes: float  # per node: its ConsistencyReply
+    consistency_down_bytes: float  # per node: ConsistencyRequest + the signatures in unmask
 
 
 def protocol_cost(*, clients: int, params: int, seed: int = 0) -> ProtocolCost:
@@ -108,15 +131,25 @@ def protocol_cost(*, clients: int, params: int, seed: int = 0) -> ProtocolCost:
     )
     rng = np.random.default_rng(seed)
     update = [rng.normal(0.0, 0.05, params).astype(np.float32)]
-    sent = {"up": 0, "down": 0}
+    sent = {"up": 0, "down": 0, "cons-up": 0, "cons-down": 0}
+    unmask: list[UnmaskRequest] = []
 
     def count(direction: str, _slot: int, message: object) -> None:
-        sent[direction] += len(encode_secagg(message))  # type: ignore[arg-type]
+        size = len(encode_secagg(message))  # type: ignore[arg-type]
+        sent[direction] += size
+        if isinstance(message, ConsistencyRequest | ConsistencyReply):
+            sent[f"cons-{direction}"] += size
+        elif isinstance(message, UnmaskRequest):
+            # What the signatures add to the unmask request (the set itself was sent before).
+            bare = UnmaskRequest(survivors=message.survivors, signatures=())
+            sent["cons-down"] += size - len(encode_secagg(bare))
+            unmask.append(message)
 
     cost = RoundCost()
     secure_sum_in_process(
         params=p, input_for=lambda _s: (update, 50), rng=rng, on_message=count, cost=cost
     )
+    verify_ms = _verify_ms(p, unmask[0])
     return ProtocolCost(
         params=params,
         clients=clients,
@@ -127,7 +160,31 @@ def protocol_cost(*, clients: int, params: int, seed: int = 0) -> ProtocolCost:
         up_bytes=sent["up"] / clients,
         down_bytes=sent["down"] / clients,
         plain_up_bytes=4 * params,
+        quorum=quorum(p, max_colluding=0),
+        sign_ms=1000 * cost.consistency_client_seconds / clients,
+        verify_ms=verify_ms,
+        consistency_up_bytes=sent["cons-up"] / clients,
+        consistency_down_bytes=sent["cons-down"] / clients,
     )
+
+
+def _verify_ms(params: object, request: UnmaskRequest) -> float:
+    """Milliseconds one node spends verifying ``len(request.signatures)`` signatures.
+
+    The round's own keys stay inside ``secure_sum_in_process``; this re-signs the same
+    survivor set with as many fresh P-384 keys and times the same ``verify`` calls (the
+    cost of ECDSA verification does not depend on which key signed).
+    """
+    message = consistency_message(params, request.survivors)  # type: ignore[arg-type]
+    keys = [hz.new_signing_key() for _ in request.signatures]
+    signed = [
+        (k.public_key(), hz.sign(k, label=hz.SIGN_CONSISTENCY, message=message)) for k in keys
+    ]
+    start = time.perf_counter()
+    for public, signature in signed:
+        if not hz.verify(public, signature, label=hz.SIGN_CONSISTENCY, message=message):
+            raise RuntimeError("a fresh signature did not verify")
+    return 1000 * (time.perf_counter() - start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,6 +193,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--models", default="10k,1M", help=f"among {', '.join(MODELS)}")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="10k model, n=10 and 20, 2 rounds")
+    ap.add_argument(
+        "--protocol-only", action="store_true", help="skip part 1 (end-to-end training)"
+    )
+    ap.add_argument(
+        "--large",
+        action="store_true",
+        help="add n = 1000 to part 2 (a sparse graph; each of the 1000 in-process nodes "
+        "verifies ~1000 signatures: long)",
+    )
     args = ap.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
     models = args.models.split(",")
@@ -146,15 +212,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"--models: expected among {', '.join(MODELS)}, got {', '.join(bad)}")
         return 2
 
-    print("1) seconds per round, in-process engine, DP-SGD on digits, every client every round")
-    timings = end_to_end(clients=clients, models=models, rounds=args.rounds)
-    print("\n| model | params | n | plain s/round | secagg s/round | secagg/plain |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for t in timings:
-        print(
-            f"| {t.model} | {t.params:,} | {t.clients} | {t.plain_s:.3f} | {t.secagg_s:.3f} "
-            f"| {t.secagg_s / t.plain_s:.2f} |"
-        )
+    if not args.protocol_only:
+        print("1) seconds per round, in-process engine, DP-SGD on digits, every client every round")
+        timings = end_to_end(clients=clients, models=models, rounds=args.rounds)
+        print("\n| model | params | n | plain s/round | secagg s/round | secagg/plain |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for t in timings:
+            print(
+                f"| {t.model} | {t.params:,} | {t.clients} | {t.plain_s:.3f} | {t.secagg_s:.3f} "
+                f"| {t.secagg_s / t.plain_s:.2f} |"
+            )
 
     print("\n2) the protocol alone, per node (random updates; training excluded)")
     print(
@@ -163,15 +230,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     sizes = [(74 * MODELS[m] + 10, n) for m in models for n in clients]
-    if not args.quick:
+    if args.large and not args.quick:
         sizes.append((74 * MODELS["10k"] + 10, 1000))  # k < n - 1 only for large cohorts
+    costs = []
     for params, n in sizes:
         c = protocol_cost(clients=n, params=params)
+        costs.append(c)
         per = 1e6 * c.client_ms / (max(c.degree, 1) * params)
         print(
             f"| {params:,} | {n} | {c.degree} | 2^{c.ring_bits} | {c.client_ms:.1f} | {per:.2f} "
             f"| {c.server_ms:.0f} | {c.up_bytes:,.0f} | {c.plain_up_bytes:,} "
             f"| {c.up_bytes / c.plain_up_bytes:.2f} | {c.down_bytes:,.0f} |",
+            flush=True,
+        )
+    print("\n3) the consistency stage's share of part 2, per node (c = 0)")
+    print(
+        "\n| params | n | q | client ms/node (all stages) | sign ms | verify ms "
+        "| consistency share of time | up bytes | of which consistency "
+        "| down bytes | of which consistency |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c in costs:
+        spent = c.sign_ms + c.verify_ms
+        total = c.client_ms  # every stage; unmask's verification included
+        print(
+            f"| {c.params:,} | {c.clients} | {c.quorum} | {total:.1f} | {c.sign_ms:.2f} "
+            f"| {c.verify_ms:.1f} | {100 * spent / total:.1f}% | {c.up_bytes:,.0f} "
+            f"| {c.consistency_up_bytes:,.0f} ({100 * c.consistency_up_bytes / c.up_bytes:.2f}%) "
+            f"| {c.down_bytes:,.0f} | {c.consistency_down_bytes:,.0f} "
+            f"({100 * c.consistency_down_bytes / c.down_bytes:.1f}%) |",
             flush=True,
         )
     return 0
