@@ -273,12 +273,6 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
     _validate_secagg(cfg, need)
     if cfg.class_weights is not None:
         _parse_class_weights(cfg.class_weights, source=source)
-        need(
-            cfg.engine == Engine.INPROCESS,
-            "--engine",
-            "inprocess with --class-weights (the Flower engine's messages do not carry them)",
-            cfg.engine,
-        )
     # Imported here, after the checks that need nothing: the registries live with the code
     # they name (one source of truth), and fedguard.task imports torch (seconds, #17.8).
     from fedguard.task.models import MODEL_NAMES

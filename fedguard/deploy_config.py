@@ -91,6 +91,8 @@ class TrainingSection:
     lr: float = 0.5
     momentum: float = 0.0
     max_grad_norm: float = 0.5
+    # Public per-class loss weights in (0, 1], one per class (fedguard.privacy.class_weights).
+    class_weights: list[float] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,6 +151,8 @@ class FederationConfig:
         del doc["federation"]["max_update_norm"]
         if self.task.schema is None:  # leaving it out keeps earlier configs' digests
             del doc["task"]["schema"]
+        if self.training.class_weights is None:  # unset: earlier configs' digests hold
+            del doc["training"]["class_weights"]
         if self.federation.weight_cap == 1:
             # The default; leaving it out keeps the digests of configs made before it.
             del doc["federation"]["weight_cap"]
@@ -294,6 +298,21 @@ def load_federation_config(path: Path) -> FederationConfig:
     _check(path, "training.batch-size", tr.batch_size >= 1, "an integer >= 1", tr.batch_size)
     _check(path, "training.lr", tr.lr > 0, "a number > 0", tr.lr)
     _check(path, "training.max-grad-norm", tr.max_grad_norm > 0, "a number > 0", tr.max_grad_norm)
+    if tr.class_weights is not None:
+        from fedguard.privacy.class_weights import check_class_weights
+
+        try:
+            check_class_weights(tr.class_weights, num_classes=t.num_classes)
+            weights_ok = True
+        except ConfigError:
+            weights_ok = False
+        _check(
+            path,
+            "training.class-weights",
+            weights_ok,
+            f"{t.num_classes} numbers (task.num-classes), each in (0, 1]",
+            tr.class_weights,
+        )
     for key, port in (("server.fleet-port", s.fleet_port), ("server.control-port", s.control_port)):
         _check(path, key, 1 <= port <= 65535, "a port 1-65535", port)
     if not s.insecure:

@@ -215,7 +215,6 @@ class TrainRequest:
     client_noise: float = 0.0
     client_min_contributors: int = 0
     # Public per-class loss weights in (0, 1] (fedguard.privacy.class_weights); () = none.
-    # Simulation only so far: the deployed request message does not carry them.
     class_weights: tuple[float, ...] = ()
 
     @property

@@ -74,6 +74,7 @@ _REQUEST_KEYS = frozenset(
         "client-clip",
         "client-noise",
         "client-min-contributors",
+        "class-weights",  # only when set: a node without it refuses a weighted round
     }
 )
 
@@ -124,6 +125,9 @@ def encode_train(
             ),
         }
     )
+    if request.class_weights:
+        weights_of_classes = [float(w) for w in request.class_weights]
+        content.config_records[_REQUEST]["class-weights"] = weights_of_classes
     if secagg is not None:
         content[_SECAGG] = ConfigRecord({_PAYLOAD: secagg})
     if simulation is not None:
@@ -176,8 +180,25 @@ def decode_request(message: Message) -> tuple[list[np.ndarray], TrainRequest]:
         client_clip=_float(r, "client-clip", _NON_NEGATIVE, _non_negative, default=0.0),
         client_noise=_float(r, "client-noise", _NON_NEGATIVE, _non_negative, default=0.0),
         client_min_contributors=_int(r, "client-min-contributors", minimum=0, default=0),
+        class_weights=_class_weights(r),
     )
     return weights, request
+
+
+def _class_weights(record: ConfigRecord) -> tuple[float, ...]:
+    """Per-class loss weights, each in (0, 1] (fedguard.privacy.class_weights); () if absent.
+
+    Whatever the server sends, clipping bounds each example by max-grad-norm, so no
+    weight can raise a node's sensitivity; out-of-range values are still refused."""
+    from fedguard.privacy.class_weights import check_class_weights
+
+    if "class-weights" not in record:
+        return ()
+    value = record.get("class-weights")
+    return check_class_weights(
+        value if isinstance(value, list) else [],
+        key="train request: class-weights",
+    )
 
 
 def is_simulation(message: Message) -> bool:

@@ -415,6 +415,7 @@ class DeployedRun:
             client_clip=cd.clip_norm if cd.enabled else 0.0,
             client_noise=cd.noise_multiplier if cd.enabled else 0.0,
             client_min_contributors=threshold if cd.enabled else 0,
+            class_weights=tuple(tr.class_weights or ()),
         )
 
     def _outcome(self, completed: bool, done: int, reason: str) -> RunOutcome:
