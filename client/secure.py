@@ -21,7 +21,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
 from fedguard._io import atomic_write_bytes
 from fedguard.client.node import BUDGET_LOCK, PolicyRefusalError
@@ -39,6 +38,7 @@ from fedguard.client.released import (
     update_digest,
     write_journal,
 )
+from fedguard.client.secure_identity import check_identity, node_roster
 from fedguard.client.state_lock import hold_lock
 from fedguard.deploy_config import NodeConfig
 from fedguard.federation import TrainRequest
@@ -51,10 +51,9 @@ from fedguard.privacy.secagg import (
     Setup,
     ShareKeysRequest,
     UnmaskRequest,
-    quorum,
 )
 from fedguard.privacy.secagg.client import ClientState
-from fedguard.roster import load_node_key, load_roster
+from fedguard.roster import load_node_key
 from fedguard.transport import decode_client_state, decode_secagg, encode_client_state
 from fedguard.transport.serde import encode_secagg
 
@@ -116,52 +115,8 @@ class NodeSecAgg:
             )
         if not 1 <= setup.slot <= p.cohort:
             raise PolicyRefusalError(f"secure aggregation slot {setup.slot} outside 1..{p.cohort}")
-        self._check_identity(setup)
+        check_identity(self.config, setup)
         return setup
-
-    def _check_identity(self, setup: Setup) -> None:
-        """The session's names against this node's name, key and roster (before training)."""
-        p, policy, me = setup.params, self.config.secagg, self.config.node.name
-        r = p.server_round
-        if policy.roster is None:
-            raise PolicyRefusalError(
-                f"node.toml [secagg] roster: not set; round {r} refused: without the nodes' "
-                "public keys from outside the server, a server could substitute keys and lie "
-                "about who dropped out unnoticed (set it to a folder of NAME.pub node keys)"
-            )
-        if self.config.node.private_key is None:
-            raise PolicyRefusalError(
-                f"node.toml [node] private-key: not set; round {r} refused: secure "
-                "aggregation signs with the node key"
-            )
-        if len(p.names) != p.cohort or p.names[setup.slot - 1] != me:
-            named = p.names[setup.slot - 1] if len(p.names) == p.cohort else "no name"
-            raise PolicyRefusalError(
-                f"round {r} refused: the server gave slot {setup.slot} to {named!r}, "
-                f"but this node is {me!r}"
-            )
-        roster = self._roster()
-        strangers = [n for n in p.names if n not in roster]
-        if strangers:
-            raise PolicyRefusalError(
-                f"round {r} refused: node {strangers[0]!r} is not in this node's roster "
-                f"({policy.roster}); its signatures could not be checked"
-            )
-        q = quorum(p, max_colluding=policy.max_colluding_nodes)
-        if q > p.cohort:
-            raise PolicyRefusalError(
-                f"round {r} refused: a cohort of {p.cohort} cannot reach the quorum of {q} "
-                f"signatures this node's secagg.max-colluding-nodes "
-                f"{policy.max_colluding_nodes} requires"
-            )
-
-    def _roster(self) -> dict[str, EllipticCurvePublicKey]:
-        policy, node = self.config.secagg, self.config.node
-        if policy.roster is None:
-            raise SecAggError("node.toml [secagg] roster: not set; no secure round")
-        return load_roster(
-            policy.roster, source=self.config.source, own_name=node.name, own_key=None
-        )
 
     def _client(self, state: ClientState | None = None, setup: Setup | None = None) -> SecAggClient:
         """This node's SecAgg+ client: node key, roster and policy from node.toml."""
@@ -169,7 +124,7 @@ class NodeSecAgg:
         if node.private_key is None:
             raise SecAggError("node.toml [node] private-key: not set; no secure round")
         key = load_node_key(node.private_key, source=self.config.source)
-        roster, floor, c = self._roster(), self._min_holders(), policy.max_colluding_nodes
+        roster, floor, c = node_roster(self.config), self._min_holders(), policy.max_colluding_nodes
         if state is not None:
             return SecAggClient(
                 state, signing_key=key, roster=roster, min_holders=floor, max_colluding=c

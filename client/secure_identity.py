@@ -1,0 +1,63 @@
+"""Who a deployed node is in a secure round: its name, its roster, its quorum (#14.6).
+
+Checked before training, so a session the node would refuse costs it nothing: the server
+must have named this node's slot with this node's name, every name must be in the node's
+roster (node.toml ``[secagg] roster``, every node's key received out of band) and the
+cohort must be able to reach the quorum the node's ``max-colluding-nodes`` requires.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+
+from fedguard.client.node import PolicyRefusalError
+from fedguard.deploy_config import NodeConfig
+from fedguard.privacy.secagg import SecAggError, Setup, quorum
+from fedguard.roster import load_roster
+
+__all__ = ["check_identity", "node_roster"]
+
+
+def check_identity(config: NodeConfig, setup: Setup) -> None:
+    """The session's names against this node's name, key and roster (before training)."""
+    p, policy, me = setup.params, config.secagg, config.node.name
+    r = p.server_round
+    if policy.roster is None:
+        raise PolicyRefusalError(
+            f"node.toml [secagg] roster: not set; round {r} refused: without the nodes' "
+            "public keys from outside the server, a server could substitute keys and lie "
+            "about who dropped out unnoticed (set it to a folder of NAME.pub node keys)"
+        )
+    if config.node.private_key is None:
+        raise PolicyRefusalError(
+            f"node.toml [node] private-key: not set; round {r} refused: secure "
+            "aggregation signs with the node key"
+        )
+    if len(p.names) != p.cohort or p.names[setup.slot - 1] != me:
+        named = p.names[setup.slot - 1] if len(p.names) == p.cohort else "no name"
+        raise PolicyRefusalError(
+            f"round {r} refused: the server gave slot {setup.slot} to {named!r}, "
+            f"but this node is {me!r}"
+        )
+    roster = node_roster(config)
+    strangers = [n for n in p.names if n not in roster]
+    if strangers:
+        raise PolicyRefusalError(
+            f"round {r} refused: node {strangers[0]!r} is not in this node's roster "
+            f"({policy.roster}); its signatures could not be checked"
+        )
+    q = quorum(p, max_colluding=policy.max_colluding_nodes)
+    if q > p.cohort:
+        raise PolicyRefusalError(
+            f"round {r} refused: a cohort of {p.cohort} cannot reach the quorum of {q} "
+            f"signatures this node's secagg.max-colluding-nodes "
+            f"{policy.max_colluding_nodes} requires"
+        )
+
+
+def node_roster(config: NodeConfig) -> dict[str, EllipticCurvePublicKey]:
+    """The node's roster ([secagg] roster), read afresh (each stage is a fresh process)."""
+    policy, node = config.secagg, config.node
+    if policy.roster is None:
+        raise SecAggError("node.toml [secagg] roster: not set; no secure round")
+    return load_roster(policy.roster, source=config.source, own_name=node.name, own_key=None)
