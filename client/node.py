@@ -357,7 +357,8 @@ class NodeRuntime:
         append_event(
             self.state_dir,
             f"run '{run}' round {r}: trained: noise multiplier {plan.noise_multiplier:.4g} "
-            f"(the run's plan: {plan.planned_rounds} rounds), {steps} steps at sample rate "
+            f"(the run's plan: {plan.planned_rounds} rounds, epsilon {plan.epsilon_planned:.4g} "
+            f"after its last), {steps} steps at sample rate "
             f"{q:.4g}; epsilon {before:.4g} -> {after:.4g} (delta {delta:g}, accountant "
             f"{method}, the most-spent record, every run){done}",
         )

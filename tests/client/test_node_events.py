@@ -41,9 +41,10 @@ def test_every_round_and_refusal_is_a_line_in_the_node_log(tmp_path: Path):
     assert "run 'run-a' round 1 of 2: request: 1 local epochs, batch 64, lr 0.5" in lines[0]
     entries = [e for e in Ledger(path=runtime.state_dir / LEDGER_FILENAME).entries()]
     noise = entries[0].noise_multiplier
-    assert (
-        f"round 1: trained: noise multiplier {noise:.4g} (the run's plan: 2 rounds)" in (lines[1])
-    )
+    trained = f"round 1: trained: noise multiplier {noise:.4g} (the run's plan: 2 rounds, epsilon "
+    assert trained in lines[1]
+    # The plan's epsilon after its last round is what round 2 reached.
+    assert f"epsilon {epsilons[1]:.4g} after its last)" in lines[1]
     assert f"epsilon 0 -> {epsilons[0]:.4g} (delta 1e-05, accountant rdp" in lines[1]
     assert f"epsilon {epsilons[0]:.4g} -> {epsilons[1]:.4g}" in lines[3]
     assert finished_run(lines[:2]) is None

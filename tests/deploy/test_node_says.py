@@ -74,7 +74,8 @@ def test_node_waits_for_its_server_says_each_round_and_exits_when_finished(
             ), text[-3000:]
             assert re.search(
                 rf"node {name}: run '[^']+' round {r}: trained: noise multiplier [\d.]+ "
-                rf"\(the run's plan: {ROUNDS} rounds\).*; epsilon [\d.e-]+ -> [\d.e-]+ "
+                rf"\(the run's plan: {ROUNDS} rounds, epsilon [\d.]+ after its last\).*; "
+                r"epsilon [\d.e-]+ -> [\d.e-]+ "
                 r"\(delta 1e-05, accountant rdp",
                 text,
             ), text[-3000:]
