@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -195,10 +196,9 @@ def _class_weights(record: ConfigRecord) -> tuple[float, ...]:
     if "class-weights" not in record:
         return ()
     value = record.get("class-weights")
-    return check_class_weights(
-        value if isinstance(value, list) else [],
-        key="train request: class-weights",
-    )
+    # A bare string or number is refused as itself (check_class_weights names the value).
+    received: Sequence[Any] = value if isinstance(value, list) else [value]
+    return check_class_weights(received, key="train request: class-weights")
 
 
 def is_simulation(message: Message) -> bool:
