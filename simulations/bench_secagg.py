@@ -180,11 +180,14 @@ def _verify_ms(params: object, request: UnmaskRequest) -> float:
     signed = [
         (k.public_key(), hz.sign(k, label=hz.SIGN_CONSISTENCY, message=message)) for k in keys
     ]
-    start = time.perf_counter()
-    for public, signature in signed:
-        if not hz.verify(public, signature, label=hz.SIGN_CONSISTENCY, message=message):
-            raise RuntimeError("a fresh signature did not verify")
-    return 1000 * (time.perf_counter() - start)
+    best = float("inf")
+    for _ in range(3):  # the quickest of three: other load on the box only adds time
+        start = time.perf_counter()
+        for public, signature in signed:
+            if not hz.verify(public, signature, label=hz.SIGN_CONSISTENCY, message=message):
+                raise RuntimeError("a fresh signature did not verify")
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best
 
 
 def main(argv: Sequence[str] | None = None) -> int:
