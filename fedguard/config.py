@@ -275,7 +275,7 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
         _parse_class_weights(cfg.class_weights, source=source)
     # Imported here, after the checks that need nothing: the registries live with the code
     # they name (one source of truth), and fedguard.task imports torch (seconds, #17.8).
-    from fedguard.task.models import MODEL_NAMES
+    from fedguard.task.model_names import MODEL_NAMES
     from fedguard.task.partition import PARTITION_SCHEMES
 
     need(cfg.model in MODEL_NAMES, "--model", MODEL_NAMES, cfg.model)

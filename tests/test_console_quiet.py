@@ -55,6 +55,13 @@ def test_a_bad_option_is_refused_before_torch_is_imported():
     assert (code, heavy) == (2, []) and "No such option" in err
 
 
+@pytest.mark.parametrize(("option", "names"), [("--model", "logreg, mlp"), ("--partition", "iid")])
+def test_a_bad_name_is_refused_before_torch_is_imported(option: str, names: str):
+    # Before: the model names lived beside the models, so checking one imported torch.
+    code, heavy, err = _probe("simulate", option, "nope")
+    assert (code, heavy) == (2, []) and f"{option}: expected one of {names}" in err
+
+
 def test_opacus_order_warning_only_with_verbose(tmp_path: Path):
     # epsilon 0.2: so much noise that the best RDP order is Opacus's largest.
     args = ["--dataset", "digits", "--rounds", "1", "--clients", "2", "--epsilon", "0.2"]
