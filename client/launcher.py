@@ -31,7 +31,7 @@ from fedguard._procs import flower_env, fork_start, free_port, stop
 from fedguard.class_labels import class_mapping, declared_labels
 from fedguard.client.app_bundle import bundle_refusal
 from fedguard.client.state_lock import lock_file
-from fedguard.client.watch import ServeWatch, wait_for_server
+from fedguard.client.watch import ServeWatch, server_reachable, wait_for_server
 from fedguard.console import is_verbose
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import FedguardError
@@ -193,6 +193,42 @@ def run_client(*, config_path: Path) -> None:
         "--node-config",
         f'{NODE_CONFIG_KEY}="{cfg.source}"',
     ]
+
+    def prepared() -> tuple[Path, dict[str, str]]:
+        """The node's environment, warm imports and its data, loaded and checked."""
+        log_path = n.state_dir / "supernode.log"
+        env = flower_env(flwr_home, {PRELOAD_ENV: ",".join(preload_modules(cfg))})
+        # One copy of flwr, torch and Opacus per node: imported here, once, then the SuperNode
+        # is forked from this process (not started as a new interpreter), its SuperExec from
+        # it, and each ClientApp from that; all share these pages copy-on-write (see README,
+        # Load). The node's environment is set first: Flower reads some of it at import.
+        os.environ.update(env)
+        preload_supernode()
+        # Flower colours its log lines; the SuperNode's log is a file (#17.8): plain text.
+        from flwr.common.logger import update_console_handler
+
+        update_console_handler(colored=is_verbose())
+        _remove_round_secrets(n.state_dir, name=n.name)
+        # The node's data, loaded and checked now: a missing or unreadable data set stops the
+        # node here with the data error (it used to serve, silently, until a round came). The
+        # SuperNode and every ClientApp are forked from this process, so they find it loaded.
+        from fedguard.client.node import node_runtime
+        from fedguard.errors import DataError
+
+        try:
+            runtime = node_runtime(str(cfg.source))
+        except DataError as exc:
+            raise NodeRefusedError(f"node {n.name}: {exc}") from None
+        labels = declared_labels(cfg.data.schema, runtime.num_classes)
+        print(
+            f"node {n.name}: {len(runtime.y)} training records; {class_mapping(labels)}", flush=True
+        )
+        return log_path, env
+
+    # A node whose server is not up yet checks its data first: a missing data set is
+    # named at once, not after the wait. With the server up, its checks come first (a
+    # node pointed at the wrong server hears that before anything is loaded).
+    prepared_early = None if server_reachable(n.server) else prepared()
     # A node started before its server waits for it, saying so at each attempt (#17.2).
     wait_for_server(server=n.server, state_dir=n.state_dir, name=n.name)
     if n.insecure:
@@ -215,31 +251,7 @@ def run_client(*, config_path: Path) -> None:
         ]
     # After the server checks: a node pointed at the wrong server hears that first.
     args += ["--port", str(_runtime_port(n.port, name=n.name))]
-    log_path = n.state_dir / "supernode.log"
-    env = flower_env(flwr_home, {PRELOAD_ENV: ",".join(preload_modules(cfg))})
-    # One copy of flwr, torch and Opacus per node: imported here, once, then the SuperNode
-    # is forked from this process (not started as a new interpreter), its SuperExec from
-    # it, and each ClientApp from that; all share these pages copy-on-write (see README,
-    # Load). The node's environment is set first: Flower reads some of it at import.
-    os.environ.update(env)
-    preload_supernode()
-    # Flower colours its log lines; the SuperNode's log is a file (#17.8): plain text.
-    from flwr.common.logger import update_console_handler
-
-    update_console_handler(colored=is_verbose())
-    _remove_round_secrets(n.state_dir, name=n.name)
-    # The node's data, loaded and checked now: a missing or unreadable data set stops the
-    # node here with the data error (it used to serve, silently, until a round came). The
-    # SuperNode and every ClientApp are forked from this process, so they find it loaded.
-    from fedguard.client.node import node_runtime
-    from fedguard.errors import DataError
-
-    try:
-        runtime = node_runtime(str(cfg.source))
-    except DataError as exc:
-        raise NodeRefusedError(f"node {n.name}: {exc}") from None
-    labels = declared_labels(cfg.data.schema, runtime.num_classes)
-    print(f"node {n.name}: {len(runtime.y)} training records; {class_mapping(labels)}", flush=True)
+    log_path, env = prepared() if prepared_early is None else prepared_early
     # Before the SuperNode is forked: every run's app bundle is checked where it is
     # fetched, and a bundle that is not exactly fedguard's installed app is refused.
     installed = installed_task()

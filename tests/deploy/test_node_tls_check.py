@@ -2,6 +2,7 @@
 "connection unavailable": another federation's CA, a certificate for another host, an
 expired certificate, or a node configured without TLS against a TLS server."""
 
+import socket
 import subprocess
 import sys
 from concurrent import futures
@@ -119,3 +120,29 @@ def test_a_node_whose_data_set_is_missing_stops_at_start(tmp_path: Path, tls_ser
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "nope.csv" in lines[0] and "cannot read" in lines[0], lines
     assert not (tmp_path / "state" / "supernode.log").exists()  # no SuperNode was started
+
+
+def test_a_node_started_before_its_server_names_a_missing_data_set_at_once(tmp_path: Path):
+    """Before: a node whose server was not up yet waited for it (retrying for ever) before
+    it loaded its data, so `dataset = "nope.csv"` was named only once a server came."""
+    fed = init_federation(out=tmp_path / "fed")
+    keys = make_node_keys(name="bank-a", out=tmp_path / "keys")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        f'[node]\nname = "bank-a"\nserver = "127.0.0.1:{port}"\nca-cert = "{fed.ca_cert}"\n'
+        f'private-key = "{keys.private_key}"\nstate-dir = "{tmp_path / "state"}"\n'
+        '[data]\ndataset = "nope.csv"\ntarget = "default"\n'
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "fedguard", "client", "--config", str(toml)],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the node waited for its server instead: {exc.stderr!r} {exc.stdout!r}")
+    assert result.returncode == 2, result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("fedguard: error:")]
+    assert len(errors) == 1 and "nope.csv" in errors[0] and "cannot read" in errors[0]
