@@ -898,7 +898,40 @@ def superlink_main(argv: list[str] | None = None) -> None:
             raise RuntimeError(f"flwr {FLWR_VERSION}: no GRPC_MAX_MESSAGE_LENGTH to cap")
         setattr(module, "GRPC_MAX_MESSAGE_LENGTH", limit)  # noqa: B010 (a module global)
     sys.argv = ["flower-superlink", *args]
+    # Its log is a file (superlink.log), shared with the SuperExec it starts: plain text,
+    # colours only with --verbose (#17.8). Flower has no setting for it, so the SuperExec
+    # command is ours: the stock SuperExec with the plain handler.
+    _plain_console()
+    build = getattr(module, "_get_superexec_command", None)
+    if not callable(build):
+        raise RuntimeError(f"flwr {FLWR_VERSION}: no _get_superexec_command to redirect")
+
+    def superexec_command(*a: Any, **kw: Any) -> list[str]:
+        command = list(build(*a, **kw))
+        if command[:1] != ["flower-superexec"]:
+            raise RuntimeError(f"flwr {FLWR_VERSION}: SuperExec command {command[:1]} unknown")
+        return [sys.executable, "-m", "fedguard.flower_compat", "plain-superexec", *command[1:]]
+
+    setattr(module, "_get_superexec_command", superexec_command)  # noqa: B010
     flower_superlink()
+
+
+def _plain_console() -> None:
+    from flwr.common.logger import update_console_handler
+
+    from fedguard.console import is_verbose
+
+    update_console_handler(colored=is_verbose())
+
+
+def plain_superexec_main(argv: list[str] | None = None) -> None:
+    """Flower's own ``flower-superexec`` (the SuperLink's, for ServerApps), plain logs."""
+    check_flower_version()
+    from flwr.supercore.cli import flower_superexec
+
+    _plain_console()
+    sys.argv = ["flower-superexec", *(sys.argv[1:] if argv is None else argv)]
+    flower_superexec()
 
 
 def _main(argv: Sequence[str]) -> None:
@@ -906,6 +939,7 @@ def _main(argv: Sequence[str]) -> None:
         "supernode": supernode_main,
         "superexec": superexec_main,
         "superlink": superlink_main,
+        "plain-superexec": plain_superexec_main,
     }
     if not argv or argv[0] not in commands:
         sys.exit(

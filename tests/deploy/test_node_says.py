@@ -61,6 +61,8 @@ def test_node_waits_for_its_server_says_each_round_and_exits_when_finished(
     assert "classes (label -> id): '0' -> 0, '1' -> 1, " in shown  # digits (#17.4)
     raw = (layout.root / "server" / "state" / "flwr-run.log").read_text()
     assert ":DEBUG:" in raw and "\x1b[" in raw  # kept whole, for whoever needs them
+    superlink = (layout.root / "server" / "state" / "superlink.log").read_text()
+    assert "\x1b[" not in superlink and "SuperLink" in superlink  # a file: plain text
     for proc in nodes:  # told by the run's last round and the closed server: exit 0
         assert proc.wait(timeout=60) == 0
     for toml, log in zip(layout.nodes, logs, strict=True):
