@@ -29,10 +29,12 @@ def status(
         f"rounds done; server {st.server}"
     )
     if st.last_round:
+        from fedguard.task.metrics import headline  # numpy only: status stays fast
+
         r = st.last_round
-        acc = r.get("accuracy")
+        figures = headline(r) or "no evaluation figures"  # binary tasks lead with ROC-AUC
         typer.echo(
-            f"last round {r.get('round')}: accuracy {'-' if acc is None else f'{acc:.4f}'}, "
+            f"last round {r.get('round')}: {figures}, "
             f"{r.get('clients')} updates aggregated, {r.get('refused')} refused"
         )
     if not st.nodes:

@@ -75,3 +75,22 @@ def test_status_of_a_fresh_federation_and_no_heavy_imports(tmp_path: Path):
     assert "0 of 5 rounds done; server never started" in lines[0]
     assert "no node enrolled yet" in out.stdout
     assert lines[-1] == "False"
+
+
+def test_status_of_a_binary_task_leads_with_roc_auc(tmp_path: Path):
+    """#17.5: with 3% positives, accuracy alone (0.97 for "No" everywhere) says nothing."""
+    toml = _federation(tmp_path)
+    files = run_files(load_federation_config(toml))
+    files.results.mkdir(parents=True)
+    row = {"round": 1, "accuracy": 0.97, "roc_auc": 0.81, "pr_auc": 0.52, "f1_pos": 0.5,
+           "precision_pos": 0.45, "recall_pos": 0.56, "threshold": 0.08, "clients": 3,
+           "refused": 0, "receipts": {}}  # fmt: skip
+    (files.results / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    code = "import sys; from fedguard.cli import main; main(['status', '--config', sys.argv[1]])\n"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(toml)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    line = next(x for x in out.stdout.splitlines() if x.startswith("last round 1:"))
+    assert line.index("ROC-AUC 0.8100") < line.index("accuracy 0.9700"), line
+    assert "PR-AUC 0.5200" in line and "positive F1 0.5000" in line, line
