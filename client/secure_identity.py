@@ -1,7 +1,8 @@
 """Who a deployed node is in a secure round: its name, its roster, its quorum (#14.6).
 
 Checked before training, so a session the node would refuse costs it nothing: the server
-must have named this node's slot with this node's name, every name must be in the node's
+must have named this node's slot with this node's roster name (the name of its key: a
+node is who its key says, as for the server), every name must be in the node's
 roster (node.toml ``[secagg] roster``, every node's key received out of band) and the
 cohort must be able to reach the quorum the node's ``max-colluding-nodes`` requires.
 """
@@ -13,14 +14,14 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from fedguard.client.node import PolicyRefusalError
 from fedguard.deploy_config import NodeConfig
 from fedguard.privacy.secagg import SecAggError, Setup, quorum
-from fedguard.roster import load_roster
+from fedguard.roster import load_node_key, load_roster, own_roster_name
 
 __all__ = ["check_identity", "node_roster"]
 
 
 def check_identity(config: NodeConfig, setup: Setup) -> None:
     """The session's names against this node's name, key and roster (before training)."""
-    p, policy, me = setup.params, config.secagg, config.node.name
+    p, policy = setup.params, config.secagg
     r = p.server_round
     if policy.roster is None:
         raise PolicyRefusalError(
@@ -33,13 +34,16 @@ def check_identity(config: NodeConfig, setup: Setup) -> None:
             f"node.toml [node] private-key: not set; round {r} refused: secure "
             "aggregation signs with the node key"
         )
+    roster = node_roster(config)
+    # This node is who its key says (the server names nodes by their enrolled key).
+    key = load_node_key(config.node.private_key, source=config.source)
+    me = own_roster_name(roster, key) or config.node.name
     if len(p.names) != p.cohort or p.names[setup.slot - 1] != me:
         named = p.names[setup.slot - 1] if len(p.names) == p.cohort else "no name"
         raise PolicyRefusalError(
             f"round {r} refused: the server gave slot {setup.slot} to {named!r}, "
             f"but this node is {me!r}"
         )
-    roster = node_roster(config)
     strangers = [n for n in p.names if n not in roster]
     if strangers:
         raise PolicyRefusalError(
@@ -60,4 +64,6 @@ def node_roster(config: NodeConfig) -> dict[str, EllipticCurvePublicKey]:
     policy, node = config.secagg, config.node
     if policy.roster is None:
         raise SecAggError("node.toml [secagg] roster: not set; no secure round")
-    return load_roster(policy.roster, source=config.source, own_name=node.name, own_key=None)
+    return load_roster(
+        policy.roster, source=config.source, own_name=node.name, own_key=node.private_key
+    )

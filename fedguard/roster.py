@@ -19,7 +19,7 @@ from fedguard.certs import _NODE_NAME as NODE_NAME
 from fedguard.certs import load_public_key_openssh
 from fedguard.errors import DataError, invalid
 
-__all__ = ["load_node_key", "load_roster"]
+__all__ = ["load_node_key", "load_roster", "own_roster_name"]
 
 _KEY = "secagg.roster"
 
@@ -31,8 +31,9 @@ def load_roster(
 
     Raises ``ConfigError`` (one line naming ``source``, ``secagg.roster`` and the value)
     when ``folder`` is not a folder, holds a ``.pub`` file that is not an EC P-384 OpenSSH
-    public key or whose name breaks the node-name rule, lacks ``own_name``, or lists for
-    ``own_name`` a key that is not the public half of ``own_key`` (when given).
+    public key or whose name breaks the node-name rule, or does not hold this node: the
+    public half of ``own_key`` (a node is who its key says, as the server names it by the
+    key it enrolled; ``node.name`` only labels its lines), or ``own_name`` without a key.
     """
     if not folder.is_dir():
         raise invalid(
@@ -61,24 +62,33 @@ def load_roster(
         if not isinstance(key, ec.EllipticCurvePublicKey):  # checked above; for the types
             raise invalid(_KEY, allowed="EC public keys", got=str(path), source=source)
         roster[name] = key
-    if own_name not in roster:
-        raise invalid(
-            _KEY,
-            allowed=f"a folder holding this node's own {own_name}.pub among the nodes' keys",
-            got=f"{folder} ({len(roster)} keys, none named {own_name})",
-            source=source,
-        )
-    if own_key is not None:
-        mine = load_node_key(own_key, source=source)
-        pub, fmt = serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        if mine.public_key().public_bytes(pub, fmt) != roster[own_name].public_bytes(pub, fmt):
+    if own_key is None:
+        if own_name not in roster:
             raise invalid(
                 _KEY,
-                allowed=f"{own_name}.pub matching node.private-key {own_key}",
-                got=str(folder / f"{own_name}.pub"),
+                allowed=f"a folder holding this node's own {own_name}.pub among the nodes' keys",
+                got=f"{folder} ({len(roster)} keys, none named {own_name})",
                 source=source,
             )
+        return roster
+    if own_roster_name(roster, load_node_key(own_key, source=source)) is None:
+        raise invalid(
+            _KEY,
+            allowed=f"a folder holding this node's own public key (the pair of {own_key})",
+            got=f"{folder} ({len(roster)} keys, none of them this node's)",
+            source=source,
+        )
     return roster
+
+
+def own_roster_name(
+    roster: dict[str, ec.EllipticCurvePublicKey], key: ec.EllipticCurvePrivateKey
+) -> str | None:
+    """The roster name whose public key is ``key``'s (None when it holds none)."""
+    pub, fmt = serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    mine = key.public_key().public_bytes(pub, fmt)
+    found = [n for n, k in roster.items() if k.public_bytes(pub, fmt) == mine]
+    return found[0] if len(found) == 1 else None
 
 
 def load_node_key(path: Path, *, source: Path) -> ec.EllipticCurvePrivateKey:

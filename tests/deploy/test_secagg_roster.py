@@ -61,8 +61,8 @@ def _ed25519_line() -> str:
         ("file", r"secagg\.roster: expected a folder of NAME\.pub node keys, got '.*node\.toml'"),
         ("ed25519", r"secagg\.roster: expected EC P-384 OpenSSH public keys .*, got '.*x\.pub"),
         ("bad-name", r"secagg\.roster: expected NAME\.pub files, NAME a letter or digit"),
-        ("own-missing", r"secagg\.roster: expected a folder holding this node's own node-a\.pub"),
-        ("own-wrong", r"secagg\.roster: expected node-a\.pub matching node\.private-key"),
+        ("own-missing", r"secagg\.roster: expected a folder holding this node's own public key"),
+        ("own-wrong", r"secagg\.roster: expected a folder holding this node's own public key"),
         ("colluding", r"secagg\.max-colluding-nodes: expected an integer >= 0, got -1"),
     ],
 )
@@ -168,3 +168,16 @@ def test_a_node_refuses_a_cohort_too_small_for_its_quorum(demo):
     # The right session passes every identity check.
     ok = NodeSecAgg(config=load_node_config(demo.nodes[1]))
     assert ok.check_request(setup_bytes=_setup(NAMES, 2), request=_request()) is not None
+
+
+def test_a_node_is_who_its_key_says_whatever_its_node_toml_name(demo):
+    """node.toml's name only labels lines (the server names nodes by their enrolled key):
+    node-b's key calling itself node-a is node-b in every session, never node-a."""
+    toml = demo.nodes[1]
+    _rewrite(toml, r'^name = "node-b"$', 'name = "node-a"')
+    node = NodeSecAgg(config=load_node_config(toml))
+    assert node.check_request(setup_bytes=_setup(NAMES, 2), request=_request()) is not None
+    with pytest.raises(
+        PolicyRefusalError, match=r"gave slot 1 to 'node-a', but this node is 'node-b'"
+    ):
+        node.check_request(setup_bytes=_setup(NAMES, 1), request=_request())
