@@ -92,7 +92,7 @@ def node_budget(*, cfg: NodeConfig) -> NodeBudget:
             DatasetBudget(
                 fingerprint=fp,
                 spent=spent,
-                left=max(cap - spent, 0.0),
+                left=_left(cap, spent),
                 delta=sorted({e.delta for e in rows if e.delta is not None}),
                 accountant=sorted({e.accountant for e in rows if e.accountant}),
                 runs=spends,
@@ -106,3 +106,10 @@ def node_budget(*, cfg: NodeConfig) -> NodeBudget:
         max_epsilon=cap,
         datasets=sets,
     )
+
+
+def _left(cap: float, spent: float) -> float:
+    """max-epsilon minus spent, never below 0; a float rounding of a run calibrated to
+    exactly the cap (``1.3e-15`` left of 3) is nothing left."""
+    left = cap - spent
+    return 0.0 if left <= 1e-9 * max(1.0, cap) else left

@@ -101,3 +101,14 @@ def test_budget_of_a_node_that_never_trained(tmp_path: Path):
     out = _fedguard("budget", "--config", str(_node(tmp_path)))
     assert out.returncode == 0, out.stderr
     assert "no round recorded: nothing spent" in out.stdout
+
+
+def test_a_budget_spent_to_the_cap_leaves_nothing_not_a_rounding_error(tmp_path: Path):
+    # Seen in the bank walk-through: a run calibrated to exactly max-epsilon printed
+    # "left 1.332e-15 of 3".
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    _round(Ledger(path=state / LEDGER_FILENAME), "run-1", 1, 4.0 - 1.3e-15)
+    out = _fedguard("budget", "--config", str(_node(tmp_path)))
+    assert out.returncode == 0, out.stderr
+    assert "left 0 of 4" in out.stdout, out.stdout
