@@ -8,7 +8,7 @@ bundle is what `fedguard server` builds: a ``pyproject.toml`` (and Flower's ``.i
 manifest) and nothing else, naming fedguard's installed ClientApp and exactly the task
 installed on this node (name, version and digest of its code,
 :mod:`fedguard.task_identity`). Anything else is refused before it is installed or
-imported (``fedguard.flower_compat.patch_supernode_bundle_check`` calls
+imported (``fedguard.deploy.flower.patch_supernode_bundle_check`` calls
 :func:`bundle_refusal` where the SuperNode fetches the bundle), with one line naming the
 run and what differed; the server receives that line as the node's error reply.
 """

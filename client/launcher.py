@@ -27,22 +27,24 @@ from pathlib import Path
 from types import FrameType
 
 from fedguard._io import private_folder
-from fedguard._procs import flower_env, fork_start, free_port, stop
+from fedguard._procs import fork_start, free_port, stop
 from fedguard.class_labels import class_mapping, declared_labels
 from fedguard.client.app_bundle import bundle_refusal
 from fedguard.client.state_lock import lock_file
 from fedguard.client.watch import ServeWatch, server_reachable, wait_for_server
 from fedguard.console import is_verbose
-from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
-from fedguard.errors import FedguardError
-from fedguard.flower_compat import (
+from fedguard.deploy.flower import (
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_PATIENCE,
     PRELOAD_ENV,
+    flower_env,
     patch_supernode_bundle_check,
-    preload_supernode,
-    supernode_main,
+    plain_console,
 )
+from fedguard.deploy.flower.cli_output import parse_supernode_output
+from fedguard.deploy.flower.entry import preload_supernode, supernode_main
+from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
+from fedguard.errors import FedguardError
 from fedguard.task_identity import installed_task
 
 __all__ = [
@@ -156,21 +158,21 @@ def _expired(host: str, port: int) -> str:
 
 
 def _explain(output: str, cfg: NodeConfig) -> str:
-    if _activation_refused(output):
+    said = parse_supernode_output(output)
+    if said.activation_refused:
         return (
             f"the server refused to activate this node's key for {SESSION_RELEASE_S} s, longer "
             f"than it holds a crashed session: either the key is not enrolled (give "
             f"{cfg.node.private_key}.pub to the operator to enrol) or another process with "
             "this key is connected (this key is already connected elsewhere)"
         )
-    if "2001" in output:
+    if said.auth_required:
         return "the server requires node authentication: set node.private-key"
-    if "CERTIFICATE_VERIFY_FAILED" in output:
+    if said.certificate_rejected:
         return "the server's certificate does not verify with node.ca-cert"
-    if "302" in output:
+    if said.key_invalid:
         return f"node.private-key {cfg.node.private_key} is not an EC key in OpenSSH format"
-    lines = [ln for ln in output.splitlines() if ln.strip()]
-    return "the SuperNode stopped: " + (lines[-1] if lines else "no output")
+    return "the SuperNode stopped: " + (said.last_line or "no output")
 
 
 def run_client(*, config_path: Path) -> None:
@@ -205,9 +207,7 @@ def run_client(*, config_path: Path) -> None:
         os.environ.update(env)
         preload_supernode()
         # Flower colours its log lines; the SuperNode's log is a file (#17.8): plain text.
-        from flwr.common.logger import update_console_handler
-
-        update_console_handler(colored=is_verbose())
+        plain_console(colored=is_verbose())
         _remove_round_secrets(n.state_dir, name=n.name)
         # The node's data, loaded and checked now: a missing or unreadable data set stops the
         # node here with the data error (it used to serve, silently, until a round came). The
@@ -293,7 +293,7 @@ def run_client(*, config_path: Path) -> None:
                     check_server_tls(server=n.server, ca_cert=n.ca_cert)
                 continue
         attempt += 1
-        if "SuperNode ID:" in output:  # it had been accepted, then stopped on its own
+        if parse_supernode_output(output).accepted:  # accepted, then stopped on its own
             was_active = True
             print(
                 f"node {n.name}: the SuperNode stopped on its own (status {status}; the "
@@ -426,7 +426,7 @@ def _port_holder(port: int) -> str:
 
 
 def _activation_refused(output: str) -> bool:
-    return "2004" in output or "Failed to activate SuperNode" in output
+    return parse_supernode_output(output).activation_refused
 
 
 def _run_supernode(

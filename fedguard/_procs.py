@@ -24,7 +24,6 @@ from typing import IO, NoReturn
 __all__ = [
     "ForkedProcess",
     "exit_after",
-    "flower_env",
     "fork_start",
     "free_port",
     "kill_stale_group",
@@ -38,29 +37,6 @@ __all__ = [
 def venv_tool(name: str) -> str:
     """A console script installed beside this interpreter (flwr, flower-superlink, ...)."""
     return str(Path(sys.executable).parent / name)
-
-
-def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for a Flower process: quiet, offline, state inside ``flwr_home``."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "FLWR_HOME": str(flwr_home),
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            # Flower's launchers spawn helpers by bare name; they live beside our python.
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        }
-    )
-    try:  # round-overhead settings, when the compatibility layer is present
-        from fedguard.flower_compat import FAST_POLL_ENV
-
-        env.update(FAST_POLL_ENV)
-    except ImportError:
-        pass
-    env.update(extra or {})
-    return env
 
 
 def _die_with_parent() -> None:

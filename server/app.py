@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid, ServerApp
 
 from fedguard.config import SimulationConfig
+from fedguard.deploy.flower import send_and_receive  # polls every 0.05 s, not 3 s
+from fedguard.deploy.flower.constants import SUPERLINK_NODE_ID
 from fedguard.deploy_config import MAX_UPDATE_NORM
 from fedguard.federation import (
     ClientUpdate,
@@ -31,7 +32,6 @@ from fedguard.federation import (
     request_for,
     run_rounds,
 )
-from fedguard.flower_compat import send_and_receive  # polls every 0.05 s, not 3 s
 from fedguard.messages import decode_reply, encode_train
 from fedguard.optimizers import FedAvgM
 from fedguard.server.receipts import read_receipt

@@ -33,6 +33,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedguard._io import atomic_write_json, atomic_write_text
+from fedguard.deploy.flower import check_flower_version, patch_object_pull_backoff
 from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
 from fedguard.errors import FedguardError
 from fedguard.federation import (
@@ -44,7 +45,6 @@ from fedguard.federation import (
     TrainRequest,
     run_rounds,
 )
-from fedguard.flower_compat import check_flower_version, patch_object_pull_backoff
 from fedguard.messages import encode_train
 from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.server.app import exchange_round

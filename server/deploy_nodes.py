@@ -13,8 +13,8 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-from fedguard._procs import flower_env
 from fedguard.certs import _NODE_NAME as NODE_NAME  # the rule of `fedguard certs node NAME`
+from fedguard.deploy.flower import flower_env
 from fedguard.deploy_config import FederationConfig
 from fedguard.server.app import describe_nodes, wait_for_nodes
 from fedguard.server.cohort import task_query

@@ -37,6 +37,7 @@ from typing import Any
 from fedguard._io import atomic_write_json
 from fedguard._procs import venv_tool
 from fedguard.certs import load_public_key_openssh
+from fedguard.deploy.flower.cli_output import ApiCode, flwr_json_answer, has_api_code
 from fedguard.errors import FedguardError
 
 __all__ = [
@@ -52,9 +53,6 @@ CONNECTION = "fedguard"  # the SuperLink connection's name in the server's FLWR_
 ENROLMENT_FILE = "enrolment.json"
 FORMAT = "fedguard-enrolment/1"
 FLWR_TIMEOUT_S = 120.0
-# Flower 1.39's Control API error codes (flwr.supercore.error.ApiErrorCode), as the CLI
-# prints them: "[code: 23] Public key already in use.", "[code: 24] Node ID not found ...".
-_KEY_IN_USE, _NODE_NOT_FOUND = "[code: 23]", "[code: 24]"
 
 
 class EnrolmentError(FedguardError):
@@ -149,7 +147,7 @@ class Enrolment:
                 self._save(record)
             return f"enrolled {name}"
         error = str(out.get("error-message", ""))
-        if _KEY_IN_USE not in error:
+        if not has_api_code(out, ApiCode.PUBLIC_KEY_ALREADY_IN_USE):
             raise EnrolmentError(f"could not enrol {pub}: {' '.join(error.split())[-300:]}")
         if same_key:
             return f"enrolled {name} (already)"
@@ -200,7 +198,8 @@ class Enrolment:
             for r in due:
                 out = self._flwr("supernode", "unregister", str(r.node_id), CONNECTION)
                 error = " ".join(str(out.get("error-message", "")).split())
-                if out.get("success") or _NODE_NOT_FOUND in error:  # not found: already gone
+                gone = has_api_code(out, ApiCode.NODE_NOT_FOUND)  # not found: already gone
+                if out.get("success") or gone:
                     record["nodes"][r.name].update(revoked_at=r.at, reason=r.reason)
                     new.append(r)
                 else:
@@ -232,13 +231,7 @@ class Enrolment:
             )
         except subprocess.TimeoutExpired:
             return {"success": False, "error-message": f"flwr {args[1]} timed out"}
-        text = out.stdout
-        try:
-            answer = json.loads(text[text.index("{") :])
-        except ValueError:
-            tail = " ".join((out.stdout + out.stderr).split())[-300:]
-            return {"success": False, "error-message": f"no JSON answer: {tail}"}
-        return answer if isinstance(answer, dict) else {"success": False, "error-message": text}
+        return flwr_json_answer(out.stdout, out.stderr)
 
     def _load(self) -> dict[str, Any]:
         try:

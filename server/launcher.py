@@ -21,7 +21,6 @@ from pathlib import Path
 
 from fedguard._io import atomic_write_text, private_folder
 from fedguard._procs import (
-    flower_env,
     kill_stale_group,
     start,
     stop,
@@ -31,9 +30,9 @@ from fedguard._procs import (
 from fedguard.certs import _NODE_NAME as NODE_NAME  # `fedguard certs node NAME`
 from fedguard.class_labels import class_mapping, declared_labels
 from fedguard.console import FlowerLines
+from fedguard.deploy.flower import MAX_MESSAGE_FLAG, flower_env
 from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
 from fedguard.errors import DataError, FedguardError, invalid
-from fedguard.flower_compat import MAX_MESSAGE_FLAG
 from fedguard.server.enrolment import CONNECTION, Enrolment
 from fedguard.server.run_files import read_outcome, run_files
 from fedguard.task_identity import bundle_task_table, installed_task
@@ -122,7 +121,7 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
     args = [
         sys.executable,
         "-m",
-        "fedguard.flower_compat",
+        "fedguard.deploy.flower",
         "superlink",
         "--host",
         s.host,

@@ -5,9 +5,9 @@ that sends one tiny ``train`` message per node per round, and reports the time e
 round's send-and-receive took. Each configuration adds one fix on top of the previous:
 
     stock   flower-supernode, grid.send_and_receive (3 s poll)
-    grid    + fedguard.flower_compat.send_and_receive (0.05 s poll)
+    grid    + fedguard.deploy.flower.send_and_receive (0.05 s poll)
     env     + FAST_POLL_ENV (SuperExec task poll)
-    poll    + SuperNode idle poll capped: python -m fedguard.flower_compat supernode
+    poll    + SuperNode idle poll capped: python -m fedguard.deploy.flower supernode
               with FEDGUARD_SUPERNODE_PATCHES=poll
     backoff + payload pull back-off 0.05 s in the ServerApp and the SuperNode (=poll,backoff)
     warm    + ClientApp forked from a pre-imported SuperExec (all patches: the default)
@@ -17,7 +17,7 @@ of grid, env, poll, backoff), e.g. ``--configs=warm,-poll,-env``.
 
     python -m fedguard.simulations.bench_deploy_overhead --nodes 3 --rounds 5
 
-Not part of the test suite (tests/shared/test_flower_compat.py reuses ``Deployment``).
+Not part of the test suite (tests/deploy_flower/test_workarounds.py reuses ``Deployment``).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from fedguard._procs import flower_env, free_port, start, stop, venv_tool, wait_for_port
+from fedguard._procs import free_port, start, stop, venv_tool, wait_for_port
 from fedguard.certs import init_federation, make_node_keys
-from fedguard.flower_compat import FAST_POLL_ENV, PATCHES_ENV, UNSAFE_ANY_BUNDLE_ENV
+from fedguard.deploy.flower import FAST_POLL_ENV, PATCHES_ENV, UNSAFE_ANY_BUNDLE_ENV, flower_env
 
 __all__ = ["ABLATIONS", "CONFIGS", "Deployment", "main"]
 
@@ -112,7 +112,7 @@ def main(grid: Grid, context: Context) -> None:
     nodes = sorted(grid.get_node_ids())
     fast = int(cfg["fast"])  # 0: stock, 1: own send_and_receive, 2: + payload back-off
     if fast:
-        from fedguard.flower_compat import patch_object_pull_backoff, send_and_receive
+        from fedguard.deploy.flower import patch_object_pull_backoff, send_and_receive
     if fast > 1:
         patch_object_pull_backoff()
     times, lag_in, lag_out = [], [], []
@@ -210,7 +210,7 @@ class Deployment:
             keys = make_node_keys(name=f"n{i}", out=w / "keys")
             self._flwr(["supernode", "register", str(keys.public_key), CONNECTION])
             cmd = (
-                [self.python, "-m", "fedguard.flower_compat", "supernode"]
+                [self.python, "-m", "fedguard.deploy.flower", "supernode"]
                 if self.patches is not None
                 else [venv_tool("flower-supernode")]
             )

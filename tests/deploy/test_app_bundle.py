@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from fedguard._procs import flower_env, start, stop, venv_tool, wait_for_port
+from fedguard._procs import start, stop, venv_tool, wait_for_port
+from fedguard.deploy.flower import MAX_MESSAGE_FLAG, flower_env
 from fedguard.deploy_demo import prepare_demo
-from fedguard.flower_compat import MAX_MESSAGE_FLAG
 from fedguard.task_identity import installed_task
 
 pytestmark = pytest.mark.deploy
@@ -104,7 +104,7 @@ def test_a_node_refuses_bundles_that_are_not_its_installed_app(tmp_path: Path, p
     env = flower_env(home, {"PYTHONPATH": str(server_code)})
     log = (tmp_path / "superlink.log").open("ab")
     link = start(
-        [sys.executable, "-m", "fedguard.flower_compat", "superlink",
+        [sys.executable, "-m", "fedguard.deploy.flower", "superlink",
          MAX_MESSAGE_FLAG, str(64 * 2**20),
          "--ssl-ca-certfile", s["ca-cert"], "--ssl-certfile", s["server-cert"],
          "--ssl-keyfile", s["server-key"], "--enable-supernode-auth",

@@ -1,9 +1,10 @@
-"""fedguard.flower_compat: version pin, each Flower patch taking effect, own send_and_receive.
+"""fedguard.deploy.flower: version pin, each Flower workaround taking effect, own
+send_and_receive.
 
-The patches are checked against the real Flower module they replace (restored by
-monkeypatch afterwards); send_and_receive runs against a fake of Flower's transport (a
-Grid whose push/pull follow the SuperLink's contract); one real TLS + auth deployment
-checks the round time end to end.
+The patches are checked against the real Flower module they replace (undone afterwards by
+the registry's ``restore_all``, the one undo list); send_and_receive runs against a fake
+of Flower's transport (a Grid whose push/pull follow the SuperLink's contract); one real
+TLS + auth deployment checks the round time end to end.
 """
 
 import gc
@@ -33,7 +34,21 @@ from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExec
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime import run_clientapp as run_clientapp_module
 
-import fedguard.flower_compat as fc
+from fedguard.deploy.flower import (
+    entry,
+    executor_zygote,
+    grid_poll,
+    heartbeat_retry,
+    payload_backoff,
+    registry,
+    sql_deferral,
+    sqlite_busy_timeout,
+    superexec_fork,
+    supernode_poll,
+    version,
+    warm_clientapp,
+)
+from fedguard.deploy.flower.env import PATCHES_ENV
 from fedguard.errors import FedguardError
 
 SUPERNODE = importlib.import_module("flwr.supernode.start_client_internal")
@@ -41,51 +56,42 @@ SUPERNODE = importlib.import_module("flwr.supernode.start_client_internal")
 
 @pytest.fixture
 def restore_flower(monkeypatch):
-    """Undo every patch at teardown: monkeypatch restores what it saw before the test."""
-    monkeypatch.setattr(SUPERNODE, "time", SUPERNODE.time)
-    monkeypatch.setattr(SUPERNODE, "subprocess", SUPERNODE.subprocess)
-    monkeypatch.setattr(SUPERNODE, "_pull_and_store_message", SUPERNODE._pull_and_store_message)
-    monkeypatch.setattr(sql_mixin, "SQLITE_PRAGMAS", sql_mixin.SQLITE_PRAGMAS)
-    sender = heartbeat.HeartbeatSender
-    monkeypatch.setattr(sender, "_heartbeat", sender._heartbeat)
-    connection = importlib.import_module("flwr.client.grpc_rere_client.connection")
-    for module in (heartbeat, connection):
-        monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", module.HEARTBEAT_DEFAULT_INTERVAL)
-    for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
-        monkeypatch.setitem(fn.__kwdefaults__, "initial_backoff", 1)
+    """Undo every patch at teardown with the registry (after the test's own monkeypatches,
+    which are undone after it)."""
+    yield
+    registry.restore_all()
 
 
 # ---------------------------------------------------------------- version pin
 
 
 def test_pinned_version_is_installed_and_accepted():
-    assert fc._installed_flower_version() == fc.FLWR_VERSION == "1.39.0"
-    fc.check_flower_version()
+    assert version.installed_flower_version() == version.FLWR_VERSION == "1.39.0"
+    version.check_flower_version()
 
 
 @pytest.mark.parametrize("installed", ["1.40.0", None])
 def test_other_version_is_refused_before_anything_is_patched(
     monkeypatch, restore_flower, installed
 ):
-    monkeypatch.setattr(fc, "_installed_flower_version", lambda: installed)
+    monkeypatch.setattr(version, "installed_flower_version", lambda: installed)
     with pytest.raises(FedguardError) as err:
-        fc.check_flower_version()
+        version.check_flower_version()
     assert "1.39.0" in str(err.value)
     assert (installed or "not installed") in str(err.value)
-    for patch in (
-        fc.patch_supernode_polling,
-        fc.patch_object_pull_backoff,
-        fc.patch_supernode_warm_clientapp,
-        fc.patch_sqlite_busy_timeout,
-        fc.patch_heartbeat_retry,
-        fc.patch_heartbeat_interval,
-        lambda: fc.patch_supernode_bundle_check(lambda content, run_id: None),
-    ):
+    options = {
+        "fleet-message-cap": {"limit": 2**20},
+        "bundle-check": {"check_bundle": lambda content, run_id: None},
+    }
+    for name, workaround in registry.REGISTRY.items():
         with pytest.raises(FedguardError):
-            patch()
+            workaround.apply(**options.get(name, {}))
+        with pytest.raises(FedguardError):
+            workaround.check()
+    assert registry.applied() == []
     assert SUPERNODE.time is time
     assert inflatable_utils.pull_objects.__kwdefaults__["initial_backoff"] == 1
-    for main in (fc.supernode_main, fc.superlink_main):
+    for main in (entry.supernode_main, entry.superlink_main, entry.superexec_main):
         with pytest.raises(FedguardError):
             main(["--help"])
 
@@ -99,7 +105,7 @@ def test_supernode_idle_sleep_is_capped(restore_flower):
     assert source.count("time.sleep(3)") == 1
     assert source.count("time.sleep(0.5)") == 2
 
-    fc.patch_supernode_polling(interval=0.05)
+    supernode_poll.patch_supernode_polling(interval=0.05)
     t = time.monotonic()
     SUPERNODE.time.sleep(3)  # the call Flower makes when the SuperLink has nothing
     assert time.monotonic() - t < 1.0
@@ -109,7 +115,7 @@ def test_supernode_idle_sleep_is_capped(restore_flower):
     assert SUPERNODE.time.monotonic is time.monotonic  # the rest of `time` is the real one
     assert time.sleep is not SUPERNODE.time.sleep  # nothing outside the module changes
 
-    fc.patch_supernode_polling(interval=0.2)  # idempotent; a second call moves the cap
+    supernode_poll.patch_supernode_polling(interval=0.2)  # idempotent; a second call moves the cap
     assert SUPERNODE.time.cap == 0.2
 
 
@@ -120,7 +126,7 @@ def test_an_idle_supernode_polls_slower_until_a_message_comes(monkeypatch, resto
         return pulled[-1]
 
     monkeypatch.setattr(SUPERNODE, "_pull_and_store_message", pull)
-    fc.patch_supernode_polling(interval=0.02, idle_interval=0.3, idle_after=0.2)
+    supernode_poll.patch_supernode_polling(interval=0.02, idle_interval=0.3, idle_after=0.2)
 
     def idle_poll() -> float:
         t = time.monotonic()
@@ -139,12 +145,12 @@ def test_an_idle_supernode_polls_slower_until_a_message_comes(monkeypatch, resto
 
 def test_supernode_polling_refuses_bad_interval_and_stale_target(monkeypatch, restore_flower):
     with pytest.raises(ValueError):
-        fc.patch_supernode_polling(interval=0)
+        supernode_poll.patch_supernode_polling(interval=0)
     with pytest.raises(ValueError):
-        fc.patch_supernode_polling(interval=0.5, idle_interval=0.1)
+        supernode_poll.patch_supernode_polling(interval=0.5, idle_interval=0.1)
     monkeypatch.setattr(SUPERNODE, "time", object())
     with pytest.raises(FedguardError, match="stale"):
-        fc.patch_supernode_polling()
+        supernode_poll.patch_supernode_polling()
 
 
 def test_payload_pull_backoff_starts_short(restore_flower):
@@ -156,7 +162,7 @@ def test_payload_pull_backoff_starts_short(restore_flower):
             raise ObjectUnavailableError(object_id)
         return b"payload"
 
-    fc.patch_object_pull_backoff(initial=0.05)
+    payload_backoff.patch_object_pull_backoff(initial=0.05)
     t = time.monotonic()
     assert inflatable_utils.pull_objects(["obj"], pull) == {"obj": b"payload"}
     assert len(calls) == 2
@@ -164,14 +170,14 @@ def test_payload_pull_backoff_starts_short(restore_flower):
 
 
 def test_warm_clientapp_redirects_only_flower_superexec(monkeypatch, restore_flower):
-    fc.patch_supernode_warm_clientapp()
+    warm_clientapp.patch_supernode_warm_clientapp()
     started = []
-    monkeypatch.setattr(fc.subprocess, "Popen", lambda args, *a, **k: started.append(args))
+    monkeypatch.setattr(subprocess, "Popen", lambda args, *a, **k: started.append(args))
     SUPERNODE.subprocess.Popen(["flower-superexec", "--insecure"])
     SUPERNODE.subprocess.Popen(["other", "x"])
-    assert started[0][1:] == ["-m", "fedguard.flower_compat", "superexec", "--insecure"]
+    assert started[0][1:] == ["-m", "fedguard.deploy.flower", "superexec", "--insecure"]
     assert started[1] == ["other", "x"]
-    assert SUPERNODE.subprocess.DEVNULL == fc.subprocess.DEVNULL
+    assert SUPERNODE.subprocess.DEVNULL == subprocess.DEVNULL
 
 
 def _spec(task_type: TaskType, *, install: bool = False) -> ExecutionSpec:
@@ -197,7 +203,7 @@ def test_fork_executor_runs_flowers_clientapp_runner_in_a_clean_child(monkeypatc
     # a handler of the parent SuperExec (closes ITS connection): must not run in the child
     monkeypatch.setattr(exit_handler, "registered_exit_handlers", [object()])
     gc.unfreeze()  # the child freezes what it inherits: its collections copy no pages
-    executor = fc._make_fork_executor()
+    executor = superexec_fork.make_fork_executor()
     assert executor.launch(_spec(TaskType.CLIENT_APP)).status == LaunchResultStatus.ACCEPTED
     (pid,) = executor.children
     _, status = os.waitpid(pid, 0)
@@ -215,7 +221,7 @@ def test_fork_executor_runs_flowers_clientapp_runner_in_a_clean_child(monkeypatc
 def test_fork_executor_leaves_other_tasks_to_flower(monkeypatch):
     launched = []
     monkeypatch.setattr(SubprocessExecutor, "launch", lambda self, spec: launched.append(spec))
-    executor = fc._make_fork_executor()
+    executor = superexec_fork.make_fork_executor()
     executor.launch(_spec(TaskType.SERVER_APP))
     executor.launch(_spec(TaskType.CLIENT_APP, install=True))  # needs its own interpreter
     assert len(launched) == 2
@@ -227,7 +233,7 @@ def test_an_idle_superexec_polls_slower_until_a_task_is_launched(monkeypatch):
 
     # The stretch targets the task loop's only sleep; if Flower changes it, it is stale.
     assert inspect.getsource(run_superexec).count("time.sleep(") == 1
-    clock = fc._IdleStretchTime(idle_interval=0.3, idle_after=0.2)
+    clock = superexec_fork.IdleStretchTime(idle_interval=0.3, idle_after=0.2)
 
     def poll() -> float:
         t = time.monotonic()
@@ -238,7 +244,7 @@ def test_an_idle_superexec_polls_slower_until_a_task_is_launched(monkeypatch):
     time.sleep(0.25)
     assert 0.25 <= poll() < 1.0
     monkeypatch.setattr(SubprocessExecutor, "launch", lambda self, spec: None)
-    fc._make_fork_executor(on_launch=clock.busy).launch(_spec(TaskType.SERVER_APP))
+    superexec_fork.make_fork_executor(on_launch=clock.busy).launch(_spec(TaskType.SERVER_APP))
     assert poll() < 0.15  # a task was launched: busy again
 
 
@@ -268,13 +274,13 @@ def test_the_supernode_hands_flowers_superexec_arguments_to_its_forked_executor(
                                       "frozen": gc.get_freeze_count() > 0}))  # fmt: skip
         sys.exit(4)
 
-    monkeypatch.setattr(fc, "superexec_main", superexec)
-    fc.patch_supernode_warm_clientapp()
-    zygote = fc._ExecutorZygote.fork()  # before Flower starts: forked, then it waits
+    warm_clientapp.patch_supernode_warm_clientapp()
+    # before Flower starts: forked, then it waits
+    zygote = executor_zygote.ExecutorZygote.fork(run=superexec)
     assert zygote.poll() is None and not report.exists()
-    monkeypatch.setattr(fc._SuperExecRedirect, "zygote", zygote)
+    monkeypatch.setattr(warm_clientapp.SuperExecRedirect, "zygote", zygote)
     started = []
-    monkeypatch.setattr(fc.subprocess, "Popen", lambda args, *a, **k: started.append(args))
+    monkeypatch.setattr(subprocess, "Popen", lambda args, *a, **k: started.append(args))
     assert SUPERNODE.subprocess.Popen(["flower-superexec", "--insecure"]) is zygote
     assert _wait_exit(zygote) == 4  # its exit status, as a started SuperExec's
     child = json.loads(report.read_text())
@@ -283,12 +289,11 @@ def test_the_supernode_hands_flowers_superexec_arguments_to_its_forked_executor(
     assert started == []
     # Used once: a second SuperExec (never asked for by Flower 1.39) is a new interpreter.
     SUPERNODE.subprocess.Popen(["flower-superexec", "--insecure"])
-    assert started[0][1:] == ["-m", "fedguard.flower_compat", "superexec", "--insecure"]
+    assert started[0][1:] == ["-m", "fedguard.deploy.flower", "superexec", "--insecure"]
 
 
-def test_an_executor_zygote_never_started_ends_with_its_supernode(monkeypatch, unfreeze, tmp_path):
-    monkeypatch.setattr(fc, "superexec_main", lambda argv: (tmp_path / "ran").touch())
-    zygote = fc._ExecutorZygote.fork()
+def test_an_executor_zygote_never_started_ends_with_its_supernode(unfreeze, tmp_path):
+    zygote = executor_zygote.ExecutorZygote.fork(run=lambda argv: (tmp_path / "ran").touch())
     os.close(zygote._fd)  # what the SuperNode's exit does to the pipe
     zygote._fd = -1
     assert _wait_exit(zygote) == 0
@@ -298,22 +303,22 @@ def test_an_executor_zygote_never_started_ends_with_its_supernode(monkeypatch, u
 
 def test_preload_supernode_imports_the_executor_only_when_it_is_warm(monkeypatch):
     calls = []
-    monkeypatch.setattr(fc, "_preload_executor", lambda: calls.append("executor"))
-    monkeypatch.setattr(fc, "defer_sql_stores", lambda: calls.append("nosql"))
-    monkeypatch.setenv(fc.PATCHES_ENV, "poll,heartbeat")
-    fc.preload_supernode()
+    monkeypatch.setattr(entry, "preload_executor", lambda: calls.append("executor"))
+    monkeypatch.setattr(entry, "apply_all", lambda names: calls.append(",".join(names)))
+    monkeypatch.setenv(PATCHES_ENV, "poll,heartbeat")
+    entry.preload_supernode()
     assert calls == []
-    monkeypatch.delenv(fc.PATCHES_ENV)
-    fc.preload_supernode()
-    assert calls == ["nosql", "executor"]
+    monkeypatch.delenv(PATCHES_ENV)
+    entry.preload_supernode()
+    assert calls == ["defer-sql", "executor"]
     assert "flwr.supernode.main" in sys.modules  # what the SuperNode imports once running
 
 
 _NO_SQL_CHECK = """
 import json, sys
-import fedguard.flower_compat as fc
-fc.defer_sql_stores()
-fc._preload_executor()  # the SuperExec's and ClientApp's Flower modules
+from fedguard.deploy.flower import sql_deferral, superexec_fork
+sql_deferral.defer_sql_stores()
+superexec_fork.preload_executor()  # the SuperExec's and ClientApp's Flower modules
 import flwr.supernode.cli, flwr.supernode.main, flwr.supernode.start_client_internal
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.object_store.sql_object_store import SqlObjectStore
@@ -346,17 +351,17 @@ def test_a_node_imports_no_sql_until_a_sql_store_is_built():
         "sql imported": True,
         "linkstate": True,
     }
-    assert "flwr.supercore.object_store.sql_object_store" in fc._SQL_STORES
+    assert "flwr.supercore.object_store.sql_object_store" in sql_deferral.SQL_STORES
 
 
-def test_sql_stand_ins_are_not_installed_over_real_modules(monkeypatch):
+def test_sql_stand_ins_are_not_installed_over_real_modules(restore_flower):
     real = importlib.import_module("flwr.supercore.object_store.sql_object_store")
-    fc.defer_sql_stores()
+    sql_deferral.defer_sql_stores()
     assert sys.modules[real.__name__] is real
 
 
 def test_superlink_sqlite_waits_longer_for_a_lock(restore_flower):
-    fc.patch_sqlite_busy_timeout(milliseconds=30_000)
+    sqlite_busy_timeout.patch_sqlite_busy_timeout(milliseconds=30_000)
     conn = sqlite3.connect(":memory:")
     sql_mixin._set_sqlite_pragmas(conn, None)  # what Flower runs on every new connection
     assert conn.execute("PRAGMA busy_timeout").fetchone() == (30_000,)
@@ -388,8 +393,8 @@ class _RpcError(grpc.RpcError):
 def test_a_heartbeat_survives_a_server_error_but_not_a_refusal(
     restore_flower, code: grpc.StatusCode, survives: bool
 ):
-    fc.patch_heartbeat_retry()
-    fc.patch_heartbeat_retry()  # idempotent: wrapped once
+    heartbeat_retry.patch_heartbeat_retry()
+    heartbeat_retry.patch_heartbeat_retry()  # idempotent: wrapped once
     calls: list[float] = []
 
     def beat() -> bool:  # Flower's node heartbeat: the first call meets a server error
@@ -410,9 +415,9 @@ def test_a_heartbeat_survives_a_server_error_but_not_a_refusal(
 
 
 def test_supernode_patch_selection_is_validated(monkeypatch, restore_flower):
-    monkeypatch.setenv(fc.PATCHES_ENV, "poll,turbo")
+    monkeypatch.setenv(PATCHES_ENV, "poll,turbo")
     with pytest.raises(FedguardError, match="turbo"):
-        fc.supernode_main(["--help"])
+        entry.supernode_main(["--help"])
 
 
 # ---------------------------------------------------------------- send_and_receive
@@ -484,7 +489,7 @@ def _messages(grid: FakeGrid) -> list[Message]:
 def test_send_and_receive_returns_every_reply_soon_after_the_last(identity):
     grid = FakeGrid({11: 0.0, 12: 0.15, 13: 0.3})
     t = time.monotonic()
-    replies = fc.send_and_receive(grid, _messages(grid), timeout=30)
+    replies = grid_poll.send_and_receive(grid, _messages(grid), timeout=30)
     elapsed = time.monotonic() - t
     assert sorted(r.content["m"]["node"] for r in replies) == [11.0, 12.0, 13.0]
     assert {r.metadata.reply_to_message_id for r in replies} == set(grid.pushed)
@@ -498,7 +503,7 @@ def test_send_and_receive_returns_every_reply_soon_after_the_last(identity):
 def test_send_and_receive_stops_at_timeout_with_what_arrived(identity):
     grid = FakeGrid({21: 0.0, 22: None})
     t = time.monotonic()
-    replies = fc.send_and_receive(grid, _messages(grid), timeout=0.5, poll_interval=0.1)
+    replies = grid_poll.send_and_receive(grid, _messages(grid), timeout=0.5, poll_interval=0.1)
     elapsed = time.monotonic() - t
     assert [r.content["m"]["node"] for r in replies] == [21.0]
     assert 0.5 <= elapsed < 1.5
@@ -507,17 +512,17 @@ def test_send_and_receive_stops_at_timeout_with_what_arrived(identity):
 
 def test_send_and_receive_with_no_messages_and_bad_arguments(identity):
     grid = FakeGrid({})
-    assert fc.send_and_receive(grid, [], timeout=5) == []
+    assert grid_poll.send_and_receive(grid, [], timeout=5) == []
     assert grid.pulls == []
     with pytest.raises(ValueError):
-        fc.send_and_receive(grid, [], timeout=-1)
+        grid_poll.send_and_receive(grid, [], timeout=-1)
     with pytest.raises(ValueError):
-        fc.send_and_receive(grid, [], timeout=1, poll_interval=0)
+        grid_poll.send_and_receive(grid, [], timeout=1, poll_interval=0)
 
 
 def test_send_and_receive_zero_timeout_pulls_once(identity):
     grid = FakeGrid({31: None})
-    assert fc.send_and_receive(grid, _messages(grid), timeout=0) == []
+    assert grid_poll.send_and_receive(grid, _messages(grid), timeout=0) == []
     assert len(grid.pulls) == 1
 
 

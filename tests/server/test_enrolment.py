@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fedguard._procs import flower_env
 from fedguard.certs import make_node_keys
+from fedguard.deploy.flower import flower_env
 from fedguard.errors import DataError
 from fedguard.server.enrolment import (
     ENROLMENT_FILE,

@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fedguard._procs import flower_env, free_port, start, stop, wait_for_port
-from fedguard.flower_compat import MAX_MESSAGE_FLAG
+from fedguard._procs import free_port, start, stop, wait_for_port
+from fedguard.deploy.flower import MAX_MESSAGE_FLAG, flower_env
 
 pytestmark = pytest.mark.deploy
 
@@ -38,7 +38,7 @@ def superlink(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     home = tmp_path / "flwr"
     home.mkdir()
     args = [
-        sys.executable, "-m", "fedguard.flower_compat", "superlink", MAX_MESSAGE_FLAG, str(CAP),
+        sys.executable, "-m", "fedguard.deploy.flower", "superlink", MAX_MESSAGE_FLAG, str(CAP),
         "--insecure", "--host", "127.0.0.1", "--port", str(runtime),
         "--fleet-api-type", "grpc-rere", "--fleet-api-address", f"127.0.0.1:{fleet}",
         "--control-api-address", f"127.0.0.1:{control}",

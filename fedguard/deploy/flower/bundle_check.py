@@ -1,0 +1,99 @@
+"""Workaround 12: a SuperNode checks a run's app bundle before anything of it is stored.
+
+A SuperNode installs and imports whatever code a run's app bundle (FAB) carries. The
+SuperNode's ``_pull_and_store_message`` is wrapped so that the bundle is checked (a
+callable the node's launcher passes in) as soon as it is fetched, before the run is
+stored or any task created; a refused run gets an error reply (``INVALID_FAB``) with the
+reason, and nothing of it is imported. The SuperNode entry point refuses to start
+without this check.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from fedguard.deploy.flower._originals import replace_attr
+from fedguard.deploy.flower.supernode_poll import SUPERNODE_MODULE, supernode_module
+from fedguard.errors import FedguardError
+
+__all__ = ["NAME", "TARGET", "BundleCheck", "check", "installed", "patch_supernode_bundle_check"]
+
+NAME = "bundle-check"
+TARGET = f"{SUPERNODE_MODULE}._pull_and_store_message"
+
+BundleCheck = Callable[[bytes, int], "str | None"]
+"""``check(fab_content, run_id)``: why the node refuses the run, or None to accept it."""
+
+_NEEDED = ("_insert_message", "Message", "Error", "ErrorCode", "log")
+
+# The wrapper this process installed and the check it calls. Not attributes of the
+# wrapper: a later wrapper (the polling's functools.wraps) would copy them.
+_STATE: dict[str, Any] = {"wrapper": None, "check": None}
+
+
+def check() -> None:
+    """Raise FedguardError unless the SuperNode module still has what the wrapper uses."""
+    module = supernode_module()
+    original = getattr(module, "_pull_and_store_message", None)
+    if not callable(original) or not all(hasattr(module, n) for n in _NEEDED):
+        raise FedguardError(f"{SUPERNODE_MODULE}._pull_and_store_message changed; stale patch")
+
+
+def installed() -> bool:
+    """Whether this process's SuperNode module checks bundles (without importing it)."""
+    fn = getattr(sys.modules.get(SUPERNODE_MODULE), "_pull_and_store_message", None)
+    while fn is not None:  # through the wrappers laid over ours
+        if fn is _STATE["wrapper"]:
+            return True
+        fn = getattr(fn, "__wrapped__", None)
+    return False
+
+
+def patch_supernode_bundle_check(check_bundle: BundleCheck) -> None:
+    """Check every run's app bundle where the SuperNode fetches it. Idempotent: a second
+    call replaces the check."""
+    check()
+    _STATE["check"] = check_bundle
+    if installed():
+        return
+    module = supernode_module()
+    original = module._pull_and_store_message
+
+    class _RefusedError(Exception):
+        pass
+
+    @functools.wraps(original)
+    def pull_and_store(*args: Any, **kwargs: Any) -> Any:
+        receive, get_fab = kwargs["receive"], kwargs["get_fab"]
+        seen: list[Any] = []
+
+        def receive_and_keep() -> Any:
+            got = receive()
+            if got is not None:
+                seen.append(got[0])
+            return got
+
+        def get_checked_fab(fab_hash: str, run_id: int) -> Any:
+            fab = get_fab(fab_hash, run_id)
+            reason = _STATE["check"](fab.content, run_id)
+            if reason is not None:
+                raise _RefusedError(reason)
+            return fab
+
+        kwargs.update(receive=receive_and_keep, get_fab=get_checked_fab)
+        try:
+            return original(*args, **kwargs)
+        except _RefusedError as refused:
+            message = seen[-1]
+            module.log(40, "%s", refused)  # ERROR: one line in the node's log
+            error = module.Error(module.ErrorCode.INVALID_FAB, str(refused))
+            module._insert_message(
+                module.Message(error, reply_to=message), kwargs["state"], kwargs["object_store"]
+            )
+            return message.metadata.run_id
+
+    _STATE["wrapper"] = pull_and_store
+    replace_attr(NAME, module, "_pull_and_store_message", pull_and_store)
