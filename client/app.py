@@ -107,6 +107,9 @@ def _description(path: str, message: Message) -> dict[str, ConfigRecordValue]:
         "reveal-count": p.reveal_count,
         "secagg-required": sa.required,
         "min-neighbours": sa.min_neighbours,
+        # Whether it can take part in a secure round at all (#14.6): no roster, no round.
+        "secagg-roster": sa.roster is not None,
+        "max-colluding-nodes": sa.max_colluding_nodes,
     }
     if p.run_epsilon is not None:
         out["run-epsilon"] = float(p.run_epsilon)

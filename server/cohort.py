@@ -87,4 +87,9 @@ def _mismatch(cfg: FederationConfig, d: Mapping[str, object], *, schema: str) ->
         )
     if d.get("secagg-required") is True and not cfg.secagg.enabled:
         return "it requires secure aggregation ([secagg] required), the server has it off"
+    if cfg.secagg.enabled and d.get("secagg-roster") is False:
+        return (
+            "it has no [secagg] roster (the other nodes' public keys, received out of band), "
+            "so it takes part in no secure round"
+        )
     return ""

@@ -34,6 +34,8 @@ def test_a_node_describes_its_shape_labels_schema_and_policy_never_its_count(fed
     p = runtime.config.privacy
     assert record["max-local-epochs"] == p.max_local_epochs
     assert record["secagg-required"] == runtime.config.secagg.required
+    assert record["secagg-roster"] is (runtime.config.secagg.roster is not None) is True
+    assert record["max-colluding-nodes"] == runtime.config.secagg.max_colluding_nodes
     assert "num-examples" not in record
     assert [k for k in record if "label" in k] == ["labels-fit"]
     # Told the task has 3 classes, a node holding digits 0-9 says its labels do not fit.
