@@ -14,6 +14,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from fedguard.errors import FedguardError
+
 __all__ = ["changed", "replace_attr", "replace_item", "restore", "restore_all"]
 
 _ABSENT = object()  # the target had no such attribute or key before the patch
@@ -75,9 +77,32 @@ def _undo(change: _Change) -> None:
         setattr(change.owner, change.key, change.original)
 
 
+def _after(change: _Change, other: _Change) -> bool:
+    return _CHANGES.index(change) > _CHANGES.index(other)
+
+
 def restore(patch: str) -> None:
-    """Put back what ``patch`` replaced, newest first; a no-op if it replaced nothing."""
-    for change in reversed([c for c in _CHANGES if c.patch == patch]):
+    """Put back what ``patch`` replaced, newest first; a no-op if it replaced nothing.
+
+    Raises
+    ------
+    FedguardError
+        Another patch has replaced one of the same targets since (it wraps this one's):
+        nothing is changed; restore that one first, or everything with :func:`restore_all`.
+    """
+    mine = [c for c in _CHANGES if c.patch == patch]
+    later = {
+        c.patch
+        for c in _CHANGES
+        if c.patch != patch
+        and any(c.owner is m.owner and c.key == m.key and _after(c, m) for m in mine)
+    }
+    if later:
+        raise FedguardError(
+            f"restore {patch}: expected its targets as it left them, got them replaced since "
+            f"by {', '.join(sorted(later))}; restore that first, or use restore_all"
+        )
+    for change in reversed(mine):
         _undo(change)
         _CHANGES.remove(change)
 

@@ -92,7 +92,7 @@ def defer_sql_stores() -> None:
     only pay the import later). Call before Flower's modules are imported; a module
     already imported for real is left as it is. Idempotent.
     """
-    check_flower_version()
+    check()
     for name, cls in SQL_STORES.items():
         if name not in sys.modules:
             replace_item(NAME, sys.modules, name, DeferredModule(name, cls))
