@@ -39,6 +39,7 @@ from fedguard.client.released import (
     write_journal,
 )
 from fedguard.client.secure_identity import check_identity, node_roster
+from fedguard.client.signed_sets import SIGNED_FILE, record_signed, signed_set, survivors_digest
 from fedguard.client.state_lock import hold_lock
 from fedguard.deploy_config import NodeConfig
 from fedguard.federation import TrainRequest
@@ -333,9 +334,23 @@ class NodeSecAgg:
             (self.dir / UPDATE_FILE).unlink(missing_ok=True)
             return masked
         if isinstance(request, ConsistencyRequest):
-            # Journal and state record the signed set before the signature leaves: a second,
-            # different set is then refused (see step), never signed.
-            signed = encode_secagg(client.consistency(request))
+            # One set per session context, across sessions (a round re-run with the same
+            # parameters has the same context): recorded, fsynced, before the signature
+            # leaves; a different set under a context already signed is refused.
+            context = client.state().params.context()
+            signed_before = signed_set(self.dir / SIGNED_FILE, context)
+            signature = client.consistency(request)
+            if signed_before is None:
+                record_signed(self.dir / SIGNED_FILE, context, request.survivors)
+            elif signed_before != survivors_digest(request.survivors):
+                raise SecAggError(
+                    f"this node already signed another survivor set for round "
+                    f"{session.server_round} of {session.run!r} with these parameters; "
+                    "refusing to sign a second"
+                )
+            # Journal and state record the signed set too: within the session a second,
+            # different request is refused (see step), never signed.
+            signed = encode_secagg(signature)
             session.replies[stage] = (asked, signed)
             write_journal(self.dir / JOURNAL_FILE, journal)
             self._save(client)

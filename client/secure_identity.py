@@ -57,6 +57,15 @@ def check_identity(config: NodeConfig, setup: Setup) -> None:
             f"signatures this node's secagg.max-colluding-nodes "
             f"{policy.max_colluding_nodes} requires"
         )
+    c = policy.max_colluding_nodes
+    if p.threshold <= c:
+        # The server chooses the graph and the slots: it can put every colluder beside one
+        # node, and c nodes holding t shares of it unmask it without anyone else.
+        raise PolicyRefusalError(
+            f"round {r} refused: the threshold is {p.threshold} shares, but this node "
+            f"assumes up to {c} colluding nodes (secagg.max-colluding-nodes): they alone "
+            "could hold enough shares to unmask a node"
+        )
 
 
 def node_roster(config: NodeConfig) -> dict[str, EllipticCurvePublicKey]:

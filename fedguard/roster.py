@@ -61,6 +61,16 @@ def load_roster(
         key = serialization.load_ssh_public_key(text.encode())
         if not isinstance(key, ec.EllipticCurvePublicKey):  # checked above; for the types
             raise invalid(_KEY, allowed="EC public keys", got=str(path), source=source)
+        # One key under two names would sign twice and hold two shares of everything.
+        numbers = key.public_numbers()
+        same = next((n for n, k in roster.items() if k.public_numbers() == numbers), None)
+        if same is not None:
+            raise invalid(
+                _KEY,
+                allowed="one key per node (each NAME.pub a different key)",
+                got=f"{path} holds the key of {same}.pub",
+                source=source,
+            )
         roster[name] = key
     if own_key is None:
         if own_name not in roster:

@@ -13,6 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -23,8 +24,19 @@ from fedguard.deploy_config import load_node_config
 from fedguard.deploy_demo import prepare_demo
 from fedguard.errors import ConfigError
 from fedguard.federation import TrainRequest
-from fedguard.privacy.secagg import Setup, make_params
-from fedguard.transport import encode_secagg
+from fedguard.privacy.secagg import (
+    AdvertiseKeys,
+    ConsistencyReply,
+    ConsistencyRequest,
+    MaskedInputRequest,
+    NeighbourKeys,
+    SecAggError,
+    Setup,
+    ShareKeysReply,
+    ShareKeysRequest,
+    make_params,
+)
+from fedguard.transport import decode_secagg, encode_secagg
 
 NAMES = ("node-a", "node-b", "node-c")
 
@@ -78,8 +90,8 @@ def test_a_bad_roster_is_one_line_naming_file_key_and_value(demo, spoil, message
         shutil.copy(roster / "node-b.pub", roster / "-b.pub")
     elif spoil == "own-missing":
         (roster / "node-a.pub").unlink()
-    elif spoil == "own-wrong":
-        shutil.copy(roster / "node-b.pub", roster / "node-a.pub")
+    elif spoil == "own-wrong":  # node-a.pub holds another node's key (moved: not twice)
+        shutil.move(roster / "node-b.pub", roster / "node-a.pub")
     else:
         _rewrite(toml, r"^max-colluding-nodes = 0$", "max-colluding-nodes = -1")
     with pytest.raises(ConfigError, match=message) as caught:
@@ -181,3 +193,91 @@ def test_a_node_is_who_its_key_says_whatever_its_node_toml_name(demo):
         PolicyRefusalError, match=r"gave slot 1 to 'node-a', but this node is 'node-b'"
     ):
         node.check_request(setup_bytes=_setup(NAMES, 1), request=_request())
+
+
+def _full_session(nodes, params, seed, survivors):
+    """Stages 0-3 of one session for every node; the consistency stage asks `survivors`
+    of node 1 and the full set of the others. Returns node 1's answer or its refusal."""
+    slots = sorted(nodes)
+    rng = np.random.default_rng(seed)
+    adv = {
+        s: decode_secagg(
+            nodes[s].begin(
+                setup=Setup(params=params, slot=s), update=[rng.normal(size=4).astype(np.float32)]
+            ),
+            expect=AdvertiseKeys,
+        )
+        for s in slots
+    }
+    shared = {}
+    for s in slots:
+        keys = tuple(
+            NeighbourKeys(slot=o, encryption_key=adv[o].encryption_key,
+                          masking_key=adv[o].masking_key, signature=adv[o].signature)
+            for o in slots if o != s
+        )  # fmt: skip
+        shared[s] = decode_secagg(
+            nodes[s].step(encode_secagg(ShareKeysRequest(neighbours=keys))), expect=ShareKeysReply
+        )
+    for s in slots:
+        inbox = tuple(x for r in shared.values() for x in r.shares if x.receiver == s)
+        nodes[s].step(encode_secagg(MaskedInputRequest(shares=inbox)))
+    for s in slots[1:]:
+        nodes[s].step(encode_secagg(ConsistencyRequest(survivors=tuple(slots))))
+    return nodes[1].step(encode_secagg(ConsistencyRequest(survivors=survivors)))
+
+
+def test_a_node_signs_one_survivor_set_per_context_across_sessions(demo):
+    """Red team, #14.6: the context is a digest of the round's parameters, so a round re-run
+    with the same parameters (the node retrains: new keys, new session) has the same one.
+    Before, a node signed one set per *session*: the server collected a quorum on {1,2,3}
+    in one session and on {1,2} in the next, then showed each to half the holders of a
+    third session and got seed shares from some, key shares from the others. Now the
+    signed set is recorded per context, for good, and a different one is refused."""
+    for toml in demo.nodes:
+        _rewrite(toml, r"^min-neighbours = 2$", "min-neighbours = 1")
+    params = dataclasses.replace(
+        make_params(run="demo", server_round=1, cohort=3, clip_range=1.0, bits=16,
+                    weight_cap=1, dropout_tolerance=0.34, graph_seed=1),
+        names=NAMES,
+    )  # fmt: skip
+    nodes = {
+        s: NodeSecAgg(config=load_node_config(t), examples=1) for s, t in enumerate(demo.nodes, 1)
+    }
+    for node in nodes.values():
+        node.dir.mkdir(parents=True, exist_ok=True)
+    first = decode_secagg(_full_session(nodes, params, 1, (1, 2, 3)), expect=ConsistencyReply)
+    assert first.slot == 1
+    # The same round, the same parameters, a new session: the same set is signed again...
+    again = _full_session(nodes, params, 2, (1, 2, 3))
+    assert decode_secagg(again, expect=ConsistencyReply).slot == 1
+    # ...another set never is, in a new session or a fresh process.
+    fresh = {
+        s: NodeSecAgg(config=load_node_config(t), examples=1) for s, t in enumerate(demo.nodes, 1)
+    }
+    with pytest.raises(SecAggError, match="already signed another survivor set for round 1"):
+        _full_session(fresh, params, 3, (1, 2))
+
+
+def test_a_roster_with_one_key_under_two_names_is_refused(demo):
+    """Red team, #14.6: one colluding key at two slots signs twice and holds two shares."""
+    toml = demo.nodes[0]
+    roster = load_node_config(toml).secagg.roster
+    assert roster is not None
+    shutil.copy(roster / "node-b.pub", roster / "node-x.pub")
+    with pytest.raises(
+        ConfigError, match=r"one key per node .* got '.*node-x\.pub holds the key of node-b\.pub'"
+    ):
+        load_node_config(toml)
+
+
+def test_a_node_refuses_a_threshold_its_colluders_could_meet_alone(demo):
+    """Red team, #14.6: with c colluding nodes and t <= c, the colluders (placed by the
+    server, which chooses the graph and the slots) hold t shares of a node by themselves."""
+    toml = demo.nodes[0]
+    _rewrite(toml, r"^max-colluding-nodes = 0$", "max-colluding-nodes = 2")  # q = 3 <= n
+    node = NodeSecAgg(config=load_node_config(toml))
+    with pytest.raises(
+        PolicyRefusalError, match=r"the threshold is 2 shares, but this node assumes up to 2"
+    ):
+        node.check_request(setup_bytes=_setup(NAMES), request=_request())
