@@ -15,10 +15,12 @@ seal and signature, so it cannot tell two nodes different parameters in one roun
 consistency stage each survivor signs the one survivor set it was told, and reveals shares
 only when at least ``q = max(t, floor((n + c) / 2) + 1)`` survivors signed that same set:
 two different sets could both reach q only if more than ``c`` nodes signed both, so a
-server lying about who dropped out is caught. What then holds: the server learns no
-individual input unless ``t`` or more holders of one neighbourhood collude with it
-(masking) or more than ``c`` nodes collude (consistency); it can always make a round
-abort (nothing is aggregated then).
+server lying about who dropped out is caught. That needs an honest node to sign one set
+per *context* (not per session: a round re-run with the same parameters has the same
+context); the deployed node records it durably (``fedguard.client.signed_sets``). A node
+also refuses ``t <= c`` (the server places the nodes: c colluders could surround one).
+What then holds: the server learns no individual input unless more than ``c`` nodes
+collude with it; it can always make a round abort (nothing is aggregated then).
 """
 
 from __future__ import annotations
