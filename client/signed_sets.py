@@ -12,9 +12,9 @@ before it leaves the node, and a different set under a context already signed is
 
 ``state-dir/secagg-signed.jsonl`` (0600), one line per context: ``{"context": hex,
 "survivors": hex}`` (a digest of the sorted set). Never pruned: about 150 bytes a round.
-A torn last line (a crash mid-append) is dropped: its signature never left the node. Any
-other unreadable line stops secure aggregation on the node (it could no longer tell what
-it signed).
+A torn last line (a crash mid-append) is dropped, and cut off before the next append:
+its signature never left the node. Any other unreadable line stops secure aggregation on
+the node (it could no longer tell what it signed).
 """
 
 from __future__ import annotations
@@ -66,11 +66,37 @@ def signed_set(path: Path, context: bytes) -> str | None:
 
 
 def record_signed(path: Path, context: bytes, survivors: Iterable[int]) -> None:
-    """Append (fsync) that ``survivors`` was signed under ``context``: before it is sent."""
-    line = json.dumps({"context": context.hex(), "survivors": survivors_digest(survivors)})
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    """Append (fsync) that ``survivors`` was signed under ``context``: before it is sent.
+
+    Called under the node's budget lock. A torn tail left by an earlier crash is cut off
+    first (it would otherwise become an unreadable middle line), every byte is written
+    (a short write is retried, not ignored) and the line is read back before the signature
+    may leave: a record the file does not hold would let a second set be signed.
+    """
+    digest = survivors_digest(survivors)
+    line = json.dumps({"context": context.hex(), "survivors": digest}).encode() + b"\n"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        os.write(fd, b"\n" + line.encode() + b"\n")  # a torn line before it stays its own
+        size = os.fstat(fd).st_size
+        if size:
+            os.lseek(fd, max(0, size - 65536), os.SEEK_SET)
+            tail = os.read(fd, 65536)
+            if b"\n" in tail:
+                end = size - len(tail) + tail.rfind(b"\n") + 1
+            else:  # no line end in the last 64 KiB: a torn line only if it is the whole file
+                end = 0 if len(tail) == size else size
+            if end != size:
+                os.ftruncate(fd, end)  # a torn line: that signature never left the node
+                size = end
+        os.lseek(fd, size, os.SEEK_SET)
+        view = memoryview(line)
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError(f"{path}: could not append the signed survivor set")
+            view = view[written:]
         os.fsync(fd)
     finally:
         os.close(fd)
+    if signed_set(path, context) != digest:
+        raise OSError(f"{path}: the signed survivor set did not read back; not signing")
