@@ -129,7 +129,7 @@ def _rss_pss_mb(pids: Sequence[int]) -> tuple[float, float]:
     return rss / MB, pss / MB
 
 
-# A node's processes by name (fedguard.flower_compat names the forks it makes); the tree's
+# A node's processes by name (fedguard.deploy.flower names the forks it makes); the tree's
 # root is `fedguard client`, the launcher.
 _ROLES = {b"fg-supernode": "supernode", b"fg-superexec": "superexec", b"fg-clientapp": "clientapp"}
 

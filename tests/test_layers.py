@@ -5,9 +5,8 @@
    import order changes); only ``if TYPE_CHECKING:`` blocks, never run, are left out.
    Importing ``a.b.c`` also runs the packages ``a.b`` and ``a`` (unless the importer is
    inside them: a package's own submodules import it while it is being initialised).
-2. Only the Flower adapter (``fedguard.deploy.flower``, and the temporary shim
-   ``fedguard.flower_compat``) imports Flower's internals. Everything else uses Flower's
-   public API, this allow-list:
+2. Only the Flower adapter (``fedguard.deploy.flower``) imports Flower's internals.
+   Everything else uses Flower's public API, this allow-list:
 
    - ``flwr.app``, ``flwr.serverapp``, ``flwr.clientapp``: the app API;
    - ``flwr.simulation``: the simulation engine's entry (``run_simulation``);
@@ -35,7 +34,7 @@ PACKAGES = {
     "fedguard.server": ROOT / "server",
     "fedguard.simulations": ROOT / "simulations",
 }
-ADAPTER = ("fedguard.deploy.flower", "fedguard.flower_compat")
+ADAPTER = ("fedguard.deploy.flower",)
 PUBLIC_FLOWER = ("flwr.app", "flwr.serverapp", "flwr.clientapp", "flwr.simulation")
 
 

@@ -94,9 +94,10 @@ def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
         assert receipt["epsilon"] == pytest.approx(coarse)
         assert receipt["dataset_fingerprint"] == fingerprint
         # Secure aggregation left no round secrets behind on the node: only its journal of
-        # what it sent (client/released.py), so no update goes into a second sum.
-        left = [p.name for p in (toml.parent / "state").glob("secagg-*")]
-        assert left == ["secagg-released.json"], left
+        # what it sent (client/released.py), so no update goes into a second sum, and the
+        # survivor sets it signed (client/signed_sets.py), so it never signs a second one.
+        left = sorted(p.name for p in (toml.parent / "state").glob("secagg-*"))
+        assert left == ["secagg-released.json", "secagg-signed.jsonl"], left
     summary = json.loads((layout.results / "summary.json").read_text())
     assert summary["secure_aggregation"]["protocol"] == "SecAgg+"
     assert summary["secure_aggregation"]["enabled"] is True

@@ -32,10 +32,11 @@ from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
 from fedguard.client.node import LAST_REPLY_FILE, _round_key, node_runtime
 from fedguard.client.secure import JOURNAL_FILE, SESSION_FILE, UPDATE_FILE
+from fedguard.client.signed_sets import SIGNED_FILE
+from fedguard.deploy.flower import send_and_receive
 from fedguard.deploy_config import FederationConfig, load_federation_config
 from fedguard.deploy_demo import EPSILON, DemoLayout, prepare_demo
 from fedguard.federation import ClientUpdate, Refusal, SecureMean, TrainRequest
-from fedguard.flower_compat import send_and_receive
 from fedguard.messages import ERROR_BUDGET_REFUSED, encode_secagg, encode_train, secagg_payload
 from fedguard.privacy.ledger import LEDGER_FILENAME
 from fedguard.privacy.secagg import (
@@ -508,7 +509,8 @@ def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
         left = _snapshot(fed.state(cid))
         # Only the journal of what was sent (public keys, sealed and revealed shares,
         # the masked input): no private key, seed or update.
-        assert [n for n in left if n.startswith("secagg")] == [JOURNAL_FILE], sorted(left)
+        kept = sorted(n for n in left if n.startswith("secagg"))
+        assert kept == [JOURNAL_FILE, SIGNED_FILE], sorted(left)  # what it sent and signed
 
     # The same unmask request again: the very same reply bytes, nothing new revealed.
     again = fed.grid.replayed["unmask", twice]
