@@ -50,21 +50,28 @@ def check_identity(config: NodeConfig, setup: Setup) -> None:
             f"round {r} refused: node {strangers[0]!r} is not in this node's roster "
             f"({policy.roster}); its signatures could not be checked"
         )
-    q = quorum(p, max_colluding=policy.max_colluding_nodes)
+    c = policy.max_colluding_nodes
+    if p.max_colluding < c:
+        # Each holder of this node's shares reveals under the session's quorum: a session
+        # assuming fewer colluders than this node does would not protect it.
+        raise PolicyRefusalError(
+            f"round {r} refused: the session assumes at most {p.max_colluding} colluding "
+            f"nodes, this node's secagg.max-colluding-nodes is {c} (set [secagg] "
+            "max-colluding-nodes in federation.toml to at least the largest of the nodes')"
+        )
+    q = quorum(p)
     if q > p.cohort:
         raise PolicyRefusalError(
             f"round {r} refused: a cohort of {p.cohort} cannot reach the quorum of {q} "
-            f"signatures this node's secagg.max-colluding-nodes "
-            f"{policy.max_colluding_nodes} requires"
+            f"signatures that {p.max_colluding} colluding nodes require"
         )
-    c = policy.max_colluding_nodes
-    if p.threshold <= c:
+    if p.threshold <= p.max_colluding:
         # The server chooses the graph and the slots: it can put every colluder beside one
         # node, and c nodes holding t shares of it unmask it without anyone else.
         raise PolicyRefusalError(
-            f"round {r} refused: the threshold is {p.threshold} shares, but this node "
-            f"assumes up to {c} colluding nodes (secagg.max-colluding-nodes): they alone "
-            "could hold enough shares to unmask a node"
+            f"round {r} refused: the threshold is {p.threshold} shares, but the session "
+            f"assumes up to {p.max_colluding} colluding nodes: they alone could hold enough "
+            "shares to unmask a node"
         )
 
 

@@ -115,6 +115,9 @@ class SecAggSection:
     clip_range: float = 1.0  # each update coordinate is clipped to [-clip-range, clip-range]
     bits: int = 16  # quantisation levels 2**bits - 1 over that range
     dropout_tolerance: float = 1 / 3  # fraction of a cohort that may drop mid-round
+    # c: nodes assumed to collude with the server; sent in every session (each node
+    # refuses one assuming fewer than its own node.toml value).
+    max_colluding_nodes: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -263,6 +266,8 @@ def load_federation_config(path: Path) -> FederationConfig:
         "a fraction in [1/3, 1/2)",
         sa.dropout_tolerance,
     )
+    mc = sa.max_colluding_nodes
+    _check(path, "secagg.max-colluding-nodes", mc >= 0, "an integer >= 0", mc)
     f, t, tr, s = cfg.federation, cfg.task, cfg.training, cfg.server
     _check(path, "federation.rounds", f.rounds >= 1, "an integer >= 1", f.rounds)
     _check(path, "federation.min-nodes", f.min_nodes >= 1, "an integer >= 1", f.min_nodes)

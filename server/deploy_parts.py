@@ -115,6 +115,7 @@ def secagg_params(cfg: FederationConfig, server_round: int, cohort: list[int]) -
         weight_cap=1 if cfg.client_dp.enabled else cfg.federation.weight_cap,
         dropout_tolerance=sa.dropout_tolerance,
         graph_seed=cfg.federation.seed,
+        max_colluding=sa.max_colluding_nodes,
     )
 
 

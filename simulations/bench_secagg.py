@@ -160,7 +160,7 @@ def protocol_cost(*, clients: int, params: int, seed: int = 0) -> ProtocolCost:
         up_bytes=sent["up"] / clients,
         down_bytes=sent["down"] / clients,
         plain_up_bytes=4 * params,
-        quorum=quorum(p, max_colluding=0),
+        quorum=quorum(p),
         sign_ms=1000 * cost.consistency_client_seconds / clients,
         verify_ms=verify_ms,
         consistency_up_bytes=sent["cons-up"] / clients,

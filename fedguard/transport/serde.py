@@ -87,6 +87,7 @@ def _params_pb(p: SecAggParams) -> pb.SecAggParams:
         ring_bits=p.ring_bits,
         graph_seed=p.graph_seed,
         names=list(p.names),
+        max_colluding=p.max_colluding,
     )
 
 
@@ -104,6 +105,7 @@ def _params(m: pb.SecAggParams) -> SecAggParams:
             ring_bits=m.ring_bits,
             graph_seed=m.graph_seed,
             names=tuple(_name(n) for n in m.names),
+            max_colluding=m.max_colluding,
         )
     except ValueError as exc:  # ConfigError from the parameter checks
         raise WireError(f"secure aggregation parameters: {exc}") from None

@@ -6,7 +6,9 @@ helpers. The primitives (X25519, HKDF-SHA256, AES-GCM, AES-CTR) stay in ``_hazma
 
 Threat model: the server may deviate from the protocol (malicious: it may drop, reorder,
 alter or invent any message it relays) and up to ``c`` nodes may collude with it, ``c``
-being each node's ``max-colluding-nodes`` (node.toml ``[secagg]``, default 0). Public keys
+being the session's ``max_colluding`` (federation.toml ``[secagg] max-colluding-nodes``,
+bound into the context; a node refuses a session assuming fewer than its own node.toml
+value). Public keys
 reach nodes through the server but are signed with each node's node key and checked
 against a roster of node keys every node received out of band, so a server that
 substitutes keys (a man-in-the-middle) is refused, naming the slot. The server chooses

@@ -101,8 +101,9 @@ class SecAggClient:
 
     ``signing_key``: the node key (signs its keys and the survivor set). ``roster``: every
     node's public key by name. ``min_holders``: the node's own floor on its live
-    neighbourhood. ``max_colluding``: how many nodes may collude with the server (sets the
-    :func:`quorum`).
+    neighbourhood. ``max_colluding``: how many nodes this node assumes may collude with the
+    server: it refuses a session assuming fewer (the session's value sets the
+    :func:`quorum`, the same for every node) or whose threshold they could meet alone.
     """
 
     def __init__(
@@ -135,11 +136,22 @@ class SecAggClient:
             )
         if max_colluding < 0:
             raise hz.SecAggError(f"max-colluding-nodes: expected >= 0, got {max_colluding}")
-        self._quorum = quorum(p, max_colluding=max_colluding)
+        if p.max_colluding < max_colluding:
+            raise hz.SecAggError(
+                f"the session assumes at most {p.max_colluding} colluding nodes, this node "
+                f"{max_colluding}: refusing (its neighbours would reveal under a smaller quorum)"
+            )
+        if p.threshold <= p.max_colluding:
+            raise hz.SecAggError(
+                f"threshold {p.threshold} with {p.max_colluding} colluding nodes assumed: "
+                "refusing (they alone could hold enough shares of a node)"
+            )
+        self._quorum = quorum(p)
         if self._quorum > p.cohort:
             raise hz.SecAggError(
-                f"a quorum of {self._quorum} signatures (max-colluding-nodes {max_colluding}) "
-                f"exceeds the cohort of {p.cohort}: refusing, no round could be unmasked"
+                f"a quorum of {self._quorum} signatures (max-colluding-nodes "
+                f"{p.max_colluding}) exceeds the cohort of {p.cohort}: refusing, no round "
+                "could be unmasked"
             )
 
     @classmethod

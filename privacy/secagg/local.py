@@ -63,6 +63,8 @@ def secure_sum_in_process(
     spent = cost if cost is not None else RoundCost()
     clock = time.perf_counter
 
+    if params.max_colluding < max_colluding:  # the session carries c: every node counts it
+        params = dataclasses.replace(params, max_colluding=max_colluding)
     if not params.names:
         params = dataclasses.replace(
             params, names=tuple(f"node-{s}" for s in range(1, params.cohort + 1))

@@ -47,6 +47,9 @@ class SecAggParams:
     # The enrolled node names by slot (slot i is names[i - 1]): whose key signs for a slot.
     # Empty only until the server assigns the cohort; a node refuses a session without them.
     names: tuple[str, ...] = ()
+    # c: nodes assumed to collude with the server. In the session (not each node's own
+    # setting) so that every holder of a node's shares counts the same quorum.
+    max_colluding: int = 0
 
     def __post_init__(self) -> None:
         holders = self.degree + 1
@@ -61,6 +64,12 @@ class SecAggParams:
             ),
             ("secagg bits", self.bits, 1 <= self.bits <= 30, "an integer in [1, 30]"),
             ("secagg weight-cap", self.weight_cap, self.weight_cap >= 1, "an integer >= 1"),
+            (
+                "secagg max-colluding-nodes",
+                self.max_colluding,
+                isinstance(self.max_colluding, int) and self.max_colluding >= 0,
+                "an integer >= 0",
+            ),
             ("secagg ring-bits", self.ring_bits, self.ring_bits in RING_BITS, RING_BITS),
             (
                 "secagg clip-range",
@@ -119,6 +128,7 @@ class SecAggParams:
             str(self.weight_cap),
             str(self.ring_bits),
             str(self.graph_seed),
+            str(self.max_colluding),
             str(len(self.names)),
             *self.names,
         )
@@ -173,6 +183,7 @@ def make_params(
     weight_cap: int,
     dropout_tolerance: float,
     graph_seed: int,
+    max_colluding: int = 0,
 ) -> SecAggParams:
     """Parameters for a round of ``cohort`` nodes: degree, threshold and ring chosen here."""
     if not 1 / 3 <= dropout_tolerance < 0.5:
@@ -195,6 +206,7 @@ def make_params(
         weight_cap=weight_cap,
         ring_bits=ring,
         graph_seed=graph_seed,
+        max_colluding=max_colluding,
     )
 
 

@@ -172,7 +172,7 @@ class SecAggServer:
                 self._reject(r.slot, "consistency reply from a non-survivor, or repeated")
                 continue
             self._signatures[r.slot] = r
-        needed = quorum(self.params, max_colluding=0)
+        needed = quorum(self.params)
         if len(self._signatures) < needed:
             raise SecAggAbortedError(
                 f"secure aggregation aborted at consistency: {len(self._signatures)} "

@@ -23,14 +23,16 @@ Roster = Mapping[str, ec.EllipticCurvePublicKey]
 """Node name -> its node public key, as the node's IT team received them (out of band)."""
 
 
-def quorum(params: SecAggParams, *, max_colluding: int) -> int:
-    """Signatures a survivor set needs: ``max(t, floor((n + c) / 2) + 1)``.
+def quorum(params: SecAggParams) -> int:
+    """Signatures a survivor set needs: ``max(t, floor((n + c) / 2) + 1)``, with ``c`` the
+    session's ``max_colluding`` (the same for every node: each holder of a node's shares
+    counts the same quorum).
 
     Two different sets that each reached q signers share at least ``2q - n > c`` signers,
     so with at most ``c`` colluding nodes an honest node would have signed twice, which it
     never does.
     """
-    return max(params.threshold, (params.cohort + max_colluding) // 2 + 1)
+    return max(params.threshold, (params.cohort + params.max_colluding) // 2 + 1)
 
 
 def advertise_message(

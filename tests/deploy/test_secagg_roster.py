@@ -118,7 +118,7 @@ def _request(server_round: int = 1) -> TrainRequest:
     )
 
 
-def _setup(names: tuple[str, ...], slot: int = 1) -> bytes:
+def _setup(names: tuple[str, ...], slot: int = 1, *, max_colluding: int = 0) -> bytes:
     params = make_params(
         run="demo",
         server_round=1,
@@ -128,6 +128,7 @@ def _setup(names: tuple[str, ...], slot: int = 1) -> bytes:
         weight_cap=1,
         dropout_tolerance=0.34,
         graph_seed=1,
+        max_colluding=max_colluding,
     )
     return encode_secagg(Setup(params=dataclasses.replace(params, names=names), slot=slot))
 
@@ -176,7 +177,7 @@ def test_a_node_refuses_a_cohort_too_small_for_its_quorum(demo):
     _rewrite(toml, r"^max-colluding-nodes = 0$", "max-colluding-nodes = 3")
     node = NodeSecAgg(config=load_node_config(toml))
     with pytest.raises(PolicyRefusalError, match=r"cannot reach the quorum of 4 signatures"):
-        node.check_request(setup_bytes=_setup(NAMES), request=_request())
+        node.check_request(setup_bytes=_setup(NAMES, max_colluding=3), request=_request())
     # The right session passes every identity check.
     ok = NodeSecAgg(config=load_node_config(demo.nodes[1]))
     assert ok.check_request(setup_bytes=_setup(NAMES, 2), request=_request()) is not None
@@ -278,6 +279,20 @@ def test_a_node_refuses_a_threshold_its_colluders_could_meet_alone(demo):
     _rewrite(toml, r"^max-colluding-nodes = 0$", "max-colluding-nodes = 2")  # q = 3 <= n
     node = NodeSecAgg(config=load_node_config(toml))
     with pytest.raises(
-        PolicyRefusalError, match=r"the threshold is 2 shares, but this node assumes up to 2"
+        PolicyRefusalError, match=r"the threshold is 2 shares, but the session assumes up to 2"
     ):
+        node.check_request(setup_bytes=_setup(NAMES, max_colluding=2), request=_request())
+
+
+def test_a_node_refuses_a_session_assuming_fewer_colluders_than_it_does(demo):
+    """Second red team, #14.6: each node computed its quorum from its own c, and a node's
+    shares are revealed by its neighbours under theirs: a node at c = 2 beside nodes at
+    c = 0 lost its update to 2 colluders. Now c travels in the session (bound into its
+    context, the same for every node) and a node refuses a session assuming fewer."""
+    toml = demo.nodes[0]
+    _rewrite(toml, r"^max-colluding-nodes = 0$", "max-colluding-nodes = 1")
+    node = NodeSecAgg(config=load_node_config(toml))
+    with pytest.raises(PolicyRefusalError, match=r"the session assumes at most 0 colluding "
+                       r"nodes, this node's secagg.max-colluding-nodes is 1"):  # fmt: skip
         node.check_request(setup_bytes=_setup(NAMES), request=_request())
+    assert node.check_request(setup_bytes=_setup(NAMES, max_colluding=1), request=_request())

@@ -15,8 +15,8 @@ fedguard's wire format, never by calling ``fedguard``:
   shares, evaluated term by term (fedguard uses Horner's rule).
 * Session context: ``SHA-256(b"fedguard/secagg/v1/session\\x00" || for each field:
   4-byte big-endian length || field)`` over run, round, cohort, degree, threshold, bits,
-  ``float.hex(clip_range)``, weight cap, ring bits, graph seed (decimal ASCII), the number
-  of names and each name (UTF-8): ``hashlib``.
+  ``float.hex(clip_range)``, weight cap, ring bits, graph seed, max colluding (decimal
+  ASCII), the number of names and each name (UTF-8): ``hashlib``.
 * Signatures: ECDSA P-384 / SHA-384 over ``label || message`` with RFC 6979 deterministic
   nonces (``cryptography``, checked below against RFC 6979 appendix A.2.6), DER-encoded.
 * Quantisation: the formula in ``fedguard.privacy.secagg.quantize`` restated with numpy,
@@ -152,6 +152,7 @@ def context(params: dict[str, Any]) -> bytes:
         str(params["weight_cap"]),
         str(params["ring_bits"]),
         str(params["graph_seed"]),
+        str(params.get("max_colluding", 0)),
         str(len(names)),
         *names,
     ]
@@ -233,6 +234,7 @@ PARAMS: dict[str, Any] = {
     "ring_bits": 32,
     "graph_seed": 1,
     "names": ["alice", "bob", "carol"],
+    "max_colluding": 1,
 }
 CTX = context(PARAMS)
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64guard/proto/v1/secagg.proto\x12\x0b\x66\x65\x64guard.v1\"\xd0\x01\n\x0cSecAggParams\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x14\n\x0cserver_round\x18\x02 \x01(\x04\x12\x0e\n\x06\x63ohort\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x65gree\x18\x04 \x01(\r\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x12\n\nclip_range\x18\x06 \x01(\x01\x12\x0c\n\x04\x62its\x18\x07 \x01(\r\x12\x12\n\nweight_cap\x18\x08 \x01(\x04\x12\x11\n\tring_bits\x18\t \x01(\r\x12\x12\n\ngraph_seed\x18\n \x01(\x04\x12\r\n\x05names\x18\x0b \x03(\t\"@\n\x05Setup\x12)\n\x06params\x18\x01 \x01(\x0b\x32\x19.fedguard.v1.SecAggParams\x12\x0c\n\x04slot\x18\x02 \x01(\r\"]\n\rAdvertiseKeys\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x16\n\x0e\x65ncryption_key\x18\x02 \x01(\x0c\x12\x13\n\x0bmasking_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"]\n\rNeighbourKeys\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x16\n\x0e\x65ncryption_key\x18\x02 \x01(\x0c\x12\x13\n\x0bmasking_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"B\n\x10ShareKeysRequest\x12.\n\nneighbours\x18\x01 \x03(\x0b\x32\x1a.fedguard.v1.NeighbourKeys\"C\n\x0bSealedShare\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x10\n\x08receiver\x18\x02 \x01(\r\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"H\n\x0eShareKeysReply\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12(\n\x06shares\x18\x02 \x03(\x0b\x32\x18.fedguard.v1.SealedShare\">\n\x12MaskedInputRequest\x12(\n\x06shares\x18\x01 \x03(\x0b\x32\x18.fedguard.v1.SealedShare\"C\n\x10MaskedInputReply\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x11\n\tring_bits\x18\x02 \x01(\r\x12\x0e\n\x06masked\x18\x03 \x01(\x0c\"\'\n\x12\x43onsistencyRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\r\"3\n\x10\x43onsistencyReply\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"[\n\rUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\r\x12\x31\n\nsignatures\x18\x03 \x03(\x0b\x32\x1d.fedguard.v1.ConsistencyReplyJ\x04\x08\x02\x10\x03\"=\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\x0e\n\x06holder\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x0c\"|\n\x0bUnmaskReply\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12/\n\x0bseed_shares\x18\x02 \x03(\x0b\x32\x1a.fedguard.v1.RevealedShare\x12.\n\nkey_shares\x18\x03 \x03(\x0b\x32\x1a.fedguard.v1.RevealedShare\"\xdc\x04\n\rSecAggMessage\x12\x0f\n\x07version\x18\x01 \x01(\r\x12#\n\x05setup\x18\x02 \x01(\x0b\x32\x12.fedguard.v1.SetupH\x00\x12\x34\n\x0e\x61\x64vertise_keys\x18\x03 \x01(\x0b\x32\x1a.fedguard.v1.AdvertiseKeysH\x00\x12;\n\x12share_keys_request\x18\x04 \x01(\x0b\x32\x1d.fedguard.v1.ShareKeysRequestH\x00\x12\x37\n\x10share_keys_reply\x18\x05 \x01(\x0b\x32\x1b.fedguard.v1.ShareKeysReplyH\x00\x12?\n\x14masked_input_request\x18\x06 \x01(\x0b\x32\x1f.fedguard.v1.MaskedInputRequestH\x00\x12;\n\x12masked_input_reply\x18\x07 \x01(\x0b\x32\x1d.fedguard.v1.MaskedInputReplyH\x00\x12\x34\n\x0eunmask_request\x18\x08 \x01(\x0b\x32\x1a.fedguard.v1.UnmaskRequestH\x00\x12\x30\n\x0cunmask_reply\x18\t \x01(\x0b\x32\x18.fedguard.v1.UnmaskReplyH\x00\x12>\n\x13\x63onsistency_request\x18\n \x01(\x0b\x32\x1f.fedguard.v1.ConsistencyRequestH\x00\x12:\n\x11\x63onsistency_reply\x18\x0b \x01(\x0b\x32\x1d.fedguard.v1.ConsistencyReplyH\x00\x42\x07\n\x05stage\"B\n\nHeldShares\x12\r\n\x05owner\x18\x01 \x01(\r\x12\x12\n\nseed_share\x18\x02 \x01(\x0c\x12\x11\n\tkey_share\x18\x03 \x01(\x0c\"\xff\x01\n\x0b\x43lientState\x12)\n\x06params\x18\x01 \x01(\x0b\x32\x19.fedguard.v1.SecAggParams\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\r\n\x05stage\x18\x03 \x01(\x05\x12\x1a\n\x12\x65ncryption_private\x18\x04 \x01(\x0c\x12\x17\n\x0fmasking_private\x18\x05 \x01(\x0c\x12\x0c\n\x04seed\x18\x06 \x01(\x0c\x12.\n\nneighbours\x18\x07 \x03(\x0b\x32\x1a.fedguard.v1.NeighbourKeys\x12%\n\x04held\x18\x08 \x03(\x0b\x32\x17.fedguard.v1.HeldShares\x12\x0e\n\x06signed\x18\t \x03(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64guard/proto/v1/secagg.proto\x12\x0b\x66\x65\x64guard.v1\"\xe7\x01\n\x0cSecAggParams\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x14\n\x0cserver_round\x18\x02 \x01(\x04\x12\x0e\n\x06\x63ohort\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x65gree\x18\x04 \x01(\r\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x12\n\nclip_range\x18\x06 \x01(\x01\x12\x0c\n\x04\x62its\x18\x07 \x01(\r\x12\x12\n\nweight_cap\x18\x08 \x01(\x04\x12\x11\n\tring_bits\x18\t \x01(\r\x12\x12\n\ngraph_seed\x18\n \x01(\x04\x12\r\n\x05names\x18\x0b \x03(\t\x12\x15\n\rmax_colluding\x18\x0c \x01(\r\"@\n\x05Setup\x12)\n\x06params\x18\x01 \x01(\x0b\x32\x19.fedguard.v1.SecAggParams\x12\x0c\n\x04slot\x18\x02 \x01(\r\"]\n\rAdvertiseKeys\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x16\n\x0e\x65ncryption_key\x18\x02 \x01(\x0c\x12\x13\n\x0bmasking_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"]\n\rNeighbourKeys\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x16\n\x0e\x65ncryption_key\x18\x02 \x01(\x0c\x12\x13\n\x0bmasking_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"B\n\x10ShareKeysRequest\x12.\n\nneighbours\x18\x01 \x03(\x0b\x32\x1a.fedguard.v1.NeighbourKeys\"C\n\x0bSealedShare\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x10\n\x08receiver\x18\x02 \x01(\r\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"H\n\x0eShareKeysReply\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12(\n\x06shares\x18\x02 \x03(\x0b\x32\x18.fedguard.v1.SealedShare\">\n\x12MaskedInputRequest\x12(\n\x06shares\x18\x01 \x03(\x0b\x32\x18.fedguard.v1.SealedShare\"C\n\x10MaskedInputReply\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x11\n\tring_bits\x18\x02 \x01(\r\x12\x0e\n\x06masked\x18\x03 \x01(\x0c\"\'\n\x12\x43onsistencyRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\r\"3\n\x10\x43onsistencyReply\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"[\n\rUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\r\x12\x31\n\nsignatures\x18\x03 \x03(\x0b\x32\x1d.fedguard.v1.ConsistencyReplyJ\x04\x08\x02\x10\x03\"=\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\x0e\n\x06holder\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x0c\"|\n\x0bUnmaskReply\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12/\n\x0bseed_shares\x18\x02 \x03(\x0b\x32\x1a.fedguard.v1.RevealedShare\x12.\n\nkey_shares\x18\x03 \x03(\x0b\x32\x1a.fedguard.v1.RevealedShare\"\xdc\x04\n\rSecAggMessage\x12\x0f\n\x07version\x18\x01 \x01(\r\x12#\n\x05setup\x18\x02 \x01(\x0b\x32\x12.fedguard.v1.SetupH\x00\x12\x34\n\x0e\x61\x64vertise_keys\x18\x03 \x01(\x0b\x32\x1a.fedguard.v1.AdvertiseKeysH\x00\x12;\n\x12share_keys_request\x18\x04 \x01(\x0b\x32\x1d.fedguard.v1.ShareKeysRequestH\x00\x12\x37\n\x10share_keys_reply\x18\x05 \x01(\x0b\x32\x1b.fedguard.v1.ShareKeysReplyH\x00\x12?\n\x14masked_input_request\x18\x06 \x01(\x0b\x32\x1f.fedguard.v1.MaskedInputRequestH\x00\x12;\n\x12masked_input_reply\x18\x07 \x01(\x0b\x32\x1d.fedguard.v1.MaskedInputReplyH\x00\x12\x34\n\x0eunmask_request\x18\x08 \x01(\x0b\x32\x1a.fedguard.v1.UnmaskRequestH\x00\x12\x30\n\x0cunmask_reply\x18\t \x01(\x0b\x32\x18.fedguard.v1.UnmaskReplyH\x00\x12>\n\x13\x63onsistency_request\x18\n \x01(\x0b\x32\x1f.fedguard.v1.ConsistencyRequestH\x00\x12:\n\x11\x63onsistency_reply\x18\x0b \x01(\x0b\x32\x1d.fedguard.v1.ConsistencyReplyH\x00\x42\x07\n\x05stage\"B\n\nHeldShares\x12\r\n\x05owner\x18\x01 \x01(\r\x12\x12\n\nseed_share\x18\x02 \x01(\x0c\x12\x11\n\tkey_share\x18\x03 \x01(\x0c\"\xff\x01\n\x0b\x43lientState\x12)\n\x06params\x18\x01 \x01(\x0b\x32\x19.fedguard.v1.SecAggParams\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\r\n\x05stage\x18\x03 \x01(\x05\x12\x1a\n\x12\x65ncryption_private\x18\x04 \x01(\x0c\x12\x17\n\x0fmasking_private\x18\x05 \x01(\x0c\x12\x0c\n\x04seed\x18\x06 \x01(\x0c\x12.\n\nneighbours\x18\x07 \x03(\x0b\x32\x1a.fedguard.v1.NeighbourKeys\x12%\n\x04held\x18\x08 \x03(\x0b\x32\x17.fedguard.v1.HeldShares\x12\x0e\n\x06signed\x18\t \x03(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,37 +32,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedguard.proto.v1.secagg_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SECAGGPARAMS']._serialized_start=48
-  _globals['_SECAGGPARAMS']._serialized_end=256
-  _globals['_SETUP']._serialized_start=258
-  _globals['_SETUP']._serialized_end=322
-  _globals['_ADVERTISEKEYS']._serialized_start=324
-  _globals['_ADVERTISEKEYS']._serialized_end=417
-  _globals['_NEIGHBOURKEYS']._serialized_start=419
-  _globals['_NEIGHBOURKEYS']._serialized_end=512
-  _globals['_SHAREKEYSREQUEST']._serialized_start=514
-  _globals['_SHAREKEYSREQUEST']._serialized_end=580
-  _globals['_SEALEDSHARE']._serialized_start=582
-  _globals['_SEALEDSHARE']._serialized_end=649
-  _globals['_SHAREKEYSREPLY']._serialized_start=651
-  _globals['_SHAREKEYSREPLY']._serialized_end=723
-  _globals['_MASKEDINPUTREQUEST']._serialized_start=725
-  _globals['_MASKEDINPUTREQUEST']._serialized_end=787
-  _globals['_MASKEDINPUTREPLY']._serialized_start=789
-  _globals['_MASKEDINPUTREPLY']._serialized_end=856
-  _globals['_CONSISTENCYREQUEST']._serialized_start=858
-  _globals['_CONSISTENCYREQUEST']._serialized_end=897
-  _globals['_CONSISTENCYREPLY']._serialized_start=899
-  _globals['_CONSISTENCYREPLY']._serialized_end=950
-  _globals['_UNMASKREQUEST']._serialized_start=952
-  _globals['_UNMASKREQUEST']._serialized_end=1043
-  _globals['_REVEALEDSHARE']._serialized_start=1045
-  _globals['_REVEALEDSHARE']._serialized_end=1106
-  _globals['_UNMASKREPLY']._serialized_start=1108
-  _globals['_UNMASKREPLY']._serialized_end=1232
-  _globals['_SECAGGMESSAGE']._serialized_start=1235
-  _globals['_SECAGGMESSAGE']._serialized_end=1839
-  _globals['_HELDSHARES']._serialized_start=1841
-  _globals['_HELDSHARES']._serialized_end=1907
-  _globals['_CLIENTSTATE']._serialized_start=1910
-  _globals['_CLIENTSTATE']._serialized_end=2165
+  _globals['_SECAGGPARAMS']._serialized_end=279
+  _globals['_SETUP']._serialized_start=281
+  _globals['_SETUP']._serialized_end=345
+  _globals['_ADVERTISEKEYS']._serialized_start=347
+  _globals['_ADVERTISEKEYS']._serialized_end=440
+  _globals['_NEIGHBOURKEYS']._serialized_start=442
+  _globals['_NEIGHBOURKEYS']._serialized_end=535
+  _globals['_SHAREKEYSREQUEST']._serialized_start=537
+  _globals['_SHAREKEYSREQUEST']._serialized_end=603
+  _globals['_SEALEDSHARE']._serialized_start=605
+  _globals['_SEALEDSHARE']._serialized_end=672
+  _globals['_SHAREKEYSREPLY']._serialized_start=674
+  _globals['_SHAREKEYSREPLY']._serialized_end=746
+  _globals['_MASKEDINPUTREQUEST']._serialized_start=748
+  _globals['_MASKEDINPUTREQUEST']._serialized_end=810
+  _globals['_MASKEDINPUTREPLY']._serialized_start=812
+  _globals['_MASKEDINPUTREPLY']._serialized_end=879
+  _globals['_CONSISTENCYREQUEST']._serialized_start=881
+  _globals['_CONSISTENCYREQUEST']._serialized_end=920
+  _globals['_CONSISTENCYREPLY']._serialized_start=922
+  _globals['_CONSISTENCYREPLY']._serialized_end=973
+  _globals['_UNMASKREQUEST']._serialized_start=975
+  _globals['_UNMASKREQUEST']._serialized_end=1066
+  _globals['_REVEALEDSHARE']._serialized_start=1068
+  _globals['_REVEALEDSHARE']._serialized_end=1129
+  _globals['_UNMASKREPLY']._serialized_start=1131
+  _globals['_UNMASKREPLY']._serialized_end=1255
+  _globals['_SECAGGMESSAGE']._serialized_start=1258
+  _globals['_SECAGGMESSAGE']._serialized_end=1862
+  _globals['_HELDSHARES']._serialized_start=1864
+  _globals['_HELDSHARES']._serialized_end=1930
+  _globals['_CLIENTSTATE']._serialized_start=1933
+  _globals['_CLIENTSTATE']._serialized_end=2188
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SecAggParams(_message.Message):
-    __slots__ = ("run", "server_round", "cohort", "degree", "threshold", "clip_range", "bits", "weight_cap", "ring_bits", "graph_seed", "names")
+    __slots__ = ("run", "server_round", "cohort", "degree", "threshold", "clip_range", "bits", "weight_cap", "ring_bits", "graph_seed", "names", "max_colluding")
     RUN_FIELD_NUMBER: _ClassVar[int]
     SERVER_ROUND_FIELD_NUMBER: _ClassVar[int]
     COHORT_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class SecAggParams(_message.Message):
     RING_BITS_FIELD_NUMBER: _ClassVar[int]
     GRAPH_SEED_FIELD_NUMBER: _ClassVar[int]
     NAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_COLLUDING_FIELD_NUMBER: _ClassVar[int]
     run: str
     server_round: int
     cohort: int
@@ -30,7 +31,8 @@ class SecAggParams(_message.Message):
     ring_bits: int
     graph_seed: int
     names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, run: _Optional[str] = ..., server_round: _Optional[int] = ..., cohort: _Optional[int] = ..., degree: _Optional[int] = ..., threshold: _Optional[int] = ..., clip_range: _Optional[float] = ..., bits: _Optional[int] = ..., weight_cap: _Optional[int] = ..., ring_bits: _Optional[int] = ..., graph_seed: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_colluding: int
+    def __init__(self, run: _Optional[str] = ..., server_round: _Optional[int] = ..., cohort: _Optional[int] = ..., degree: _Optional[int] = ..., threshold: _Optional[int] = ..., clip_range: _Optional[float] = ..., bits: _Optional[int] = ..., weight_cap: _Optional[int] = ..., ring_bits: _Optional[int] = ..., graph_seed: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ..., max_colluding: _Optional[int] = ...) -> None: ...
 
 class Setup(_message.Message):
     __slots__ = ("params", "slot")

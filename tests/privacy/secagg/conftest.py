@@ -128,6 +128,8 @@ class HandRound:
         max_colluding: int = 0,
     ):
         params = named(params)
+        if max_colluding:  # the session carries c, so every node counts the same quorum
+            params = dataclasses.replace(params, max_colluding=max_colluding)
         self.params = params
         self.server = SecAggServer(params)
         self.keys = {name: hz.new_signing_key() for name in params.names}

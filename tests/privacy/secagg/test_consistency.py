@@ -128,7 +128,7 @@ def test_the_boundary_more_colluders_than_nodes_allow_for(harness, hand_round):
     are not protected against a server plus one colluding node; the same attack then
     recovers X's input. This is why c is each node's own setting (max-colluding-nodes)."""
     r, inputs, revealed = two_survivor_lists(harness, hand_round, max_colluding=0)
-    assert quorum(r.params, max_colluding=0) == 4
+    assert quorum(r.params) == 4
     truth = harness.quantized(r.params, inputs, range(1, 8), RNG_SEED)[X]
     recovered = recover_x(r, revealed)
     assert recovered is not None and np.array_equal(recovered, truth)
@@ -278,11 +278,12 @@ def test_a_node_missing_from_the_roster_or_not_itself_is_refused(harness, hand_r
         dataclasses.replace(p, names=("node-1", "node-1", "node-3", "node-4"))
 
 
-def test_a_quorum_beyond_the_cohort_is_refused_up_front(harness, hand_round):
+def test_colluders_who_could_meet_the_threshold_alone_are_refused_up_front(harness, hand_round):
+    # A quorum beyond the cohort (c >= n) always has t <= c: refused for that first.
     r = hand_round(harness.params(4))
-    with pytest.raises(SecAggError, match=r"quorum of 5 signatures .* exceeds the cohort of 4"):
+    with pytest.raises(SecAggError, match=r"threshold \d+ with 4 colluding nodes assumed"):
         SecAggClient.create(
-            params=r.params,
+            params=dataclasses.replace(r.params, max_colluding=4),
             slot=1,
             signing_key=r.keys["node-1"],
             roster=r.roster,
@@ -301,7 +302,7 @@ def test_quorum_formula():
         dropout_tolerance=1 / 3,
         graph_seed=0,
     )
-    assert [quorum(p, max_colluding=c) for c in (0, 1, 2, 10)] == [
+    assert [quorum(dataclasses.replace(p, max_colluding=c)) for c in (0, 1, 2, 10)] == [
         max(p.threshold, 51),
         max(p.threshold, 51),
         max(p.threshold, 52),
@@ -309,5 +310,5 @@ def test_quorum_formula():
     ]
     # Two sets with q signers each share 2q - n > c signers: an honest node signed twice.
     for c in range(0, 30):
-        q = quorum(p, max_colluding=c)
+        q = quorum(dataclasses.replace(p, max_colluding=c))
         assert 2 * q - p.cohort > c

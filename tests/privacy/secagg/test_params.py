@@ -175,6 +175,7 @@ def test_the_session_context_binds_every_parameter_and_the_names():
         "ring_bits": 64,
         "graph_seed": 6,
         "names": ("n1", "n0", *(f"n{i}" for i in range(2, 10))),
+        "max_colluding": 1,
     }
     seen = {base.context()}
     for field, value in changes.items():
