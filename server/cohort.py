@@ -87,6 +87,13 @@ def _mismatch(cfg: FederationConfig, d: Mapping[str, object], *, schema: str) ->
         )
     if d.get("secagg-required") is True and not cfg.secagg.enabled:
         return "it requires secure aggregation ([secagg] required), the server has it off"
+    c = d.get("max-colluding-nodes")
+    if cfg.secagg.enabled and isinstance(c, int) and c > cfg.secagg.max_colluding_nodes:
+        return (
+            f"its secagg.max-colluding-nodes is {c}, the federation's [secagg] "
+            f"max-colluding-nodes is {cfg.secagg.max_colluding_nodes}: it would refuse every "
+            "secure round"
+        )
     if cfg.secagg.enabled and d.get("secagg-roster") is False:
         return (
             "it has no [secagg] roster (the other nodes' public keys, received out of band), "

@@ -189,17 +189,24 @@ def test_a_node_whose_data_or_policy_does_not_fit_is_left_out_by_name(tmp_path: 
     assert "no input shape" in why["node-f"]
 
 
-def test_a_node_without_a_roster_is_left_out_of_a_secure_federation(tmp_path: Path):
+def test_a_node_without_a_roster_or_assuming_more_colluders_is_left_out(tmp_path: Path):
     """#14.6: a node with no [secagg] roster refuses every secure round; before, the server
     sent it every round and each one failed, now it is named before round 1."""
     ok = {"input-shape": [1, 8, 8], "labels-fit": True, "max-local-epochs": 5}
-    described = {"node-a": ok, "node-b": ok, "node-c": {**ok, "secagg-roster": False}}
+    described = {
+        "node-a": ok,
+        "node-b": {**ok, "max-colluding-nodes": 0},
+        "node-c": {**ok, "secagg-roster": False},
+        "node-d": {**ok, "max-colluding-nodes": 1},  # more than the federation's 0
+    }
     secure = _federation(tmp_path, FEDERATION.replace("enabled = false", "enabled = true"))
     fit, misfits = check_cohort(secure, described)
     assert fit == ["node-a", "node-b"]
-    assert misfits[0].name == "node-c" and misfits[0].reason.startswith("it has no [secagg]")
+    why = {m.name: m.reason for m in misfits}
+    assert why["node-c"].startswith("it has no [secagg]")
+    assert why["node-d"].startswith("its secagg.max-colluding-nodes is 1, the federation's")
     plain = _federation(tmp_path)  # without secure aggregation it takes part
-    assert check_cohort(plain, described)[0] == ["node-a", "node-b", "node-c"]
+    assert check_cohort(plain, described)[0] == ["node-a", "node-b", "node-c", "node-d"]
 
 
 def test_too_few_fitting_nodes_stop_the_run_before_any_training(tmp_path: Path):
