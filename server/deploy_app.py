@@ -97,9 +97,10 @@ def _say(text: str) -> None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     check_flower_version()
-    # A message seen before its payload costs a 1 s back-off per retry in stock Flower.
-    patch_object_pull_backoff()
     cfg = load_federation_config(Path(str(context.run_config[CONFIG_KEY])))
+    # A message seen before its payload costs a 1 s back-off per retry in stock Flower; a
+    # reply whose node was killed mid-upload would be waited for 2 hours, not a round.
+    patch_object_pull_backoff(max_time=cfg.federation.round_timeout)
     files = run_files(cfg)
     try:
         outcome = DeployedRun(grid=grid, cfg=cfg).run()

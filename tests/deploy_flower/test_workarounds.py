@@ -169,6 +169,23 @@ def test_payload_pull_backoff_starts_short(restore_flower):
     assert time.monotonic() - t < 0.6  # stock: ~1 s (0.8-1.2 with jitter)
 
 
+def test_a_payload_that_never_arrives_is_given_up_after_max_time(restore_flower):
+    """CI, test_a_killed_node_stops_the_run_with_a_reason: a node SIGKILLed while uploading
+    its reply left the ServerApp pulling the missing object for Flower's 7200 s, so the
+    round never ended. With the round timeout as max_time the pull gives up, and Flower
+    answers the reply with an error message: the node counts as dropped."""
+
+    def never(object_id: str) -> bytes:
+        raise ObjectUnavailableError(object_id)
+
+    payload_backoff.patch_object_pull_backoff(initial=0.05, max_time=0.3)
+    assert inflatable_utils.pull_objects.__kwdefaults__["max_time"] == 0.3
+    with pytest.raises(inflatable_utils.ObjectPullError):
+        inflatable_utils.pull_objects(["obj"], never)
+    with pytest.raises(ValueError, match="max_time"):
+        payload_backoff.patch_object_pull_backoff(max_time=0)
+
+
 def test_warm_clientapp_redirects_only_flower_superexec(monkeypatch, restore_flower):
     warm_clientapp.patch_supernode_warm_clientapp()
     started = []
