@@ -10,11 +10,37 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["ConfigError", "DataError", "FedguardError", "invalid"]
+__all__ = [
+    "BudgetExceededError",
+    "ConfigError",
+    "DataError",
+    "FedguardError",
+    "PolicyRefusalError",
+    "RefusalError",
+    "SecAggAbortedError",
+    "SecAggError",
+    "StateFileError",
+    "invalid",
+]
 
 
 class FedguardError(Exception):
-    """Base class of the errors fedguard raises on purpose."""
+    """Base class of the errors fedguard raises on purpose.
+
+    The tree, one sibling per thing that happened::
+
+        FedguardError
+        ├── ConfigError            an option or key has a value that is not allowed
+        ├── DataError              a data file or set cannot be used as asked
+        ├── StateFileError         a file of the node's own state is unreadable or malformed
+        ├── RefusalError           a node refuses a round (the server is told one line)
+        │   ├── BudgetExceededError    it would spend more than a privacy budget
+        │   └── PolicyRefusalError     the request breaks the node's policy
+        ├── SecAggError            a secure-aggregation check failed
+        │   └── SecAggAbortedError     too few nodes left to unmask the round
+        └── (per area: LedgerError, RecordBudgetError, NodeSecretError, WireError,
+             CertificateProblem, EnrolmentError, RoundShortError, RunStoppedError, ...)
+    """
 
 
 class ConfigError(FedguardError, ValueError):
@@ -23,6 +49,33 @@ class ConfigError(FedguardError, ValueError):
 
 class DataError(FedguardError, ValueError):
     """A data file or data set cannot be used as asked (missing, unreadable, malformed)."""
+
+
+class StateFileError(FedguardError):
+    """A file of the node's own state (run plans, ...) is unreadable or malformed.
+
+    Not a budget overrun: nothing was spent; the operator repairs or removes the file.
+    """
+
+
+class RefusalError(FedguardError):
+    """A node refuses a round; catch this to handle every refusal alike."""
+
+
+class BudgetExceededError(RefusalError):
+    """Training the round would spend more than a privacy budget allows."""
+
+
+class PolicyRefusalError(RefusalError):
+    """The request breaks the node's own policy (node.toml [privacy], its roster, ...)."""
+
+
+class SecAggError(FedguardError):
+    """A secure-aggregation check failed (bad key, tag, length or protocol state)."""
+
+
+class SecAggAbortedError(SecAggError):
+    """Too many nodes dropped (or misbehaved) for a round to be unmasked."""
 
 
 def invalid(

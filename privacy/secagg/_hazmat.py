@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from fedguard.errors import SecAggError  # under FedguardError: callers catch one family
+
 __all__ = [
     "KEY_BYTES",
     "LABEL_PREFIX",
@@ -52,7 +54,7 @@ __all__ = [
 KEY_BYTES = 32
 """X25519 keys, HKDF outputs and AES-256 keys are all 32 bytes (RFC 7748, FIPS 197)."""
 LABEL_PREFIX = b"fedguard/v1/secagg/"
-"""Start of every HKDF ``info`` label: protocol and version (STYLE.md, crypto rule 7)."""
+"""Start of every HKDF ``info`` label: protocol and version, so no key is shared across contexts."""
 SEAL_VERSION = 1
 """First byte of every sealed payload, so a future format is told apart, not misread."""
 _NONCE_BYTES = 12  # AES-GCM's 96-bit nonce (NIST SP 800-38D, 8.2)
@@ -63,10 +65,6 @@ SIGN_CONSISTENCY = b"fedguard/secagg/v1/consistency\x00"
 SESSION_LABEL = b"fedguard/secagg/v1/session\x00"
 _SIGN_LABELS = (SIGN_ADVERTISE, SIGN_CONSISTENCY)
 _MAX_SIGNATURE_BYTES = 112  # DER of two 384-bit integers: 104 at most, with slack
-
-
-class SecAggError(Exception):
-    """A secure-aggregation check failed (bad key, tag, length or protocol state)."""
 
 
 def new_keypair() -> tuple[bytes, bytes]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedguard.errors import SecAggAbortedError
+
 from . import _hazmat as hz
 from . import shamir
 from .client import pairwise_mask_key, self_mask_key
@@ -37,10 +39,6 @@ from .params import SecAggParams, neighbours
 from .signing import quorum
 
 __all__ = ["SecAggAbortedError", "SecAggServer", "SecureSum"]
-
-
-class SecAggAbortedError(Exception):
-    """Too many nodes dropped (or misbehaved) for this round to be unmasked."""
 
 
 @dataclass(frozen=True)
