@@ -55,7 +55,12 @@ def fleet_message_cap(cfg: FederationConfig) -> int:
     from fedguard.task import build_model  # torch: only once the config has been checked
 
     t = cfg.task
-    model = build_model(name=t.model, input_shape=tuple(t.input_shape), num_classes=t.num_classes)
+    model = build_model(
+        name=t.model,
+        input_shape=tuple(t.input_shape),
+        num_classes=t.num_classes,
+        key=f"{cfg.source}: task.model",
+    )
     params = sum(p.numel() for p in model.parameters())
     return _MESSAGE_MARGIN + 3 * 8 * (params + 1)
 

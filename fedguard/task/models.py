@@ -32,6 +32,7 @@ def build_model(
     num_classes: int,
     generator: torch.Generator | None = None,
     hidden: int = 128,
+    key: str = "--model",
 ) -> nn.Module:
     """Build a freshly initialised model.
 
@@ -49,6 +50,9 @@ def build_model(
         plain PyTorch does.
     hidden
         Width of the ``mlp`` hidden layer.
+    key
+        How the caller's user named the model in an error: the simulate option by default,
+        ``federation.toml: task.model`` for a deployment.
 
     Raises
     ------
@@ -56,7 +60,7 @@ def build_model(
         Unknown name, ``cnn`` for tabular data, or a bad shape/size.
     """
     if name not in MODEL_NAMES:
-        raise invalid("--model", allowed=MODEL_NAMES, got=name)
+        raise invalid(key, allowed=MODEL_NAMES, got=name)
     shape = tuple(int(d) if isinstance(d, np.integer) else d for d in input_shape)
     if len(shape) not in (1, 3) or not all(_is_int(d) and d >= 1 for d in shape):
         raise invalid("input_shape", allowed="(F,) or (C, H, W) of positive integers", got=shape)
@@ -66,15 +70,15 @@ def build_model(
         raise invalid("hidden", allowed="an integer >= 1", got=hidden)
     if name in ("cnn", "tb_cnn", "scatter_cnn"):
         if len(shape) != 3:
-            raise invalid("--model", allowed="logreg or mlp for tabular data", got=name)
+            raise invalid(key, allowed="logreg or mlp for tabular data", got=name)
         if min(shape[1:]) < 2:
-            raise invalid("--model", allowed="cnn for images of at least 2x2 pixels", got=name)
+            raise invalid(key, allowed="cnn for images of at least 2x2 pixels", got=name)
     if name == "tb_cnn" and min(shape[1:]) < TB_CNN_MIN_SIDE:
         side = TB_CNN_MIN_SIDE
-        raise invalid("--model", allowed=f"cnn for images smaller than {side}x{side}", got=name)
+        raise invalid(key, allowed=f"cnn for images smaller than {side}x{side}", got=name)
     if name == "scatter_cnn" and shape[0] % SCATTER_GROUP:
         allowed = f"cnn for inputs whose channels are a multiple of {SCATTER_GROUP}"
-        raise invalid("--model", allowed=allowed, got=name)
+        raise invalid(key, allowed=allowed, got=name)
     if generator is None:
         return _build(name, shape, num_classes, hidden)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))

@@ -104,3 +104,20 @@ def test_the_cap_fits_the_largest_reply_of_the_model_and_no_more():
     assert 16 * 2**20 < small < 17 * 2**20
     assert big - small > 3 * 8 * 50_000  # grows with the model: 64-bit masks, 3x
     assert big < 2**31 // 100  # far below Flower's 2 GiB
+
+
+def test_a_model_that_does_not_fit_the_shape_is_named_by_its_federation_toml_key(tmp_path):
+    """A federation.toml typo is reported as ``federation.toml: task.model``, not as the
+    simulate command's ``--model`` option the operator never typed."""
+    from fedguard.deploy_config import load_federation_config
+    from fedguard.errors import ConfigError
+    from fedguard.server.launcher import fleet_message_cap
+
+    toml = tmp_path / "federation.toml"
+    toml.write_text(
+        '[task]\nmodel = "cnn"\ninput-shape = [30]\nnum-classes = 2\n[server]\ninsecure = true\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        fleet_message_cap(load_federation_config(toml))
+    assert f"{toml.resolve()}: task.model: expected" in str(err.value)
+    assert "--model" not in str(err.value)
