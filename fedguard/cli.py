@@ -37,7 +37,7 @@ app.command("sweep")(sweep)
 app.command("status")(status)
 app.command("budget")(budget)
 
-# Quiet, offline Flower/Ray in every process fedguard starts (FLOWER-NOTES.md).
+# Quiet, offline Flower/Ray in every process fedguard starts: no telemetry, no update checks.
 _QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "RAY_USAGE_STATS_ENABLED": "0",

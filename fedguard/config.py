@@ -16,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from fedguard._toml import toml_loads
+from fedguard._toml import read_toml
 from fedguard.errors import ConfigError, invalid
 
 __all__ = [
@@ -175,13 +175,7 @@ def load_simulation_config(
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--config: {path} is not UTF-8 text") from None
-    data = toml_loads(text, source=path)
+    data = read_toml(path)
     for key, value in data.items():
         if isinstance(value, dict):
             raise invalid(key, allowed="a value (tables are not used)", got=value, source=path)

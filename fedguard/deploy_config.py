@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fedguard._toml import toml_loads
+from fedguard._toml import read_toml
 from fedguard.certs import _NODE_NAME as NODE_NAME
 from fedguard.config import ACCOUNTANTS
 from fedguard.errors import ConfigError, invalid
@@ -222,7 +222,7 @@ class NodeConfig:
 
 
 def load_federation_config(path: Path) -> FederationConfig:
-    raw = _read(path)
+    raw = read_toml(path)
     sections = {"federation", "task", "training", "server", "secagg", "client-dp"}
     _only(raw, sections | {"state-dir", "out"}, path, "")
     cfg = FederationConfig(
@@ -334,7 +334,7 @@ def load_federation_config(path: Path) -> FederationConfig:
 
 
 def load_node_config(path: Path) -> NodeConfig:
-    raw = _read(path)
+    raw = read_toml(path)
     _only(raw, {"node", "data", "privacy", "secagg"}, path, "")
     node = raw.get("node", {})
     if not isinstance(node, dict):
@@ -460,16 +460,6 @@ def load_node_config(path: Path) -> NodeConfig:
     )
     _check(path, "privacy.accountant", p.accountant in ACCOUNTANTS, ACCOUNTANTS, p.accountant)
     return cfg
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return toml_loads(text, source=path)
 
 
 def _only(raw: dict[str, Any], allowed: set[str], path: Path, prefix: str) -> None:

@@ -1,6 +1,6 @@
 """Which task code is installed here: a name, a version and a digest of its source.
 
-A deployed node runs only code installed on it (DESIGN.md: the node trusts the server for
+A deployed node runs only code installed on it (the node trusts the server for
 nothing, not for code). The server names the task its run was built for in the app bundle
 it submits (``[tool.fedguard]`` of the bundle's pyproject); a node accepts the run only if
 that is exactly the task installed on the node (:mod:`fedguard.client.app_bundle`). The

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedguard._toml import read_toml
 from fedguard.config import SimulationConfig, load_simulation_config
-from fedguard.errors import ConfigError, DataError, FedguardError, invalid
+from fedguard.errors import DataError, FedguardError, invalid
 from fedguard.federation import federated_data
 from fedguard.task.partition import PARTITION_SCHEMES
 
@@ -88,17 +88,7 @@ class SweepPlan:
 
 def load_sweep(*, path: Path, out: Path | None = None) -> SweepPlan:
     """Read and validate a sweep file; ``out`` (``--out``) overrides its ``out`` key."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--config: {path} is not UTF-8 text") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return plan_sweep(settings=data, out=out, source=path)
+    return plan_sweep(settings=read_toml(path), out=out, source=path)
 
 
 def plan_sweep(
