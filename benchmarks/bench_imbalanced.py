@@ -31,7 +31,7 @@ from sklearn.datasets import make_classification
 from sklearn.metrics import f1_score
 
 from fedguard.config import SimulationConfig
-from fedguard.federation import federated_data, initial_model
+from fedguard.fl.loop import federated_data, initial_model
 from fedguard.privacy.class_weights import weights_for_prevalence
 from fedguard.simulations.runner import MODEL_FILE, simulate
 from fedguard.task import compute_metrics, set_weights

@@ -24,11 +24,11 @@ from flwr.clientapp import ClientApp
 from fedguard.client.events import append_event
 from fedguard.client.node import node_runtime
 from fedguard.client.secure import NodeSecAgg
-from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer
 from fedguard.client.virtual import budget_for, client_state_dir
 from fedguard.config import SimulationConfig, load_simulation_config
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
-from fedguard.federation import TrainRequest, client_generator, federated_data, initial_model
+from fedguard.fl.local import BudgetExceededError, LocalResult, LocalTrainer
+from fedguard.fl.loop import TrainRequest, client_generator, federated_data, initial_model
 from fedguard.messages import (
     ERROR_BUDGET_REFUSED,
     ERROR_CLIENT_FAILED,

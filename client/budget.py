@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fedguard._io import atomic_write_json
-from fedguard.client.training import BudgetExceededError
+from fedguard.fl.local import BudgetExceededError
 from fedguard.privacy import GaussianEvent
 
 __all__ = ["PLANS_FILE", "RunPlan", "plan_run"]

@@ -43,11 +43,11 @@ from fedguard.client.scaling import release_to_come, scale_records
 from fedguard.client.state_lock import hold_lock
 from fedguard.client.stored_reply import read_stored_reply
 from fedguard.client.stored_reply import round_key as _round_key
-from fedguard.client.training import BudgetExceededError, LocalResult, LocalTrainer, PrivacyBudget
 from fedguard.client.void import hold, release, settle
 from fedguard.deploy_config import NodeConfig, load_node_config
 from fedguard.errors import DataError
-from fedguard.federation import TrainRequest
+from fedguard.fl.local import BudgetExceededError, LocalResult, LocalTrainer, PrivacyBudget
+from fedguard.fl.loop import TrainRequest
 from fedguard.privacy import (
     AccountantStore,
     GaussianEvent,

@@ -42,7 +42,7 @@ from fedguard.client.secure_identity import check_identity, node_roster
 from fedguard.client.signed_sets import SIGNED_FILE, record_signed, signed_set, survivors_digest
 from fedguard.client.state_lock import hold_lock
 from fedguard.deploy_config import NodeConfig
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.client_dp import ClientDP, clip_and_noise
 from fedguard.privacy.secagg import (
     ConsistencyRequest,

@@ -18,9 +18,9 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 
-from fedguard.client.training import LocalResult
 from fedguard.errors import DataError
-from fedguard.federation import TrainRequest
+from fedguard.fl.local import LocalResult
+from fedguard.fl.loop import TrainRequest
 
 __all__ = ["read_stored_reply", "round_key"]
 

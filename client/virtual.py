@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedguard.client.training import PrivacyBudget
 from fedguard.config import SimulationConfig
+from fedguard.fl.local import PrivacyBudget
 
 __all__ = ["budget_for", "client_state_dir"]
 

@@ -6,7 +6,7 @@ and scale from its OWN rows with the Gaussian mechanism
 accountant (write-ahead, before any step on the scaled rows) and trains on its rows
 scaled by its estimate from then on. The noise multiplier is the node's
 (:data:`fedguard.client.scaling.SCALING_NOISE`), and the training noise is calibrated
-with that event reserved (:attr:`fedguard.client.training.PrivacyBudget.reserved`), so
+with that event reserved (:attr:`fedguard.fl.local.PrivacyBudget.reserved`), so
 the client's final epsilon lands at, never above, the target. The noise is drawn from a
 generator seeded by (run seed, stream, client id): a simulation is reproducible,
 whichever clients a round samples first. Without DP (``--no-dp``) nothing is charged
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedguard.client.scaling import ReleasedScaling, apply_released, scaling_event
-from fedguard.client.training import PrivacyBudget
+from fedguard.fl.local import PrivacyBudget
 from fedguard.privacy import GaussianEvent
 from fedguard.privacy.dp_scaling import SCALE_FLOOR, dp_centre_scale
 from fedguard.task.schema import DPScalingPlan

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-    from fedguard.federation import RoundRecord
+    from fedguard.fl.loop import RoundRecord
     from fedguard.simulations.sweep import Cell, CellResult, SweepPlan
 
 __all__ = ["sweep"]

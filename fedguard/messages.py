@@ -23,7 +23,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedguard.config import SimulationConfig, load_simulation_config
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.records import check_finite, check_records, check_update, decode_arrays
 
 __all__ = [

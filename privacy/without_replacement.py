@@ -1,7 +1,7 @@
 """RDP of the Gaussian mechanism run on a fixed-size sample drawn without replacement.
 
 A federation round picks exactly ``m`` of ``N`` nodes uniformly at random, without
-replacement (:func:`fedguard.federation.sample_cohort`), and releases the noisy sum of
+replacement (:func:`fedguard.fl.loop.sample_cohort`), and releases the noisy sum of
 their updates. That is not Poisson sampling: the analysis of Poisson sampling at
 ``q = m / N`` (Mironov et al. 2019) does not apply to it. This module bounds the Renyi DP
 of the fixed-size scheme with the analysis of Wang, Balle and Kasiviswanathan 2019

@@ -1,7 +1,7 @@
 """fedguard's Flower ServerApp (Message API): FedAvg(M) over the shared round loop.
 
 The round itself (cohort sampling, running weighted sum, server update, evaluation) is
-:func:`fedguard.federation.run_rounds`, the same function the in-process engine runs; this
+:func:`fedguard.fl.loop.run_rounds`, the same function the in-process engine runs; this
 module only turns a cohort into messages and replies into updates.
 """
 
@@ -23,7 +23,7 @@ from fedguard.config import SimulationConfig
 from fedguard.deploy.flower import send_and_receive  # polls every 0.05 s, not 3 s
 from fedguard.deploy.flower.constants import SUPERLINK_NODE_ID
 from fedguard.deploy_config import MAX_UPDATE_NORM
-from fedguard.federation import (
+from fedguard.fl.loop import (
     ClientUpdate,
     Refusal,
     RoundRecord,

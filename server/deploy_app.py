@@ -3,7 +3,7 @@
 It reads the operator's ``federation.toml`` (path given as the run config key
 ``config-path``), waits for ``min-nodes`` nodes, checks each node's description against
 the task (:mod:`fedguard.server.cohort`) and runs the shared round loop
-(:func:`fedguard.federation.run_rounds`). After every round it checkpoints the global
+(:func:`fedguard.fl.loop.run_rounds`). After every round it checkpoints the global
 model (safetensors, with round and config digest) and rewrites ``metrics.jsonl``, both in
 the run's own folders (:mod:`fedguard.server.run_files`); a restarted server resumes
 after the last checkpointed round of its run, so no round runs twice. At the start of
@@ -36,7 +36,7 @@ from fedguard._io import atomic_write_json, atomic_write_text
 from fedguard.deploy.flower import check_flower_version, patch_object_pull_backoff
 from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
 from fedguard.errors import FedguardError
-from fedguard.federation import (
+from fedguard.fl.loop import (
     ClientUpdate,
     Refusal,
     RoundRecord,

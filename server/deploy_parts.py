@@ -18,7 +18,7 @@ from fedguard._io import read_jsonl
 from fedguard.class_labels import declared_labels
 from fedguard.deploy_config import FederationConfig
 from fedguard.errors import DataError
-from fedguard.federation import standardise_eval_rows
+from fedguard.fl.loop import standardise_eval_rows
 from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
 from fedguard.privacy.client_dp import ClientDP, ClientLevelSpent, client_level_spent
 from fedguard.privacy.secagg import SecAggParams, make_params

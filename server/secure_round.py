@@ -23,7 +23,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedguard.deploy.flower import send_and_receive
-from fedguard.federation import ClientUpdate, Refusal, SecureMean
+from fedguard.fl.loop import ClientUpdate, Refusal, SecureMean
 from fedguard.messages import decode_secure_reply, encode_secagg, secagg_payload
 from fedguard.privacy.secagg import (
     AdvertiseKeys,

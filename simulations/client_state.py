@@ -37,7 +37,7 @@ class AccountantCache:
         self._states: dict[Path, dict[str, object]] = {}
 
     def store(self, client_id: int) -> AccountantStore:
-        """The store :class:`~fedguard.client.training.LocalTrainer` uses for one client."""
+        """The store :class:`~fedguard.fl.local.LocalTrainer` uses for one client."""
         path = client_state_dir(self._state_dir, client_id) / ACCOUNTANT_FILE
         return _CachedStore(path=path, states=self._states)
 

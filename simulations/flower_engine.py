@@ -21,7 +21,7 @@ import numpy as np
 
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
-from fedguard.federation import RoundRecord
+from fedguard.fl.loop import RoundRecord
 
 __all__ = ["ray_backend_config", "run_flower"]
 

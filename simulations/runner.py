@@ -25,7 +25,7 @@ from fedguard._io import atomic_write_bytes, atomic_write_json, atomic_write_tex
 from fedguard.class_labels import default_names
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
-from fedguard.federation import FederatedData, RoundRecord, federated_data, initial_model
+from fedguard.fl.loop import FederatedData, RoundRecord, federated_data, initial_model
 
 __all__ = ["SimulationSummary", "simulate"]
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from fedguard._io import atomic_write_json
 from fedguard.errors import ConfigError
-from fedguard.federation import RoundRecord
+from fedguard.fl.loop import RoundRecord
 from fedguard.simulations.runner import METRICS_FILE, SUMMARY_FILE, simulate
 from fedguard.simulations.sweep_grid import (
     GRID_KEYS,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fedguard.errors import FedguardError
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.privacy import (
     Accountant,
     AccountantStore,

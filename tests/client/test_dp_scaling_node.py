@@ -15,8 +15,8 @@ import pytest
 
 from fedguard.client.node import node_runtime
 from fedguard.client.scaling import SCALING_FILE
-from fedguard.client.training import BudgetExceededError
-from fedguard.federation import TrainRequest
+from fedguard.fl.local import BudgetExceededError
+from fedguard.fl.loop import TrainRequest
 from fedguard.privacy import Accountant, GaussianEvent
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
 from fedguard.privacy.record_budget import INDEX_FILE, load_index, record_spend

@@ -13,7 +13,7 @@ from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
 from fedguard.client.node import node_runtime
 from fedguard.deploy_demo import prepare_demo
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.messages import ERROR_CLIENT_FAILED, encode_train
 from fedguard.task import build_model, get_weights
 

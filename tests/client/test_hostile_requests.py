@@ -29,7 +29,7 @@ from fedguard.client.app import app as client_app
 from fedguard.client.events import EVENTS_FILE
 from fedguard.client.node import node_runtime
 from fedguard.deploy_demo import prepare_demo
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.messages import ERROR_BUDGET_REFUSED, ERROR_CLIENT_FAILED, encode_secagg, encode_train
 from fedguard.privacy.ledger import LEDGER_FILENAME
 from fedguard.privacy.secagg import Setup, make_params

@@ -20,7 +20,7 @@ import pytest
 from fedguard.cli import main
 from fedguard.client.node import node_runtime
 from fedguard.deploy_demo import prepare_demo
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, canonical_bytes
 from fedguard.task import build_model, get_weights
 

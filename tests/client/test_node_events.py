@@ -9,9 +9,9 @@ import pytest
 
 from fedguard.client.events import EVENTS_FILE, finished_run, follow
 from fedguard.client.node import node_runtime
-from fedguard.client.training import BudgetExceededError
 from fedguard.deploy_demo import prepare_demo
-from fedguard.federation import TrainRequest
+from fedguard.fl.local import BudgetExceededError
+from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
 from fedguard.task import build_model, get_weights
 

@@ -21,7 +21,7 @@ import pytest
 
 from fedguard.client.node import LAST_REPLY_FILE, node_runtime
 from fedguard.deploy_demo import prepare_demo
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.privacy import Accountant, GaussianEvent
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
 
@@ -32,7 +32,7 @@ NODE_ROUND = """
 import dataclasses, json, sys
 import torch
 from fedguard.client.node import node_runtime
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.task import build_model, get_weights
 
 torch.set_num_threads(1)

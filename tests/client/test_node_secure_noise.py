@@ -17,7 +17,7 @@ import torch
 
 from fedguard.client.node import node_runtime
 from fedguard.deploy_demo import prepare_demo
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.task import build_model, get_weights
 
 WEIGHTS = get_weights(build_model(name="logreg", input_shape=(1, 8, 8), num_classes=10))

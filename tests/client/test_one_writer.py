@@ -27,7 +27,7 @@ NODE_ROUND = """
 import json, sys, time
 import torch
 from fedguard.client import node as node_module
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.task import build_model, get_weights
 
 torch.set_num_threads(1)

@@ -13,7 +13,7 @@ from fedguard.client.node import PolicyRefusalError, node_runtime
 from fedguard.client.released import JOURNAL_FILE, SESSION_FILE, UPDATE_FILE, read_journal
 from fedguard.client.secure import NodeSecAgg
 from fedguard.deploy_demo import prepare_demo
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
 from fedguard.privacy.secagg import Setup, make_params
 from fedguard.task import build_model, get_weights

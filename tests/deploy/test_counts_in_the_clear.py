@@ -25,7 +25,7 @@ from deploy.test_secure_round import (  # the same federation, grid and fixtures
 from flwr.app import Message, RecordDict
 
 from fedguard.client.node import node_runtime
-from fedguard.federation import ClientUpdate
+from fedguard.fl.loop import ClientUpdate
 from fedguard.messages import encode_train, receipt_payload
 from fedguard.privacy.secagg import quantization_step
 from fedguard.server.app import exchange_round

@@ -36,7 +36,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedguard.deploy_config import MAX_UPDATE_NORM
-from fedguard.federation import RoundRecord, TrainRequest, run_rounds
+from fedguard.fl.loop import RoundRecord, TrainRequest, run_rounds
 from fedguard.messages import (
     attach_receipt,
     decode_request,

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from fedguard.client.node import node_runtime
 from fedguard.deploy_demo import prepare_demo
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.messages import REPLY_METRIC_KEYS, decode_reply_content, encode_reply
 from fedguard.task import build_model, get_weights
 

@@ -10,7 +10,7 @@ import pytest
 
 from fedguard.client.node import node_runtime
 from fedguard.deploy_demo import prepare_demo
-from fedguard.federation import load_federated_data
+from fedguard.fl.loop import load_federated_data
 from fedguard.privacy import AccountantStore, steps_per_epoch
 
 pytestmark = pytest.mark.deploy

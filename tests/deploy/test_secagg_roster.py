@@ -23,7 +23,7 @@ from fedguard.client.secure import NodeSecAgg
 from fedguard.deploy_config import load_node_config
 from fedguard.deploy_demo import prepare_demo
 from fedguard.errors import ConfigError
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.secagg import (
     AdvertiseKeys,
     ConsistencyReply,

@@ -36,7 +36,7 @@ from fedguard.client.signed_sets import SIGNED_FILE
 from fedguard.deploy.flower import send_and_receive
 from fedguard.deploy_config import FederationConfig, load_federation_config
 from fedguard.deploy_demo import EPSILON, DemoLayout, prepare_demo
-from fedguard.federation import ClientUpdate, Refusal, SecureMean, TrainRequest
+from fedguard.fl.loop import ClientUpdate, Refusal, SecureMean, TrainRequest
 from fedguard.messages import ERROR_BUDGET_REFUSED, encode_secagg, encode_train, secagg_payload
 from fedguard.privacy.ledger import LEDGER_FILENAME
 from fedguard.privacy.secagg import (

@@ -20,7 +20,7 @@ import pytest
 from dp_accounting.rdp import rdp_privacy_accountant as dpa_rdp
 
 from fedguard.errors import ConfigError
-from fedguard.federation import sample_cohort
+from fedguard.fl.loop import sample_cohort
 from fedguard.privacy.accountants import Accountant, GaussianEvent
 from fedguard.privacy.client_dp import ClientLevelSpent, client_level_spent
 from fedguard.privacy.without_replacement import ORDERS, rdp_gaussian_without_replacement

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedguard.client.training import LocalTrainer
 from fedguard.client.virtual import budget_for, client_state_dir
 from fedguard.config import SimulationConfig, load_simulation_config
 from fedguard.errors import DataError
-from fedguard.federation import (
+from fedguard.fl.local import LocalTrainer
+from fedguard.fl.loop import (
     ClientUpdate,
     Refusal,
     client_generator,

@@ -25,7 +25,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedguard.deploy_config import CONFIG_KEY, load_federation_config, load_node_config
 from fedguard.errors import ConfigError, DataError
-from fedguard.federation import ClientUpdate, Refusal, RoundShortError, run_rounds
+from fedguard.fl.loop import ClientUpdate, Refusal, RoundShortError, run_rounds
 from fedguard.optimizers import FedAvgM
 from fedguard.server import deploy_app
 from fedguard.server.app import exchange_round

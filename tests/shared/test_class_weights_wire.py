@@ -12,7 +12,7 @@ import pytest
 
 from fedguard.deploy_config import load_federation_config
 from fedguard.errors import ConfigError
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.messages import decode_request, encode_train
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedguard.federation import WeightedSum, client_generator, sample_cohort
+from fedguard.fl.loop import WeightedSum, client_generator, sample_cohort
 from fedguard.optimizers import FedAvgM
 
 

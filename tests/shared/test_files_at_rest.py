@@ -31,7 +31,7 @@ import pytest
 from fedguard.cli import main as fedguard_main
 from fedguard.client.node import node_runtime
 from fedguard.deploy_demo import prepare_demo
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
 from fedguard.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedguard.task import build_model, get_weights

@@ -25,8 +25,8 @@ from safetensors.numpy import save as st_save
 from fedguard.client.budget import PLANS_FILE, RunPlan, plan_run
 from fedguard.client.node import read_stored_reply
 from fedguard.client.secure import read_stored_update
-from fedguard.client.training import BudgetExceededError, LocalResult
 from fedguard.errors import DataError
+from fedguard.fl.local import BudgetExceededError, LocalResult
 from fedguard.privacy import Accountant, GaussianEvent
 from fedguard.privacy.secagg import SecAggError
 from fedguard.server.enrolment import ENROLMENT_FILE, Enrolment, EnrolmentError

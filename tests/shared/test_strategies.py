@@ -12,7 +12,7 @@ from torch import nn
 
 from fedguard.deploy_config import STRATEGIES, load_federation_config
 from fedguard.errors import ConfigError
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.messages import decode_request, encode_train
 from fedguard.optimizers import FedAdam, FedAvgM
 from fedguard.privacy import Accountant, DPTrainer

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedguard.client.training import BudgetExceededError, LocalTrainer
 from fedguard.client.virtual import budget_for
 from fedguard.config import SimulationConfig
-from fedguard.federation import client_generator, federated_data, initial_model, request_for
+from fedguard.fl.local import BudgetExceededError, LocalTrainer
+from fedguard.fl.loop import client_generator, federated_data, initial_model, request_for
 from fedguard.privacy import AccountantStore
 from fedguard.simulations.runner import simulate
 from fedguard.task import get_weights

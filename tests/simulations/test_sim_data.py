@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from fedguard.config import SimulationConfig
-from fedguard.federation import clear_data_cache, federated_data
+from fedguard.fl.loop import clear_data_cache, federated_data
 from fedguard.simulations.runner import MODEL_FILE, simulate
 from fedguard.task import build_model, evaluate, load_dataset
 

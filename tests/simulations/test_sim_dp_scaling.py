@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from fedguard.client.scaling import SCALING_NOISE
-from fedguard.client.training import PrivacyBudget, noise_for_budget
 from fedguard.client.virtual import client_state_dir
 from fedguard.client.virtual_scaling import reserve_scaling
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
-from fedguard.federation import clear_data_cache, federated_data
+from fedguard.fl.local import PrivacyBudget, noise_for_budget
+from fedguard.fl.loop import clear_data_cache, federated_data
 from fedguard.privacy import (
     Accountant,
     AccountantStore,

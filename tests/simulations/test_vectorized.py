@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedguard.client.training import BudgetExceededError, CohortMember, LocalResult, LocalTrainer
 from fedguard.client.virtual import budget_for
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
-from fedguard.federation import client_generator, federated_data, initial_model, request_for
+from fedguard.fl.local import BudgetExceededError, CohortMember, LocalResult, LocalTrainer
+from fedguard.fl.loop import client_generator, federated_data, initial_model, request_for
 from fedguard.privacy import AccountantStore
 from fedguard.simulations.inprocess import vectorizes
 from fedguard.simulations.runner import simulate

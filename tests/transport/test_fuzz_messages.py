@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedguard.deploy_config import MAX_UPDATE_NORM
-from fedguard.federation import TrainRequest
+from fedguard.fl.loop import TrainRequest
 from fedguard.messages import decode_reply_content, decode_request, encode_train
 
 
