@@ -176,6 +176,28 @@ def _explain(output: str, cfg: NodeConfig) -> str:
 
 
 def run_client(*, config_path: Path) -> None:
+    """Run a node until its federation finishes: the hospital's or bank's side.
+
+    Checks ``node.toml`` and loads and checks the node's data before anything connects,
+    takes the state folder's lock (one node process per folder), waits for the server
+    with back-off, checks its TLS certificate, then runs a SuperNode whose ClientApp
+    accepts only bundles naming the installed task. Returns when the server has closed
+    a run whose last planned round this node trained.
+
+    Parameters
+    ----------
+    config_path
+        The node's ``node.toml``.
+
+    Raises
+    ------
+    ConfigError, DataError
+        The config or the data set cannot be used (one line naming the key or file).
+    StateFolderInUseError
+        Another node process holds the state folder (its PID is named).
+    NodeRefusedError
+        The server refused this node, or the SuperNode stopped for a reason it names.
+    """
     cfg = load_node_config(config_path)
     n = cfg.node
     private_folder(n.state_dir, key=f"{config_path}: node.state-dir")

@@ -95,6 +95,16 @@ class PolicyRefusalError(BudgetExceededError):
 
 @dataclass
 class NodeRuntime:
+    """A deployed node's data set and the trainers that spend its privacy budget.
+
+    Built once per node process (:func:`node_runtime`) from ``node.toml``: the records,
+    loaded and checked against the declared schema; their keys (for the per-record
+    budget); any DP scaling still to release. :meth:`train` runs one round under the
+    budget lock: ledger entry written and fsynced first, per-record budget checked,
+    DP-SGD in secure mode, the reply stored. Every refusal is a
+    :class:`~fedguard.errors.RefusalError` whose one line names the reason.
+    """
+
     config: NodeConfig
     x: torch.Tensor
     y: torch.Tensor

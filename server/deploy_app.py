@@ -96,6 +96,12 @@ def _say(text: str) -> None:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """The deployed ServerApp's entry point: run the federation the run config names.
+
+    Flower calls it once per run, with the run config naming ``federation.toml``.
+    :class:`DeployedRun` does the work; this writes the run's outcome file (which the
+    launcher turns into its exit code and one line), whatever ends the run.
+    """
     check_flower_version()
     cfg = load_federation_config(Path(str(context.run_config[CONFIG_KEY])))
     # A message seen before its payload costs a 1 s back-off per retry in stock Flower; a

@@ -98,6 +98,26 @@ class ServerFailedError(FedguardError):
 
 
 def run_server(*, config_path: Path, insecure: bool = False) -> None:
+    """Run one federation from the operator's side, from start to its last round.
+
+    Starts a SuperLink (TLS and node authentication unless insecure), enrols the nodes'
+    public keys, submits the installed ServerApp as a Flower run and relays its output
+    until it ends. The SuperLink is stopped by PID on every way out.
+
+    Parameters
+    ----------
+    config_path
+        The operator's ``federation.toml``, checked before anything starts.
+    insecure
+        No TLS and no node authentication (also ``[server] insecure``); local tests only.
+
+    Raises
+    ------
+    ConfigError
+        A key of the config, or a file it names, is not usable (one line).
+    ServerFailedError
+        The run did not complete its rounds; the message says why and where to look.
+    """
     cfg = load_federation_config(config_path)
     insecure = insecure or cfg.server.insecure
     if insecure:
