@@ -13,7 +13,7 @@ TYPECHECK_ROOT := build/typecheck
 SUBPACKAGES := privacy client server simulations
 
 .PHONY: demo test lint typecheck unit venv clean bench-deploy bench-secagg protos bench-sim gpu-check \
-	bench-fmnist wheel-check
+	bench-fmnist wheel-check bench-dpstep crosscheck bench-record-budget
 
 venv: $(STAMP)
 
@@ -43,7 +43,9 @@ typecheck: $(STAMP)
 	@rm -rf $(TYPECHECK_ROOT) && mkdir -p $(TYPECHECK_ROOT)/fedguard
 	@for f in fedguard/*; do ln -s "$$PWD/$$f" "$(TYPECHECK_ROOT)/fedguard/$$(basename $$f)"; done
 	@for d in $(SUBPACKAGES); do ln -s "$$PWD/$$d" "$(TYPECHECK_ROOT)/fedguard/$$d"; done
-	cd $(TYPECHECK_ROOT) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p fedguard
+	@ln -s "$$PWD/benchmarks" "$(TYPECHECK_ROOT)/benchmarks"
+	cd $(TYPECHECK_ROOT) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p fedguard \
+		-p benchmarks
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
@@ -74,37 +76,51 @@ protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. \
 		$$(find protos -name '*.proto' | sort)
 
-# Benchmarks: not part of `make test`.
+# Benchmarks: not part of `make test`, nor of the package (#20.6). They live in benchmarks/,
+# import fedguard like any user and run from the checkout: python -m benchmarks.<name>.
 bench-deploy: $(STAMP)
-	$(BIN)/python -m fedguard.simulations.bench_deploy_overhead --nodes 3 --rounds 5
+	$(BIN)/python -m benchmarks.bench_deploy_overhead --nodes 3 --rounds 5
 
 # Load: 50 `fedguard client` processes against one `fedguard server` on loopback (TLS, node
 # auth, DP-SGD; secure aggregation on, then off), 3 rounds each. When 50 do not fit in the
 # free memory it says so and runs as many as fit. Report in runs/bench-load/bench_load.md.
 .PHONY: bench-load
 bench-load: $(STAMP)
-	$(BIN)/python -m fedguard.simulations.bench_load --nodes 50 --rounds 3 --secagg on,off \
+	$(BIN)/python -m benchmarks.bench_load --nodes 50 --rounds 3 --secagg on,off \
 		--out runs/bench-load
 
 # Imbalanced binary task (#17.5): a seeded make_classification with 3% positives on 3
 # nodes, epsilon 1/3/8/non-private: ROC-AUC, PR-AUC, positive-class F1 (about a minute).
 .PHONY: bench-imbalanced
 bench-imbalanced: $(STAMP)
-	$(BIN)/python benchmarks/bench_imbalanced.py --class-weights --out runs/bench-imbalanced
+	$(BIN)/python -m benchmarks.bench_imbalanced --class-weights --out runs/bench-imbalanced
 
 # Secure aggregation's cost: s/round and bytes/node with and without, n = 10, 50, 100.
 bench-secagg: $(STAMP)
-	$(BIN)/python -m fedguard.simulations.bench_secagg --clients 10,50,100 --models 10k,1M
+	$(BIN)/python -m benchmarks.bench_secagg --clients 10,50,100 --models 10k,1M
 
 # In-process engine vs a hand-written PyTorch + Opacus loop vs Flower's Ray engine at
 # 10/100/1000 clients per round, and DP-SGD step cost per per-sample-gradient mode.
 bench-sim: $(STAMP)
-	$(BIN)/python -m fedguard.simulations.bench_sim --clients 10,100,1000
+	$(BIN)/python -m benchmarks.bench_sim --clients 10,100,1000
+
+# DP-SGD step cost against a plain step, per per-sample-gradient mode (part of bench-sim).
+bench-dpstep: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_dpstep --batch 256 --models mlp,cnn --secure
+
+# fedguard's epsilon next to Google's dp-accounting over the cross-check grid, as a table
+# (~30 s; tests/benchmarks/test_crosscheck.py asserts the same grid).
+crosscheck: $(STAMP)
+	$(BIN)/python -m benchmarks.crosscheck_table
+
+# The per-record budget's cost at scale (1,000,000 records by default).
+bench-record-budget: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_record_budget
 
 # On a CUDA machine: bench-sim and a 1000-client Fashion-MNIST sweep cell on the GPU in
 # under 8 minutes; elsewhere the same steps reduced, on the CPU. Figures in runs/gpu-check.
 gpu-check: $(STAMP)
-	simulations/gpu_check.sh runs/gpu-check
+	benchmarks/gpu_check.sh runs/gpu-check
 
 # Fashion-MNIST accuracy against privacy (issue #5): 10 clients, IID and Dirichlet(0.5),
 # epsilon 1/3/8/non-private, Tramer & Boneh's ScatterNet + small CNN (examples/fmnist.toml;

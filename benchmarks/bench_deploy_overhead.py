@@ -15,9 +15,9 @@ round's send-and-receive took. Each configuration adds one fix on top of the pre
 and, to see what each fix is worth once the others are in, ``-X``: all fixes but X (X one
 of grid, env, poll, backoff), e.g. ``--configs=warm,-poll,-env``.
 
-    python -m fedguard.simulations.bench_deploy_overhead --nodes 3 --rounds 5
+    python -m benchmarks.bench_deploy_overhead --nodes 3 --rounds 5
 
-Not part of the test suite (tests/deploy_flower/test_workarounds.py reuses ``Deployment``).
+Not part of the product; tests/benchmarks/test_bench_deploy_overhead.py runs ``Deployment``.
 """
 
 from __future__ import annotations

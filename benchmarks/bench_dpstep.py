@@ -12,7 +12,7 @@ advises).
 noise (``DPTrainer(secure_mode=True)``, what deployed nodes run: four Gaussian draws per
 noise value instead of one), as column ``<mode>+secure``.
 
-    python -m fedguard.simulations.bench_dpstep --batch 256 --models mlp,cnn --secure
+    python -m benchmarks.bench_dpstep --batch 256 --models mlp,cnn --secure
 """
 
 from __future__ import annotations

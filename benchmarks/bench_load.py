@@ -25,7 +25,7 @@ node's memory down by process (mean PSS per node at the nodes' peak).
 Each node runs single-threaded (``OMP_NUM_THREADS=1`` and the BLAS equivalents, unless
 set): tens of nodes share a few cores, and a thread pool per node only adds contention.
 
-    python -m fedguard.simulations.bench_load --nodes 50 --rounds 3   # make bench-load
+    python -m benchmarks.bench_load --nodes 50 --rounds 3   # make bench-load
 
 Not part of the test suite.
 """

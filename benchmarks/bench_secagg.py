@@ -16,9 +16,9 @@ signature; the messages are the survivor set, one signature up, and all signatur
 Signing is timed inside the round; verification is timed on the very signatures of the
 round (|U3| verifications per node, as ``SecAggClient.unmask`` does).
 
-    python -m fedguard.simulations.bench_secagg            # make bench-secagg
-    python -m fedguard.simulations.bench_secagg --quick    # a smoke run (CI-sized)
-    python -m fedguard.simulations.bench_secagg --protocol-only   # parts 2 and 3 only
+    python -m benchmarks.bench_secagg            # make bench-secagg
+    python -m benchmarks.bench_secagg --quick    # a smoke run (CI-sized)
+    python -m benchmarks.bench_secagg --protocol-only   # parts 2 and 3 only
 """
 
 from __future__ import annotations

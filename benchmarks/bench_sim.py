@@ -11,8 +11,8 @@ calibration). All (c) runs come last: Ray's processes must not share the CPUs wi
 and (b). (c) is skipped where its estimate (from the last size it ran) exceeds
 ``--flower-limit`` seconds.
 
-    python -m fedguard.simulations.bench_sim                      # make bench-sim
-    python -m fedguard.simulations.bench_sim --quick --out DIR    # a smoke run (tests)
+    python -m benchmarks.bench_sim                      # make bench-sim
+    python -m benchmarks.bench_sim --quick --out DIR    # a smoke run (tests)
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedguard.client.training import noise_for_budget
-from fedguard.client.virtual import budget_for
+from benchmarks.bench_dpstep import dp_step_costs, markdown_table
+from benchmarks.bench_reference import run_reference
 from fedguard.config import SimulationConfig, load_simulation_config, resolve_device
-from fedguard.federation import federated_data
-from fedguard.simulations.bench_dpstep import dp_step_costs, markdown_table
-from fedguard.simulations.bench_reference import run_reference
+from fedguard.fl.local import noise_for_budget
+from fedguard.fl.loop import federated_data
 from fedguard.simulations.runner import METRICS_FILE, simulate
+from fedguard.simulations.virtual_clients import budget_for
 from fedguard.task import load_dataset
 
 __all__ = ["SimRow", "main", "sim_table", "time_federations"]

@@ -6,10 +6,10 @@ computes epsilon four ways: fedguard's RDP and PRV accountants (through
 ``RdpAccountant`` and ``PLDAccountant``, each composing
 ``PoissonSampledDpEvent(q, GaussianDpEvent(sigma))`` ``steps`` times. dp-accounting is an
 independent implementation (Google's), so agreement checks fedguard's numbers, not only
-its plumbing. ``tests/privacy/test_crosscheck.py`` asserts the same grid; this script
+its plumbing. ``tests/benchmarks/test_crosscheck.py`` asserts the same grid; this script
 prints it as a Markdown table:
 
-    python -m fedguard.simulations.crosscheck_table      # ~30 s; needs the dev extra
+    python -m benchmarks.crosscheck_table      # ~30 s; needs the dev extra
 
 Relative difference is fedguard / dp-accounting - 1. Cells that differ by more than
 :data:`REL_TOL` are marked, and the marks are explained under the table: each is a

@@ -4,8 +4,8 @@
 # (2) one 1000-client Fashion-MNIST sweep cell (CNN, DP, every client every round) on the
 # GPU, writing every figure under OUT.
 #
-#   simulations/gpu_check.sh OUT              # full on CUDA; reduced without it
-#   simulations/gpu_check.sh OUT --reduced    # reduced anywhere (make gpu-check, tests)
+#   benchmarks/gpu_check.sh OUT              # full on CUDA; reduced without it
+#   benchmarks/gpu_check.sh OUT --reduced    # reduced anywhere (make gpu-check, tests)
 #
 # Reduced (no CUDA, or asked for): the same steps on the CPU, small: bench-sim --quick and
 # a 2-round cell over 20 sampled clients, so the script is known to work before a GPU is
@@ -25,6 +25,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PY:-$ROOT/.venv/bin/python}
 FEDGUARD=${FEDGUARD:-$ROOT/.venv/bin/fedguard}
 FMNIST_DIR=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
+# The benchmarks are not installed: `python -m benchmarks.X` finds them from the checkout.
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 export FLWR_TELEMETRY_ENABLED=0 RAY_USAGE_STATS_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
 
 if [[ $("$PY" -c 'import torch; print(int(torch.cuda.is_available()))') != 1 ]]; then
@@ -72,7 +74,7 @@ step() {  # step NAME LIMIT_S CMD...: run, time, and keep going after a failure
 printf '| step | wall | status |\n|---|---|---|\n' >"$OUT/steps.md"
 
 # 1) the simulation benchmark and the DP-SGD step costs on the device.
-step bench "$BENCH_LIMIT" "$PY" -m fedguard.simulations.bench_sim --device "$DEVICE" \
+step bench "$BENCH_LIMIT" "$PY" -m benchmarks.bench_sim --device "$DEVICE" \
   "${BENCH_ARGS[@]}" --out "$OUT/bench"
 
 # 2) one sweep cell: CLIENTS clients, CELL_COHORT of them every round, epsilon 3.

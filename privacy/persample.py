@@ -32,7 +32,7 @@ and divides by the expected batch size. They differ in cost:
     norm). Any other layer (convolutions, GroupNorm) gets its per-sample gradients from
     Opacus's own per-layer functions, one layer at a time. No second backward pass.
 
-``bench-sim`` times them (``fedguard.simulations.bench_dpstep``).
+``bench-sim`` times them (``benchmarks.bench_dpstep``).
 """
 
 from __future__ import annotations

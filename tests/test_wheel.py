@@ -50,3 +50,11 @@ def test_the_wheel_holds_every_module_of_every_subpackage(tmp_path: Path):
     ):
         assert needed in names
     assert not any(n.split("/")[0] in {"client", "server", "privacy", "tests"} for n in names)
+    # #20.6: benchmarks are dev tools in benchmarks/, never installed with the product.
+    shipped_benchmarks = sorted(
+        n
+        for n in names
+        if n.split("/")[0] == "benchmarks"
+        or Path(n).name.startswith(("bench_", "crosscheck_table", "gpu_check"))
+    )
+    assert not shipped_benchmarks, f"benchmark code in the wheel: {shipped_benchmarks}"

@@ -1,7 +1,7 @@
 """fedguard's epsilon against Google's dp-accounting, computed live (issue #6, point 3).
 
 The grid (sample rates 0.01-1, noise 0.6-2, 10-1000 steps, delta 1e-5 and 1e-6) and the
-documented exceptions live in ``fedguard.simulations.crosscheck_table``, which prints the
+documented exceptions live in ``benchmarks.crosscheck_table``, which prints the
 same comparison as a table. Every cell must agree within 1%, except:
 
 * RDP: ``RDP_SERIES_CELLS``, where dp-accounting's fractional-order bound is looser. There
@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from benchmarks import crosscheck_table as xc
 from fedguard.privacy import AccountantMethod
 from fedguard.privacy.accountants import PRV_EPS_ERROR
-from fedguard.simulations import crosscheck_table as xc
 
 # Opacus suggests widening its RDP orders whenever the optimum sits at an end of its
 # range (also inside its own PRV domain sizing); fedguard keeps Opacus's orders.

@@ -1,4 +1,4 @@
-"""simulations/gpu_check.sh in its reduced mode (the CPU stand-in for the GPU check): it
+"""benchmarks/gpu_check.sh in its reduced mode (the CPU stand-in for the GPU check): it
 runs the simulation benchmark and a sweep cell and writes their figures to the folder."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "simulations" / "gpu_check.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
 
 
 def test_reduced_gpu_check_writes_the_benchmark_and_the_sweep_cell(tmp_path: Path):

@@ -49,7 +49,7 @@ def _dp_accounting(acc: Any, events: list[tuple[float, float, int]], delta: floa
 def main() -> None:
     warnings.simplefilter("ignore")
     # dp-accounting logs each fractional RDP order it drops (see RDP_SERIES_CELLS in
-    # simulations/crosscheck_table.py); in these cases the RDP figures stay within 0.4%.
+    # benchmarks/crosscheck_table.py); in these cases the RDP figures stay within 0.4%.
     logging.getLogger("absl").setLevel(logging.ERROR)
     vectors = [
         {
