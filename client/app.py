@@ -24,10 +24,10 @@ from flwr.clientapp import ClientApp
 from fedguard.client.events import append_event
 from fedguard.client.node import node_runtime
 from fedguard.client.secure import NodeSecAgg
-from fedguard.client.virtual import budget_for, client_state_dir
 from fedguard.config import SimulationConfig, load_simulation_config
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
-from fedguard.fl.local import BudgetExceededError, LocalResult, LocalTrainer
+from fedguard.errors import RefusalError
+from fedguard.fl.local import LocalResult, LocalTrainer
 from fedguard.fl.loop import TrainRequest, client_generator, federated_data, initial_model
 from fedguard.messages import (
     ERROR_BUDGET_REFUSED,
@@ -43,6 +43,7 @@ from fedguard.messages import (
 )
 from fedguard.privacy import AccountantStore
 from fedguard.privacy.receipts import coarse_epsilon, without_count
+from fedguard.simulations.virtual_clients import budget_for, client_state_dir
 from fedguard.task import build_model, set_weights
 from fedguard.task.schema import load_schema
 from fedguard.transport import encode_receipt
@@ -218,7 +219,7 @@ def train(message: Message, context: Context) -> Message:
             if receipt is not None:
                 attach_receipt(content, encode_receipt(receipt))
             return Message(content, reply_to=message)
-    except BudgetExceededError as exc:
+    except RefusalError as exc:
         reason = str(exc)
         if stage != "training":  # a refusal from training is in the node's log already
             _node_event(context, f"a request refused before training: {reason}")

@@ -10,15 +10,8 @@ digest) and reused by every later run at no new charge (post-processing). Record
 later are scaled by the same constants: they took no part in the release, so it costs
 them nothing.
 
-The noise multiplier is a documented constant, ``SCALING_NOISE = 10`` (or the node's
-``privacy.min-noise-multiplier`` if larger), not a node.toml key. Why: what the release
-costs is what it adds once composed with the training rounds (the accountants compose
-it like any event, and the node's checks and run plan count it): at z = 10 that is about
-7-8 % of a lifetime budget of epsilon 1 and under 1 % of epsilon 3 (delta 1e-5, RDP or PRV),
-while the centre's error is about ``z sqrt(2d + 1) / n`` half-ranges (under 3 % for
-3 columns and 1000 records). A share of the budget would not do: with the RDP accountant
-one Gaussian release cannot be certified below epsilon ~0.18 at delta 1e-5 however
-much noise it has, so "5 % of a budget of 1" has no noise multiplier at all.
+The noise multiplier, ``SCALING_NOISE``, and why it is a constant: :mod:`fedguard.fl.scaling`,
+which also holds the release's event and the scaling itself (shared with the simulations).
 
 It never imports Flower.
 """
@@ -39,6 +32,7 @@ import numpy as np
 from fedguard._io import atomic_write_json
 from fedguard.deploy_config import PolicySection
 from fedguard.errors import DataError
+from fedguard.fl.scaling import ReleasedScaling, apply_released, scaling_event
 from fedguard.privacy import GaussianEvent
 from fedguard.privacy.dp_scaling import dp_centre_scale, scaling_sensitivity
 from fedguard.privacy.ledger import Ledger, LedgerEntry
@@ -54,14 +48,10 @@ from fedguard.task.schema import DPScalingPlan
 
 __all__ = [
     "SCALING_FILE",
-    "SCALING_NOISE",
-    "ReleasedScaling",
     "Scaled",
-    "apply_released",
     "read_released",
     "release_to_come",
     "scale_records",
-    "scaling_event",
     "scaling_key",
     "store_released",
 ]
@@ -69,31 +59,13 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 SCALING_FILE = "dp-scaling.json"
-SCALING_NOISE = 10.0  # the release's noise multiplier (see the module docstring)
 _FORMAT = "fedguard-dp-scaling/1"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReleasedScaling:
-    """Centre and scale per dp column, as released (public from then on)."""
-
-    key: str
-    centre: tuple[float, ...]
-    scale: tuple[float, ...]
-    noise_multiplier: float
-    ledger_seq: int  # the ledger entry that charged the release
 
 
 def scaling_key(*, schema_digest: str, plan: DPScalingPlan) -> str:
     """What the stored statistics answer: the schema and its dp columns."""
     text = json.dumps([schema_digest, list(plan.columns), list(plan.ranges)])
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def scaling_event(*, min_noise_multiplier: float = 0.0) -> GaussianEvent:
-    """The release's event: ``SCALING_NOISE`` (at least ``min_noise_multiplier``), once."""
-    z = max(SCALING_NOISE, min_noise_multiplier)
-    return GaussianEvent(noise_multiplier=z, sample_rate=1.0, steps=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,16 +198,6 @@ def store_released(path: Path, released: ReleasedScaling) -> None:
         "ledger_seq": released.ledger_seq,
     }
     atomic_write_json(path, doc, mode=0o600)
-
-
-def apply_released(x: np.ndarray, *, plan: DPScalingPlan, released: ReleasedScaling) -> np.ndarray:
-    """``x`` with the dp columns as ``(x - centre) / scale`` (a copy, float32)."""
-    out = np.array(x, dtype=np.float32, copy=True)
-    cols = list(plan.columns)
-    centre = np.asarray(released.centre, dtype=np.float64)
-    scale = np.asarray(released.scale, dtype=np.float64)
-    out[:, cols] = ((out[:, cols].astype(np.float64) - centre) / scale).astype(np.float32)
-    return out
 
 
 def _load(path: Path) -> dict[str, Any]:

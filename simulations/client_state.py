@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedguard.client.virtual import client_state_dir
 from fedguard.privacy import Accountant, AccountantMethod, AccountantStore
+from fedguard.simulations.virtual_clients import client_state_dir
 
 __all__ = ["AccountantCache"]
 

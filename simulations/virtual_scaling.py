@@ -5,7 +5,7 @@ and scale from its OWN rows with the Gaussian mechanism
 (:func:`fedguard.privacy.dp_scaling.dp_centre_scale`), charges the event to its own
 accountant (write-ahead, before any step on the scaled rows) and trains on its rows
 scaled by its estimate from then on. The noise multiplier is the node's
-(:data:`fedguard.client.scaling.SCALING_NOISE`), and the training noise is calibrated
+(:data:`fedguard.fl.scaling.SCALING_NOISE`), and the training noise is calibrated
 with that event reserved (:attr:`fedguard.fl.local.PrivacyBudget.reserved`), so
 the client's final epsilon lands at, never above, the target. The noise is drawn from a
 generator seeded by (run seed, stream, client id): a simulation is reproducible,
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedguard.client.scaling import ReleasedScaling, apply_released, scaling_event
 from fedguard.fl.local import PrivacyBudget
+from fedguard.fl.scaling import ReleasedScaling, apply_released, scaling_event
 from fedguard.privacy import GaussianEvent
 from fedguard.privacy.dp_scaling import SCALE_FLOOR, dp_centre_scale
 from fedguard.task.schema import DPScalingPlan
 
 __all__ = ["STREAM_DP_SCALING", "reserve_scaling", "scale_client_rows"]
 
-STREAM_DP_SCALING = 6  # federation.py uses streams 1-3, simulations/inprocess.py 4-5
+STREAM_DP_SCALING = 6  # fl/loop.py uses streams 1-3, simulations/inprocess.py 4-5
 
 
 def reserve_scaling(

@@ -84,7 +84,7 @@ def load_federated_data(
 
     Columns a schema marks ``scaling = "dp"`` stay clipped and unscaled in ``x_train``:
     each virtual client scales its own rows with its own DP estimate, charged to its
-    accountant, as a deployed node does (:mod:`fedguard.client.virtual_scaling`). The
+    accountant, as a deployed node does (:mod:`fedguard.simulations.virtual_scaling`). The
     test rows (the server's) are standardised with their own exact mean and std
     (:func:`standardise_eval_rows`).
     """

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from fedguard.client.virtual import budget_for, client_state_dir
 from fedguard.config import SimulationConfig, load_simulation_config
 from fedguard.errors import DataError
 from fedguard.fl.local import LocalTrainer
@@ -33,6 +32,7 @@ from fedguard.fl.loop import (
 from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
 from fedguard.privacy import AccountantStore
 from fedguard.server.checkpoint import CHECKPOINT, load_checkpoint, resume, save_round
+from fedguard.simulations.virtual_clients import budget_for, client_state_dir
 from fedguard.task import evaluate, get_weights, set_weights
 
 DIGEST = "seeded-federation"

@@ -6,12 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedguard.client.virtual import budget_for
 from fedguard.config import SimulationConfig
-from fedguard.fl.local import BudgetExceededError, LocalTrainer
+from fedguard.errors import BudgetExceededError
+from fedguard.fl.local import LocalTrainer
 from fedguard.fl.loop import client_generator, federated_data, initial_model, request_for
 from fedguard.privacy import AccountantStore
 from fedguard.simulations.runner import simulate
+from fedguard.simulations.virtual_clients import budget_for
 from fedguard.task import get_weights
 
 

@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedguard.client.scaling import SCALING_NOISE
-from fedguard.client.virtual import client_state_dir
-from fedguard.client.virtual_scaling import reserve_scaling
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
 from fedguard.fl.local import PrivacyBudget, noise_for_budget
 from fedguard.fl.loop import clear_data_cache, federated_data
+from fedguard.fl.scaling import SCALING_NOISE
 from fedguard.privacy import (
     Accountant,
     AccountantStore,
@@ -24,6 +22,8 @@ from fedguard.privacy import (
     steps_per_epoch,
 )
 from fedguard.simulations.runner import STATE_DIR, simulate
+from fedguard.simulations.virtual_clients import client_state_dir
+from fedguard.simulations.virtual_scaling import reserve_scaling
 
 TARGET = 2.0
 SCHEMA = """
