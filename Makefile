@@ -56,9 +56,13 @@ test: lint typecheck unit
 # environment (CPU torch first, as above), then run a simulation and a one-round loopback
 # federation from that install, outside the checkout. CI runs it after `make test`.
 WHEEL_DIR := build/wheel-check
+# Built from a clean copy: setuptools would reuse build/lib, where moved modules linger.
 wheel-check: $(STAMP)
-	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)
-	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) .
+	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)/src
+	tar -c --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./runs \
+		--exclude='*.egg-info' --exclude=__pycache__ --exclude='.*_cache' . \
+		| tar -x -C $(WHEEL_DIR)/src
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) $(WHEEL_DIR)/src
 	$(PY) -m venv $(WHEEL_DIR)/venv
 	$(WHEEL_DIR)/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
 	$(WHEEL_DIR)/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt \

@@ -5,8 +5,13 @@ pyproject listed packages by hand and left out fedguard.privacy.secagg, fedguard
 and fedguard.proto: every non-editable install failed with ModuleNotFoundError.
 `make wheel-check` (run by CI) goes further: a fresh virtual environment, the wheel
 installed from the file, a simulation and a one-round loopback federation run from it.
+
+Built from a clean copy of the sources: setuptools reuses the checkout's build/lib, where a
+module deleted or moved since the last build stays and goes into the wheel (#20.6 found
+fedguard/federation.py and the benchmarks shipped that way after they had moved).
 """
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -32,16 +37,26 @@ def _source_modules() -> set[str]:
     return found
 
 
+# Build outputs, caches and environments: never sources.
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "runs", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
+)
+
+
 def test_the_wheel_holds_every_module_of_every_subpackage(tmp_path: Path):
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=NOT_SOURCES, symlinks=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), str(ROOT)],
+         "-w", str(tmp_path), str(src)],
         check=True, capture_output=True, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("fedguard-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = sorted(_source_modules() - names)
     assert not missing, f"not in the wheel: {missing}"
+    stale = sorted(n for n in names if n.endswith(".py") and n not in _source_modules())
+    assert not stale, f"in the wheel but not in the sources: {stale}"
     for needed in (
         "fedguard/privacy/secagg/__init__.py",
         "fedguard/transport/__init__.py",
