@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from fedguard._checks import coerce
 from fedguard._toml import read_toml
 from fedguard.errors import ConfigError, invalid
 
@@ -165,7 +166,7 @@ def load_simulation_config(
             raise invalid(
                 key, allowed="a known key: " + ", ".join(sorted(_FIELDS)), got=key, source=source
             )
-        kwargs[f.name] = _coerce(key, value, f.type, source=source)
+        kwargs[f.name] = coerce(key, value, f.type, source=source)
     try:
         return SimulationConfig(**kwargs)
     except ConfigError as exc:
@@ -180,30 +181,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
         if isinstance(value, dict):
             raise invalid(key, allowed="a value (tables are not used)", got=value, source=path)
     return data
-
-
-def _coerce(key: str, value: Any, annotation: Any, *, source: Path | None) -> Any:
-    """Turn a TOML/CLI value into the field's type, refusing lossy or odd conversions."""
-    kind = str(annotation)
-    if "Path" in kind:
-        if not isinstance(value, str | Path):
-            raise invalid(key, allowed="a folder path", got=value, source=source)
-        return Path(value)
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise invalid(key, allowed="true or false", got=value, source=source)
-        return value
-    if kind.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise invalid(key, allowed="an integer", got=value, source=source)
-        return value
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise invalid(key, allowed="a number", got=value, source=source)
-        return float(value)
-    if isinstance(value, bool) or (value is not None and not isinstance(value, str)):
-        raise invalid(key, allowed="a string", got=value, source=source)
-    return value
 
 
 def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:

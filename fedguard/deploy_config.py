@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedguard._checks import coerce
 from fedguard._toml import read_toml
 from fedguard.certs import _NODE_NAME as NODE_NAME
 from fedguard.config import ACCOUNTANTS
@@ -231,8 +231,8 @@ def load_federation_config(path: Path) -> FederationConfig:
         task=_section(raw, "task", TaskSection, path),
         training=_section(raw, "training", TrainingSection, path),
         server=_section(raw, "server", ServerNetwork, path),
-        state_dir=_path(raw.get("state-dir", "server-state"), "state-dir", path),
-        out=_path(raw.get("out", "results"), "out", path),
+        state_dir=_path("state-dir", raw.get("state-dir", "server-state"), path),
+        out=_path("out", raw.get("out", "results"), path),
         secagg=_section(raw, "secagg", SecAggSection, path),
         client_dp=_section(raw, "client-dp", ClientDPSection, path),
     )
@@ -480,46 +480,23 @@ def _section(raw: dict[str, Any], name: str, cls: type[T], path: Path) -> T:
     fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     _only(values, set(fields), path, f"{name}.")
     kwargs = {
-        fields[k].name: _coerce(f"{name}.{k}", v, str(fields[k].type), path)
+        fields[k].name: coerce(
+            f"{name}.{k}", v, fields[k].type, source=path, finite=True, path=_path
+        )
         for k, v in values.items()
     }
     return cls(**kwargs)
 
 
-def _coerce(key: str, value: Any, kind: str, path: Path) -> Any:
-    kind = kind.removesuffix(" | None")  # optional keys: present means a value
-    if "Path" in kind:
-        return _path(value, key, path)
-    if kind.startswith("list"):
-        if not isinstance(value, list):
-            raise invalid(key, allowed="a list", got=value, source=path)
-        return value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise invalid(key, allowed="true or false", got=value, source=path)
-        return value
-    if kind.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise invalid(key, allowed="an integer", got=value, source=path)
-        return value
-    if kind == "float":
-        ok = not isinstance(value, bool) and isinstance(value, int | float)
-        if not ok or not math.isfinite(float(value)):
-            raise invalid(key, allowed="a finite number", got=value, source=path)
-        return float(value)
-    if not isinstance(value, str):
-        raise invalid(key, allowed="a string", got=value, source=path)
-    return value
-
-
-def _path(value: Any, key: str, source: Path) -> Path:
+def _path(key: str, value: object, source: str | Path | None) -> Path:
+    """A path value, ``~`` expanded, relative to the config file ``source``."""
     if not isinstance(value, str):
         raise invalid(key, allowed="a path string", got=value, source=source)
     try:
         p = Path(value).expanduser()
     except RuntimeError:  # ~user of a user this machine does not know
         raise invalid(key, allowed="a path (~user must exist)", got=value, source=source) from None
-    return p if p.is_absolute() else (source.resolve().parent / p)
+    return p if p.is_absolute() else (Path(source or ".").resolve().parent / p)
 
 
 def _exists(path: Path) -> bool:

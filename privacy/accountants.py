@@ -38,6 +38,7 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import prv as prv_analysis
 from opacus.accountants.analysis import rdp as rdp_analysis
 
+from fedguard._checks import real as _real
 from fedguard.errors import ConfigError, invalid
 
 __all__ = [
@@ -73,16 +74,6 @@ class AccountantMethod(StrEnum):
 
     RDP = "rdp"
     PRV = "prv"
-
-
-def _real(key: str, value: object, *, allowed: str, source: str | None = None) -> float:
-    # bool is an int subclass: True must not pass for noise multiplier 1.0.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise invalid(key, allowed=allowed, got=value, source=source)
-    out = float(value)
-    if not math.isfinite(out):
-        raise invalid(key, allowed=allowed, got=value, source=source)
-    return out
 
 
 def _check_delta(delta: object) -> float:

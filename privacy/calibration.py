@@ -20,9 +20,9 @@ less than asked, never more. Measured over targets {0.5, 1, 3, 8}, sample rates
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 
+from fedguard._checks import integer, real
 from fedguard.errors import ConfigError, invalid
 
 from .accountants import Accountant, AccountantMethod, GaussianEvent
@@ -57,13 +57,12 @@ def _positive(
         allowed = "a finite number > 0"
     else:
         allowed = f"a number with 0 < {key.lstrip('-')} {'<=' if closed else '<'} {upper:g}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise invalid(key, allowed=allowed, got=value)
-    out = float(value)
-    too_big = upper is not None and (out > upper if closed else out >= upper)
-    if not math.isfinite(out) or out <= 0.0 or too_big:
-        raise invalid(key, allowed=allowed, got=value)
-    return out
+
+    def ok(out: float) -> bool:
+        too_big = upper is not None and (out > upper if closed else out >= upper)
+        return out > 0.0 and not too_big
+
+    return real(key, value, allowed=allowed, ok=ok)
 
 
 def _digits4(x: float, *, up: bool) -> str:
@@ -126,11 +125,9 @@ def calibrate_noise_multiplier(
     target = _positive("--epsilon", target_epsilon)
     d = _positive("--delta", delta, upper=1.0)
     q = _positive("sample_rate", sample_rate, upper=1.0, closed=True)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise invalid("steps", allowed="an integer >= 1", got=steps)
+    n_steps = integer("steps", steps, minimum=1)
     tol = _positive("tolerance", tolerance, upper=1.0)
     accountant_method = Accountant(method=method).method
-    n_steps = int(steps)
 
     def eps(sigma: float) -> float:
         return _epsilon_for(sigma, method=accountant_method, q=q, steps=n_steps, delta=d)

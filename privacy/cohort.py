@@ -30,11 +30,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - conventional alias
 from torch import nn
 
+from fedguard._checks import integer as _int
+from fedguard._checks import real as _real
 from fedguard.errors import ConfigError, invalid
 
 from .accountants import Accountant, GaussianEvent
 from .class_weights import check_class_weights
-from .dpsgd import DPTrainResult, _int, _real, check_training_inputs, steps_per_epoch
+from .dpsgd import DPTrainResult, check_training_inputs, steps_per_epoch
 from .stacked import StackedSequential, stacked_problems
 
 __all__ = ["CohortClient", "CohortDPTrainer", "CohortResult"]

@@ -42,8 +42,6 @@ the numbers ``DPTrainer`` draws without it.
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,6 +51,8 @@ from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 from torch import nn
 
+from fedguard._checks import integer as _int
+from fedguard._checks import real as _real
 from fedguard.errors import ConfigError, invalid
 
 from .accountants import Accountant, GaussianEvent
@@ -84,21 +84,6 @@ class DPTrainResult:
     noise_multiplier: float
     sample_rate: float
     max_grad_norm: float
-
-
-def _int(key: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise invalid(key, allowed=f"an integer >= {minimum}", got=value)
-    return int(value)
-
-
-def _real(key: str, value: object, *, allowed: str, ok: Callable[[float], bool]) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise invalid(key, allowed=allowed, got=value)
-    out = float(value)
-    if not math.isfinite(out) or not ok(out):
-        raise invalid(key, allowed=allowed, got=value)
-    return out
 
 
 def steps_per_epoch(*, num_examples: int, batch_size: int) -> int:

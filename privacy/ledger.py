@@ -44,13 +44,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fedguard._checks import integer as _integer
+from fedguard._checks import real
 from fedguard._io import atomic_write_text
 from fedguard.errors import FedguardError, invalid
 
@@ -325,11 +326,11 @@ class Ledger:
         """
         fields: dict[str, Any] = {
             "run": _text("run", run),
-            "server_round": _count("server_round", server_round, minimum=0),
+            "server_round": _integer("server_round", server_round, minimum=0),
             "dataset_fingerprint": _text("dataset_fingerprint", dataset_fingerprint),
             "sample_rate": _real("sample_rate", sample_rate, "a number in (0, 1]", 0, 1),
             "noise_multiplier": _real("noise_multiplier", noise_multiplier, "a number > 0", 0),
-            "steps": _count("steps", steps, minimum=1),
+            "steps": _integer("steps", steps, minimum=1),
             "max_grad_norm": _real("max_grad_norm", max_grad_norm, "a number > 0", 0),
             "epsilon_after": _real("epsilon_after", epsilon_after, "a number >= 0", None),
             "delta": _real("delta", delta, "a number in (0, 1)", 0, 1, hi_open=True),
@@ -340,7 +341,7 @@ class Ledger:
                 raise invalid("index_digest", allowed="64 lowercase hex digits", got=index_digest)
             fields["index_digest"] = index_digest
         if max_multiplicity is not None:
-            fields["max_multiplicity"] = _count("max_multiplicity", max_multiplicity, minimum=1)
+            fields["max_multiplicity"] = _integer("max_multiplicity", max_multiplicity, minimum=1)
         return self._append("pending", fields)
 
     def commit(self, entry: LedgerEntry) -> None:
@@ -592,12 +593,6 @@ def _text(key: str, value: object) -> str:
     return value
 
 
-def _count(key: str, value: object, *, minimum: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or int(value) < minimum:
-        raise invalid(key, allowed=f"an integer >= {minimum}", got=value)
-    return int(value)
-
-
 def _real(
     key: str,
     value: object,
@@ -609,15 +604,14 @@ def _real(
 ) -> float:
     """A finite float; ``lo`` is exclusive, ``hi`` inclusive unless ``hi_open``; a ``None``
     ``lo`` means ``>= 0``."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise invalid(key, allowed=allowed, got=value)
-    x = float(value)
-    ok = math.isfinite(x) and (x >= 0 if lo is None else x > lo)
-    if hi is not None:
-        ok = ok and (x < hi if hi_open else x <= hi)
-    if not ok:
-        raise invalid(key, allowed=allowed, got=value)
-    return x
+
+    def ok(x: float) -> bool:
+        inside = x >= 0 if lo is None else x > lo
+        if hi is not None:
+            inside = inside and (x < hi if hi_open else x <= hi)
+        return inside
+
+    return real(key, value, allowed=allowed, ok=ok)
 
 
 def _accountant(value: object) -> str:

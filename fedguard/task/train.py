@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
+from fedguard._checks import integer
 from fedguard.errors import DataError, invalid
 from fedguard.task.metrics import Metrics, compute_metrics
 
@@ -50,8 +51,8 @@ def poisson_batches(
     torch.Tensor
         Sorted int64 indices, on ``generator``'s device.
     """
-    _check_count("num_examples", num_examples, minimum=0)
-    _check_count("steps", steps, minimum=0)
+    integer("num_examples", num_examples, minimum=0)
+    integer("steps", steps, minimum=0)
     if (
         isinstance(sample_rate, bool)
         or not isinstance(sample_rate, int | float)
@@ -73,9 +74,9 @@ def shuffled_batches(
     torch.Tensor
         int64 indices, on ``generator``'s device.
     """
-    _check_count("num_examples", num_examples, minimum=0)
-    _check_count("--batch-size", batch_size, minimum=1)
-    _check_count("--epochs", epochs, minimum=0)
+    integer("num_examples", num_examples, minimum=0)
+    integer("--batch-size", batch_size, minimum=1)
+    integer("--epochs", epochs, minimum=0)
     for _ in range(epochs):
         perm = torch.randperm(num_examples, generator=generator, device=generator.device)
         yield from perm.split(batch_size)
@@ -120,8 +121,8 @@ def train_plain(
     ConfigError
         A bad option, or the loss became NaN/inf (the message says to lower ``--lr``).
     """
-    _check_count("--epochs", epochs, minimum=1)
-    _check_count("--batch-size", batch_size, minimum=1)
+    integer("--epochs", epochs, minimum=1)
+    integer("--batch-size", batch_size, minimum=1)
     if not _is_real(lr) or not math.isfinite(lr) or lr <= 0:
         raise invalid("--lr", allowed="a finite number > 0", got=lr)
     if not _is_real(momentum) or not 0.0 <= momentum < 1.0:
@@ -187,7 +188,7 @@ def evaluate(
     Metrics
         See :func:`fedguard.task.metrics.compute_metrics`.
     """
-    _check_count("batch_size", batch_size, minimum=1)
+    integer("batch_size", batch_size, minimum=1)
     _check_xy(x, y)
     was_training = model.training
     model.eval()
@@ -204,11 +205,6 @@ def evaluate(
 
 def _is_real(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_count(key: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise invalid(key, allowed=f"an integer >= {minimum}", got=value)
 
 
 def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
