@@ -16,15 +16,16 @@ and weakens to ``noise_multiplier * sqrt((t - c) / (t - 1))`` beyond (distribute
 McMahan et al. 2018 for the client-level mechanism, Kairouz et al. 2021 for its
 distributed form).
 
-The client-level epsilon over rounds is counted by :func:`client_level_spent`, the one
-function both engines call. Each round's cohort is ``m`` of ``N`` nodes drawn without
-replacement, so it is accounted as that (:mod:`fedguard.privacy.without_replacement`,
-RDP), never as Poisson sampling at ``m / N``, whose bound is smaller and does not hold
-for this scheme. The neighbouring relation is replace-one: ``N`` is public and one node's
-data is replaced by any other, which moves the sum by up to ``2 * clip_norm``. What it
-does not cover: the stochastic rounding and per-coordinate range of secure aggregation's
-integer encoding, applied after the noise (Kairouz et al. 2021 analyse a discrete
-Gaussian that accounts for them exactly); updates are averaged with equal weight, since
+The client-level epsilon over rounds is counted by :class:`ClientLevelAccounting` (over
+:func:`client_level_spent`), which both engines build from their configuration. Each
+round's cohort is ``m`` of ``N`` nodes drawn without replacement, so it is accounted as
+that (:mod:`fedguard.privacy.without_replacement`, RDP), never as Poisson sampling at
+``m / N``, whose bound is smaller and does not hold for this scheme. The neighbouring
+relation is replace-one: ``N`` is public and one node's data is replaced by any other,
+which moves the sum by up to ``2 * clip_norm``. What it does not cover: the stochastic
+rounding and per-coordinate range of secure aggregation's integer encoding, applied
+after the noise (Kairouz et al. 2021 analyse a discrete Gaussian that accounts for them
+exactly); updates are averaged with equal weight, since
 weighting by example counts would scale one node's influence beyond ``clip_norm``.
 """
 
@@ -41,7 +42,14 @@ from fedguard.errors import invalid
 from .accountants import _check_delta
 from .without_replacement import ORDERS, epsilon_from_rdp, rdp_gaussian_without_replacement
 
-__all__ = ["ClientDP", "ClientLevelSpent", "NoisedUpdate", "client_level_spent", "clip_and_noise"]
+__all__ = [
+    "ClientDP",
+    "ClientLevelAccounting",
+    "ClientLevelSpent",
+    "NoisedUpdate",
+    "client_level_spent",
+    "clip_and_noise",
+]
 
 NEIGHBOURING = "replace-one"
 """Client-level neighbours: one node's data replaced by any other (``N`` is public)."""
@@ -177,6 +185,49 @@ def client_level_spent(
     return ClientLevelSpent(
         epsilon=eps, delta=d, rounds=rounds, cohort_size=cohort_size, num_clients=num_clients
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientLevelAccounting:
+    """A run's client-level accounting: :meth:`after` any number of rounds.
+
+    The one home of the figure both engines print (console, ``metrics.jsonl``,
+    ``summary.json``). Its analysis is RDP for ``cohort_size`` of ``num_clients`` drawn
+    without replacement, whatever sample-level accountant a run is configured with: the
+    PRV accountant models Poisson sampling, whose bound does not hold for this draw. The
+    figure names its analysis, neighbouring relation, sampling and delta
+    (:class:`ClientLevelSpent`).
+
+    Attributes
+    ----------
+    noise_multiplier : float
+        Of the summed updates (noise std over clip norm).
+    num_clients : int
+        N, the run's clients (nodes), public.
+    cohort_size : int
+        m asked per round; one above N means everyone, every round (no sampling).
+    delta : float
+        Of the client-level guarantee.
+    """
+
+    noise_multiplier: float
+    num_clients: int
+    cohort_size: int
+    delta: float
+
+    def after(self, rounds: int) -> ClientLevelSpent:
+        """Client-level (epsilon, delta) after ``rounds`` rounds."""
+        return client_level_spent(
+            noise_multiplier=self.noise_multiplier,
+            num_clients=self.num_clients,
+            cohort_size=min(self.cohort_size, self.num_clients),
+            rounds=rounds,
+            delta=self.delta,
+        )
+
+    def epsilon(self, rounds: int) -> float:
+        """Just the epsilon of :meth:`after` (the round loop's ``client_epsilon``)."""
+        return self.after(rounds).epsilon
 
 
 def _replace_one_multiplier(noise_multiplier: float) -> float:

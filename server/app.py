@@ -32,6 +32,7 @@ from fedguard.fl.loop import (
     request_for,
     run_rounds,
 )
+from fedguard.fl.participants import Cohort, Participant, Participants
 from fedguard.messages import decode_reply, encode_train
 from fedguard.optimizers import FedAvgM
 from fedguard.server.receipts import read_receipt
@@ -103,17 +104,17 @@ def exchange_round(
     *,
     grid: Grid,
     server_round: int,
-    cohort: list[int],
-    node_of: dict[int, int],
+    cohort: Cohort,
     content: RecordDict,
     timeout: float,
-    label: Callable[[int], str] = str,
     receipt_run: str | None = None,
     expect: list[np.ndarray] | None = None,
     max_update_norm: float | None = None,
     weight_cap: int | None = None,
 ) -> Iterator[ClientUpdate | Refusal]:
     """Send ``content`` to the cohort's nodes and turn their replies into updates.
+
+    Each node is named in reasons and logs by its participant name.
 
     A reply from a node not asked, one answering another node's message, a second reply,
     an error reply or a malformed one is never aggregated, and the reason is logged with
@@ -131,13 +132,16 @@ def exchange_round(
     msgs = [
         Message(
             content,
-            dst_node_id=node_of[c],
+            dst_node_id=p.node_id,
             message_type=MessageType.TRAIN,
             group_id=str(server_round),
         )
-        for c in cohort
+        for p in cohort
     ]
-    client_of = {node_of[c]: c for c in cohort}
+
+    def label(client_id: int) -> str:
+        return cohort.member(client_id).name
+
     started = time.monotonic()
     replies = list(send_and_receive(grid, msgs, timeout=timeout))
     waited = time.monotonic() - started
@@ -147,21 +151,21 @@ def exchange_round(
     out: list[ClientUpdate | Refusal] = []
     withheld: list[int] = []
     # Sorted by client id: the running sum is then added in the same order on every engine.
-    for reply in sorted(replies, key=lambda r: client_of.get(r.metadata.src_node_id, -1)):
+    for reply in sorted(replies, key=lambda r: cohort.client_id_of(r.metadata.src_node_id)):
         node = reply.metadata.src_node_id
         offline = superlink_error(reply, asked)
         if offline is not None:  # the SuperLink answered for a node it holds offline
-            gone = client_of[asked[reply.metadata.reply_to_message_id]]
+            gone = cohort.client_id_of(asked[reply.metadata.reply_to_message_id])
             if gone not in answered:
                 answered.add(gone)
                 out.append(Refusal(client_id=gone, reason=f"{label(gone)}: {offline}"))
             continue
-        cid = client_of.get(node)
-        if cid is None or cid in answered or asked.get(reply.metadata.reply_to_message_id) != node:
+        cid = cohort.client_id_of(node)
+        if cid < 0 or cid in answered or asked.get(reply.metadata.reply_to_message_id) != node:
             _log.warning(
                 "round %d: dropped a reply from %s (%s)",
                 server_round,
-                f"node {node}" if cid is None else label(cid),
+                f"node {node}" if cid < 0 else label(cid),
                 "not asked, a repeat, or not answering its own message",
             )
             continue
@@ -217,7 +221,7 @@ def exchange_round(
             for u in out
         ]
     yield from out
-    for cid in sorted(set(cohort) - answered):
+    for cid in sorted(set(cohort.client_ids) - answered):
         yield Refusal(client_id=cid, reason=f"{label(cid)}: no reply within {waited:.0f}s")
 
 
@@ -252,7 +256,11 @@ def make_simulation_server_app(
         ds = data.dataset
         model = initial_model(config, data)
         info = describe_nodes(grid, wait_for_nodes(grid, config.clients))
-        node_of = {int(v["client-id"]): node for node, v in info.items()}
+        # A virtual client's name is its client id.
+        clients = Participants(
+            Participant(name=str(cid), node_id=node, client_id=cid)
+            for node, cid in ((node, int(v["client-id"])) for node, v in info.items())
+        )
         x_test, y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
 
         def train_cohort(
@@ -267,8 +275,7 @@ def make_simulation_server_app(
             return exchange_round(
                 grid=grid,
                 server_round=server_round,
-                cohort=cohort,
-                node_of=node_of,
+                cohort=clients.cohort(cohort),
                 content=content,
                 timeout=ROUND_TIMEOUT_S,
                 expect=weights,

@@ -45,6 +45,7 @@ from fedguard.fl.loop import (
     TrainRequest,
     run_rounds,
 )
+from fedguard.fl.participants import Cohort, Participants
 from fedguard.messages import encode_train
 from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.server.app import exchange_round
@@ -78,9 +79,6 @@ from fedguard.task import build_model, get_weights
 from fedguard.task.metrics import headline
 
 __all__ = ["CHECKPOINT", "CONFIG_KEY", "DeployedRun", "RunStoppedError", "app"]
-# Kept importable from here for earlier callers.
-_client_level = client_level
-__all__ += ["make_server_optimizer"]
 
 ERROR_LOG = "serverapp-error.log"  # in state-dir: the traceback of a ServerApp that raised
 
@@ -152,8 +150,7 @@ class DeployedRun:
         )
         self.server = make_server_optimizer(cfg)
         self.records: list[dict[str, Any]] = []
-        self.names: list[str] = []  # enrolled names; a node's client id is its index
-        self.node_of: dict[int, int] = {}  # client id -> Flower node id
+        self.participants = Participants(())  # the fitting nodes, once gathered
         self.epsilon_of: dict[str, float] = {}
         self.receipts: dict[str, dict[str, Any]] = {}  # each node's newest receipt
         self.revoked = revocations(cfg, say=_say)
@@ -171,10 +168,10 @@ class DeployedRun:
             return self._outcome(True, f.rounds, f"all {f.rounds} rounds already done")
         described = self.gather()
         fit = self.check(described)
-        self.names = fit
-        self.node_of = {c: described[n][0] for c, n in enumerate(fit)}
+        # A node's client id is its index among the fitting nodes, by enrolled name.
+        self.participants = Participants.enrolled([(n, *described[n]) for n in fit])
         _say(f"{len(fit)} nodes: {', '.join(fit)}")
-        _say(protection(cfg, first_round, sorted(self.node_of)))
+        _say(protection(cfg, first_round, len(fit)))
         started = time.perf_counter()
         size = max(f.min_nodes, math.ceil(f.fraction * len(fit)))
         self.cohort_size = min(size, len(fit))
@@ -191,9 +188,7 @@ class DeployedRun:
                 train_cohort=self.train_cohort,
                 evaluate=evaluator(cfg, self.model),
                 on_round=self.on_round,
-                client_epsilon=(lambda r: self.client_level(r).epsilon)
-                if cfg.client_dp.enabled
-                else None,
+                client_epsilon=self.client_level.epsilon if cfg.client_dp.enabled else None,
                 min_updates=f.min_nodes,
             )
         except RoundShortError as exc:
@@ -283,31 +278,30 @@ class DeployedRun:
     def train_cohort(
         self, server_round: int, cohort: list[int], global_weights: list[np.ndarray]
     ) -> Iterator[ClientUpdate | Refusal | SecureMean]:
-        cfg, names = self.cfg, self.names
+        asked = self.participants.cohort(cohort)
         gone = self.revoked()
-        for c in (c for c in cohort if self.node_of[c] in gone):
-            r = gone[self.node_of[c]]
+        for p in (p for p in asked if p.node_id in gone):
+            r = gone[p.node_id]
             yield Refusal(
-                client_id=c,
-                reason=f"{names[c]}: enrolment revoked on {r.at} ({r.reason}); not sent "
+                client_id=p.client_id,
+                reason=f"{p.name}: enrolment revoked on {r.at} ({r.reason}); not sent "
                 f"round {server_round}",
             )
-        cohort = [c for c in cohort if self.node_of[c] not in gone]
-        live = live_cohort(
-            self.grid,
-            self.cfg,
-            server_round=server_round,
-            cohort=cohort,
-            node_of=self.node_of,
-            names=names,
-            say=_say,
-        )
-        for c in sorted(set(cohort) - set(live)):
-            yield Refusal(client_id=c, reason=f"{names[c]}: offline; not sent round {server_round}")
-        cohort = live
-        if not cohort:
+        asked = asked.without(p.client_id for p in asked if p.node_id in gone)
+        live = live_cohort(self.grid, self.cfg, server_round=server_round, cohort=asked, say=_say)
+        for p in sorted(set(asked) - set(live), key=lambda p: p.client_id):
+            yield Refusal(
+                client_id=p.client_id, reason=f"{p.name}: offline; not sent round {server_round}"
+            )
+        if not len(live):
             return
-        params = secagg_params(cfg, server_round, cohort) if cfg.secagg.enabled else None
+        yield from self._replies(server_round, live, global_weights)
+
+    def _replies(
+        self, server_round: int, cohort: Cohort, global_weights: list[np.ndarray]
+    ) -> Iterator[ClientUpdate | Refusal | SecureMean]:
+        cfg = self.cfg
+        params = secagg_params(cfg, server_round, len(cohort)) if cfg.secagg.enabled else None
         request = self._request(server_round, params.threshold if params else 0)
         replies: Iterable[ClientUpdate | Refusal | SecureMean]
         if params is not None:
@@ -315,7 +309,6 @@ class DeployedRun:
                 grid=self.grid,
                 params=params,
                 cohort=cohort,
-                node_of=self.node_of,
                 train_content=lambda setup: encode_train(
                     weights=global_weights,
                     request=request,
@@ -325,7 +318,6 @@ class DeployedRun:
                 ),
                 shapes=[w.shape for w in global_weights],
                 timeout=cfg.federation.round_timeout,
-                label=lambda c: names[c],
                 say=_say,
                 receipt_run=request.run_key,
             )
@@ -334,12 +326,10 @@ class DeployedRun:
                 grid=self.grid,
                 server_round=server_round,
                 cohort=cohort,
-                node_of=self.node_of,
                 content=encode_train(
                     weights=global_weights, request=request, simulation=None, state_dir=None
                 ),
                 timeout=cfg.federation.round_timeout,
-                label=lambda c: names[c],
                 receipt_run=request.run_key,
                 expect=global_weights,
                 max_update_norm=cfg.federation.max_update_norm,
@@ -347,11 +337,17 @@ class DeployedRun:
                 weight_cap=cfg.federation.weight_cap,
             )
         for reply in replies:
-            if isinstance(reply, ClientUpdate) and reply.epsilon is not None:
-                self.epsilon_of[names[reply.client_id]] = reply.epsilon
-            if isinstance(reply, ClientUpdate) and isinstance(reply.receipt, PrivacyReceipt):
-                self.receipts[names[reply.client_id]] = dataclasses.asdict(reply.receipt)
+            if isinstance(reply, ClientUpdate):
+                self._note(reply)
             yield reply
+
+    def _note(self, update: ClientUpdate) -> None:
+        # Each node's newest epsilon and receipt, by enrolled name, for metrics and summary.
+        name = self.participants[update.client_id].name
+        if update.epsilon is not None:
+            self.epsilon_of[name] = update.epsilon
+        if isinstance(update.receipt, PrivacyReceipt):
+            self.receipts[name] = dataclasses.asdict(update.receipt)
 
     def on_round(self, record: RoundRecord, new_weights: list[np.ndarray]) -> None:
         # No held-out set: metrics are NaN, written as null (JSON has no NaN).
@@ -383,7 +379,7 @@ class DeployedRun:
         client = (
             ""
             if record.client_epsilon is None
-            else f"; client-level epsilon {self.client_level(record.round).describe()}"
+            else f"; client-level epsilon {self.client_level.after(record.round).describe()}"
         )
         _say(
             f"round {record.round}:{quality} nodes {record.clients} refused {record.refused} "
@@ -395,7 +391,7 @@ class DeployedRun:
             self.cfg,
             run_id=self.run_id,
             last=self.records[-1],
-            nodes=self.names,
+            nodes=self.participants.names,
             seconds=time.perf_counter() - started,
             client_level=self.client_level,
             cohort_size=self.cohort_size,

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 from fedguard.certs import _NODE_NAME as NODE_NAME  # the rule of `fedguard certs node NAME`
 from fedguard.deploy.flower import flower_env
 from fedguard.deploy_config import FederationConfig
+from fedguard.fl.participants import Cohort
 from fedguard.server.app import describe_nodes, wait_for_nodes
 from fedguard.server.cohort import task_query
 from fedguard.server.enrolment import Enrolment, Revocation
@@ -142,11 +143,9 @@ def live_cohort(
     cfg: FederationConfig,
     *,
     server_round: int,
-    cohort: list[int],
-    node_of: dict[int, int],
-    names: list[str],
+    cohort: Cohort,
     say: Callable[[str], None],
-) -> list[int]:
+) -> Cohort:
     """The cohort's connected nodes; while fewer than min-nodes are, waits up to
     round-timeout for them, then stops the run with one line (#15.3)."""
     f = cfg.federation
@@ -154,10 +153,10 @@ def live_cohort(
     said = False
     while True:
         online = set(grid.get_node_ids())
-        live = [c for c in cohort if node_of[c] in online]
+        live = cohort.without(p.client_id for p in cohort if p.node_id not in online)
         if len(live) >= min(f.min_nodes, len(cohort)):
             return live
-        off = ", ".join(names[c] for c in cohort if c not in live)
+        off = ", ".join(p.name for p in cohort if p.node_id not in online)
         if time.monotonic() > deadline:
             raise RunStoppedError(
                 f"stopped in round {server_round}: {len(live)} of the {f.min_nodes} nodes "

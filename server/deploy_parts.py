@@ -20,8 +20,8 @@ from fedguard.deploy_config import FederationConfig
 from fedguard.errors import DataError
 from fedguard.fl.loop import standardise_eval_rows
 from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
-from fedguard.privacy.client_dp import ClientDP, ClientLevelSpent, client_level_spent
-from fedguard.privacy.secagg import SecAggParams, make_params
+from fedguard.privacy.client_dp import ClientDP, ClientLevelAccounting
+from fedguard.privacy.secagg import SecAggParams, SecAggSettings
 from fedguard.task import Metrics, evaluate, load_dataset, set_weights
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "read_metrics",
     "run_summary",
     "secagg_params",
+    "secagg_settings",
 ]
 
 
@@ -53,18 +54,17 @@ def make_server_optimizer(cfg: FederationConfig) -> ServerOptimizer:
 
 def client_level(
     cfg: FederationConfig, *, num_clients: int, cohort_size: int
-) -> Callable[[int], ClientLevelSpent]:
-    """Client-level epsilon after a round (the server's accounting of [client-dp]).
+) -> ClientLevelAccounting:
+    """The server's accounting of [client-dp] for ``cohort_size`` of ``num_clients`` nodes.
 
     ``run_rounds`` draws ``min(cohort_size, num_clients)`` nodes without replacement each
     round: that is the scheme accounted.
     """
     cd = cfg.client_dp
-    return lambda r: client_level_spent(
+    return ClientLevelAccounting(
         noise_multiplier=cd.noise_multiplier,
         num_clients=num_clients,
-        cohort_size=min(cohort_size, num_clients),
-        rounds=r,
+        cohort_size=cohort_size,
         delta=cd.delta,
     )
 
@@ -72,7 +72,7 @@ def client_level(
 def noise_shares(cfg: FederationConfig, *, cohort_size: int) -> dict[str, Any]:
     """How the nodes size their client-level noise shares, and what that guarantees."""
     cd = cfg.client_dp
-    t = secagg_params(cfg, 1, list(range(max(2, cohort_size)))).threshold
+    t = secagg_params(cfg, 1, max(2, cohort_size)).threshold
     mech = ClientDP(
         clip_norm=cd.clip_norm, noise_multiplier=cd.noise_multiplier, min_contributors=t
     )
@@ -91,7 +91,7 @@ def noise_shares(cfg: FederationConfig, *, cohort_size: int) -> dict[str, Any]:
     }
 
 
-def protection(cfg: FederationConfig, server_round: int, cohort: list[int]) -> str:
+def protection(cfg: FederationConfig, server_round: int, cohort: int) -> str:
     """The console line saying how the updates are protected from this server."""
     if not cfg.secagg.enabled:
         return "secure aggregation: OFF ([secagg] enabled = false): the server sees each update"
@@ -103,19 +103,25 @@ def protection(cfg: FederationConfig, server_round: int, cohort: list[int]) -> s
     )
 
 
-def secagg_params(cfg: FederationConfig, server_round: int, cohort: list[int]) -> SecAggParams:
+def secagg_settings(cfg: FederationConfig) -> SecAggSettings:
+    """The run's SecAgg+ settings from federation.toml's [secagg] (and [client-dp])."""
     sa = cfg.secagg
-    return make_params(
+    return SecAggSettings(
         run=cfg.federation.name,
-        server_round=server_round,
-        cohort=len(cohort),
         clip_range=sa.clip_range,
         bits=sa.bits,
-        # A public constant (nodes tell no count); client-level DP: equal weights.
-        weight_cap=1 if cfg.client_dp.enabled else cfg.federation.weight_cap,
         dropout_tolerance=sa.dropout_tolerance,
         graph_seed=cfg.federation.seed,
         max_colluding=sa.max_colluding_nodes,
+        equal_weights=cfg.client_dp.enabled,
+    )
+
+
+def secagg_params(cfg: FederationConfig, server_round: int, cohort: int) -> SecAggParams:
+    """Round ``server_round``'s SecAgg+ parameters for ``cohort`` nodes."""
+    # The weight cap is a public constant: nodes tell no count.
+    return secagg_settings(cfg).for_round(
+        server_round=server_round, cohort=cohort, weight_cap=cfg.federation.weight_cap
     )
 
 
@@ -174,7 +180,7 @@ def run_summary(
     last: dict[str, Any],
     nodes: list[str],
     seconds: float,
-    client_level: Callable[[int], ClientLevelSpent],
+    client_level: ClientLevelAccounting,
     cohort_size: int,
 ) -> dict[str, Any]:
     """``summary.json`` of a completed run (``last``: its last metrics row)."""
@@ -199,7 +205,7 @@ def run_summary(
             {
                 **dataclasses.asdict(cfg.client_dp),
                 # The figure and what it assumes: accountant, neighbours, sampling.
-                **client_level(int(last["round"])).as_dict(),
+                **client_level.after(int(last["round"])).as_dict(),
                 "noise_shares": noise_shares(cfg, cohort_size=cohort_size),
             }
             if cfg.client_dp.enabled

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 
 from fedguard.deploy.flower import send_and_receive
 from fedguard.fl.loop import ClientUpdate, Refusal, SecureMean
+from fedguard.fl.participants import Cohort
 from fedguard.messages import decode_secure_reply, encode_secagg, secagg_payload
 from fedguard.privacy.secagg import (
     AdvertiseKeys,
@@ -54,38 +55,34 @@ def secure_round(
     *,
     grid: Grid,
     params: SecAggParams,
-    cohort: list[int],
-    node_of: Mapping[int, int],
+    cohort: Cohort,
     train_content: Callable[[bytes], RecordDict],
     shapes: list[tuple[int, ...]],
     timeout: float,
-    label: Callable[[int], str],
     say: Callable[[str], None],
     receipt_run: str,
 ) -> Iterator[ClientUpdate | Refusal | SecureMean]:
     """Run the round; yields each node's receipt or refusal, then the secure mean.
 
-    ``label(cid)`` is the node's enrolled name: slot i is named ``label(cohort[i - 1])`` in
-    the session, and each node checks that name against its own and its roster.
+    Slot i is ``cohort.at_slot(i)``, named in the session by its enrolled name; each node
+    checks that name against its own and its roster.
     """
-    params = dataclasses.replace(params, names=tuple(label(cid) for cid in cohort))
+    params = dataclasses.replace(params, names=tuple(p.name for p in cohort))
     r = params.server_round
-    slot_of = {cid: i + 1 for i, cid in enumerate(cohort)}
-    cid_of = {slot: cid for cid, slot in slot_of.items()}
-    node_cid = {node_of[cid]: cid for cid in cohort}
 
     def name(slot: int) -> str:
-        return label(cid_of[slot]) if slot in cid_of else f"slot {slot}"
+        member = cohort.at_slot(slot)
+        return f"slot {slot}" if member is None else member.name
 
     # Stage 0: the training request carries each node's setup; replies advertise keys.
     msgs = [
         Message(
-            train_content(encode_payload(Setup(params=params, slot=slot_of[cid]))),
-            dst_node_id=node_of[cid],
+            train_content(encode_payload(Setup(params=params, slot=cohort.slot(p.client_id)))),
+            dst_node_id=p.node_id,
             message_type=MessageType.TRAIN,
             group_id=str(r),
         )
-        for cid in cohort
+        for p in cohort
     ]
     adverts: list[AdvertiseKeys] = []
     answered: set[int] = set()
@@ -97,32 +94,38 @@ def secure_round(
         node = reply.metadata.src_node_id
         offline = superlink_error(reply, asked)
         if offline is not None:  # the SuperLink answered for a node it holds offline
-            gone = node_cid[asked[reply.metadata.reply_to_message_id]]
-            if gone not in answered:
-                answered.add(gone)
-                yield Refusal(client_id=gone, reason=f"{label(gone)}: {offline}")
+            gone = cohort.by_node(asked[reply.metadata.reply_to_message_id])
+            if gone is not None and gone.client_id not in answered:
+                answered.add(gone.client_id)
+                yield Refusal(client_id=gone.client_id, reason=f"{gone.name}: {offline}")
             continue
-        cid = node_cid.get(node)
-        if cid is None or cid in answered or asked.get(reply.metadata.reply_to_message_id) != node:
+        member = cohort.by_node(node)
+        if (
+            member is None
+            or member.client_id in answered
+            or asked.get(reply.metadata.reply_to_message_id) != node
+        ):
             _log.warning(
                 "round %d: dropped a reply from %s (not asked, a repeat, or not "
                 "answering its own message)",
                 r,
-                f"node {node}" if cid is None else label(cid),
+                f"node {node}" if member is None else member.name,
             )
             continue
+        cid, slot = member.client_id, cohort.slot(member.client_id)
         answered.add(cid)
         if reply.has_error():
-            yield Refusal(client_id=cid, reason=f"{label(cid)}: {printable(reply.error.reason)}")
+            yield Refusal(client_id=cid, reason=f"{member.name}: {printable(reply.error.reason)}")
             continue
         try:
             metrics, payload = decode_secure_reply(reply.content)
             advert = decode_secagg(payload, expect=AdvertiseKeys)
-            if not isinstance(advert, AdvertiseKeys) or advert.slot != slot_of[cid]:
-                raise WireError(f"advertised slot is not {slot_of[cid]}")
+            if not isinstance(advert, AdvertiseKeys) or advert.slot != slot:
+                raise WireError(f"advertised slot is not {slot}")
             receipt = read_receipt(reply.content, run=receipt_run, server_round=r, required=True)
         except (ValueError, KeyError, TypeError) as exc:
-            yield Refusal(client_id=cid, reason=f"{label(cid)}: malformed reply: {printable(exc)}")
+            why = f"{member.name}: malformed reply: {printable(exc)}"
+            yield Refusal(client_id=cid, reason=why)
             continue
         adverts.append(advert)
         yield ClientUpdate(
@@ -135,23 +138,22 @@ def secure_round(
             epsilon=metrics.get("epsilon") if receipt is None else receipt.epsilon,
             receipt=receipt,
         )
-    for cid in sorted(set(cohort) - answered):
-        yield Refusal(client_id=cid, reason=f"{label(cid)}: no reply within {waited:.0f}s")
+    for p in sorted(cohort, key=lambda p: p.client_id):
+        if p.client_id not in answered:
+            yield Refusal(client_id=p.client_id, reason=f"{p.name}: no reply within {waited:.0f}s")
 
     # Each masked input: every parameter of the model, then the node's weight.
     server = SecAggServer(params, length=sum(math.prod(s) for s in shapes) + 1)
     try:
         requests: Mapping[int, Any] = server.receive_keys(adverts)
-        replies = _exchange(grid, requests, ShareKeysReply, r, cid_of, node_of, timeout, name)
+        replies = _exchange(grid, requests, ShareKeysReply, r, cohort, timeout)
         requests = server.receive_shares(replies)
-        for masked in _exchange(
-            grid, requests, MaskedInputReply, r, cid_of, node_of, timeout, name
-        ):
+        for masked in _exchange(grid, requests, MaskedInputReply, r, cohort, timeout):
             server.add_masked_input(masked)
         requests = server.consistency_requests()
-        signed = _exchange(grid, requests, ConsistencyReply, r, cid_of, node_of, timeout, name)
+        signed = _exchange(grid, requests, ConsistencyReply, r, cohort, timeout)
         requests = server.receive_consistency(signed)
-        replies = _exchange(grid, requests, UnmaskReply, r, cid_of, node_of, timeout, name)
+        replies = _exchange(grid, requests, UnmaskReply, r, cohort, timeout)
         total = server.receive_unmask(replies)
     except SecAggAbortedError as exc:
         _log_rejected(server, r, name)
@@ -176,17 +178,16 @@ def _exchange(
     requests: Mapping[int, Any],
     expect: type,
     server_round: int,
-    cid_of: Mapping[int, int],
-    node_of: Mapping[int, int],
+    cohort: Cohort,
     timeout: float,
-    name: Callable[[int], str],
 ) -> list[Any]:
     """Send one stage's requests (by slot); the valid replies, each node's at most once."""
-    slot_of_node = {node_of[cid_of[s]]: s for s in requests}
+    to = {slot: cohort.members[slot - 1] for slot in requests}
+    slot_of_node = {p.node_id: slot for slot, p in to.items()}
     msgs = [
         Message(
             encode_secagg(encode_payload(request)),
-            dst_node_id=node_of[cid_of[slot]],
+            dst_node_id=to[slot].node_id,
             message_type=SECAGG_MESSAGE_TYPE,
             group_id=str(server_round),
         )
@@ -199,7 +200,7 @@ def _exchange(
             continue
         if reply.has_error():
             reason = printable(reply.error.reason)
-            _log.warning("round %d: %s dropped: %s", server_round, name(slot), reason)
+            _log.warning("round %d: %s dropped: %s", server_round, to[slot].name, reason)
             continue
         try:
             payload = secagg_payload(reply.content)
@@ -211,12 +212,12 @@ def _exchange(
         except (ValueError, KeyError, TypeError) as exc:
             reason = printable(exc)
             _log.warning(
-                "round %d: %s dropped: malformed reply: %s", server_round, name(slot), reason
+                "round %d: %s dropped: malformed reply: %s", server_round, to[slot].name, reason
             )
             continue
         out[slot] = decoded
     for slot in sorted(set(requests) - set(out)):
-        _log.warning("round %d: %s dropped during secure aggregation", server_round, name(slot))
+        _log.warning("round %d: %s dropped during secure aggregation", server_round, to[slot].name)
     return [out[s] for s in sorted(out)]
 
 

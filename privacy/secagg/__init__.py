@@ -45,7 +45,7 @@ from .messages import (
     UnmaskReply,
     UnmaskRequest,
 )
-from .params import SecAggParams, choose_degree, make_params, neighbours
+from .params import SecAggParams, SecAggSettings, choose_degree, make_params, neighbours
 from .quantize import dequantize_mean, quantization_step, quantize
 from .server import SecAggAbortedError, SecAggServer, SecureSum
 from .signing import Roster, quorum
@@ -67,6 +67,7 @@ __all__ = [
     "SecAggError",
     "SecAggParams",
     "SecAggServer",
+    "SecAggSettings",
     "SecureSum",
     "Setup",
     "ShareKeysReply",

@@ -21,7 +21,7 @@ from fedguard.errors import invalid
 
 from ._hazmat import session_digest
 
-__all__ = ["SecAggParams", "choose_degree", "make_params", "neighbours"]
+__all__ = ["SecAggParams", "SecAggSettings", "choose_degree", "make_params", "neighbours"]
 
 FAILURE_PROBABILITY = 2.0**-20
 """Bound on the chance that random dropouts within the tolerance abort a round (the
@@ -208,6 +208,41 @@ def make_params(
         graph_seed=graph_seed,
         max_colluding=max_colluding,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecAggSettings:
+    """What a run fixes once for all its secure rounds (both engines build one).
+
+    :meth:`for_round` adds what each round changes and chooses degree, threshold and ring
+    (:func:`make_params`). With client-level DP (``equal_weights``) every input weighs 1:
+    the mechanism's sensitivity is one clipped update, and a weight above 1 would scale
+    one node's influence beyond it. Otherwise a node's weight is capped at the
+    ``weight_cap`` the engine names: a public constant in a deployment (nodes tell no
+    count), the largest client of the cohort in a simulation (which knows every count).
+    """
+
+    run: str  # part of every key label
+    clip_range: float
+    bits: int
+    dropout_tolerance: float
+    graph_seed: int
+    max_colluding: int = 0
+    equal_weights: bool = False
+
+    def for_round(self, *, server_round: int, cohort: int, weight_cap: int) -> SecAggParams:
+        """The parameters of round ``server_round`` for ``cohort`` nodes."""
+        return make_params(
+            run=self.run,
+            server_round=server_round,
+            cohort=cohort,
+            clip_range=self.clip_range,
+            bits=self.bits,
+            weight_cap=1 if self.equal_weights else weight_cap,
+            dropout_tolerance=self.dropout_tolerance,
+            graph_seed=self.graph_seed,
+            max_colluding=self.max_colluding,
+        )
 
 
 def neighbours(params: SecAggParams, slot: int) -> list[int]:

@@ -111,8 +111,7 @@ def _plain(fed: Federation, cohort: list[int], **kwargs) -> list[ClientUpdate]:
     out = exchange_round(
         grid=fed.grid,
         server_round=1,
-        cohort=cohort,
-        node_of=fed.node_of,
+        cohort=fed.participants().cohort(cohort),
         content=encode_train(weights=weights, request=request, simulation=None, state_dir=None),
         timeout=TIMEOUT,
         receipt_run=request.run_key,

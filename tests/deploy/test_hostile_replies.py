@@ -37,6 +37,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedguard.deploy_config import MAX_UPDATE_NORM
 from fedguard.fl.loop import RoundRecord, TrainRequest, run_rounds
+from fedguard.fl.participants import Participants
 from fedguard.messages import (
     attach_receipt,
     decode_request,
@@ -56,6 +57,7 @@ HONEST = {0: 30, 1: 50, 2: 20}  # client id -> examples; client 3 is the hostile
 HOSTILE = 3
 NAMES = {0: "hospital-a", 1: "hospital-b", 2: "hospital-c", 3: "mallory"}
 NODE_OF = {c: 1000 + c for c in NAMES}
+PARTICIPANTS = Participants.enrolled([(NAMES[c], NODE_OF[c], {}) for c in sorted(NAMES)])
 CAP = max(HONEST.values())
 
 
@@ -473,11 +475,9 @@ def run(
         return exchange_round(
             grid=grid,
             server_round=server_round,
-            cohort=cohort,
-            node_of=NODE_OF,
+            cohort=PARTICIPANTS.cohort(cohort),
             content=content,
             timeout=TIMEOUT,
-            label=lambda c: NAMES[c],
             receipt_run=RUN,
             expect=weights,
             max_update_norm=MAX_UPDATE_NORM,

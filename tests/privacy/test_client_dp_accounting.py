@@ -192,7 +192,7 @@ def test_orders_must_be_above_one():
 def test_the_deployed_server_reports_the_scheme_it_runs(tmp_path: Path):
     # The server's call site: fraction 0.1 of 100 nodes; min-nodes can raise the cohort.
     from fedguard.deploy_config import load_federation_config
-    from fedguard.server.deploy_app import _client_level
+    from fedguard.server.deploy_parts import client_level
 
     toml = tmp_path / "federation.toml"
     toml.write_text(
@@ -200,13 +200,13 @@ def test_the_deployed_server_reports_the_scheme_it_runs(tmp_path: Path):
         "[client-dp]\nenabled = true\nnoise-multiplier = 1.0\nclip-norm = 0.5\n"
     )
     cfg = load_federation_config(toml)
-    at = _client_level(cfg, num_clients=100, cohort_size=10)
+    at = client_level(cfg, num_clients=100, cohort_size=10).after
     assert isinstance(at(100), ClientLevelSpent)
     assert at(100).epsilon == pytest.approx(
         reference_without_replacement(z=1.0, n=100, m=10, rounds=100), rel=1e-6
     )
     # A cohort larger than the federation is everyone: the scheme has no sampling.
-    assert _client_level(cfg, num_clients=5, cohort_size=8)(3).epsilon == pytest.approx(
+    assert client_level(cfg, num_clients=5, cohort_size=8).after(3).epsilon == pytest.approx(
         reference_without_replacement(z=1.0, n=5, m=5, rounds=3), rel=1e-9
     )
 

@@ -26,6 +26,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedguard.deploy_config import CONFIG_KEY, load_federation_config, load_node_config
 from fedguard.errors import ConfigError, DataError
 from fedguard.fl.loop import ClientUpdate, Refusal, RoundShortError, run_rounds
+from fedguard.fl.participants import Participants
 from fedguard.optimizers import FedAvgM
 from fedguard.server import deploy_app
 from fedguard.server.app import exchange_round
@@ -243,11 +244,9 @@ def test_an_offline_node_is_reported_offline_not_as_a_timeout_that_never_passed(
         exchange_round(
             grid=grid,
             server_round=1,
-            cohort=[0, 1],
-            node_of={0: 11, 1: 22},
+            cohort=Participants.enrolled([("node-a", 11, {}), ("node-b", 22, {})]).cohort([0, 1]),
             content=RecordDict(),
             timeout=0.3,
-            label=["node-a", "node-b"].__getitem__,
         )
     )
     reasons = {r.client_id: r.reason for r in out if isinstance(r, Refusal)}
