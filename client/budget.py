@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fedguard._io import atomic_write_json
-from fedguard.fl.local import BudgetExceededError
+from fedguard.errors import BudgetExceededError, StateFileError
 from fedguard.privacy import GaussianEvent
 
 __all__ = ["PLANS_FILE", "RunPlan", "plan_run"]
@@ -56,11 +56,11 @@ def _load(path: Path) -> dict[str, object]:
     except FileNotFoundError:
         return {}
     except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
-        raise BudgetExceededError(
+        raise StateFileError(
             f"{path}: unreadable run plans ({' '.join(str(exc).split())[:120]}); refusing"
         ) from None
     if not isinstance(data, dict):
-        raise BudgetExceededError(f"{path}: expected a JSON object of run plans; refusing")
+        raise StateFileError(f"{path}: expected a JSON object of run plans; refusing")
     return data
 
 
@@ -68,7 +68,7 @@ def _plan(entry: object, *, path: Path, key: str) -> RunPlan:
     """A stored plan, checked: it sets this run's noise, so nothing malformed is used."""
     kinds = {f.name: f.type for f in dataclasses.fields(RunPlan)}  # "str", "float", "int"
     if not isinstance(entry, dict) or set(entry) != set(kinds):
-        raise BudgetExceededError(
+        raise StateFileError(
             f"{path}: run plan {key!r}: expected the fields {sorted(kinds)}; refusing"
         )
     for name, kind in kinds.items():
@@ -81,7 +81,7 @@ def _plan(entry: object, *, path: Path, key: str) -> RunPlan:
             ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
             ok = ok and v >= 0 and (name != "noise_multiplier" or v > 0)
         if not ok:
-            raise BudgetExceededError(
+            raise StateFileError(
                 f"{path}: run plan {key!r}: {name}: expected a valid {kind}, got {v!r}; refusing"
             )
     return RunPlan(**entry)

@@ -45,8 +45,14 @@ from fedguard.client.stored_reply import read_stored_reply
 from fedguard.client.stored_reply import round_key as _round_key
 from fedguard.client.void import hold, release, settle
 from fedguard.deploy_config import NodeConfig, load_node_config
-from fedguard.errors import DataError
-from fedguard.fl.local import BudgetExceededError, LocalResult, LocalTrainer, PrivacyBudget
+from fedguard.errors import (
+    BudgetExceededError,
+    DataError,
+    PolicyRefusalError,
+    RefusalError,
+    StateFileError,
+)
+from fedguard.fl.local import LocalResult, LocalTrainer, PrivacyBudget
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy import (
     AccountantStore,
@@ -76,7 +82,6 @@ from fedguard.task.schema import DPScalingPlan
 
 __all__ = [
     "NodeRuntime",
-    "PolicyRefusalError",
     "fallback_record_keys",
     "node_runtime",
     "read_stored_reply",
@@ -87,10 +92,6 @@ _log = logging.getLogger(__name__)
 ACCOUNTANT_PREFIX = "accountant-"  # + 16 hex of the keyed fingerprint + ".json": a report
 LAST_REPLY_FILE = "last-reply.safetensors"
 BUDGET_LOCK = "budget.lock"
-
-
-class PolicyRefusalError(BudgetExceededError):
-    """The request breaks the node's policy (node.toml [privacy])."""
 
 
 @dataclass
@@ -171,7 +172,7 @@ class NodeRuntime:
             return self._train(
                 model_name=model_name, weights=weights, request=request, secure=secure
             )
-        except BudgetExceededError as exc:
+        except RefusalError as exc:
             say(f"run '{run}' round {r}: refused: {str(exc).removeprefix(f'round {r} refused: ')}")
             raise
         except Exception as exc:
@@ -264,7 +265,7 @@ class NodeRuntime:
             )
             spend = record_spend(index=index, warning=warning, records=records, entries=entries)
         except (LedgerError, RecordBudgetError) as exc:
-            raise BudgetExceededError(f"round {r} refused: {exc}") from None
+            raise StateFileError(f"round {r} refused: {exc}") from None
         if spend.warning:
             _log.warning("%s", spend.warning)
 
@@ -273,7 +274,7 @@ class NodeRuntime:
         try:
             pre = self._scaling_to_release()
         except DataError as exc:
-            raise BudgetExceededError(f"round {r} refused: {exc}") from None
+            raise StateFileError(f"round {r} refused: {exc}") from None
 
         def lifetime_after(event: GaussianEvent) -> float:
             return spend.epsilon(method=method, delta=delta, extra=(*pre, event))
@@ -335,7 +336,7 @@ class NodeRuntime:
             )
         except (LedgerError, OSError) as exc:
             why = " ".join(str(exc).split())
-            raise BudgetExceededError(
+            raise StateFileError(
                 f"round {r} refused: the privacy ledger cannot be written ({why}); nothing "
                 "was trained or charged"
             ) from None
@@ -414,7 +415,7 @@ class NodeRuntime:
             )
         except (LedgerError, OSError, DataError) as exc:
             why = " ".join(str(exc).split())
-            raise BudgetExceededError(
+            raise StateFileError(
                 f"round {r} refused: the dp scaling was not released ({why})"
             ) from None
         self.x, self._scaled = torch.from_numpy(scaled.x), True
@@ -431,7 +432,7 @@ class NodeRuntime:
     ) -> None:
         """A run trains at most its planned rounds, each within ``run-epsilon``."""
         r, run, cap = request.server_round, request.run_key, self.config.privacy.run_epsilon
-        why = None
+        why, kind = None, PolicyRefusalError
         if max(1, request.total_rounds) != planned:
             why = f"total-rounds {request.total_rounds} differs from the {planned} rounds planned"
         elif r > planned:
@@ -440,8 +441,9 @@ class NodeRuntime:
             why = f"run {run!r} already trained {trained} rounds of the {planned} it planned"
         elif cap is not None and run_epsilon > cap:
             why = f"run {run!r} would reach epsilon {run_epsilon:.4f} > run-epsilon {cap:g}"
+            kind = BudgetExceededError
         if why is not None:
-            raise BudgetExceededError(f"round {r} refused: {why}")
+            raise kind(f"round {r} refused: {why}")
 
     def _write_report(self, spend: RecordSpend, event: GaussianEvent) -> None:
         """Rewrite the accountant report (never read back; losing it loses nothing)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fedguard._io import atomic_write_bytes
-from fedguard.client.node import BUDGET_LOCK, PolicyRefusalError
+from fedguard.client.node import BUDGET_LOCK
 from fedguard.client.released import (
     JOURNAL_FILE,
     SESSION_FILE,
@@ -42,6 +42,7 @@ from fedguard.client.secure_identity import check_identity, node_roster
 from fedguard.client.signed_sets import SIGNED_FILE, record_signed, signed_set, survivors_digest
 from fedguard.client.state_lock import hold_lock
 from fedguard.deploy_config import NodeConfig
+from fedguard.errors import PolicyRefusalError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.client_dp import ClientDP, clip_and_noise
 from fedguard.privacy.secagg import (

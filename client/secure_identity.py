@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
-from fedguard.client.node import PolicyRefusalError
 from fedguard.deploy_config import NodeConfig
+from fedguard.errors import PolicyRefusalError
 from fedguard.privacy.secagg import SecAggError, Setup, quorum
 from fedguard.roster import load_node_key, load_roster, own_roster_name
 

@@ -32,10 +32,10 @@ class FedguardError(Exception):
         FedguardError
         ├── ConfigError            an option or key has a value that is not allowed
         ├── DataError              a data file or set cannot be used as asked
-        ├── StateFileError         a file of the node's own state is unreadable or malformed
         ├── RefusalError           a node refuses a round (the server is told one line)
         │   ├── BudgetExceededError    it would spend more than a privacy budget
-        │   └── PolicyRefusalError     the request breaks the node's policy
+        │   ├── PolicyRefusalError     the request breaks the node's policy
+        │   └── StateFileError         its own state is unreadable, or cannot be written
         ├── SecAggError            a secure-aggregation check failed
         │   └── SecAggAbortedError     too few nodes left to unmask the round
         └── (per area: LedgerError, RecordBudgetError, NodeSecretError, WireError,
@@ -51,13 +51,6 @@ class DataError(FedguardError, ValueError):
     """A data file or data set cannot be used as asked (missing, unreadable, malformed)."""
 
 
-class StateFileError(FedguardError):
-    """A file of the node's own state (run plans, ...) is unreadable or malformed.
-
-    Not a budget overrun: nothing was spent; the operator repairs or removes the file.
-    """
-
-
 class RefusalError(FedguardError):
     """A node refuses a round; catch this to handle every refusal alike."""
 
@@ -68,6 +61,14 @@ class BudgetExceededError(RefusalError):
 
 class PolicyRefusalError(RefusalError):
     """The request breaks the node's own policy (node.toml [privacy], its roster, ...)."""
+
+
+class StateFileError(RefusalError):
+    """The node's own state (ledger, run plans, record index, ...) is unreadable or
+    malformed, or cannot be written: it refuses rather than guess what it has spent.
+
+    Not a budget overrun: nothing was spent; the operator repairs the file or the disk.
+    """
 
 
 class SecAggError(FedguardError):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedguard.errors import FedguardError
+from fedguard.errors import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy import (
     Accountant,
@@ -31,17 +31,12 @@ from fedguard.privacy.cohort import CohortClient, CohortDPTrainer
 from fedguard.task import get_weights, set_weights, train_plain
 
 __all__ = [
-    "BudgetExceededError",
     "CohortMember",
     "LocalResult",
     "LocalTrainer",
     "PrivacyBudget",
     "noise_for_budget",
 ]
-
-
-class BudgetExceededError(FedguardError):
-    """The node refuses a round: training it would spend more than the node's budget."""
 
 
 @dataclass(frozen=True, kw_only=True)
