@@ -8,11 +8,11 @@ from pathlib import Path
 
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from harness.federation_files import write_federation
 
 from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
 from fedguard.client.node import node_runtime
-from fedguard.deploy_demo import prepare_demo
 from fedguard.fl.loop import TrainRequest
 from fedguard.messages import ERROR_CLIENT_FAILED, encode_train
 from fedguard.task import build_model, get_weights
@@ -36,7 +36,7 @@ def test_a_data_error_reply_quotes_no_record(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_run_id", 7)
     monkeypatch.setattr(TaskIdentity, "_node_id", 1)
     monkeypatch.setattr(TaskIdentity, "_task_id", 3)
-    layout = prepare_demo(out=tmp_path / "demo", nodes=2, rounds=3)
+    layout = write_federation(out=tmp_path / "demo", nodes=2, rounds=3)
     toml = layout.nodes[0]
     (toml.parent / "schema.toml").write_text(SCHEMA)
     (toml.parent / "d.csv").write_text(f"dx,age,y\nnone,40,no\n{SECRET},51,yes\nflu,33,no\n")

@@ -23,19 +23,19 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.supercore.task_identity import TaskIdentity
+from harness.federation_files import write_federation
 
 from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
 from fedguard.client.events import EVENTS_FILE
 from fedguard.client.node import node_runtime
-from fedguard.deploy_demo import prepare_demo
 from fedguard.fl.loop import TrainRequest
-from fedguard.messages import ERROR_BUDGET_REFUSED, ERROR_CLIENT_FAILED, encode_secagg, encode_train
+from fedguard.messages import ERROR_BUDGET_REFUSED, ERROR_CLIENT_FAILED, encode_train, secagg_record
 from fedguard.privacy.ledger import LEDGER_FILENAME
 from fedguard.privacy.secagg import Setup, make_params
 from fedguard.server.secure_round import SECAGG_MESSAGE_TYPE
 from fedguard.task import build_model, get_weights
-from fedguard.transport.serde import encode_secagg as encode_payload
+from fedguard.transport.serde import encode_secagg
 
 NODE_ID = 0x5EC0001
 RUN = "demo/0123456789abcdef"
@@ -93,7 +93,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         mp.setattr(TaskIdentity, "_run_id", 7)
         mp.setattr(TaskIdentity, "_node_id", 1)
         mp.setattr(TaskIdentity, "_task_id", 3)
-        layout = prepare_demo(out=tmp_path_factory.mktemp("hostile") / "demo", nodes=2, rounds=3)
+        layout = write_federation(
+            out=tmp_path_factory.mktemp("hostile") / "demo", nodes=2, rounds=3
+        )
         toml = layout.nodes[0]
         toml.write_text(toml.read_text().replace("required = true", "required = false"))
         node_runtime.cache_clear()
@@ -180,7 +182,7 @@ def setup_for(server_round: int) -> bytes:
         dropout_tolerance=1 / 3,
         graph_seed=0,
     )
-    return encode_payload(Setup(params=params, slot=1))
+    return encode_secagg(Setup(params=params, slot=1))
 
 
 SECAGG_PAYLOAD = "payload"
@@ -360,7 +362,7 @@ def test_the_node_answers_an_error_naming_the_flaw_and_spends_nothing(node: Node
 )
 def test_a_secure_aggregation_stage_it_cannot_accept_is_refused(node: Node, payload: bytes):
     before = node.snapshot()
-    reply = node.deliver(encode_secagg(payload), kind=SECAGG_MESSAGE_TYPE)
+    reply = node.deliver(secagg_record(payload), kind=SECAGG_MESSAGE_TYPE)
     assert reply.has_error() and reply.error.code == ERROR_CLIENT_FAILED
     assert "SecAggMessage" in reply.error.reason or "no secure-aggregation" in reply.error.reason
     assert node.snapshot() == before

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness.federation_files import write_federation
 
 from fedguard.cli import main
 from fedguard.client.node import node_runtime
-from fedguard.deploy_demo import prepare_demo
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, canonical_bytes
 from fedguard.task import build_model, get_weights
@@ -44,7 +44,7 @@ def request(r: int) -> TrainRequest:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the node's state folder, the server's metrics.jsonl) after three rounds."""
-    layout = prepare_demo(out=tmp_path_factory.mktemp("anchor") / "demo", nodes=2, rounds=3)
+    layout = write_federation(out=tmp_path_factory.mktemp("anchor") / "demo", nodes=2, rounds=3)
     node_runtime.cache_clear()
     runtime = node_runtime(str(layout.nodes[0]))
     rows, receipts = [], {}

@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
+from harness.federation_files import write_federation
 
 from fedguard.client.node import LAST_REPLY_FILE, node_runtime
-from fedguard.deploy_demo import prepare_demo
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy import Accountant, GaussianEvent
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
 
-DELTA = 1e-5  # prepare_demo's node policy
+DELTA = 1e-5  # the test federation's node policy (tests/harness)
 
 # One round of a demo node, as a fresh node process runs it; prints the result as JSON.
 NODE_ROUND = """
@@ -69,7 +69,7 @@ def _pending(ledger: Ledger) -> list:
 
 
 def test_a_node_killed_mid_training_counts_the_round_as_spent(tmp_path: Path):
-    layout = prepare_demo(out=tmp_path / "demo", nodes=2, rounds=4)
+    layout = write_federation(out=tmp_path / "demo", nodes=2, rounds=4)
     toml = layout.nodes[0]
     state = toml.parent / "state"
     ledger = Ledger(path=state / LEDGER_FILENAME)

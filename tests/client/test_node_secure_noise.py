@@ -14,9 +14,9 @@ import opacus.optimizers.optimizer as plain_opt
 import opacus.optimizers.optimizer_fast_gradient_clipping as fast_opt
 import pytest
 import torch
+from harness.federation_files import write_federation
 
 from fedguard.client.node import node_runtime
-from fedguard.deploy_demo import prepare_demo
 from fedguard.fl.loop import TrainRequest
 from fedguard.task import build_model, get_weights
 
@@ -34,7 +34,7 @@ def test_a_deployed_nodes_training_noise_is_drawn_in_secure_mode(tmp_path: Path,
 
     monkeypatch.setattr(plain_opt, "_generate_noise", spy)
     monkeypatch.setattr(fast_opt, "_generate_noise", spy)
-    layout = prepare_demo(out=tmp_path / "demo", nodes=2, rounds=3)
+    layout = write_federation(out=tmp_path / "demo", nodes=2, rounds=3)
     node_runtime.cache_clear()
     runtime = node_runtime(str(layout.nodes[0]))
     request = TrainRequest(

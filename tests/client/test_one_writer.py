@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from harness.federation_files import write_federation
 
 from fedguard.client.node import node_runtime
-from fedguard.deploy_demo import prepare_demo
 from fedguard.privacy import Accountant, GaussianEvent
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
 
-DELTA = 1e-5  # prepare_demo's node policy
+DELTA = 1e-5  # the test federation's node policy (tests/harness)
 
 NODE_ROUND = """
 import json, sys, time
@@ -64,7 +64,7 @@ def start(*args: str) -> subprocess.Popen[str]:
 
 @pytest.mark.deploy  # two fresh interpreters importing torch: ~30-80 s on 2 shared cores
 def test_two_processes_on_one_state_folder_serialise(tmp_path: Path):
-    toml = prepare_demo(out=tmp_path / "demo", nodes=2, rounds=3).nodes[0]
+    toml = write_federation(out=tmp_path / "demo", nodes=2, rounds=3).nodes[0]
     first = start(str(toml), "1", "3")
     try:
         assert first.stdout is not None
@@ -117,7 +117,7 @@ def fedguard_client(toml: Path) -> subprocess.CompletedProcess[str]:
 def test_a_second_node_process_on_a_state_folder_in_use_exits_naming_the_holder(
     tmp_path: Path,
 ):
-    toml = prepare_demo(out=tmp_path / "demo", nodes=2, rounds=3).nodes[0]
+    toml = write_federation(out=tmp_path / "demo", nodes=2, rounds=3).nodes[0]
     node_runtime.cache_clear()
     state = toml.parent / "state"
     state.mkdir(mode=0o700, exist_ok=True)

@@ -8,9 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from harness.federation_files import FederationFiles, fedguard_cmd
+from harness.processes import relay_output
 
 from fedguard._procs import start, stop
-from fedguard.deploy_demo import DemoLayout, fedguard_cmd, relay_output
 
 
 class Processes:
@@ -18,7 +19,7 @@ class Processes:
         self.started: list[subprocess.Popen[bytes]] = []
 
     def server(
-        self, layout: DemoLayout, *, expect: list[str]
+        self, layout: FederationFiles, *, expect: list[str]
     ) -> tuple[subprocess.Popen[bytes], threading.Event]:
         proc = start(
             fedguard_cmd("server", "--config", str(layout.federation)),

@@ -29,8 +29,8 @@ from flwr.proto.fleet_pb2 import (
 from flwr.proto.fleet_pb2_grpc import FleetStub
 from flwr.proto.node_pb2 import Node
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+from harness.federation_files import fedguard_cmd, write_federation
 
-from fedguard.deploy_demo import fedguard_cmd, prepare_demo
 from fedguard.privacy.ledger import Ledger
 from fedguard.server.enrolment import ENROLMENT_FILE
 
@@ -55,7 +55,7 @@ def _fleet_call_refusal(call, request) -> grpc.RpcError:
 
 
 def test_plaintext_and_revoked_nodes_are_refused_and_get_nothing(tmp_path: Path, processes, capsys):
-    layout = prepare_demo(out=tmp_path / "fed", nodes=3, rounds=ROUNDS)
+    layout = write_federation(out=tmp_path / "fed", nodes=3, rounds=ROUNDS)
     a, b, c = layout.nodes
     # Once node-c is gone, node-a and node-b form a secure sum of two: let them; and a
     # round of two updates is a complete round (min-nodes: the fewest a round aggregates).

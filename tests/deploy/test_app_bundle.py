@@ -16,10 +16,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from harness.federation_files import write_federation
 
 from fedguard._procs import start, stop, venv_tool, wait_for_port
 from fedguard.deploy.flower import MAX_MESSAGE_FLAG, flower_env
-from fedguard.deploy_demo import prepare_demo
 from fedguard.task_identity import installed_task
 
 pytestmark = pytest.mark.deploy
@@ -89,7 +89,7 @@ def _flwr(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Co
 
 
 def test_a_node_refuses_bundles_that_are_not_its_installed_app(tmp_path: Path, processes):
-    layout = prepare_demo(out=tmp_path / "fed", nodes=2, rounds=1)
+    layout = write_federation(out=tmp_path / "fed", nodes=2, rounds=1)
     fed = tomllib.loads(layout.federation.read_text())
     s = fed["server"]
     home = tmp_path / "flwr"

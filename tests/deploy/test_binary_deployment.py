@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness.federation_files import fedguard_cmd, write_federation
 from sklearn.datasets import make_classification
 
 from fedguard._procs import start
-from fedguard.deploy_demo import fedguard_cmd, prepare_demo
 
 pytestmark = pytest.mark.deploy
 
@@ -36,7 +36,7 @@ def test_binary_federation_reports_rare_class_figures(tmp_path: Path, processes)
     x, y = make_classification(
         n_samples=3000, n_features=8, n_informative=4, weights=[0.95], flip_y=0, random_state=2
     )
-    layout = prepare_demo(out=tmp_path / "fed", nodes=2, rounds=ROUNDS)
+    layout = write_federation(out=tmp_path / "fed", nodes=2, rounds=ROUNDS)
     server_csv = tmp_path / "server-eval.csv"
     _write_csv(server_csv, x[:1000], y[:1000])
     fed = layout.federation.read_text()

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+from harness.federation_files import write_federation
 
-from fedguard.deploy_demo import prepare_demo
 from fedguard.privacy.client_dp import client_level_spent
 
 pytestmark = pytest.mark.deploy
@@ -15,7 +15,7 @@ ROUNDS = 2
 
 
 def test_deployed_client_level_epsilon_names_its_scheme(tmp_path: Path, processes):
-    layout = prepare_demo(out=tmp_path / "fed", nodes=3, rounds=ROUNDS)
+    layout = write_federation(out=tmp_path / "fed", nodes=3, rounds=ROUNDS)
     text = layout.federation.read_text()
     layout.federation.write_text(
         text + "\n[client-dp]\nenabled = true\nclip-norm = 0.5\nnoise-multiplier = 1.0\n"

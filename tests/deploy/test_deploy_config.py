@@ -3,15 +3,15 @@
 from pathlib import Path
 
 import pytest
+from harness.federation_files import write_federation
 
 from fedguard.deploy_config import MAX_UPDATE_NORM, load_federation_config, load_node_config
-from fedguard.deploy_demo import prepare_demo
 from fedguard.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
-    return prepare_demo(out=tmp_path_factory.mktemp("cfg") / "demo", nodes=2, rounds=2)
+    return write_federation(out=tmp_path_factory.mktemp("cfg") / "demo", nodes=2, rounds=2)
 
 
 def test_max_update_norm_defaults_and_leaves_the_checkpoint_digest_alone(layout, tmp_path):

@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness.federation_files import fedguard_cmd, write_federation
 
 from fedguard.certs import init_federation
 from fedguard.client.node import node_runtime
-from fedguard.deploy_demo import fedguard_cmd, prepare_demo
 from fedguard.privacy import AccountantStore
 from fedguard.privacy.ledger import Ledger
 from fedguard.privacy.receipts import coarse_epsilon
@@ -31,7 +31,7 @@ def run_client(toml: Path, timeout: float = 90) -> subprocess.CompletedProcess[s
 
 
 def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
-    layout = prepare_demo(out=tmp_path / "fed", nodes=4, rounds=ROUNDS, enrol=3)
+    layout = write_federation(out=tmp_path / "fed", nodes=4, rounds=ROUNDS, enrol=3)
     members, outsider = layout.nodes[:3], layout.nodes[3]
     server, ready = processes.server(layout, expect=[f"enrolled {t.parent.name}" for t in members])
     assert ready.wait(timeout=120), "server did not enrol the nodes"

@@ -6,16 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from harness.federation_files import write_federation
 
 from fedguard.client.node import node_runtime
-from fedguard.deploy_demo import prepare_demo
 from fedguard.fl.loop import TrainRequest
 from fedguard.messages import REPLY_METRIC_KEYS, decode_reply_content, encode_reply
 from fedguard.task import build_model, get_weights
 
 
 def test_a_node_reply_holds_only_weights_and_whitelisted_metrics(tmp_path: Path):
-    layout = prepare_demo(out=tmp_path / "demo", nodes=2, rounds=3)
+    layout = write_federation(out=tmp_path / "demo", nodes=2, rounds=3)
     runtime = node_runtime(str(layout.nodes[0]))
     model = build_model(name="logreg", input_shape=(1, 8, 8), num_classes=10)
     global_weights = get_weights(model)

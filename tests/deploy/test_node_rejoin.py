@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from harness.federation_files import fedguard_cmd, write_federation
 
 from fedguard._procs import start
-from fedguard.deploy_demo import fedguard_cmd, prepare_demo
 
 pytestmark = pytest.mark.deploy
 
@@ -33,7 +33,7 @@ def _wait_for(predicate, timeout: float) -> bool:
 
 
 def test_a_node_killed_and_restarted_rejoins_within_seconds(tmp_path: Path, processes):
-    layout = prepare_demo(out=tmp_path / "fed", nodes=2, rounds=200)
+    layout = write_federation(out=tmp_path / "fed", nodes=2, rounds=200)
     a, b = layout.nodes
     _server, ready = processes.server(layout, expect=["enrolled node-a", "enrolled node-b"])
     assert ready.wait(timeout=120), "server did not enrol the nodes"

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from harness.federation_files import fedguard_cmd, write_federation
 
 from fedguard._procs import start
-from fedguard.deploy_demo import fedguard_cmd, prepare_demo
 
 pytestmark = pytest.mark.deploy
 
@@ -32,7 +32,7 @@ def _wait_for(path: Path, pattern: str, *, timeout: float) -> str:
 def test_node_waits_for_its_server_says_each_round_and_exits_when_finished(
     tmp_path: Path, processes
 ):
-    layout = prepare_demo(out=tmp_path / "fed", nodes=2, rounds=ROUNDS)
+    layout = write_federation(out=tmp_path / "fed", nodes=2, rounds=ROUNDS)
     # Plain rounds: what is tested here is the node's account, not secure aggregation.
     fed = layout.federation.read_text()
     plain = re.sub(r"(\[secagg\][^\[]*?)enabled = true", r"\1enabled = false", fed)

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+from harness.federation_files import write_federation
 
 from fedguard.client.node import node_runtime
-from fedguard.deploy_demo import prepare_demo
 from fedguard.fl.loop import load_federated_data
 from fedguard.privacy import AccountantStore, steps_per_epoch
 
@@ -19,7 +19,7 @@ ROUNDS = 4
 
 
 def test_server_killed_mid_run_resumes_without_double_counting(tmp_path: Path, processes):
-    layout = prepare_demo(out=tmp_path / "fed", nodes=3, rounds=ROUNDS)
+    layout = write_federation(out=tmp_path / "fed", nodes=3, rounds=ROUNDS)
     names = [t.parent.name for t in layout.nodes]
     server, ready = processes.server(layout, expect=[f"enrolled {n}" for n in names])
     assert ready.wait(timeout=120)

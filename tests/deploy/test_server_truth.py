@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness.federation_files import FederationFiles, fedguard_cmd, write_federation
 
 from fedguard._procs import start
-from fedguard.deploy_demo import DemoLayout, fedguard_cmd, prepare_demo
 
 pytestmark = pytest.mark.deploy
 
@@ -51,7 +51,7 @@ class Console:
         return False
 
 
-def _server(layout: DemoLayout, processes) -> Console:
+def _server(layout: FederationFiles, processes) -> Console:
     proc = start(
         fedguard_cmd("server", "--config", str(layout.federation)),
         env=dict(os.environ),
@@ -68,7 +68,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 def test_a_node_is_named_by_its_key_and_a_misfit_is_left_out(tmp_path: Path, processes):
-    layout = prepare_demo(out=tmp_path / "fed", nodes=3, rounds=2)
+    layout = write_federation(out=tmp_path / "fed", nodes=3, rounds=2)
     _, b, c = layout.nodes
     _edit(layout.federation, "min-nodes = 3", "min-nodes = 2")
     for toml in layout.nodes:  # a cohort of two: one neighbour each
@@ -105,7 +105,7 @@ def test_a_node_is_named_by_its_key_and_a_misfit_is_left_out(tmp_path: Path, pro
 
 def test_a_killed_node_stops_the_run_with_a_reason(tmp_path: Path, processes):
     timeout = 20
-    layout = prepare_demo(out=tmp_path / "fed", nodes=2, rounds=60)
+    layout = write_federation(out=tmp_path / "fed", nodes=2, rounds=60)
     _edit(layout.federation, "round-timeout = 120.0", f"round-timeout = {timeout}.0")
     console = _server(layout, processes)
     assert console.wait_for("enrolled node-b", 120), "server did not enrol the nodes"
@@ -150,7 +150,7 @@ def test_the_server_waits_for_enrolled_nodes_that_connect_late(tmp_path: Path, p
     a secure sum alone; before, the server described them, left both out and stopped
     before round 1 ("1 node(s) fit the task, min-nodes is 2") instead of waiting for the
     third enrolled node. Now it names whom it waits for and runs once node-b is there."""
-    layout = prepare_demo(out=tmp_path / "fed", nodes=3, rounds=1)
+    layout = write_federation(out=tmp_path / "fed", nodes=3, rounds=1)
     a, b, c = layout.nodes
     _edit(layout.federation, "min-nodes = 3", "min-nodes = 2")
     console = _server(layout, processes)

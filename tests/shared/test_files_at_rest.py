@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness.federation_files import write_federation
 
 from fedguard.cli import main as fedguard_main
 from fedguard.client.node import node_runtime
-from fedguard.deploy_demo import prepare_demo
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
 from fedguard.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -77,7 +77,7 @@ def test_certs_write_private_keys_into_private_folders(tmp_path: Path):
 
 def test_a_nodes_state_after_a_round_is_owner_only(tmp_path: Path):
     with umask(0o000):
-        layout = prepare_demo(out=tmp_path / "demo", nodes=2, rounds=3)
+        layout = write_federation(out=tmp_path / "demo", nodes=2, rounds=3)
         node_runtime.cache_clear()
         runtime = node_runtime(str(layout.nodes[0]))
         weights = get_weights(build_model(name="logreg", input_shape=(1, 8, 8), num_classes=10))

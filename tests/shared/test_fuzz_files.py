@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import tomli_w
 from fuzzing import FUZZ, mutated, no_hang, only
+from harness.federation_files import write_federation
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -44,7 +45,6 @@ from fedguard.deploy_config import (
     load_federation_config,
     load_node_config,
 )
-from fedguard.deploy_demo import prepare_demo
 from fedguard.errors import ConfigError, DataError
 from fedguard.privacy import Accountant, AccountantStore, GaussianEvent
 from fedguard.privacy.ledger import Ledger, LedgerError, VerifyReport
@@ -122,7 +122,7 @@ def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    layout = prepare_demo(out=tmp_path_factory.mktemp("fuzz") / "demo", nodes=2, rounds=2)
+    layout = write_federation(out=tmp_path_factory.mktemp("fuzz") / "demo", nodes=2, rounds=2)
     return {"federation": layout.federation, "node": layout.nodes[0]}
 
 
