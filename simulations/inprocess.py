@@ -40,6 +40,7 @@ from fedguard.federation import (
     request_for,
     run_rounds,
 )
+from fedguard.fl.seeds import Stream, stream_rng
 from fedguard.optimizers import FedAvgM
 from fedguard.privacy.client_dp import (
     ClientDP,
@@ -59,8 +60,6 @@ from fedguard.task import Metrics, evaluate, get_weights, set_weights
 __all__ = ["client_level", "run_inprocess", "vectorizes"]
 
 _log = logging.getLogger(__name__)
-_STREAM_QUANTIZE = 4  # the stochastic rounding of secure aggregation (federation.py: 1-3)
-_STREAM_CLIENT_NOISE = 5  # each client's share of client-level DP noise
 
 
 def _update(client_id: int, result: LocalResult) -> ClientUpdate:
@@ -269,8 +268,10 @@ def run_inprocess(
                 noised = clip_and_noise(
                     delta,
                     mechanism=client_mechanism(params.threshold),
-                    rng=np.random.default_rng(
-                        [config.seed, _STREAM_CLIENT_NOISE, server_round, reply.client_id]
+                    rng=stream_rng(
+                        seed=config.seed,
+                        stream=Stream.CLIENT_NOISE,
+                        ids=(server_round, reply.client_id),
                     ),
                 )
                 return noised.arrays, 1
@@ -281,7 +282,7 @@ def run_inprocess(
                 total = secure_sum_in_process(
                     params=params,
                     input_for=input_for,
-                    rng=np.random.default_rng([config.seed, _STREAM_QUANTIZE, server_round]),
+                    rng=stream_rng(seed=config.seed, stream=Stream.QUANTIZE, ids=(server_round,)),
                 )
         except SecAggAbortedError as exc:
             _log.warning("round %d: %s", server_round, exc)

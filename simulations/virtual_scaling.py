@@ -19,13 +19,12 @@ import numpy as np
 
 from fedguard.fl.local import PrivacyBudget
 from fedguard.fl.scaling import ReleasedScaling, apply_released, scaling_event
+from fedguard.fl.seeds import Stream, stream_rng
 from fedguard.privacy import GaussianEvent
 from fedguard.privacy.dp_scaling import SCALE_FLOOR, dp_centre_scale
 from fedguard.task.schema import DPScalingPlan
 
-__all__ = ["STREAM_DP_SCALING", "reserve_scaling", "scale_client_rows"]
-
-STREAM_DP_SCALING = 6  # fl/loop.py uses streams 1-3, simulations/inprocess.py 4-5
+__all__ = ["reserve_scaling", "scale_client_rows"]
 
 
 def reserve_scaling(
@@ -63,7 +62,7 @@ def scale_client_rows(
             values=values,
             ranges=plan.ranges,
             noise_multiplier=event.noise_multiplier,
-            rng=np.random.default_rng([seed, STREAM_DP_SCALING, client_id]),
+            rng=stream_rng(seed=seed, stream=Stream.DP_SCALING, ids=(client_id,)),
         )
         centre, scale = est.centre, est.scale
     released = ReleasedScaling(

@@ -22,6 +22,7 @@ import torch
 
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError, FedguardError, invalid
+from fedguard.fl.seeds import Stream, stream_rng, stream_seed
 from fedguard.optimizers import ServerOptimizer
 from fedguard.privacy.dp_scaling import SCALE_FLOOR
 from fedguard.task import Dataset, Metrics, build_model, load_dataset, partition
@@ -46,12 +47,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-
-# Distinct streams per purpose, so that e.g. changing the cohort size never shifts the
-# noise a client draws.
-_STREAM_COHORT = 1
-_STREAM_CLIENT = 2
-_STREAM_PARTITION = 3
 
 
 @dataclass(frozen=True)
@@ -95,7 +90,7 @@ def load_federated_data(
         labels=data.y_train,
         num_clients=clients,
         scheme=scheme,
-        rng=np.random.default_rng([seed, _STREAM_PARTITION]),
+        rng=stream_rng(seed=seed, stream=Stream.PARTITION),
         alpha=alpha,
     )
     return FederatedData(dataset=data, partitions=tuple(parts))
@@ -147,7 +142,7 @@ def sample_cohort(*, seed: int, server_round: int, num_clients: int, cohort_size
     """Client ids taking part in ``server_round`` (sorted, without replacement)."""
     if cohort_size >= num_clients:
         return list(range(num_clients))
-    rng = np.random.default_rng([seed, _STREAM_COHORT, server_round])
+    rng = stream_rng(seed=seed, stream=Stream.COHORT, ids=(server_round,))
     return sorted(int(i) for i in rng.choice(num_clients, size=cohort_size, replace=False))
 
 
@@ -160,7 +155,7 @@ def client_generator(
     device from it. A CUDA generator (Philox) draws other numbers than a CPU one (Mersenne
     Twister) from the same seed, so results differ between devices, never between runs.
     """
-    state = np.random.SeedSequence([seed, _STREAM_CLIENT, server_round, client_id])
+    state = stream_seed(seed=seed, stream=Stream.CLIENT, ids=(server_round, client_id))
     seed64 = int(state.generate_state(1, dtype=np.uint64)[0])
     return torch.Generator(device=device).manual_seed(seed64)
 
