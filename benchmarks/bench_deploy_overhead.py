@@ -33,9 +33,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from fedguard._procs import free_port, start, stop, venv_tool, wait_for_port
-from fedguard.certs import init_federation, make_node_keys
+from fedguard.deploy.certs import init_federation, make_node_keys
 from fedguard.deploy.flower import FAST_POLL_ENV, PATCHES_ENV, UNSAFE_ANY_BUNDLE_ENV, flower_env
+from fedguard.deploy.procs import free_port, start, stop, venv_tool, wait_for_port
 
 __all__ = ["ABLATIONS", "CONFIGS", "Deployment", "main"]
 

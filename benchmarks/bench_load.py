@@ -45,8 +45,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
-from fedguard._procs import start, stop
-from fedguard.deploy_demo import DemoLayout, fedguard_cmd, prepare_demo
+from fedguard.deploy.demo import DemoLayout, fedguard_cmd, prepare_demo
+from fedguard.deploy.procs import start, stop
 from fedguard.errors import FedguardError
 
 __all__ = ["LoadResult", "main", "run_load"]

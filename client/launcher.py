@@ -27,7 +27,6 @@ from pathlib import Path
 from types import FrameType
 
 from fedguard._io import private_folder
-from fedguard._procs import fork_start, free_port, stop
 from fedguard.class_labels import class_mapping, declared_labels
 from fedguard.client.app_bundle import bundle_refusal
 from fedguard.client.state_lock import lock_file
@@ -43,6 +42,7 @@ from fedguard.deploy.flower import (
 )
 from fedguard.deploy.flower.cli_output import parse_supernode_output
 from fedguard.deploy.flower.entry import preload_supernode, supernode_main
+from fedguard.deploy.procs import fork_start, free_port, stop
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import FedguardError
 from fedguard.task_identity import installed_task

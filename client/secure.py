@@ -41,6 +41,7 @@ from fedguard.client.released import (
 from fedguard.client.secure_identity import check_identity, node_roster
 from fedguard.client.signed_sets import SIGNED_FILE, record_signed, signed_set, survivors_digest
 from fedguard.client.state_lock import hold_lock
+from fedguard.deploy.roster import load_node_key
 from fedguard.deploy_config import NodeConfig
 from fedguard.errors import PolicyRefusalError
 from fedguard.fl.loop import TrainRequest
@@ -55,7 +56,6 @@ from fedguard.privacy.secagg import (
     UnmaskRequest,
 )
 from fedguard.privacy.secagg.client import ClientState
-from fedguard.roster import load_node_key
 from fedguard.transport import decode_client_state, decode_secagg, encode_client_state
 from fedguard.transport.serde import encode_secagg
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
+from fedguard.deploy.roster import load_node_key, load_roster, own_roster_name
 from fedguard.deploy_config import NodeConfig
 from fedguard.errors import PolicyRefusalError
 from fedguard.privacy.secagg import SecAggError, Setup, quorum
-from fedguard.roster import load_node_key, load_roster, own_roster_name
 
 __all__ = ["check_identity", "node_roster"]
 

@@ -230,7 +230,7 @@ def demo(
 ) -> None:
     """A real local federation on loopback: CA, server, nodes with TLS + node auth + DP."""
     _quiet(verbose)  # inherited by the server and nodes it starts (FEDGUARD_VERBOSE)
-    from fedguard.deploy_demo import run_demo
+    from fedguard.deploy.demo import run_demo
 
     run_demo(out=out, nodes=nodes, rounds=rounds)
 

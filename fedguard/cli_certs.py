@@ -1,6 +1,6 @@
 """``fedguard certs``: TLS certificates and SuperNode keys for a Flower deployment.
 
-Only parses options and calls :mod:`fedguard.certs`; errors are ``FedguardError``s, which
+Only parses options and calls :mod:`fedguard.deploy.certs`; errors are ``FedguardError``s, which
 ``fedguard.cli.main`` prints as one line (exit status 2).
 """
 
@@ -36,7 +36,7 @@ def init(
     force: Annotated[bool, Opt("--force", help="replace existing files")] = False,
 ) -> None:
     """Make a federation CA and the SuperLink's server certificate (operator)."""
-    from fedguard.certs import init_federation
+    from fedguard.deploy.certs import init_federation
 
     hosts = tuple(host) if host else ("127.0.0.1", "localhost")
     made = init_federation(out=out, hosts=hosts, days=days, force=force)
@@ -60,7 +60,7 @@ def node(
 
     NAME (e.g. hospital-a): a letter or digit, then up to 62 of A-Z a-z 0-9 _ . -
     """
-    from fedguard.certs import make_node_keys
+    from fedguard.deploy.certs import make_node_keys
 
     made = make_node_keys(name=name, out=out, force=force)
     typer.echo(f"wrote {made.private_key}")

@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 from fedguard._checks import coerce
 from fedguard._toml import read_toml
-from fedguard.certs import _NODE_NAME as NODE_NAME
 from fedguard.config import ACCOUNTANTS
+from fedguard.deploy.certs import _NODE_NAME as NODE_NAME
+from fedguard.deploy.roster import load_roster
 from fedguard.errors import ConfigError, invalid
-from fedguard.roster import load_roster
 
 __all__ = [
     "CONFIG_KEY",

@@ -13,7 +13,7 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-from fedguard.certs import _NODE_NAME as NODE_NAME  # the rule of `fedguard certs node NAME`
+from fedguard.deploy.certs import _NODE_NAME as NODE_NAME  # the rule of `fedguard certs node NAME`
 from fedguard.deploy.flower import flower_env
 from fedguard.deploy_config import FederationConfig
 from fedguard.fl.participants import Cohort

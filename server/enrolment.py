@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from fedguard._io import atomic_write_json
-from fedguard._procs import venv_tool
-from fedguard.certs import load_public_key_openssh
+from fedguard.deploy.certs import load_public_key_openssh
 from fedguard.deploy.flower.cli_output import ApiCode, flwr_json_answer, has_api_code
+from fedguard.deploy.procs import venv_tool
 from fedguard.errors import FedguardError
 
 __all__ = [

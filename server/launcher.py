@@ -20,17 +20,17 @@ import sys
 from pathlib import Path
 
 from fedguard._io import atomic_write_text, private_folder
-from fedguard._procs import (
+from fedguard.class_labels import class_mapping, declared_labels
+from fedguard.console import FlowerLines
+from fedguard.deploy.certs import _NODE_NAME as NODE_NAME  # `fedguard certs node NAME`
+from fedguard.deploy.flower import MAX_MESSAGE_FLAG, flower_env
+from fedguard.deploy.procs import (
     kill_stale_group,
     start,
     stop,
     venv_tool,
     wait_for_port,
 )
-from fedguard.certs import _NODE_NAME as NODE_NAME  # `fedguard certs node NAME`
-from fedguard.class_labels import class_mapping, declared_labels
-from fedguard.console import FlowerLines
-from fedguard.deploy.flower import MAX_MESSAGE_FLAG, flower_env
 from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
 from fedguard.errors import DataError, FedguardError, invalid
 from fedguard.server.enrolment import CONNECTION, Enrolment

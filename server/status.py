@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedguard._io import read_jsonl
-from fedguard._procs import venv_tool
 from fedguard.deploy.flower import flower_env
+from fedguard.deploy.procs import venv_tool
 from fedguard.deploy_config import FederationConfig
 from fedguard.server.checkpoint import load_checkpoint
 from fedguard.server.enrolment import CONNECTION, Enrolment

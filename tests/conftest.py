@@ -7,7 +7,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2_grpc
 
-from fedguard.certs import FederationCerts
+from fedguard.deploy.certs import FederationCerts
 
 
 @pytest.fixture

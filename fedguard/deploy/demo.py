@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedguard._io import atomic_write_text
-from fedguard._procs import free_port, start, stop
-from fedguard.certs import init_federation, make_node_keys
+from fedguard.deploy.certs import init_federation, make_node_keys
+from fedguard.deploy.procs import free_port, start, stop
 from fedguard.deploy_config import load_federation_config
 from fedguard.errors import ConfigError, FedguardError
 from fedguard.server.run_files import RunFiles, run_files

@@ -15,8 +15,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedguard.certs import _NODE_NAME as NODE_NAME
-from fedguard.certs import load_public_key_openssh
+from fedguard.deploy.certs import _NODE_NAME as NODE_NAME
+from fedguard.deploy.certs import load_public_key_openssh
 from fedguard.errors import DataError, invalid
 
 __all__ = ["load_node_key", "load_roster", "own_roster_name"]

@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import pytest
+from harness.federation_files import write_federation
 
 from fedguard.client.budget import PLANS_FILE
 from fedguard.client.node import node_runtime
-from fedguard.deploy_demo import prepare_demo
 from fedguard.fl.local import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
@@ -18,7 +18,7 @@ WEIGHTS = get_weights(build_model(name="logreg", input_shape=(1, 8, 8), num_clas
 @pytest.fixture
 def node(tmp_path: Path) -> Path:
     """A demo node's config with a lifetime budget of 3 and at most 1.5 per run."""
-    layout = prepare_demo(out=tmp_path / "demo", nodes=2, rounds=3)
+    layout = write_federation(out=tmp_path / "demo", nodes=2, rounds=3)
     toml = layout.nodes[0]
     text = toml.read_text().replace("[privacy]\n", "[privacy]\nrun-epsilon = 1.5\n")
     toml.write_text(text)
@@ -85,7 +85,7 @@ def test_a_run_that_cannot_fit_is_refused_before_training_with_the_figures(node:
 
 
 def test_a_spent_budget_refuses_even_one_more_round(tmp_path: Path):
-    layout = prepare_demo(out=tmp_path / "demo", nodes=2, rounds=3)
+    layout = write_federation(out=tmp_path / "demo", nodes=2, rounds=3)
     toml = layout.nodes[0]
     node_runtime.cache_clear()
     train_run(toml, "run-a")  # no run cap: the first run spends the lifetime budget

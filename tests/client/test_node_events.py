@@ -6,10 +6,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from harness.federation_files import write_federation
 
 from fedguard.client.events import EVENTS_FILE, finished_run, follow
 from fedguard.client.node import node_runtime
-from fedguard.deploy_demo import prepare_demo
 from fedguard.fl.local import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
@@ -27,7 +27,7 @@ def _request(server_round: int, *, epochs: int = 1, rounds: int = 2) -> TrainReq
 
 
 def test_every_round_and_refusal_is_a_line_in_the_node_log(tmp_path: Path):
-    toml = prepare_demo(out=tmp_path / "demo", nodes=2, rounds=2).nodes[0]
+    toml = write_federation(out=tmp_path / "demo", nodes=2, rounds=2).nodes[0]
     node_runtime.cache_clear()
     runtime = node_runtime(str(toml))
     log = runtime.state_dir / EVENTS_FILE

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from harness.federation_files import write_federation
 
 from fedguard.client.budget import PLANS_FILE
 from fedguard.client.node import NodeRuntime, fallback_record_keys, node_runtime
-from fedguard.deploy_demo import prepare_demo
 from fedguard.fl.local import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
@@ -31,7 +31,7 @@ WEIGHTS = get_weights(build_model(name="logreg", input_shape=(1, 8, 8), num_clas
 
 @pytest.fixture
 def toml(tmp_path: Path) -> Path:
-    layout = prepare_demo(out=tmp_path / "demo", nodes=2, rounds=3)
+    layout = write_federation(out=tmp_path / "demo", nodes=2, rounds=3)
     node_runtime.cache_clear()
     return layout.nodes[0]
 

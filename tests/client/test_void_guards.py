@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness.federation_files import write_federation
 
 from fedguard.client.node import PolicyRefusalError, node_runtime
 from fedguard.client.released import JOURNAL_FILE, SESSION_FILE, UPDATE_FILE, read_journal
 from fedguard.client.secure import NodeSecAgg
-from fedguard.deploy_demo import prepare_demo
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
 from fedguard.privacy.secagg import Setup, make_params
@@ -34,7 +34,7 @@ REQUEST = TrainRequest(
 
 @pytest.fixture
 def runtime(tmp_path: Path):
-    layout = prepare_demo(out=tmp_path / "demo", nodes=3, rounds=3)
+    layout = write_federation(out=tmp_path / "demo", nodes=3, rounds=3)
     node_runtime.cache_clear()
     return node_runtime(str(layout.nodes[0]))
 

@@ -11,7 +11,7 @@ import pytest
 from harness.federation_files import FederationFiles, fedguard_cmd
 from harness.processes import relay_output
 
-from fedguard._procs import start, stop
+from fedguard.deploy.procs import start, stop
 
 
 class Processes:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from harness.federation_files import write_federation
 
-from fedguard._procs import start, stop, venv_tool, wait_for_port
 from fedguard.deploy.flower import MAX_MESSAGE_FLAG, flower_env
+from fedguard.deploy.procs import start, stop, venv_tool, wait_for_port
 from fedguard.task_identity import installed_task
 
 pytestmark = pytest.mark.deploy

@@ -18,7 +18,7 @@ import pytest
 from harness.federation_files import fedguard_cmd, write_federation
 from sklearn.datasets import make_classification
 
-from fedguard._procs import start
+from fedguard.deploy.procs import start
 
 pytestmark = pytest.mark.deploy
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedguard.deploy_demo import EPSILON, MARKER, prepare_demo
+from fedguard.deploy.demo import EPSILON, MARKER, prepare_demo
 from fedguard.errors import ConfigError
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from harness.federation_files import fedguard_cmd, write_federation
 
-from fedguard.certs import init_federation
 from fedguard.client.node import node_runtime
+from fedguard.deploy.certs import init_federation
 from fedguard.privacy import AccountantStore
 from fedguard.privacy.ledger import Ledger
 from fedguard.privacy.receipts import coarse_epsilon

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from harness.federation_files import fedguard_cmd, write_federation
 
-from fedguard._procs import start
+from fedguard.deploy.procs import start
 
 pytestmark = pytest.mark.deploy
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fedguard.certs import init_federation, make_node_keys
 from fedguard.cli import main as fedguard_main
 from fedguard.client.launcher import NodeRefusedError, check_server_plaintext, check_server_tls
+from fedguard.deploy.certs import init_federation, make_node_keys
 
 
 def test_right_ca_and_host_pass(tmp_path: Path, tls_server):

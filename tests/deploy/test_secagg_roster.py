@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from harness.federation_files import write_federation
 
 from fedguard.client.node import PolicyRefusalError
 from fedguard.client.secure import NodeSecAgg
 from fedguard.deploy_config import load_node_config
-from fedguard.deploy_demo import prepare_demo
 from fedguard.errors import ConfigError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.secagg import (
@@ -43,7 +43,7 @@ NAMES = ("node-a", "node-b", "node-c")
 
 @pytest.fixture
 def demo(tmp_path: Path):
-    return prepare_demo(out=tmp_path / "demo", nodes=3, rounds=1)
+    return write_federation(out=tmp_path / "demo", nodes=3, rounds=1)
 
 
 def _rewrite(toml: Path, pattern: str, replacement: str) -> None:

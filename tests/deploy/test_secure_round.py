@@ -27,6 +27,7 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+from harness.federation_files import EPSILON, FederationFiles, write_federation
 
 from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
@@ -35,7 +36,6 @@ from fedguard.client.secure import JOURNAL_FILE, SESSION_FILE, UPDATE_FILE
 from fedguard.client.signed_sets import SIGNED_FILE
 from fedguard.deploy.flower import send_and_receive
 from fedguard.deploy_config import FederationConfig, load_federation_config
-from fedguard.deploy_demo import EPSILON, DemoLayout, prepare_demo
 from fedguard.fl.loop import ClientUpdate, Refusal, SecureMean, TrainRequest
 from fedguard.messages import ERROR_BUDGET_REFUSED, encode_secagg, encode_train, secagg_payload
 from fedguard.privacy.ledger import LEDGER_FILENAME
@@ -201,7 +201,7 @@ class Round:
 
 @dataclass
 class Federation:
-    layout: DemoLayout
+    layout: FederationFiles
     cfg: FederationConfig
     grid: LoopbackGrid
     node_of: dict[int, int]  # client id -> node id
@@ -337,7 +337,7 @@ class Federation:
 
 @pytest.fixture
 def fed(tmp_path: Path, identity) -> Federation:
-    layout = prepare_demo(out=tmp_path / "fed", nodes=NODES, rounds=ROUNDS)
+    layout = write_federation(out=tmp_path / "fed", nodes=NODES, rounds=ROUNDS)
     cfg = load_federation_config(layout.federation)
     node_ids = {cid: 0x5EC0000 + 17 * cid for cid in range(NODES)}
     grid = LoopbackGrid({node_ids[cid]: toml for cid, toml in enumerate(layout.nodes)})

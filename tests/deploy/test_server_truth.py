@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from harness.federation_files import FederationFiles, fedguard_cmd, write_federation
 
-from fedguard._procs import start
+from fedguard.deploy.procs import start
 
 pytestmark = pytest.mark.deploy
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedguard._io import atomic_write_text
-from fedguard.certs import FederationCerts, init_federation, make_node_keys
+from fedguard.deploy.certs import FederationCerts, init_federation, make_node_keys
 from fedguard.deploy_config import load_federation_config
 from fedguard.server.run_files import RunFiles, run_files
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedguard.certs import make_node_keys
+from fedguard.deploy.certs import make_node_keys
 from fedguard.deploy.flower import flower_env
 from fedguard.errors import DataError
 from fedguard.server.enrolment import (

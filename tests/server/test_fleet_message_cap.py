@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fedguard._procs import free_port, start, stop, wait_for_port
 from fedguard.deploy.flower import MAX_MESSAGE_FLAG, flower_env
+from fedguard.deploy.procs import free_port, start, stop, wait_for_port
 
 pytestmark = pytest.mark.deploy
 

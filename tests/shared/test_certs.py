@@ -1,4 +1,4 @@
-"""fedguard.certs with real crypto and real files, including a real gRPC TLS handshake."""
+"""fedguard.deploy.certs with real crypto and real files, including a real gRPC TLS handshake."""
 
 import argparse
 import ipaddress
@@ -18,7 +18,7 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedguard.certs import (
+from fedguard.deploy.certs import (
     CertificateProblem,
     FederationCerts,
     check_certificate,

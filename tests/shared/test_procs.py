@@ -1,4 +1,4 @@
-"""fedguard._procs.fork_start: a forked child behaves like a started one (session, log,
+"""fedguard.deploy.procs.fork_start: a forked child behaves like a started one (session, log,
 environment, exit status, stop), minus the imports."""
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fedguard._procs import ForkedProcess, fork_start, stop
+from fedguard.deploy.procs import ForkedProcess, fork_start, stop
 
 
 def _report(path: Path, code: object = None) -> None:

@@ -83,7 +83,7 @@ def wanted_patches() -> set[str]:
 def preload_supernode() -> None:
     """Import what :func:`supernode_main` runs, and with ``warm`` what its executor runs.
 
-    For a launcher that forks the SuperNode (``fedguard._procs.fork_start``) rather than
+    For a launcher that forks the SuperNode (``fedguard.deploy.procs.fork_start``) rather than
     starting an interpreter: the launcher, the SuperNode, its SuperExec and every
     ClientApp then share one copy of these modules. Reads ``FEDGUARD_SUPERNODE_PATCHES``
     and ``FEDGUARD_CLIENTAPP_PRELOAD`` (set them first: Flower reads some settings at

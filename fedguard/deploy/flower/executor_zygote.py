@@ -21,13 +21,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from fedguard._procs import exit_after
 from fedguard.deploy.flower._process import (
     require_preloaded,
     require_single_thread,
     set_process_name,
 )
 from fedguard.deploy.flower.superexec_fork import CLIENTAPP_MODULES, preload_executor
+from fedguard.deploy.procs import exit_after
 
 __all__ = ["ExecutorZygote"]
 

@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
-from fedguard._procs import exit_after
 from fedguard.deploy.flower._originals import replace_attr
 from fedguard.deploy.flower._process import require_preloaded, set_process_name
 from fedguard.deploy.flower.env import PRELOAD_ENV
 from fedguard.deploy.flower.version import check_flower_version
+from fedguard.deploy.procs import exit_after
 from fedguard.errors import FedguardError
 
 __all__ = [
