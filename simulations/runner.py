@@ -136,7 +136,7 @@ def simulate(
 def _client_level(config: SimulationConfig, rounds: int) -> dict[str, object]:
     from fedguard.simulations.inprocess import client_level  # --client-dp: in-process only
 
-    return client_level(config, rounds=rounds).as_dict()
+    return client_level(config).after(rounds).as_dict()
 
 
 def save_model(

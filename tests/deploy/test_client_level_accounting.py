@@ -1,5 +1,6 @@
 """A deployed federation with [client-dp] reports the client-level epsilon of the scheme
-it runs (#14.2): real `fedguard server` and `fedguard client` processes, SecAgg+ on."""
+it runs (#14.2): real `fedguard server` and `fedguard client` processes, SecAgg+ on; a
+simulation of the same settings records the same figures (#20.3: one home)."""
 
 import json
 from pathlib import Path
@@ -7,7 +8,9 @@ from pathlib import Path
 import pytest
 from harness.federation_files import write_federation
 
+from fedguard.config import SimulationConfig
 from fedguard.privacy.client_dp import client_level_spent
+from fedguard.simulations.runner import simulate
 
 pytestmark = pytest.mark.deploy
 
@@ -44,3 +47,25 @@ def test_deployed_client_level_epsilon_names_its_scheme(tmp_path: Path, processe
     assert cdp["neighbouring"] == "replace-one"
     assert cdp["sampling"] == "all 3 nodes every round (no sampling)"
     assert cdp["noise_multiplier"] == 1.0 and cdp["clip_norm"] == 0.5
+
+    # The other engine, same settings (3 of 3 clients, noise 1.0, clip 0.5, delta 1e-5):
+    # both build the one ClientLevelAccounting, so every recorded figure agrees.
+    sim = SimulationConfig(
+        out=tmp_path / "sim",
+        dataset="digits",
+        model="logreg",
+        clients=3,
+        rounds=ROUNDS,
+        secagg=True,
+        client_dp=True,
+        client_clip=0.5,
+        client_noise=1.0,
+        delta=1e-5,
+        accountant="prv",  # the sample-level accountant: not the client-level analysis
+    )
+    simulate(sim)
+    sim_rows = [json.loads(x) for x in (sim.out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["client_epsilon"] for r in sim_rows] == [r["client_epsilon"] for r in rows]
+    sim_cdp = json.loads((sim.out / "summary.json").read_text())["client_level_dp"]
+    for key in ("epsilon", "delta", "rounds", "accountant", "neighbouring", "sampling"):
+        assert sim_cdp[key] == cdp[key], key

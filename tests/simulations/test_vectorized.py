@@ -11,7 +11,7 @@ from fedguard.errors import BudgetExceededError, ConfigError
 from fedguard.fl.local import CohortMember, LocalResult, LocalTrainer
 from fedguard.fl.loop import client_generator, federated_data, initial_model, request_for
 from fedguard.privacy import AccountantStore
-from fedguard.simulations.inprocess import vectorizes
+from fedguard.simulations.cohort_trainers import vectorizes
 from fedguard.simulations.runner import simulate
 from fedguard.simulations.virtual_clients import budget_for
 from fedguard.task import build_model, get_weights
