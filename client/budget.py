@@ -27,6 +27,7 @@ from pathlib import Path
 from fedguard._io import atomic_write_json
 from fedguard.errors import BudgetExceededError, StateFileError
 from fedguard.privacy import GaussianEvent
+from fedguard.privacy.calibration import least_noise_that_fits
 
 __all__ = ["PLANS_FILE", "RunPlan", "plan_run"]
 
@@ -138,14 +139,10 @@ def plan_run(
             f"(delta {delta:g}, {method}); {planned_rounds} more rounds would exceed it "
             f"even at this node's max-noise-multiplier {max_noise_multiplier:g}"
         )
-    low, high = 0.0, max_noise_multiplier  # fits(high); find the least noise that fits
-    for _ in range(_BISECTION_STEPS):
-        mid = (low + high) / 2
-        if mid > 0 and fits(mid):
-            high = mid
-        else:
-            low = mid
-    sigma = max(high, min_noise_multiplier)
+    least = least_noise_that_fits(
+        fits=fits, low=0.0, high=max_noise_multiplier, halvings=_BISECTION_STEPS
+    )
+    sigma = max(least, min_noise_multiplier)
     plan = RunPlan(
         run=run,
         dataset_fingerprint=fingerprint,

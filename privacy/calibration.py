@@ -27,7 +27,12 @@ from fedguard.errors import ConfigError, invalid
 
 from .accountants import Accountant, AccountantMethod, GaussianEvent
 
-__all__ = ["MAX_NOISE_MULTIPLIER", "MIN_NOISE_MULTIPLIER", "calibrate_noise_multiplier"]
+__all__ = [
+    "MAX_NOISE_MULTIPLIER",
+    "MIN_NOISE_MULTIPLIER",
+    "calibrate_noise_multiplier",
+    "least_noise_that_fits",
+]
 
 MAX_NOISE_MULTIPLIER = 1e3
 """Largest sigma searched. Past ~1e3 the noise swamps any model update, so a budget that
@@ -163,6 +168,28 @@ def calibrate_noise_multiplier(
         got=target_epsilon,
         spends=spends,
     )
+
+
+def least_noise_that_fits(
+    *, fits: Callable[[float], bool], low: float, high: float, halvings: int
+) -> float:
+    """The least noise multiplier in ``(low, high]`` for which ``fits`` holds, by bisection.
+
+    For budgets that are not one event against one target, which
+    :func:`calibrate_noise_multiplier` solves: a node's lifetime budget over every run and
+    data set (``fedguard.client.budget``), or a target with events charged before training
+    (``fedguard.fl.local``). ``fits`` must be monotone (more noise never spends more) and
+    hold at ``high``; the result always fits (it is the last ``high`` found to fit, or
+    ``high`` itself), and is within ``(high - low) / 2**halvings`` of the least that does.
+    A noise multiplier of 0 is never tried (it is no mechanism).
+    """
+    for _ in range(halvings):
+        mid = (low + high) / 2
+        if mid > 0 and fits(mid):
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 def _search(

@@ -27,6 +27,7 @@ from fedguard.privacy import (
     sample_rate_for,
     steps_per_epoch,
 )
+from fedguard.privacy.calibration import least_noise_that_fits
 from fedguard.privacy.cohort import CohortClient, CohortDPTrainer
 from fedguard.task import get_weights, set_weights, train_plain
 
@@ -139,13 +140,7 @@ def _with_reserved(budget: PrivacyBudget, *, sigma: float, sample_rate: float, s
                 f"{len(budget.reserved)} event(s) charged before training leave no room for "
                 f"{steps} steps even at noise multiplier {_MAX_SIGMA:g}"
             )
-    for _ in range(_BISECTION_STEPS):
-        mid = (low + high) / 2
-        if fits(mid):
-            high = mid
-        else:
-            low = mid
-    return high
+    return least_noise_that_fits(fits=fits, low=low, high=high, halvings=_BISECTION_STEPS)
 
 
 class LocalTrainer:
