@@ -99,6 +99,7 @@ def test_fedguard_client_refuses_in_one_line_and_starts_nothing(
     assert not (tmp_path / "state" / "supernode.log").exists()  # no SuperNode was started
 
 
+@pytest.mark.deploy  # a real `fedguard client` process
 def test_a_node_whose_data_set_is_missing_stops_at_start(tmp_path: Path, tls_server):
     """#17.2 / #15.5: `dataset = "nope.csv"` was accepted at start, and the node then served
     silently while the server logged `node ... did not describe itself` for ever."""
@@ -122,6 +123,7 @@ def test_a_node_whose_data_set_is_missing_stops_at_start(tmp_path: Path, tls_ser
     assert not (tmp_path / "state" / "supernode.log").exists()  # no SuperNode was started
 
 
+@pytest.mark.deploy  # a real `fedguard client` process
 def test_a_node_started_before_its_server_names_a_missing_data_set_at_once(tmp_path: Path):
     """Before: a node whose server was not up yet waited for it (retrying for ever) before
     it loaded its data, so `dataset = "nope.csv"` was named only once a server came."""
