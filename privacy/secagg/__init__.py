@@ -30,6 +30,7 @@ from __future__ import annotations
 from ._hazmat import SecAggError
 from .client import ClientState, SecAggClient
 from .local import RoundCost, secure_sum_in_process
+from .maskfree import secure_sum_without_masks
 from .messages import (
     AdvertiseKeys,
     ConsistencyReply,
@@ -82,4 +83,5 @@ __all__ = [
     "quantize",
     "quorum",
     "secure_sum_in_process",
+    "secure_sum_without_masks",
 ]

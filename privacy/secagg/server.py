@@ -152,9 +152,9 @@ class SecAggServer:
         dropped = self._shared - self._survivors
         if not self._survivors:
             raise SecAggAbortedError("secure aggregation aborted: no masked input arrived")
-        for slot in self._survivors:
+        for slot in sorted(self._survivors):  # sorted: the same slot is named every time
             self._need(len(self._nbrs[slot] & self._survivors) + 1, slot, "unmask")
-        for slot in dropped:
+        for slot in sorted(dropped):
             self._need(len(self._nbrs[slot] & self._survivors), slot, "unmask")
         request = ConsistencyRequest(survivors=tuple(sorted(self._survivors)))
         return {slot: request for slot in sorted(self._survivors)}
