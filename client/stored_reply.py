@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from safetensors.numpy import load as st_load
 from fedguard.errors import DataError
 from fedguard.fl.local import LocalResult
 from fedguard.fl.loop import TrainRequest
+from fedguard.safetensors_header import safetensors_metadata
 
 __all__ = ["read_stored_reply", "round_key"]
 
@@ -50,15 +50,11 @@ def read_stored_reply(path: Path, *, key: str) -> LocalResult | None:
     def bad(why: str) -> DataError:
         return DataError(f"{path}: unreadable stored reply ({why})")
 
-    if len(data) < 8:
-        raise bad(f"{len(data)} bytes, no safetensors header")
-    (size,) = struct.unpack("<Q", data[:8])
     try:
-        header = json.loads(data[8 : 8 + size]) if size <= len(data) - 8 else None
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise bad(f"header is not JSON: {' '.join(str(exc).split())[:120]}") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or not isinstance(meta.get("key"), str):
+        meta = safetensors_metadata(data)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    if not isinstance(meta.get("key"), str):
         raise bad("no request key in its metadata")
     if meta["key"] != key:
         return None

@@ -15,8 +15,6 @@ round depends on derives from (seed, round, client), never from process state.
 from __future__ import annotations
 
 import hashlib
-import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from safetensors.numpy import save as st_save
 from fedguard._io import atomic_write_bytes
 from fedguard.errors import DataError
 from fedguard.optimizers import ServerOptimizer
+from fedguard.safetensors_header import safetensors_metadata
 
 __all__ = [
     "CHECKPOINT",
@@ -73,9 +72,7 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
     except FileNotFoundError:
         return None
     try:
-        (header_len,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + header_len])
-        meta = header.get("__metadata__", {})
+        meta = safetensors_metadata(data)
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}")
         tensors = st_load(data)
