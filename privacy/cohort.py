@@ -166,32 +166,14 @@ class CohortDPTrainer:
         self, start: list[torch.Tensor], chunk: Sequence[CohortClient], h: _Hyper
     ) -> Iterator[CohortResult]:
         k, dev = len(chunk), self.device
-        sizes = [int(c.x.shape[0]) for c in chunk]
-        per_epoch = [steps_per_epoch(num_examples=n, batch_size=h.batch_size) for n in sizes]
-        rates = [1.0 / p for p in per_epoch]
-        steps = [h.epochs * p for p in per_epoch]
-        expected = torch.tensor(
-            [max(1, round(q * n)) for q, n in zip(rates, sizes, strict=True)],
-            dtype=torch.float32,
-            device=dev,
-        )
-        sigmas = [
-            _real(
-                "noise_multiplier",
-                c.noise_multiplier,
-                allowed="a finite number > 0",
-                ok=lambda v: v > 0,
-            )
-            for c in chunk
-        ]
+        plan = _ChunkPlan.of(chunk, h, device=dev)
         # Write-ahead: every client's release is counted (and persisted by the caller)
         # before any gradient of its data is computed.
-        for c, sigma, q, s in zip(chunk, sigmas, rates, steps, strict=True):
+        for c, sigma, q, s in zip(chunk, plan.sigmas, plan.rates, plan.steps, strict=True):
             event = GaussianEvent(noise_multiplier=sigma, sample_rate=q, steps=s)
             c.accountant.compose(event)
             if c.before_training is not None:
                 c.before_training(event)
-
         params = [
             w.to(device=dev, dtype=torch.float32).unsqueeze(0).repeat(k, *([1] * w.ndim))
             for w in start
@@ -200,65 +182,93 @@ class CohortDPTrainer:
         buffers: list[torch.Tensor] | None = None
         loss_sum = torch.zeros(k, dtype=torch.float64, device=dev)
         examples = [0] * k
-        for step in range(max(steps)):
-            active = [step < s for s in steps]
-            xb, yb, valid, noise = self._draw(chunk, sizes, rates, sigmas, active, h.clip)
+        for step in range(max(plan.steps)):
+            active = [step < s for s in plan.steps]
+            xb, yb, valid, noise = self._draw(
+                chunk, plan.sizes, plan.rates, plan.sigmas, active, h.clip
+            )
             if xb.shape[1] > 0:
-                for p in params:
-                    p.requires_grad_(True)
-                logits, records = self._stacked.forward(params, xb)
-                weight = (
-                    None
-                    if h.class_weights is None
-                    else torch.tensor(h.class_weights, dtype=logits.dtype, device=dev)
-                )
-                losses = (
-                    F.cross_entropy(
-                        logits.flatten(0, 1), yb.flatten(), weight=weight, reduction="none"
-                    ).view(valid.shape)
-                    * valid
-                )
-                grads = torch.autograd.grad(losses.sum(), [r.z for r in records])
-                sums, _ = self._stacked.clipped_sums(
-                    records, grads, max_grad_norm=h.clip, valid=valid
-                )
+                sums, losses = self._clipped_sums(params, xb, yb, valid, h)
                 loss_sum += losses.detach().sum(1).double()
                 for i, count in enumerate(valid.sum(1).tolist()):
                     examples[i] += int(count)
             else:  # nobody sampled an example: noise-only steps
                 sums = [torch.zeros_like(p) for p in params]
             with torch.no_grad():
-                for p in params:
-                    p.requires_grad_(False)
-                grads_now = []
-                for i, (p, summed, z) in enumerate(zip(params, sums, noise, strict=True)):
-                    g = (summed + z) / expected.view(-1, *([1] * (p.ndim - 1)))
-                    if h.mu > 0:
-                        g = g + h.mu * (p - anchor[i])
-                    grads_now.append(g)
-                if h.momentum > 0:
-                    if buffers is None:
-                        buffers = [g.clone() for g in grads_now]
-                    else:
-                        for b, g in zip(buffers, grads_now, strict=True):
-                            b.mul_(h.momentum).add_(g)
-                    grads_now = buffers
-                mask = torch.tensor(active, dtype=torch.float32, device=dev)
-                for p, g in zip(params, grads_now, strict=True):
-                    p.sub_(h.lr * g * mask.view(-1, *([1] * (p.ndim - 1))))
+                buffers = self._descend(params, sums, noise, plan, active, h, buffers, anchor)
         arrays = [p.detach().cpu().numpy() for p in params]
         for i in range(k):
             yield CohortResult(
                 weights=[a[i] for a in arrays],  # views: params are never touched again
                 train=DPTrainResult(
-                    steps=steps[i],
+                    steps=plan.steps[i],
                     examples=examples[i],
                     mean_loss=float(loss_sum[i]) / examples[i] if examples[i] else 0.0,
-                    noise_multiplier=sigmas[i],
-                    sample_rate=rates[i],
+                    noise_multiplier=plan.sigmas[i],
+                    sample_rate=plan.rates[i],
                     max_grad_norm=h.clip,
                 ),
             )
+
+    def _clipped_sums(
+        self,
+        params: list[torch.Tensor],
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        valid: torch.Tensor,
+        h: _Hyper,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each client's sum of clipped per-example gradients, and its per-example losses."""
+        for p in params:
+            p.requires_grad_(True)
+        logits, records = self._stacked.forward(params, xb)
+        weight = (
+            None
+            if h.class_weights is None
+            else torch.tensor(h.class_weights, dtype=logits.dtype, device=self.device)
+        )
+        losses = (
+            F.cross_entropy(
+                logits.flatten(0, 1), yb.flatten(), weight=weight, reduction="none"
+            ).view(valid.shape)
+            * valid
+        )
+        grads = torch.autograd.grad(losses.sum(), [r.z for r in records])
+        sums, _ = self._stacked.clipped_sums(records, grads, max_grad_norm=h.clip, valid=valid)
+        return sums, losses
+
+    def _descend(
+        self,
+        params: list[torch.Tensor],
+        sums: list[torch.Tensor],
+        noise: list[torch.Tensor],
+        plan: _ChunkPlan,
+        active: list[bool],
+        h: _Hyper,
+        buffers: list[torch.Tensor] | None,
+        anchor: list[torch.Tensor],
+    ) -> list[torch.Tensor] | None:
+        """One SGD step of the active clients: noise, average, FedProx, momentum; the
+        momentum buffers after it."""
+        for p in params:
+            p.requires_grad_(False)
+        grads_now = []
+        for i, (p, summed, z) in enumerate(zip(params, sums, noise, strict=True)):
+            g = (summed + z) / plan.expected.view(-1, *([1] * (p.ndim - 1)))
+            if h.mu > 0:
+                g = g + h.mu * (p - anchor[i])
+            grads_now.append(g)
+        if h.momentum > 0:
+            if buffers is None:
+                buffers = [g.clone() for g in grads_now]
+            else:
+                for b, g in zip(buffers, grads_now, strict=True):
+                    b.mul_(h.momentum).add_(g)
+            grads_now = buffers
+        mask = torch.tensor(active, dtype=torch.float32, device=self.device)
+        for p, g in zip(params, grads_now, strict=True):
+            p.sub_(h.lr * g * mask.view(-1, *([1] * (p.ndim - 1))))
+        return buffers
 
     def _draw(
         self,
@@ -298,6 +308,44 @@ class CohortDPTrainer:
         counts = torch.tensor([int(t.shape[0]) for t in ys], device=dev)
         valid = (torch.arange(xb.shape[1], device=dev)[None, :] < counts[:, None]).float()
         return xb, yb, valid, noise
+
+
+@dataclass(frozen=True)
+class _ChunkPlan:
+    """Each client's record count, sampling rate, steps, expected batch and noise."""
+
+    sizes: list[int]
+    rates: list[float]
+    steps: list[int]
+    expected: torch.Tensor  # max(1, round(q n)) per client: the divisor of its sum
+    sigmas: list[float]
+
+    @classmethod
+    def of(cls, chunk: Sequence[CohortClient], h: _Hyper, *, device: torch.device) -> _ChunkPlan:
+        sizes = [int(c.x.shape[0]) for c in chunk]
+        per_epoch = [steps_per_epoch(num_examples=n, batch_size=h.batch_size) for n in sizes]
+        rates = [1.0 / p for p in per_epoch]
+        expected = torch.tensor(
+            [max(1, round(q * n)) for q, n in zip(rates, sizes, strict=True)],
+            dtype=torch.float32,
+            device=device,
+        )
+        sigmas = [
+            _real(
+                "noise_multiplier",
+                c.noise_multiplier,
+                allowed="a finite number > 0",
+                ok=lambda v: v > 0,
+            )
+            for c in chunk
+        ]
+        return cls(
+            sizes=sizes,
+            rates=rates,
+            steps=[h.epochs * p for p in per_epoch],
+            expected=expected,
+            sigmas=sigmas,
+        )
 
 
 @dataclass(frozen=True)
