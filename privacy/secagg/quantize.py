@@ -48,19 +48,36 @@ def quantize(
     dtype: type[np.unsignedinteger],
     rng: np.random.Generator,
 ) -> Quantized:
-    """Encode ``update`` (a list of float arrays) as one integer vector, weight appended."""
-    flat = np.concatenate([np.asarray(u, dtype=np.float64).ravel() for u in update])
-    if not np.all(np.isfinite(flat)):
+    """Encode ``update`` (a list of float arrays) as one integer vector, weight appended.
+
+    In place on one float64 buffer (a simulation quantises a whole cohort each round);
+    the arithmetic and the draws from ``rng`` are those of the plain formula
+    ``q = floor(s) + (u < s - floor(s))`` with ``s = (clip(x) + c) * levels / 2c``.
+    """
+    sizes = [int(np.size(u)) for u in update]
+    flat = np.empty(sum(sizes), dtype=np.float64)
+    start = 0
+    for u, size in zip(update, sizes, strict=True):
+        flat[start : start + size] = np.asarray(u).ravel()
+        start += size
+    # One non-finite value makes the sum non-finite (inf - inf is NaN): one cheap pass;
+    # only a non-finite sum (or a finite overflow of huge values) checks element-wise.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = flat.sum()
+    if not np.isfinite(total) and not np.all(np.isfinite(flat)):
         raise ValueError("update: expected finite numbers, got NaN or infinity")
-    clipped = int(np.count_nonzero(np.abs(flat) > clip_range))
+    clipped = int(np.count_nonzero(flat > clip_range)) + int(np.count_nonzero(flat < -clip_range))
     levels = 2**bits - 1
-    scaled = (np.clip(flat, -clip_range, clip_range) + clip_range) * (levels / (2 * clip_range))
-    low = np.floor(scaled)
+    np.clip(flat, -clip_range, clip_range, out=flat)
+    flat += clip_range
+    flat *= levels / (2 * clip_range)
+    q = np.floor(flat)
+    flat -= q  # the fractional part
     # Round up with probability equal to the fractional part: E[q] = scaled exactly.
-    q = low + (rng.random(scaled.shape) < (scaled - low))
-    q = np.minimum(q, levels).astype(np.uint64)
+    q += rng.random(flat.size) < flat
+    np.minimum(q, levels, out=q)
     vector = np.empty(q.size + 1, dtype=dtype)
-    vector[:-1] = q * np.uint64(weight)
+    np.multiply(q.astype(np.uint64), np.uint64(weight), out=vector[:-1], casting="unsafe")
     vector[-1] = weight
     return Quantized(vector=vector, clipped=clipped)
 
