@@ -10,56 +10,44 @@ speed-up and is rebuilt identically when missing.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 from pathlib import Path
-from typing import TypeAlias
 
-import numpy as np
-import torch
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fedguard.client.events import append_event
 from fedguard.client.node import node_runtime
 from fedguard.client.secure import NodeSecAgg
-from fedguard.config import SimulationConfig, load_simulation_config
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import RefusalError
-from fedguard.fl.local import LocalResult, LocalTrainer
-from fedguard.fl.loop import TrainRequest, client_generator, federated_data, initial_model
+from fedguard.fl.local import LocalResult
 from fedguard.messages import (
     ERROR_BUDGET_REFUSED,
     ERROR_CLIENT_FAILED,
+    DescriptionValue,
     attach_receipt,
     decode_request,
-    decode_simulation,
+    encode_description,
     encode_reply,
     encode_secagg,
     encode_secure_reply,
-    is_simulation,
+    result_metrics,
     secagg_payload,
 )
-from fedguard.privacy import AccountantStore
 from fedguard.privacy.receipts import coarse_epsilon, without_count
-from fedguard.simulations.virtual_clients import budget_for, client_state_dir
 from fedguard.task import build_model, set_weights
 from fedguard.task.schema import load_schema
 from fedguard.transport import encode_receipt
 
 __all__ = ["NODE_CONFIG_KEY", "app"]
 
-ConfigRecordValue: TypeAlias = str | int | float | bool | list[int]
+_NO_CONFIG = "this node was started without its fedguard node config"
 
 _log = logging.getLogger(__name__)
 
 app = ClientApp()
-
-
-def _client_id(context: Context) -> int:
-    """A virtual node's partition id (Flower's simulation engine sets it)."""
-    return int(context.node_config["partition-id"])
 
 
 def _node_config_path(context: Context) -> str | None:
@@ -80,23 +68,22 @@ def describe(message: Message, context: Context) -> Message:
     names it by the key it was enrolled under.
     """
     path = _node_config_path(context)
-    if path is not None:
-        info: dict[str, ConfigRecordValue] = {
-            "name": node_runtime(path).config.node.name,
-            "client-id": -1,
-            **_description(path, message),
-        }
-    else:
-        cid = _client_id(context)
-        info = {"name": f"client-{cid:05d}", "client-id": cid, "num-examples": 0}
-    return Message(RecordDict({"node": ConfigRecord(dict(info))}), reply_to=message)
+    if path is None:
+        reason = f"ValueError: {_NO_CONFIG}"
+        return Message(Error(code=ERROR_CLIENT_FAILED, reason=reason), reply_to=message)
+    info: dict[str, DescriptionValue] = {
+        "name": node_runtime(path).config.node.name,
+        "client-id": -1,
+        **_description(path, message),
+    }
+    return Message(encode_description(info), reply_to=message)
 
 
-def _description(path: str, message: Message) -> dict[str, ConfigRecordValue]:
+def _description(path: str, message: Message) -> dict[str, DescriptionValue]:
     runtime = node_runtime(path)
     cfg = runtime.config
     p, sa = cfg.privacy, cfg.secagg
-    out: dict[str, ConfigRecordValue] = {
+    out: dict[str, DescriptionValue] = {
         "input-shape": [int(v) for v in runtime.input_shape],
         "schema-digest": "" if cfg.data.schema is None else load_schema(cfg.data.schema).digest(),
         "max-local-epochs": p.max_local_epochs,
@@ -127,43 +114,10 @@ def _node_config(path: str) -> NodeConfig:
     return load_node_config(Path(path))
 
 
-@functools.lru_cache(maxsize=2)
-def _trainer(config_json: str) -> LocalTrainer:
-    """One DP-wrapped model per worker process and simulation (a speed-up only)."""
-    config = load_simulation_config(overrides=json.loads(config_json))
-    return LocalTrainer(model=initial_model(config, federated_data(config)), dp=not config.no_dp)
-
-
-def _train_virtual(
-    message: Message,
-    context: Context,
-    weights: list[np.ndarray],
-    request: TrainRequest,
-    config: SimulationConfig,
-    state_dir: str,
-) -> tuple[LocalResult, dict[str, float | int]]:
-    cid = _client_id(context)
-    torch.set_num_threads(config.threads)
-    data = federated_data(config)
-    idx = data.partitions[cid]
-    result = _trainer(json.dumps(config.to_dict(), sort_keys=True)).run(
-        global_weights=weights,
-        x=torch.from_numpy(data.dataset.x_train[idx]),
-        y=torch.from_numpy(data.dataset.y_train[idx]),
-        request=request,
-        generator=client_generator(
-            seed=config.seed, server_round=request.server_round, client_id=cid
-        ),
-        budget=budget_for(config),
-        store=AccountantStore(path=client_state_dir(Path(state_dir), cid) / "accountant.json"),
-    )
-    return result, {"client-id": cid}
-
-
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Train one round on this node's data, within its privacy budget, and reply."""
-    who = _node_config_path(context) or f"partition {context.node_config.get('partition-id')}"
+    who = _node_config_path(context) or "without a node config"
     # What the failing step was about: the server's request (its reason may go back), or
     # the node's own data and training (whose messages may quote records: they stay here).
     stage = "request"
@@ -171,54 +125,45 @@ def train(message: Message, context: Context) -> Message:
         # Checked before anything else: records, finite weights, every key's type and range.
         weights, request = decode_request(message)
         path = _node_config_path(context)
-        simulation = decode_simulation(message) if path is None else None
-        if simulation is not None:
-            result, extra = _train_virtual(message, context, weights, request, *simulation)
+        if path is None:
+            raise ValueError(_NO_CONFIG)
+        stage = "data"
+        runtime = node_runtime(path)
+        stage = "request"
+        reveal = runtime.config.privacy.reveal_count
+        # The node's weight in a secure sum: its record count only with its consent
+        # (the sums' totals over changing cohorts would give the count away too).
+        secure = NodeSecAgg(
+            config=runtime.config, examples=int(runtime.x.shape[0]) if reveal else 1
+        )
+        # Policy first: a round the node would refuse is refused before any training.
+        setup = secure.check_request(setup_bytes=secagg_payload(message.content), request=request)
+        # Weights that do not fit the task's model are the server's flaw: named to it.
+        set_weights(
+            build_model(
+                name=request.model,
+                input_shape=runtime.input_shape,
+                num_classes=runtime.num_classes,
+            ),
+            weights,
+        )
+        stage = "training"
+        result = runtime.train(
+            model_name=request.model, weights=weights, request=request, secure=setup is not None
+        )
+        receipt = runtime.receipt(request)
+        metrics = _deployed_metrics(result, reveal_count=reveal and setup is None)
+        if receipt is not None and not (reveal and setup is None):
+            receipt = without_count(receipt)
+        if setup is not None:
+            delta = [w - g for w, g in zip(result.weights, weights, strict=True)]
+            advert = secure.begin(setup=setup, update=delta, request=request)
+            content = encode_secure_reply(metrics=metrics, payload=advert)
         else:
-            if path is None:
-                raise ValueError("this node was started without its fedguard node config")
-            if is_simulation(message):
-                # A virtual client's record names a state folder: never taken from a server.
-                raise ValueError("train request: a deployed node takes no simulation record")
-            stage = "data"
-            runtime = node_runtime(path)
-            stage = "request"
-            reveal = runtime.config.privacy.reveal_count
-            # The node's weight in a secure sum: its record count only with its consent
-            # (the sums' totals over changing cohorts would give the count away too).
-            secure = NodeSecAgg(
-                config=runtime.config, examples=int(runtime.x.shape[0]) if reveal else 1
-            )
-            # Policy first: a round the node would refuse is refused before any training.
-            setup = secure.check_request(
-                setup_bytes=secagg_payload(message.content), request=request
-            )
-            # Weights that do not fit the task's model are the server's flaw: named to it.
-            set_weights(
-                build_model(
-                    name=request.model,
-                    input_shape=runtime.input_shape,
-                    num_classes=runtime.num_classes,
-                ),
-                weights,
-            )
-            stage = "training"
-            result = runtime.train(
-                model_name=request.model, weights=weights, request=request, secure=setup is not None
-            )
-            receipt = runtime.receipt(request)
-            metrics = _deployed_metrics(result, reveal_count=reveal and setup is None)
-            if receipt is not None and not (reveal and setup is None):
-                receipt = without_count(receipt)
-            if setup is not None:
-                delta = [w - g for w, g in zip(result.weights, weights, strict=True)]
-                advert = secure.begin(setup=setup, update=delta, request=request)
-                content = encode_secure_reply(metrics=metrics, payload=advert)
-            else:
-                content = encode_reply(weights=result.weights, metrics=metrics)
-            if receipt is not None:
-                attach_receipt(content, encode_receipt(receipt))
-            return Message(content, reply_to=message)
+            content = encode_reply(weights=result.weights, metrics=metrics)
+        if receipt is not None:
+            attach_receipt(content, encode_receipt(receipt))
+        return Message(content, reply_to=message)
     except RefusalError as exc:
         reason = str(exc)
         if stage != "training":  # a refusal from training is in the node's log already
@@ -239,8 +184,6 @@ def train(message: Message, context: Context) -> Message:
                 f"({type(exc).__name__}); the details are in the node's own log"
             )
         return Message(Error(code=ERROR_CLIENT_FAILED, reason=reason), reply_to=message)
-    metrics = _reply_metrics(result, extra)
-    return Message(encode_reply(weights=result.weights, metrics=metrics), reply_to=message)
 
 
 def _node_event(context: Context, message: str) -> None:
@@ -291,30 +234,11 @@ def _deployed_metrics(result: LocalResult, *, reveal_count: bool) -> dict[str, f
     noise multiplier) only with ``reveal_count``: under secure aggregation never (#13.6);
     epsilon (rounded up to 0.1 without ``reveal_count``) and delta always.
     """
-    metrics = _reply_metrics(result, {})
+    metrics = result_metrics(result)
     del metrics["train-loss"]
     if not reveal_count:
         for key in ("num-examples", "steps", "sample-rate", "noise-multiplier"):
             metrics.pop(key, None)
         if "epsilon" in metrics:  # its sixth digit gives n away too (audit)
             metrics["epsilon"] = coarse_epsilon(float(metrics["epsilon"]))
-    return metrics
-
-
-def _reply_metrics(result: LocalResult, extra: dict[str, float | int]) -> dict[str, float | int]:
-    metrics: dict[str, float | int] = {
-        **extra,
-        "num-examples": result.num_examples,
-        "train-loss": result.train_loss,
-        "steps": result.steps,
-    }
-    if result.epsilon is not None:
-        metrics.update(
-            {
-                "epsilon": result.epsilon,
-                "delta": float(result.delta or 0.0),
-                "noise-multiplier": float(result.noise_multiplier or 0.0),
-                "sample-rate": float(result.sample_rate or 0.0),
-            }
-        )
     return metrics

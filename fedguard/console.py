@@ -8,7 +8,14 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["VERBOSE_ENV", "FlowerLines", "is_verbose", "set_verbose", "strip_ansi"]
+__all__ = [
+    "VERBOSE_ENV",
+    "FlowerLines",
+    "is_verbose",
+    "printable",
+    "set_verbose",
+    "strip_ansi",
+]
 
 # Set by `--verbose` and inherited by every process fedguard starts (the demo's server
 # and nodes, their Flower children).
@@ -64,3 +71,13 @@ class FlowerLines:
         if _DEBUG.match(line) or _EMPTY_INFO.match(line):
             return None
         return line
+
+
+def printable(text: object, *, limit: int = 200) -> str:
+    """``text`` safe to print on one console line: control and other unprintable
+    characters (newline, carriage return, escape sequences) written as escapes, cut to
+    ``limit`` characters. Everything a node reports goes through this before it is
+    printed or logged: a name or reason with a newline could forge a console line."""
+    s = str(text)
+    out = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in s[: limit + 1])
+    return out if len(out) <= limit else out[: limit - 1] + "…"

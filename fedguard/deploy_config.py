@@ -22,10 +22,10 @@ from fedguard.config import ACCOUNTANTS
 from fedguard.deploy.certs import _NODE_NAME as NODE_NAME
 from fedguard.deploy.roster import load_roster
 from fedguard.errors import ConfigError, invalid
+from fedguard.fl.limits import MAX_UPDATE_NORM
 
 __all__ = [
     "CONFIG_KEY",
-    "MAX_UPDATE_NORM",
     "NODE_CONFIG_KEY",
     "FederationConfig",
     "NodeConfig",
@@ -47,10 +47,6 @@ STRATEGIES: tuple[str, ...] = ("fedavg", "fedavgm", "fedadam", "fedprox")
 is Adam's step size, ~0.01, not FedAvg's 1.0); FedProx (Li et al. 2020; nodes add the
 proximal term prox-mu/2 ||w - w_global||^2, the server averages as FedAvg)."""
 
-MAX_UPDATE_NORM = 1e4
-"""Default ``[federation] max-update-norm``: the largest L2 norm of an update (node weights
-minus global) a plain round accepts. Generous (a DP-SGD round moves a model by about
-lr x steps x (clip + noise)); it stops an absurd one. Secure rounds clip to clip-range."""
 
 T = TypeVar("T")
 

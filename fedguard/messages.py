@@ -13,38 +13,40 @@ allocated), NaN/Inf weights, a value of the wrong type or out of range raises
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedguard.config import SimulationConfig, load_simulation_config
+from fedguard.fl.local import LocalResult
 from fedguard.fl.loop import TrainRequest
 from fedguard.records import check_finite, check_records, check_update, decode_arrays
 
 __all__ = [
-    "attach_receipt",
-    "receipt_payload",
     "ERROR_BUDGET_REFUSED",
     "ERROR_CLIENT_FAILED",
     "REPLY_METRIC_KEYS",
     "TrainReply",
-    "decode_reply",
+    "attach_receipt",
+    "decode_description",
     "decode_reply_content",
     "decode_request",
     "decode_secure_reply",
-    "decode_simulation",
+    "encode_description",
     "encode_reply",
     "encode_secagg",
     "encode_secure_reply",
     "encode_train",
-    "is_simulation",
+    "receipt_payload",
+    "result_metrics",
     "secagg_payload",
 ]
+
+# What a node's description may hold (Flower's config record values fedguard uses).
+DescriptionValue: TypeAlias = str | int | float | bool | list[int]
 
 # Application error codes in a client's error reply (Flower reserves small codes).
 ERROR_BUDGET_REFUSED = 4001
@@ -52,11 +54,11 @@ ERROR_CLIENT_FAILED = 4002
 
 _WEIGHTS = "weights"
 _REQUEST = "request"
-_SIMULATION = "simulation"
 _METRICS = "metrics"
 _SECAGG = "secagg"
 _PAYLOAD = "payload"
 _RECEIPT = "receipt"
+_NODE = "node"
 
 # The keys of a train request's config record (encode_train writes all of them).
 _REQUEST_KEYS = frozenset(
@@ -96,13 +98,12 @@ def encode_train(
     *,
     weights: list[np.ndarray],
     request: TrainRequest,
-    simulation: SimulationConfig | None,
-    state_dir: str | None,
     secagg: bytes | None = None,
 ) -> RecordDict:
-    """Content of a ``train`` message: global weights, the round's request, the secure
-    aggregation setup (a ``fedguard.v1.SecAggMessage``) when the round uses it and, for
-    virtual clients only, the simulation they belong to."""
+    """Content of a ``train`` message: global weights, the round's request and the secure
+    aggregation setup (a ``fedguard.v1.SecAggMessage``) when the round uses it. The same
+    for a deployed node and a simulation's virtual client: a simulation's config comes
+    with its ClientApp (``fedguard.simulations.flower_app``), never in a message."""
     content = RecordDict(
         {
             _WEIGHTS: ArrayRecord(weights),
@@ -131,13 +132,6 @@ def encode_train(
         content.config_records[_REQUEST]["class-weights"] = weights_of_classes
     if secagg is not None:
         content[_SECAGG] = ConfigRecord({_PAYLOAD: secagg})
-    if simulation is not None:
-        content[_SIMULATION] = ConfigRecord(
-            {
-                "config": json.dumps(simulation.to_dict()),
-                "state-dir": state_dir or "",
-            }
-        )
     return content
 
 
@@ -152,7 +146,7 @@ def decode_request(message: Message) -> tuple[list[np.ndarray], TrainRequest]:
         content,
         what="train request",
         required={_WEIGHTS: ArrayRecord, _REQUEST: ConfigRecord},
-        optional={_SECAGG: ConfigRecord, _SIMULATION: ConfigRecord},
+        optional={_SECAGG: ConfigRecord},
     )
     weights = decode_arrays(content.array_records[_WEIGHTS], what="train request weights")
     for i, w in enumerate(weights):
@@ -201,20 +195,28 @@ def _class_weights(record: ConfigRecord) -> tuple[float, ...]:
     return check_class_weights(received, key="train request: class-weights")
 
 
-def is_simulation(message: Message) -> bool:
-    """Whether a ``train`` message carries a simulation record (virtual clients only)."""
-    return _SIMULATION in message.content.config_records
+def encode_description(info: Mapping[str, DescriptionValue]) -> RecordDict:
+    """A node's answer to ``query.describe``: at least ``name`` and ``client-id``."""
+    return RecordDict({_NODE: ConfigRecord(dict(info))})
 
 
-def decode_simulation(message: Message) -> tuple[SimulationConfig, str] | None:
-    """The simulation a virtual client belongs to; None for a real (deployed) node."""
-    if _SIMULATION not in message.content.config_records:
-        return None
-    record = message.content.config_records[_SIMULATION]
-    raw = json.loads(_str(record, "config"))
-    if not isinstance(raw, dict):
-        raise ValueError(f"simulation config: expected a JSON object, got {type(raw).__name__}")
-    return load_simulation_config(overrides=raw), _str(record, "state-dir")
+def decode_description(content: RecordDict) -> dict[str, DescriptionValue]:
+    """A node's description (``ValueError`` if malformed), without any record count.
+
+    Exactly one ``node`` config record, whose ``name`` is a string and ``client-id`` an
+    integer; what else it holds is the node's claim, for the caller to check. A record
+    count (``num-examples``) is dropped: weights never come from a description.
+    """
+    check_records(content, what="description", required={_NODE: ConfigRecord}, optional={})
+    record = content.config_records[_NODE]
+    name, cid = record.get("name"), record.get("client-id")
+    if not isinstance(name, str):
+        raise ValueError(f"description name: expected a string, got {_got(record, 'name')}")
+    if isinstance(cid, bool) or not isinstance(cid, int):
+        raise ValueError(
+            f"description client-id: expected an integer, got {_got(record, 'client-id')}"
+        )
+    return {k: v for k, v in record.items() if k != "num-examples"}
 
 
 @dataclass(frozen=True)
@@ -228,8 +230,28 @@ def encode_reply(*, weights: list[np.ndarray], metrics: dict[str, float | int]) 
     return RecordDict({_WEIGHTS: ArrayRecord(weights), _METRICS: MetricRecord(values)})
 
 
-def decode_reply(
-    message: Message,
+def result_metrics(result: LocalResult) -> dict[str, float | int]:
+    """Every reply metric a local round produced (:data:`REPLY_METRIC_KEYS` but the client
+    id); what a node actually sends is its own choice among them."""
+    metrics: dict[str, float | int] = {
+        "num-examples": result.num_examples,
+        "train-loss": result.train_loss,
+        "steps": result.steps,
+    }
+    if result.epsilon is not None:
+        metrics.update(
+            {
+                "epsilon": result.epsilon,
+                "delta": float(result.delta or 0.0),
+                "noise-multiplier": float(result.noise_multiplier or 0.0),
+                "sample-rate": float(result.sample_rate or 0.0),
+            }
+        )
+    return metrics
+
+
+def decode_reply_content(
+    content: RecordDict,
     *,
     expect: Sequence[np.ndarray] | None = None,
     max_update_norm: float | None = None,
@@ -240,16 +262,6 @@ def decode_reply(
     the same dtype and shape; with ``max_update_norm`` as well, the update (reply minus
     ``expect``) must have at most that L2 norm.
     """
-    return decode_reply_content(message.content, expect=expect, max_update_norm=max_update_norm)
-
-
-def decode_reply_content(
-    content: RecordDict,
-    *,
-    expect: Sequence[np.ndarray] | None = None,
-    max_update_norm: float | None = None,
-) -> TrainReply:
-    """:func:`decode_reply` on the records themselves."""
     check_records(
         content,
         what="reply",

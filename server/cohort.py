@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fedguard.console import printable
 from fedguard.deploy_config import FederationConfig
-from fedguard.server.run_files import printable
 
 __all__ = ["Misfit", "check_cohort", "task_query"]
 

@@ -33,6 +33,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedguard._io import atomic_write_json, atomic_write_text
+from fedguard.console import printable
 from fedguard.deploy.flower import check_flower_version, patch_object_pull_backoff
 from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
 from fedguard.errors import FedguardError
@@ -48,7 +49,6 @@ from fedguard.fl.loop import (
 from fedguard.fl.participants import Cohort, Participants
 from fedguard.messages import encode_train
 from fedguard.privacy.receipts import PrivacyReceipt
-from fedguard.server.app import exchange_round
 from fedguard.server.checkpoint import CHECKPOINT, load_checkpoint, resume, save_round
 from fedguard.server.cohort import check_cohort
 from fedguard.server.deploy_nodes import (
@@ -70,13 +70,13 @@ from fedguard.server.deploy_parts import (
 from fedguard.server.run_files import (
     RunOutcome,
     RunStoppedError,
-    printable,
     run_files,
     write_outcome,
 )
 from fedguard.server.secure_round import secure_round
 from fedguard.task import build_model, get_weights
 from fedguard.task.metrics import headline
+from fedguard.transport.grid import exchange_round
 
 __all__ = ["CHECKPOINT", "CONFIG_KEY", "DeployedRun", "RunStoppedError", "app"]
 
@@ -312,8 +312,6 @@ class DeployedRun:
                 train_content=lambda setup: encode_train(
                     weights=global_weights,
                     request=request,
-                    simulation=None,
-                    state_dir=None,
                     secagg=setup,
                 ),
                 shapes=[w.shape for w in global_weights],
@@ -326,9 +324,7 @@ class DeployedRun:
                 grid=self.grid,
                 server_round=server_round,
                 cohort=cohort,
-                content=encode_train(
-                    weights=global_weights, request=request, simulation=None, state_dir=None
-                ),
+                content=encode_train(weights=global_weights, request=request),
                 timeout=cfg.federation.round_timeout,
                 receipt_run=request.run_key,
                 expect=global_weights,

@@ -13,14 +13,15 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
+from fedguard.console import printable
 from fedguard.deploy.certs import _NODE_NAME as NODE_NAME  # the rule of `fedguard certs node NAME`
 from fedguard.deploy.flower import flower_env
 from fedguard.deploy_config import FederationConfig
 from fedguard.fl.participants import Cohort
-from fedguard.server.app import describe_nodes, wait_for_nodes
 from fedguard.server.cohort import task_query
 from fedguard.server.enrolment import Enrolment, Revocation
-from fedguard.server.run_files import RunStoppedError, printable
+from fedguard.server.run_files import RunStoppedError
+from fedguard.transport.grid import NodeWaitError, describe_nodes, wait_for_nodes
 
 __all__ = [
     "NODE_GRACE_S",
@@ -105,7 +106,7 @@ def gather_nodes(
     while True:
         try:
             nodes = wait_for_nodes(grid, f.min_nodes, wait_s=max(1.0, deadline - time.monotonic()))
-        except RuntimeError:
+        except NodeWaitError:
             nodes = sorted(grid.get_node_ids())
         missing = [n for n in nodes if n not in info]
         if missing:

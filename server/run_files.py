@@ -28,7 +28,6 @@ __all__ = [
     "RunFiles",
     "RunOutcome",
     "RunStoppedError",
-    "printable",
     "read_outcome",
     "run_files",
     "write_outcome",
@@ -105,13 +104,3 @@ def read_outcome(path: Path) -> RunOutcome | None:
         if not isinstance(raw[key], kind) or (kind is int and isinstance(raw[key], bool)):
             raise DataError(f"{path}: {key}: expected {kind.__name__}, got {raw[key]!r}")
     return RunOutcome(**raw)
-
-
-def printable(text: object, *, limit: int = 200) -> str:
-    """``text`` safe to print on one console line: control and other unprintable
-    characters (newline, carriage return, escape sequences) written as escapes, cut to
-    ``limit`` characters. Everything a node reports goes through this before it is
-    printed or logged: a name or reason with a newline could forge a console line."""
-    s = str(text)
-    out = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in s[: limit + 1])
-    return out if len(out) <= limit else out[: limit - 1] + "…"

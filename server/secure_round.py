@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedguard.deploy.flower import send_and_receive
+from fedguard.console import printable
 from fedguard.fl.loop import ClientUpdate, Refusal, SecureMean
 from fedguard.fl.participants import Cohort
 from fedguard.messages import decode_secure_reply, encode_secagg, secagg_payload
@@ -38,10 +37,9 @@ from fedguard.privacy.secagg import (
     UnmaskReply,
     dequantize_mean,
 )
-from fedguard.server.app import superlink_error
-from fedguard.server.receipts import read_receipt
-from fedguard.server.run_files import printable
 from fedguard.transport import WireError, decode_secagg
+from fedguard.transport.grid import Failed, exchange, names_in
+from fedguard.transport.receipts import read_receipt
 from fedguard.transport.serde import encode_secagg as encode_payload
 
 __all__ = ["SECAGG_MESSAGE_TYPE", "secure_round"]
@@ -85,37 +83,14 @@ def secure_round(
         for p in cohort
     ]
     adverts: list[AdvertiseKeys] = []
-    answered: set[int] = set()
-    started = time.monotonic()
-    trained = send_and_receive(grid, msgs, timeout=timeout)
-    waited = time.monotonic() - started
-    asked = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
-    for reply in trained:
-        node = reply.metadata.src_node_id
-        offline = superlink_error(reply, asked)
-        if offline is not None:  # the SuperLink answered for a node it holds offline
-            gone = cohort.by_node(asked[reply.metadata.reply_to_message_id])
-            if gone is not None and gone.client_id not in answered:
-                answered.add(gone.client_id)
-                yield Refusal(client_id=gone.client_id, reason=f"{gone.name}: {offline}")
-            continue
-        member = cohort.by_node(node)
-        if (
-            member is None
-            or member.client_id in answered
-            or asked.get(reply.metadata.reply_to_message_id) != node
-        ):
-            _log.warning(
-                "round %d: dropped a reply from %s (not asked, a repeat, or not "
-                "answering its own message)",
-                r,
-                f"node {node}" if member is None else member.name,
-            )
+    done = exchange(grid, msgs, timeout=timeout, what=f"round {r}", name_of=names_in(cohort))
+    for reply in done.replies:
+        member = cohort.by_node(reply.node_id)
+        if member is None:  # exchange keeps only nodes asked
             continue
         cid, slot = member.client_id, cohort.slot(member.client_id)
-        answered.add(cid)
-        if reply.has_error():
-            yield Refusal(client_id=cid, reason=f"{member.name}: {printable(reply.error.reason)}")
+        if isinstance(reply, Failed):
+            yield Refusal(client_id=cid, reason=f"{member.name}: {reply.reason}")
             continue
         try:
             metrics, payload = decode_secure_reply(reply.content)
@@ -138,9 +113,11 @@ def secure_round(
             epsilon=metrics.get("epsilon") if receipt is None else receipt.epsilon,
             receipt=receipt,
         )
-    for p in sorted(cohort, key=lambda p: p.client_id):
-        if p.client_id not in answered:
-            yield Refusal(client_id=p.client_id, reason=f"{p.name}: no reply within {waited:.0f}s")
+    for node in sorted(done.missing, key=cohort.client_id_of):
+        p = cohort.by_node(node)
+        if p is not None:
+            reason = f"{p.name}: no reply within {done.waited:.0f}s"
+            yield Refusal(client_id=p.client_id, reason=reason)
 
     # Each masked input: every parameter of the model, then the node's weight.
     server = SecAggServer(params, length=sum(math.prod(s) for s in shapes) + 1)
@@ -194,13 +171,11 @@ def _exchange(
         for slot, request in requests.items()
     ]
     out: dict[int, Any] = {}
-    for reply in send_and_receive(grid, msgs, timeout=timeout):
-        slot = slot_of_node.get(reply.metadata.src_node_id)
-        if slot is None or slot in out:
-            continue
-        if reply.has_error():
-            reason = printable(reply.error.reason)
-            _log.warning("round %d: %s dropped: %s", server_round, to[slot].name, reason)
+    what = f"round {server_round}"
+    for reply in exchange(grid, msgs, timeout=timeout, what=what, name_of=names_in(cohort)).replies:
+        slot = slot_of_node[reply.node_id]  # exchange keeps only nodes asked
+        if isinstance(reply, Failed):
+            _log.warning("round %d: %s dropped: %s", server_round, to[slot].name, reply.reason)
             continue
         try:
             payload = secagg_payload(reply.content)

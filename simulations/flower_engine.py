@@ -1,5 +1,7 @@
-"""The Flower engine: fedguard's real ServerApp and ClientApp on Flower's Simulation
-Engine (Ray), for parity with deployment and to scale out over a Ray cluster.
+"""The Flower engine: the simulation's own ServerApp and ClientApp
+(:mod:`fedguard.simulations.flower_app`) on Flower's Simulation Engine (Ray), for parity
+with deployment (the same messages, reply vetting and local round) and to scale out over a
+Ray cluster.
 
 It is slower than the in-process engine on one machine (Ray start-up, a worker process
 per virtual node, serialised messages); see FLOWER-NOTES.md for the measured costs.
@@ -47,17 +49,14 @@ def run_flower(
         )
     from flwr.simulation import run_simulation
 
-    from fedguard.client.app import app as client_app
-    from fedguard.server.app import make_simulation_server_app
+    from fedguard.simulations.flower_app import make_client_app, make_server_app
 
     # Flower logs its own deprecation of run_simulation at WARNING on every call.
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    server_app = make_simulation_server_app(
-        config=config, state_dir=state_dir.resolve(), on_round=on_round
-    )
+    state_dir = state_dir.resolve()
     run_simulation(
-        server_app=server_app,
-        client_app=client_app,
+        server_app=make_server_app(config=config, state_dir=state_dir, on_round=on_round),
+        client_app=make_client_app(config=config, state_dir=state_dir),
         num_supernodes=config.clients,
         backend_config=ray_backend_config(config=config),
     )

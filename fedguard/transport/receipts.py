@@ -1,4 +1,4 @@
-"""The server's reading of the privacy receipts nodes attach to their train replies."""
+"""The reading of the privacy receipts nodes attach to their train replies (by the server)."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ def test_a_data_error_reply_quotes_no_record(tmp_path: Path, monkeypatch):
         total_rounds=3, federation="demo", model="logreg", run_id="demo/abc",
     )  # fmt: skip
     msg = Message(
-        encode_train(weights=weights, request=request, simulation=None, state_dir=None),
+        encode_train(weights=weights, request=request),
         dst_node_id=1,
         message_type=MessageType.TRAIN,
         group_id="1",

@@ -100,9 +100,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         toml.write_text(toml.read_text().replace("required = true", "required = false"))
         node_runtime.cache_clear()
         n = Node(toml=toml, state=toml.parent / "state")
-        good = encode_train(
-            weights=WEIGHTS, request=train_request(1), simulation=None, state_dir=None
-        )
+        good = encode_train(weights=WEIGHTS, request=train_request(1))
         reply = n.deliver(good)
         assert reply.has_content() and not reply.has_error()  # it trains a valid request
         assert LEDGER_FILENAME in n.snapshot()
@@ -111,7 +109,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 def valid() -> RecordDict:
     """A valid request for round 2 (the node would train it)."""
-    return encode_train(weights=WEIGHTS, request=train_request(2), simulation=None, state_dir=None)
+    return encode_train(weights=WEIGHTS, request=train_request(2))
 
 
 def changed(change: Callable[[RecordDict], object]) -> Callable[[], RecordDict]:
@@ -203,7 +201,7 @@ CASES = [
         "request record missing",
         changed(lambda c: c.__delitem__("request")),
         "train request: expected records weights (arrays), request (config); optionally"
-        " secagg (config), simulation (config); got weights (arrays)",
+        " secagg (config); got weights (arrays)",
     ),
     Case(
         "weights record missing",
@@ -338,7 +336,8 @@ CASES = [
                 "simulation", ConfigRecord({"config": "{}", "state-dir": "/tmp/x"})
             )
         ),
-        "a deployed node takes no simulation record",
+        # No message type carries a simulation's config: the record is just an extra one.
+        "optionally secagg (config); got request (config), simulation (config), weights",
     ),
 ]
 

@@ -28,8 +28,8 @@ from fedguard.client.node import node_runtime
 from fedguard.fl.loop import ClientUpdate
 from fedguard.messages import encode_train, receipt_payload
 from fedguard.privacy.secagg import quantization_step
-from fedguard.server.app import exchange_round
 from fedguard.transport import decode_receipt
+from fedguard.transport.grid import exchange_round
 
 __all__ = ["fed", "identity"]  # fixtures, imported for pytest
 
@@ -112,7 +112,7 @@ def _plain(fed: Federation, cohort: list[int], **kwargs) -> list[ClientUpdate]:
         grid=fed.grid,
         server_round=1,
         cohort=fed.participants().cohort(cohort),
-        content=encode_train(weights=weights, request=request, simulation=None, state_dir=None),
+        content=encode_train(weights=weights, request=request),
         timeout=TIMEOUT,
         receipt_run=request.run_key,
         expect=weights,

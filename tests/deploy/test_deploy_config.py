@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from harness.federation_files import write_federation
 
-from fedguard.deploy_config import MAX_UPDATE_NORM, load_federation_config, load_node_config
+from fedguard.deploy_config import load_federation_config, load_node_config
 from fedguard.errors import ConfigError
+from fedguard.fl.limits import MAX_UPDATE_NORM
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedguard.deploy_config import MAX_UPDATE_NORM
+from fedguard.fl.limits import MAX_UPDATE_NORM
 from fedguard.fl.loop import RoundRecord, TrainRequest, run_rounds
 from fedguard.fl.participants import Participants
 from fedguard.messages import (
@@ -46,9 +46,9 @@ from fedguard.messages import (
 )
 from fedguard.optimizers import FedAvgM
 from fedguard.privacy.receipts import PrivacyReceipt
-from fedguard.server.app import exchange_round
 from fedguard.task import Metrics
 from fedguard.transport import encode_receipt
+from fedguard.transport.grid import exchange_round
 
 RUN = "cardio/0123456789abcdef"
 TIMEOUT = 0.2  # the grid answers at once: only a missing reply is waited for
@@ -471,7 +471,7 @@ def run(
             total_rounds=rounds, federation="cardio", model="logreg", run_id=RUN,
         )  # fmt: skip
         assert request.run_key == RUN
-        content = encode_train(weights=weights, request=request, simulation=None, state_dir=None)
+        content = encode_train(weights=weights, request=request)
         return exchange_round(
             grid=grid,
             server_round=server_round,

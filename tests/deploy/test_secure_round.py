@@ -50,10 +50,10 @@ from fedguard.privacy.secagg import (
     make_params,
     quantization_step,
 )
-from fedguard.server.app import describe_nodes
 from fedguard.server.secure_round import SECAGG_MESSAGE_TYPE, secure_round
 from fedguard.task import build_model, get_weights
 from fedguard.transport import decode_secagg
+from fedguard.transport.grid import describe_nodes
 from fedguard.transport.serde import encode_secagg as encode_payload
 
 NODES = 4
@@ -280,7 +280,7 @@ class Federation:
                 cohort=cohort,
                 node_of=self.node_of,
                 train_content=lambda setup: encode_train(
-                    weights=weights, request=request, simulation=None, state_dir=None, secagg=setup
+                    weights=weights, request=request, secagg=setup
                 ),
                 shapes=[w.shape for w in weights],
                 timeout=TIMEOUT,
@@ -447,7 +447,7 @@ def test_train_without_secagg_is_refused_by_a_node_that_requires_it(fed: Federat
     cid = fed.cid("node-a")
     before = _snapshot(fed.state(cid))
     assert LEDGER_FILENAME in before and fed.accountant(cid) in before
-    content = encode_train(weights=weights, request=fed.request(2), simulation=None, state_dir=None)
+    content = encode_train(weights=weights, request=fed.request(2))
     msg = Message(content, dst_node_id=fed.node_of[cid], message_type=MessageType.TRAIN,
                   group_id="2")  # fmt: skip
     [reply] = send_and_receive(fed.grid, [msg], timeout=TIMEOUT)

@@ -23,23 +23,23 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedguard.console import printable
 from fedguard.deploy_config import CONFIG_KEY, load_federation_config, load_node_config
 from fedguard.errors import ConfigError, DataError
 from fedguard.fl.loop import ClientUpdate, Refusal, RoundShortError, run_rounds
 from fedguard.fl.participants import Participants
 from fedguard.optimizers import FedAvgM
 from fedguard.server import deploy_app
-from fedguard.server.app import exchange_round
 from fedguard.server.cohort import check_cohort
 from fedguard.server.launcher import ServerFailedError, _check_finished
 from fedguard.server.run_files import (
     RunOutcome,
-    printable,
     read_outcome,
     run_files,
     write_outcome,
 )
 from fedguard.task import Metrics
+from fedguard.transport.grid import exchange_round
 
 FEDERATION = """state-dir = "state"
 out = "results"

@@ -23,7 +23,7 @@ def _message(content: object) -> object:
 
 def _encoded(request: TrainRequest):  # type: ignore[no-untyped-def]
     weights = [np.ones((2, 3), dtype=np.float32)]
-    return encode_train(weights=weights, request=request, simulation=None, state_dir=None)
+    return encode_train(weights=weights, request=request)
 
 
 def test_class_weights_cross_the_wire() -> None:

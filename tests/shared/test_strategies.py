@@ -164,7 +164,7 @@ def _message(content):
 def test_prox_mu_crosses_the_wire_and_defaults_to_zero():
     weights = [np.ones((2, 3), dtype=np.float32)]
     request = TrainRequest(server_round=2, local_epochs=1, batch_size=8, lr=0.1, prox_mu=0.25)
-    content = encode_train(weights=weights, request=request, simulation=None, state_dir=None)
+    content = encode_train(weights=weights, request=request)
     got_weights, got = decode_request(_message(content))
     assert got == request
     np.testing.assert_array_equal(got_weights[0], weights[0])
@@ -173,8 +173,6 @@ def test_prox_mu_crosses_the_wire_and_defaults_to_zero():
     old = encode_train(
         weights=weights,
         request=TrainRequest(server_round=2, local_epochs=1, batch_size=8, lr=0.1),
-        simulation=None,
-        state_dir=None,
     )
     del old.config_records["request"]["prox-mu"]
     assert decode_request(_message(old))[1].prox_mu == 0.0

@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedguard.deploy_config import MAX_UPDATE_NORM
+from fedguard.fl.limits import MAX_UPDATE_NORM
 from fedguard.fl.loop import TrainRequest
 from fedguard.messages import decode_reply_content, decode_request, encode_train
 
@@ -91,7 +91,7 @@ def test_reply_decoding_of_random_arrays_raises_only_value_error(got, values, ex
 )
 def test_request_decoding_of_random_arrays_and_values_raises_only_value_error(got, changes):
     request = TrainRequest(server_round=1, local_epochs=1, batch_size=8, lr=0.1)
-    content = encode_train(weights=[], request=request, simulation=None, state_dir=None)
+    content = encode_train(weights=[], request=request)
     record = ArrayRecord()
     for i, a in enumerate(got):
         record[str(i)] = a

@@ -14,7 +14,7 @@ from fedguard.messages import attach_receipt
 from fedguard.privacy.ledger import Ledger
 from fedguard.privacy.receipts import PrivacyReceipt, receipt_for, without_count
 from fedguard.proto.v1 import receipt_pb2 as rpb
-from fedguard.server.receipts import read_receipt
+from fedguard.transport.receipts import read_receipt
 from fedguard.transport import WireError, decode_receipt, encode_receipt
 
 
