@@ -31,9 +31,10 @@ from sklearn.datasets import make_classification
 from sklearn.metrics import f1_score
 
 from fedguard.config import SimulationConfig
+from fedguard.files import MODEL_FILE
 from fedguard.fl.loop import federated_data, initial_model
 from fedguard.privacy.class_weights import weights_for_prevalence
-from fedguard.simulations.runner import MODEL_FILE, simulate
+from fedguard.simulations.runner import simulate
 from fedguard.task import compute_metrics, set_weights
 
 POSITIVE_RATE = 0.03  # declared with the data set: public, never counted on a node

@@ -48,6 +48,7 @@ from typing import IO
 from fedguard.deploy.demo import DemoLayout, fedguard_cmd, prepare_demo
 from fedguard.deploy.procs import start, stop
 from fedguard.errors import FedguardError
+from fedguard.files import LEDGER_FILE
 
 __all__ = ["LoadResult", "main", "run_load"]
 
@@ -225,7 +226,7 @@ def _configure(layout: DemoLayout, *, secagg: bool, round_timeout: float) -> Non
 
 def _check_exactly_once(layout: DemoLayout, rows: list[dict], nodes: int) -> list[str]:
     # Imported once the nodes are gone: fedguard.privacy brings torch (~300 MB).
-    from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
+    from fedguard.privacy.ledger import Ledger
 
     problems = []
     names = [t.parent.name for t in layout.nodes]
@@ -237,7 +238,7 @@ def _check_exactly_once(layout: DemoLayout, rows: list[dict], nodes: int) -> lis
         if stale:
             problems.append(f"round {r}: no receipt for this round from {', '.join(stale)}")
     for toml in layout.nodes:
-        ledger = Ledger(path=toml.parent / "state" / LEDGER_FILENAME)
+        ledger = Ledger(path=toml.parent / "state" / LEDGER_FILE)
         if not ledger.path.exists():
             problems.append(f"{toml.parent.name}: no ledger")
             continue

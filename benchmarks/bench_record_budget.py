@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fedguard.files import INDEX_FILE, LEDGER_FILE
 from fedguard.privacy import GaussianEvent
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
+from fedguard.privacy.ledger import Ledger
 from fedguard.privacy.record_budget import (
-    INDEX_FILE,
     RecordSet,
     index_digest,
     load_index,
@@ -38,7 +38,7 @@ EVENT = GaussianEvent(noise_multiplier=1.0, sample_rate=0.01, steps=100)
 def one_round(state: Path, records: RecordSet) -> dict[str, float]:
     t: dict[str, float] = {}
     t0 = time.perf_counter()
-    ledger = Ledger(path=state / LEDGER_FILENAME)
+    ledger = Ledger(path=state / LEDGER_FILE)
     entries = ledger.entries()
     index, warning = load_index(
         path=state / INDEX_FILE, entries=entries, key_check=records.key_check

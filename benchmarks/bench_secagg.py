@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from fedguard.config import load_simulation_config
+from fedguard.files import METRICS_FILE
 from fedguard.privacy.secagg import (
     ConsistencyReply,
     ConsistencyRequest,
@@ -47,7 +48,7 @@ from fedguard.privacy.secagg import (
 )
 from fedguard.privacy.secagg import _hazmat as hz
 from fedguard.privacy.secagg.signing import consistency_message
-from fedguard.simulations.runner import METRICS_FILE, simulate
+from fedguard.simulations.runner import simulate
 from fedguard.transport import encode_secagg
 
 __all__ = ["MODELS", "main"]

@@ -26,12 +26,12 @@ from pathlib import Path
 
 from fedguard._io import atomic_write_json
 from fedguard.errors import BudgetExceededError, StateFileError
+from fedguard.files import PLANS_FILE
 from fedguard.privacy import GaussianEvent
 from fedguard.privacy.calibration import least_noise_that_fits
 
 __all__ = ["PLANS_FILE", "RunPlan", "plan_run"]
 
-PLANS_FILE = "run-plans.json"
 _BISECTION_STEPS = 60
 
 

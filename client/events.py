@@ -15,9 +15,10 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fedguard.files import EVENTS_FILE
+
 __all__ = ["EVENTS_FILE", "RUN_DONE", "append_event", "finished_run", "follow"]
 
-EVENTS_FILE = "node-events.log"
 # Written after the node trained the last round its run planned: with the server gone
 # afterwards, the launcher may say the federation finished (client/launcher.py).
 RUN_DONE = "trained the last planned round of run"

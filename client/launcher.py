@@ -45,6 +45,7 @@ from fedguard.deploy.flower.entry import preload_supernode, supernode_main
 from fedguard.deploy.procs import fork_start, free_port, stop
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import FedguardError
+from fedguard.files import NODE_LOCK, SESSION_FILE, UPDATE_FILE
 from fedguard.task_identity import installed_task
 
 __all__ = [
@@ -55,7 +56,6 @@ __all__ = [
     "run_client",
 ]
 
-NODE_LOCK = "node.lock"
 CONNECT_TIMEOUT_S = 30.0
 MAX_RECONNECTS = 3  # a SuperNode that stops on its own after being accepted is restarted
 # How long the server may still hold a crashed session of this key online (it refuses to
@@ -395,7 +395,6 @@ def _remove_round_secrets(state_dir: Path, *, name: str) -> None:
     re-asked round is then answered afresh or refused (client/released.py keeps what was
     sent, so nothing goes into a second sum), and an update never sent is voided at the
     next request (client/void.py)."""
-    from fedguard.client.released import SESSION_FILE, UPDATE_FILE  # imports torch
 
     for stale in (SESSION_FILE, UPDATE_FILE):
         path = state_dir / stale

@@ -52,6 +52,7 @@ from fedguard.errors import (
     RefusalError,
     StateFileError,
 )
+from fedguard.files import BUDGET_LOCK, INDEX_FILE, LAST_REPLY_FILE, LEDGER_FILE
 from fedguard.fl.local import LocalResult, LocalTrainer, PrivacyBudget
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy import (
@@ -60,11 +61,10 @@ from fedguard.privacy import (
     sample_rate_for,
     steps_per_epoch,
 )
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, LedgerEntry, LedgerError
+from fedguard.privacy.ledger import Ledger, LedgerEntry, LedgerError
 from fedguard.privacy.node_secret import load_node_secret
 from fedguard.privacy.receipts import PrivacyReceipt, receipt_for
 from fedguard.privacy.record_budget import (
-    INDEX_FILE,
     RecordBudgetError,
     RecordSet,
     RecordSpend,
@@ -90,8 +90,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 ACCOUNTANT_PREFIX = "accountant-"  # + 16 hex of the keyed fingerprint + ".json": a report
-LAST_REPLY_FILE = "last-reply.safetensors"
-BUDGET_LOCK = "budget.lock"
 
 
 @dataclass
@@ -208,7 +206,7 @@ class NodeRuntime:
         records = self.records()
         # One writer: from reading the ledger to committing this round's entry.
         with hold_lock(self.state_dir / BUDGET_LOCK):
-            ledger = Ledger(path=self.state_dir / LEDGER_FILENAME)
+            ledger = Ledger(path=self.state_dir / LEDGER_FILE)
             try:  # an earlier round's held update that never left: given back first
                 settle(
                     state_dir=self.state_dir,
@@ -257,7 +255,7 @@ class NodeRuntime:
         policy = self.config.privacy
         r, run = request.server_round, request.run_key
         method, delta = policy.accountant, policy.delta
-        ledger = Ledger(path=self.state_dir / LEDGER_FILENAME)
+        ledger = Ledger(path=self.state_dir / LEDGER_FILE)
         try:
             entries = ledger.entries()
             index, warning = load_index(
@@ -457,7 +455,7 @@ class NodeRuntime:
     def receipt(self, request: TrainRequest) -> PrivacyReceipt | None:
         """The privacy receipt of ``request``'s round, from this node's ledger."""
         return receipt_for(
-            Ledger(path=self.state_dir / LEDGER_FILENAME),
+            Ledger(path=self.state_dir / LEDGER_FILE),
             run=request.run_key,
             server_round=request.server_round,
         )

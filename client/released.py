@@ -42,9 +42,6 @@ from fedguard.privacy.secagg import SecAggParams, Setup
 from fedguard.transport.serde import encode_secagg
 
 __all__ = [
-    "JOURNAL_FILE",
-    "SESSION_FILE",
-    "UPDATE_FILE",
     "HeldUpdate",
     "Journal",
     "MaskedRecord",
@@ -57,9 +54,6 @@ __all__ = [
     "write_journal",
 ]
 
-JOURNAL_FILE = "secagg-released.json"
-SESSION_FILE = "secagg-session.pb"  # the SecAgg+ client state between stages
-UPDATE_FILE = "secagg-update.npz"  # the (noised) update between training and masking
 _FORMAT = "fedguard-secagg-released/1"
 # The newest masked records kept: a node is only ever re-asked its newest rounds (its
 # stored reply holds one round), so these are many times what a replay could reach.

@@ -32,12 +32,12 @@ import numpy as np
 from fedguard._io import atomic_write_json
 from fedguard.deploy_config import PolicySection
 from fedguard.errors import DataError
+from fedguard.files import INDEX_FILE, SCALING_FILE
 from fedguard.fl.scaling import ReleasedScaling, apply_released, scaling_event
 from fedguard.privacy import GaussianEvent
 from fedguard.privacy.dp_scaling import dp_centre_scale, scaling_sensitivity
 from fedguard.privacy.ledger import Ledger, LedgerEntry
 from fedguard.privacy.record_budget import (
-    INDEX_FILE,
     RecordSet,
     RecordSpend,
     index_digest,
@@ -47,7 +47,6 @@ from fedguard.privacy.record_budget import (
 from fedguard.task.schema import DPScalingPlan
 
 __all__ = [
-    "SCALING_FILE",
     "Scaled",
     "read_released",
     "release_to_come",
@@ -58,7 +57,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-SCALING_FILE = "dp-scaling.json"
 _FORMAT = "fedguard-dp-scaling/1"
 
 

@@ -23,11 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fedguard._io import atomic_write_bytes
-from fedguard.client.node import BUDGET_LOCK
 from fedguard.client.released import (
-    JOURNAL_FILE,
-    SESSION_FILE,
-    UPDATE_FILE,
     Journal,
     MaskedRecord,
     Session,
@@ -39,11 +35,12 @@ from fedguard.client.released import (
     write_journal,
 )
 from fedguard.client.secure_identity import check_identity, node_roster
-from fedguard.client.signed_sets import SIGNED_FILE, record_signed, signed_set, survivors_digest
+from fedguard.client.signed_sets import record_signed, signed_set, survivors_digest
 from fedguard.client.state_lock import hold_lock
 from fedguard.deploy.roster import load_node_key
 from fedguard.deploy_config import NodeConfig
 from fedguard.errors import PolicyRefusalError
+from fedguard.files import BUDGET_LOCK, RELEASED_FILE, SESSION_FILE, SIGNED_FILE, UPDATE_FILE
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.client_dp import ClientDP, clip_and_noise
 from fedguard.privacy.secagg import (
@@ -59,7 +56,7 @@ from fedguard.privacy.secagg.client import ClientState
 from fedguard.transport import decode_client_state, decode_secagg, encode_client_state
 from fedguard.transport.serde import encode_secagg
 
-__all__ = ["JOURNAL_FILE", "SESSION_FILE", "UPDATE_FILE", "NodeSecAgg", "read_stored_update"]
+__all__ = ["RELEASED_FILE", "SESSION_FILE", "UPDATE_FILE", "NodeSecAgg", "read_stored_update"]
 
 _STAGE: dict[type, str] = {
     ShareKeysRequest: "share-keys",
@@ -162,7 +159,7 @@ class NodeSecAgg:
     def _begin(
         self, *, setup: Setup, update: list[np.ndarray], request: TrainRequest | None
     ) -> bytes:
-        journal = read_journal(self.dir / JOURNAL_FILE)
+        journal = read_journal(self.dir / RELEASED_FILE)
         sid, digest = session_id(setup), update_digest(update)
         r = setup.params.server_round
         if digest in journal.void:
@@ -214,7 +211,7 @@ class NodeSecAgg:
             run=run, server_round=r, id=sid, update=digest, replies={"advertise": (sid, advert)}
         )
         # The journal first: a session whose keys it does not name is never continued.
-        write_journal(self.dir / JOURNAL_FILE, journal)
+        write_journal(self.dir / RELEASED_FILE, journal)
         self._save(client)
         return advert
 
@@ -235,7 +232,7 @@ class NodeSecAgg:
         if not isinstance(request, _Stage):
             raise SecAggError(f"unexpected stage {type(request).__name__}")
         stage = _STAGE[type(request)]
-        journal = read_journal(self.dir / JOURNAL_FILE)
+        journal = read_journal(self.dir / RELEASED_FILE)
         session = journal.session
         asked = request_digest(payload)
         if session is not None and stage in session.replies:
@@ -272,7 +269,7 @@ class NodeSecAgg:
         (self.dir / SESSION_FILE).unlink(missing_ok=True)
         if journal.session is not None and not journal.session.abandoned:
             journal.session.abandoned = True
-            write_journal(self.dir / JOURNAL_FILE, journal)
+            write_journal(self.dir / RELEASED_FILE, journal)
 
     def _stored_noised(self, digest: str) -> tuple[np.ndarray, int] | None:
         """The noised update stored for the trained update ``digest`` (never masked)."""
@@ -298,7 +295,7 @@ class NodeSecAgg:
         if isinstance(request, ShareKeysRequest):
             reply = encode_secagg(client.share_keys(request))
             session.replies[stage] = (asked, reply)
-            write_journal(self.dir / JOURNAL_FILE, journal)
+            write_journal(self.dir / RELEASED_FILE, journal)
             self._save(client)
             return reply
         if isinstance(request, MaskedInputRequest):
@@ -330,7 +327,7 @@ class NodeSecAgg:
             )
             if journal.held is not None and journal.held.update == session.update:
                 journal.held = None  # released: it can never be given back
-            write_journal(self.dir / JOURNAL_FILE, journal)
+            write_journal(self.dir / RELEASED_FILE, journal)
             self._save(client)
             (self.dir / UPDATE_FILE).unlink(missing_ok=True)
             return masked
@@ -353,12 +350,12 @@ class NodeSecAgg:
             # different request is refused (see step), never signed.
             signed = encode_secagg(signature)
             session.replies[stage] = (asked, signed)
-            write_journal(self.dir / JOURNAL_FILE, journal)
+            write_journal(self.dir / RELEASED_FILE, journal)
             self._save(client)
             return signed
         revealed = encode_secagg(client.unmask(request))
         session.replies[stage] = (asked, revealed)
-        write_journal(self.dir / JOURNAL_FILE, journal)
+        write_journal(self.dir / RELEASED_FILE, journal)
         (self.dir / SESSION_FILE).unlink(missing_ok=True)
         return revealed
 

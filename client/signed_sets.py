@@ -26,10 +26,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fedguard.errors import DataError
+from fedguard.files import SIGNED_FILE
 
 __all__ = ["SIGNED_FILE", "record_signed", "signed_set", "survivors_digest"]
-
-SIGNED_FILE = "secagg-signed.jsonl"
 
 
 def survivors_digest(survivors: Iterable[int]) -> str:

@@ -28,17 +28,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fedguard.client.released import (
-    JOURNAL_FILE,
-    SESSION_FILE,
-    UPDATE_FILE,
-    HeldUpdate,
-    Journal,
-    read_journal,
-    write_journal,
-)
+from fedguard.client.released import HeldUpdate, Journal, read_journal, write_journal
 from fedguard.client.stored_reply import read_stored_reply
 from fedguard.errors import DataError
+from fedguard.files import RELEASED_FILE, SESSION_FILE, UPDATE_FILE
 from fedguard.privacy.ledger import Ledger, LedgerEntry
 
 __all__ = ["hold", "release", "settle"]
@@ -51,7 +44,7 @@ def settle(
 ) -> LedgerEntry | None:
     """Give back the held update unless it answers ``keep_key`` (the request being served)
     or it may have left the node; the void entry written, if any. Call under budget.lock."""
-    path = state_dir / JOURNAL_FILE
+    path = state_dir / RELEASED_FILE
     try:
         journal = read_journal(path)
     except DataError as exc:  # cannot tell what was sent: everything stays spent
@@ -104,7 +97,7 @@ def settle(
 
 def hold(*, state_dir: Path, held: HeldUpdate) -> None:
     """Record ``held`` as kept for a secure sum only (after its ledger commit)."""
-    path = state_dir / JOURNAL_FILE
+    path = state_dir / RELEASED_FILE
     journal = read_journal(path)
     journal.held = held
     write_journal(path, journal)
@@ -113,7 +106,7 @@ def hold(*, state_dir: Path, held: HeldUpdate) -> None:
 def release(*, state_dir: Path, key: str) -> None:
     """The held update of request ``key`` is about to leave alone (a plain reply): it can
     never be given back. Written before the reply is returned."""
-    path = state_dir / JOURNAL_FILE
+    path = state_dir / RELEASED_FILE
     journal = read_journal(path)
     if journal.held is not None and journal.held.key == key:
         _forget(path, journal)

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fedguard.client.events import EVENTS_FILE, append_event, finished_run, follow
+from fedguard.client.events import append_event, finished_run, follow
+from fedguard.files import EVENTS_FILE
 
 __all__ = ["ServeWatch", "server_reachable", "wait_for_server"]
 

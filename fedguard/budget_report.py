@@ -11,7 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from fedguard.deploy_config import NodeConfig
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
+from fedguard.files import LEDGER_FILE
+from fedguard.privacy.ledger import Ledger
 
 __all__ = ["DatasetBudget", "NodeBudget", "RunSpend", "node_budget"]
 
@@ -58,7 +59,7 @@ def node_budget(*, cfg: NodeConfig) -> NodeBudget:
     LedgerError
         The ledger fails verification (the message names the first problem).
     """
-    path = cfg.node.state_dir / LEDGER_FILENAME
+    path = cfg.node.state_dir / LEDGER_FILE
     ledger = Ledger(path=path)
     entries = ledger.entries()
     committed, voided = ledger.committed(), ledger.voided()

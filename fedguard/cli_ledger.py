@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from fedguard.files import LEDGER_FILE
+
 if TYPE_CHECKING:
     from fedguard.privacy.ledger import Ledger, ServerReceipt
 
@@ -28,9 +30,9 @@ _STATE_HELP = "the node's state folder (holds ledger.jsonl)"
 
 
 def _open(state: Path) -> Ledger:
-    from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, LedgerError
+    from fedguard.privacy.ledger import Ledger, LedgerError
 
-    path = state / LEDGER_FILENAME
+    path = state / LEDGER_FILE
     if not path.is_file():
         raise LedgerError(f"{path}: no privacy ledger at this path (check --state)")
     return Ledger(path=path)

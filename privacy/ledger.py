@@ -57,7 +57,6 @@ from fedguard.errors import FedguardError, invalid
 
 __all__ = [
     "GENESIS",
-    "LEDGER_FILENAME",
     "Ledger",
     "LedgerEntry",
     "LedgerError",
@@ -65,7 +64,6 @@ __all__ = [
     "VerifyReport",
 ]
 
-LEDGER_FILENAME = "ledger.jsonl"
 GENESIS = "0" * 64  # ``prev`` of the first line
 
 _FILE_MODE = 0o600  # the ledger reveals how much this node trained; owner only

@@ -24,18 +24,17 @@ from pathlib import Path
 
 from fedguard._io import atomic_write_bytes
 from fedguard.errors import FedguardError
+from fedguard.files import NODE_SECRET_FILE
 
 __all__ = [
     "LABEL_DATASET",
     "LABEL_RECORD",
     "LABEL_VALIDATION",
-    "NODE_SECRET_FILE",
     "NodeSecretError",
     "keyed_digest",
     "load_node_secret",
 ]
 
-NODE_SECRET_FILE = "node-secret.key"  # noqa: S105 (a file name, not a secret)
 _SECRET_BYTES = 32
 _FILE_MODE = 0o600
 

@@ -54,7 +54,6 @@ from .group_privacy import group_epsilon
 from .ledger import LedgerEntry
 from .record_index import (
     DIGEST_BYTES,
-    INDEX_FILE,
     History,
     RecordBudgetError,
     RecordIndex,
@@ -66,7 +65,6 @@ from .record_index import (
 
 __all__ = [
     "DIGEST_BYTES",
-    "INDEX_FILE",
     "LedgerEvent",
     "ledger_events",
     "Profile",

@@ -26,7 +26,6 @@ from .node_secret import LABEL_DATASET, LABEL_RECORD, keyed_digest
 
 __all__ = [
     "DIGEST_BYTES",
-    "INDEX_FILE",
     "History",
     "RecordBudgetError",
     "RecordIndex",
@@ -36,7 +35,6 @@ __all__ = [
     "write_index",
 ]
 
-INDEX_FILE = "record-index.npz"
 DIGEST_BYTES = 16
 _FORMAT = 1
 _FILE_MODE = 0o600  # which records trained when: owner only

@@ -28,7 +28,6 @@ from fedguard.optimizers import ServerOptimizer
 from fedguard.safetensors_header import safetensors_metadata
 
 __all__ = [
-    "CHECKPOINT",
     "Checkpoint",
     "ResumePoint",
     "load_checkpoint",
@@ -38,7 +37,6 @@ __all__ = [
 ]
 
 FORMAT = "fedguard-checkpoint/2"  # /2: adds "sha256" over the tensors
-CHECKPOINT = "checkpoint.safetensors"  # in the server's state-dir
 
 
 @dataclass(frozen=True)

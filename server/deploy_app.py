@@ -37,6 +37,7 @@ from fedguard.console import printable
 from fedguard.deploy.flower import check_flower_version, patch_object_pull_backoff
 from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation_config
 from fedguard.errors import FedguardError
+from fedguard.files import ERROR_LOG, METRICS_FILE, SUMMARY_FILE
 from fedguard.fl.loop import (
     ClientUpdate,
     Refusal,
@@ -49,7 +50,7 @@ from fedguard.fl.loop import (
 from fedguard.fl.participants import Cohort, Participants
 from fedguard.messages import encode_train
 from fedguard.privacy.receipts import PrivacyReceipt
-from fedguard.server.checkpoint import CHECKPOINT, load_checkpoint, resume, save_round
+from fedguard.server.checkpoint import load_checkpoint, resume, save_round
 from fedguard.server.cohort import check_cohort
 from fedguard.server.deploy_nodes import (
     NODE_NAME,
@@ -78,9 +79,8 @@ from fedguard.task import build_model, get_weights
 from fedguard.task.metrics import headline
 from fedguard.transport.grid import exchange_round
 
-__all__ = ["CHECKPOINT", "CONFIG_KEY", "DeployedRun", "RunStoppedError", "app"]
+__all__ = ["CONFIG_KEY", "DeployedRun", "RunStoppedError", "app"]
 
-ERROR_LOG = "serverapp-error.log"  # in state-dir: the traceback of a ServerApp that raised
 
 _log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class DeployedRun:
                 f"stopped: {exc} (min-nodes = {f.min_nodes}): {why}; the round is not "
                 "counted: run the same command to retry it once the nodes are back"
             ) from None
-        atomic_write_json(self.files.results / "summary.json", self.summary(started))
+        atomic_write_json(self.files.results / SUMMARY_FILE, self.summary(started))
         last = self.records[-1]
         return self._outcome(
             True,
@@ -217,7 +217,7 @@ class DeployedRun:
         )
         if point.checkpoint is not None:
             done = point.checkpoint.server_round
-            self.records = read_metrics(files.results / "metrics.jsonl", upto=done)
+            self.records = read_metrics(files.results / METRICS_FILE, upto=done)
             if self.records:
                 self.epsilon_of = dict(self.records[-1].get("epsilon_by_node", {}))
                 self.receipts = dict(self.records[-1].get("receipts", {}))
@@ -363,7 +363,7 @@ class DeployedRun:
             server=self.server,
         )
         atomic_write_text(
-            self.files.results / "metrics.jsonl",
+            self.files.results / METRICS_FILE,
             "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.records),
         )
         eps = ", ".join(f"{k} {v:.3f}" for k, v in sorted(self.epsilon_of.items()))

@@ -39,10 +39,10 @@ from fedguard.deploy.certs import load_public_key_openssh
 from fedguard.deploy.flower.cli_output import ApiCode, flwr_json_answer, has_api_code
 from fedguard.deploy.procs import venv_tool
 from fedguard.errors import FedguardError
+from fedguard.files import ENROLMENT_FILE
 
 __all__ = [
     "CONNECTION",
-    "ENROLMENT_FILE",
     "Enrolment",
     "EnrolmentError",
     "Revocation",
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 CONNECTION = "fedguard"  # the SuperLink connection's name in the server's FLWR_HOME
-ENROLMENT_FILE = "enrolment.json"
 FORMAT = "fedguard-enrolment/1"
 FLWR_TIMEOUT_S = 120.0
 

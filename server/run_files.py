@@ -22,9 +22,9 @@ from typing import Any
 from fedguard._io import atomic_write_json
 from fedguard.deploy_config import FederationConfig
 from fedguard.errors import DataError, FedguardError
+from fedguard.files import CHECKPOINT_FILE, OUTCOME_FILE
 
 __all__ = [
-    "OUTCOME_FILE",
     "RunFiles",
     "RunOutcome",
     "RunStoppedError",
@@ -33,8 +33,6 @@ __all__ = [
     "write_outcome",
 ]
 
-OUTCOME_FILE = "run-outcome.json"
-CHECKPOINT = "checkpoint.safetensors"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -62,8 +60,8 @@ def run_files(cfg: FederationConfig) -> RunFiles:
         run_id=f"{cfg.federation.name}/{digest}",
         name=name,
         results=cfg.out / name,
-        checkpoint=cfg.state_dir / "runs" / name / CHECKPOINT,
-        legacy_checkpoint=cfg.state_dir / CHECKPOINT,
+        checkpoint=cfg.state_dir / "runs" / name / CHECKPOINT_FILE,
+        legacy_checkpoint=cfg.state_dir / CHECKPOINT_FILE,
         outcome=cfg.state_dir / OUTCOME_FILE,
     )
 

@@ -18,6 +18,7 @@ from fedguard._io import read_jsonl
 from fedguard.deploy.flower import flower_env
 from fedguard.deploy.procs import venv_tool
 from fedguard.deploy_config import FederationConfig
+from fedguard.files import ENROLMENT_FILE, METRICS_FILE
 from fedguard.server.checkpoint import load_checkpoint
 from fedguard.server.enrolment import CONNECTION, Enrolment
 from fedguard.server.run_files import run_files
@@ -62,13 +63,13 @@ def federation_status(cfg: FederationConfig) -> FederationStatus:
     if checkpoint is None:  # written before runs had their own folders
         legacy = load_checkpoint(files.legacy_checkpoint)
         checkpoint = legacy if legacy and legacy.config_digest == cfg.digest() else None
-    rows = read_jsonl(files.results / "metrics.jsonl")
+    rows = read_jsonl(files.results / METRICS_FILE)
     last = rows[-1] if rows else None
     receipts: dict[str, dict[str, Any]] = dict(last.get("receipts", {})) if last else {}
     online, server = _connections(cfg)
     enrolled = (
         Enrolment(keys_dir=cfg.server.keys_dir or state, state_dir=state, env={}).records()
-        if (state / "enrolment.json").exists()
+        if (state / ENROLMENT_FILE).exists()
         else {}
     )
     nodes = []

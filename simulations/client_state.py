@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedguard.files import ACCOUNTANT_FILE
 from fedguard.privacy import Accountant, AccountantMethod, AccountantStore
 from fedguard.simulations.virtual_clients import client_state_dir
 
 __all__ = ["AccountantCache"]
-
-ACCOUNTANT_FILE = "accountant.json"
 
 
 class AccountantCache:

@@ -25,13 +25,11 @@ from fedguard._io import atomic_write_bytes, atomic_write_json, atomic_write_tex
 from fedguard.class_labels import default_names
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
+from fedguard.files import METRICS_FILE, MODEL_FILE, SUMMARY_FILE
 from fedguard.fl.loop import FederatedData, RoundRecord, federated_data, initial_model
 
 __all__ = ["SimulationSummary", "simulate"]
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-MODEL_FILE = "model.safetensors"
 MODEL_FORMAT = "fedguard-model/1"
 STATE_DIR = "state"
 

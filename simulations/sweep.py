@@ -24,8 +24,9 @@ from typing import Any, Protocol
 
 from fedguard._io import atomic_write_json
 from fedguard.errors import ConfigError
+from fedguard.files import METRICS_FILE, SUMMARY_FILE, SWEEP_MARKER_FILE
 from fedguard.fl.loop import RoundRecord
-from fedguard.simulations.runner import METRICS_FILE, SUMMARY_FILE, simulate
+from fedguard.simulations.runner import simulate
 from fedguard.simulations.sweep_grid import (
     GRID_KEYS,
     NON_PRIVATE,
@@ -50,8 +51,6 @@ __all__ = [
     "plan_sweep",
     "run_sweep",
 ]
-
-MARKER_FILE = "sweep.json"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,7 +116,7 @@ def run_sweep(
         finished = sum(r is not None for r in earlier.values())
         observer.sweep_started(plan=plan, finished=finished)
     _clear_out(plan.out, overwrite=overwrite)
-    atomic_write_json(plan.out / MARKER_FILE, _marker(plan))
+    atomic_write_json(plan.out / SWEEP_MARKER_FILE, _marker(plan))
     results: list[CellResult] = []
     ran = 0
     for index, cell in enumerate(plan.cells):
@@ -203,7 +202,7 @@ def _check_out(out: Path, *, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: expected a folder, got {str(out)!r}, which is a file")
     earlier = out.is_dir() and any(out.iterdir())
-    if earlier and not overwrite and not (out / MARKER_FILE).is_file():
+    if earlier and not overwrite and not (out / SWEEP_MARKER_FILE).is_file():
         raise ConfigError(
             f"--out: expected a new or empty folder or an earlier sweep's, got {str(out)!r} "
             f"which holds other files (pass --overwrite to use it anyway)"
@@ -215,7 +214,7 @@ def _clear_out(out: Path, *, overwrite: bool) -> None:
     if overwrite:
         from fedguard.simulations.sweep_report import OUTPUT_FILES
 
-        for name in (RUNS_DIR, MARKER_FILE, *OUTPUT_FILES):
+        for name in (RUNS_DIR, SWEEP_MARKER_FILE, *OUTPUT_FILES):
             path = out / name
             if path.is_dir():
                 shutil.rmtree(path)

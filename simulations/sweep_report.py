@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedguard._io import atomic_write_bytes, atomic_write_text
+from fedguard.files import PLOT_FILE, REPORT_FILE, RESULTS_FILE
 
 if TYPE_CHECKING:
     from fedguard.simulations.sweep import CellResult, SweepPlan
@@ -31,9 +32,6 @@ __all__ = [
     "write_outputs",
 ]
 
-RESULTS_FILE = "results.csv"
-PLOT_FILE = "accuracy_vs_epsilon.png"
-REPORT_FILE = "report.md"
 OUTPUT_FILES: tuple[str, ...] = (RESULTS_FILE, PLOT_FILE, REPORT_FILE)
 
 # Grid settings get their own columns first; the other settings follow, in config order.

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 from harness.federation_files import write_federation
 
-from fedguard.client.budget import PLANS_FILE
 from fedguard.client.node import node_runtime
+from fedguard.files import LEDGER_FILE, PLANS_FILE
 from fedguard.fl.local import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
+from fedguard.privacy.ledger import Ledger
 from fedguard.task import build_model, get_weights
 
 WEIGHTS = get_weights(build_model(name="logreg", input_shape=(1, 8, 8), num_classes=10))
@@ -59,7 +59,7 @@ def test_a_second_run_continues_from_what_the_first_spent(node: Path):
     assert second[0] > first[-1]
     assert first[-1] < second[-1] <= 3.0
     state = node_runtime(str(node)).state_dir
-    ledger = Ledger(path=state / LEDGER_FILENAME)
+    ledger = Ledger(path=state / LEDGER_FILE)
     assert ledger.verify().ok and len(ledger.committed()) == 6
     fingerprint = node_runtime(str(node)).fingerprint
     assert ledger.spent(dataset_fingerprint=fingerprint) == pytest.approx(second[-1])
@@ -69,7 +69,7 @@ def test_a_run_that_cannot_fit_is_refused_before_training_with_the_figures(node:
     train_run(node, "run-a")
     train_run(node, "run-b")
     runtime = node_runtime(str(node))
-    before_ledger = (runtime.state_dir / LEDGER_FILENAME).read_bytes()
+    before_ledger = (runtime.state_dir / LEDGER_FILE).read_bytes()
     before_accountant = runtime.accountant_store().path.read_bytes()
     spent = runtime.accountant_store().load(method="rdp").get_privacy_spent(delta=1e-5).epsilon
     # 3000 more rounds on what is left: more noise than the node's max-noise-multiplier
@@ -80,7 +80,7 @@ def test_a_run_that_cannot_fit_is_refused_before_training_with_the_figures(node:
     assert "run 'run-c' refused before any training" in message
     assert f"spent epsilon {spent:.4f}" in message and "lifetime budget 3" in message
     assert "3000 more rounds" in message and "max-noise-multiplier 10" in message
-    assert (runtime.state_dir / LEDGER_FILENAME).read_bytes() == before_ledger
+    assert (runtime.state_dir / LEDGER_FILE).read_bytes() == before_ledger
     assert runtime.accountant_store().path.read_bytes() == before_accountant
 
 

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
+from fedguard.files import LEDGER_FILE
+from fedguard.privacy.ledger import Ledger
 
 
 def _node(tmp_path: Path) -> Path:
@@ -37,7 +38,7 @@ def _fedguard(*args: str) -> subprocess.CompletedProcess[str]:
 def _write_ledger(tmp_path: Path) -> Ledger:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    ledger = Ledger(path=state / LEDGER_FILENAME)
+    ledger = Ledger(path=state / LEDGER_FILE)
     _round(ledger, "run-1", 1, 0.8)
     _round(ledger, "run-1", 2, 1.2)
     _round(ledger, "run-2", 1, 1.9)
@@ -108,7 +109,7 @@ def test_a_budget_spent_to_the_cap_leaves_nothing_not_a_rounding_error(tmp_path:
     # "left 1.332e-15 of 3".
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    _round(Ledger(path=state / LEDGER_FILENAME), "run-1", 1, 4.0 - 1.3e-15)
+    _round(Ledger(path=state / LEDGER_FILE), "run-1", 1, 4.0 - 1.3e-15)
     out = _fedguard("budget", "--config", str(_node(tmp_path)))
     assert out.returncode == 0, out.stderr
     assert "left 0 of 4" in out.stdout, out.stdout

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from fedguard.client.node import node_runtime
-from fedguard.client.scaling import SCALING_FILE
+from fedguard.files import INDEX_FILE, LEDGER_FILE, SCALING_FILE
 from fedguard.fl.local import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy import Accountant, GaussianEvent
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
-from fedguard.privacy.record_budget import INDEX_FILE, load_index, record_spend
+from fedguard.privacy.ledger import Ledger
+from fedguard.privacy.record_budget import load_index, record_spend
 from fedguard.task import build_model, get_weights
 
 SCHEMA = """
@@ -73,7 +73,7 @@ def _request(run: str, server_round: int = 1) -> TrainRequest:
 
 
 def _spent(runtime) -> float:
-    entries = Ledger(path=runtime.state_dir / LEDGER_FILENAME).entries()
+    entries = Ledger(path=runtime.state_dir / LEDGER_FILE).entries()
     records = runtime.records()
     index, warning = load_index(
         path=runtime.state_dir / INDEX_FILE, entries=entries, key_check=records.key_check
@@ -92,7 +92,7 @@ def test_the_dp_scaling_is_released_once_charged_first_and_reused(tmp_path: Path
     assert float(raw_v.mean()) > 50  # loaded clipped, not scaled
     weights = get_weights(build_model(name="logreg", input_shape=(2,), num_classes=2))
     first = runtime.train(model_name="logreg", weights=weights, request=_request("run-a"))
-    ledger = Ledger(path=runtime.state_dir / LEDGER_FILENAME)
+    ledger = Ledger(path=runtime.state_dir / LEDGER_FILE)
     entries = ledger.entries()
     # The scaling release is its own ledger event, committed BEFORE the round's pending.
     assert [e.kind for e in entries] == ["pending", "commit", "pending", "commit"]
@@ -148,7 +148,7 @@ def test_a_scaling_release_over_the_budget_is_refused_before_anything_is_release
         runtime.train(model_name="logreg", weights=weights, request=request)
     # The run could not fit WITH the release counted: nothing released, nothing charged.
     assert not (runtime.state_dir / SCALING_FILE).exists()
-    assert Ledger(path=runtime.state_dir / LEDGER_FILENAME).entries() == []
+    assert Ledger(path=runtime.state_dir / LEDGER_FILE).entries() == []
 
 
 def test_a_deleted_or_damaged_statistics_file_never_gives_a_free_release(tmp_path: Path):
@@ -158,7 +158,7 @@ def test_a_deleted_or_damaged_statistics_file_never_gives_a_free_release(tmp_pat
     weights = get_weights(build_model(name="logreg", input_shape=(2,), num_classes=2))
     runtime.train(model_name="logreg", weights=weights, request=_request("run-a"))
     stats = runtime.state_dir / SCALING_FILE
-    ledger = Ledger(path=runtime.state_dir / LEDGER_FILENAME)
+    ledger = Ledger(path=runtime.state_dir / LEDGER_FILE)
 
     def releases() -> int:
         return sum(1 for e in ledger.entries() if (e.run or "").startswith("dp-scaling/"))

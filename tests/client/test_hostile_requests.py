@@ -27,11 +27,10 @@ from harness.federation_files import write_federation
 
 from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
-from fedguard.client.events import EVENTS_FILE
 from fedguard.client.node import node_runtime
+from fedguard.files import EVENTS_FILE, LEDGER_FILE
 from fedguard.fl.loop import TrainRequest
 from fedguard.messages import ERROR_BUDGET_REFUSED, ERROR_CLIENT_FAILED, encode_train, secagg_record
-from fedguard.privacy.ledger import LEDGER_FILENAME
 from fedguard.privacy.secagg import Setup, make_params
 from fedguard.server.secure_round import SECAGG_MESSAGE_TYPE
 from fedguard.task import build_model, get_weights
@@ -103,7 +102,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         good = encode_train(weights=WEIGHTS, request=train_request(1))
         reply = n.deliver(good)
         assert reply.has_content() and not reply.has_error()  # it trains a valid request
-        assert LEDGER_FILENAME in n.snapshot()
+        assert LEDGER_FILE in n.snapshot()
         yield n
 
 

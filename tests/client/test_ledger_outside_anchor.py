@@ -20,8 +20,9 @@ from harness.federation_files import write_federation
 
 from fedguard.cli import main
 from fedguard.client.node import node_runtime
+from fedguard.files import LEDGER_FILE
 from fedguard.fl.loop import TrainRequest
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger, canonical_bytes
+from fedguard.privacy.ledger import Ledger, canonical_bytes
 from fedguard.task import build_model, get_weights
 
 WEIGHTS = get_weights(build_model(name="logreg", input_shape=(1, 8, 8), num_classes=10))
@@ -84,7 +85,7 @@ def fedguard(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
 def copy_state(state: Path, tmp_path: Path, lines: list[str]) -> Path:
     out = tmp_path / "state"
     out.mkdir()
-    (out / LEDGER_FILENAME).write_text("".join(line + "\n" for line in lines))
+    (out / LEDGER_FILE).write_text("".join(line + "\n" for line in lines))
     return out
 
 
@@ -114,11 +115,11 @@ def test_a_rewritten_ledger_passes_verify_but_not_verify_against(
     node: tuple[Path, Path], tmp_path: Path, fedguard
 ):
     state, metrics = node
-    objs = [json.loads(x) for x in (state / LEDGER_FILENAME).read_text().splitlines()]
+    objs = [json.loads(x) for x in (state / LEDGER_FILE).read_text().splitlines()]
     # Round 1 (entries 0 and 1) erased, the rest renumbered and re-hashed: a chain that
     # verifies, with less spent than the node released.
     forged = copy_state(state, tmp_path, rechained(objs[2:]))
-    assert Ledger(path=forged / LEDGER_FILENAME).verify().ok
+    assert Ledger(path=forged / LEDGER_FILE).verify().ok
     assert fedguard("ledger", "verify", "--state", str(forged)).returncode == 0
     result = fedguard("ledger", "verify", "--state", str(forged), "--against", str(metrics))
     assert result.returncode == 1
@@ -129,9 +130,9 @@ def test_a_rewritten_ledger_passes_verify_but_not_verify_against(
 
 def test_a_truncated_ledger_is_named(node: tuple[Path, Path], tmp_path: Path, fedguard):
     state, metrics = node
-    lines = (state / LEDGER_FILENAME).read_text().splitlines()
+    lines = (state / LEDGER_FILE).read_text().splitlines()
     cut = copy_state(state, tmp_path, lines[:3])  # round 3's entries (and a commit) gone
-    assert Ledger(path=cut / LEDGER_FILENAME).verify().ok  # the newest lines: undetectable
+    assert Ledger(path=cut / LEDGER_FILE).verify().ok  # the newest lines: undetectable
     result = fedguard("ledger", "verify", "--state", str(cut), "--against", str(metrics))
     assert result.returncode == 1
     (line,) = result.stdout.splitlines()
@@ -154,4 +155,4 @@ def test_receipts_carry_a_keyed_fingerprint_that_confirms_no_guess(node: tuple[P
     keys = np.sort(rt.record_keys.view(f"S{rt.record_keys.shape[1]}").ravel()).tobytes()
     guesses = {plain.hexdigest(), hashlib.sha256(keys).hexdigest()}
     assert fp.removeprefix("hmac:") not in guesses
-    assert "sha256:" not in (state / LEDGER_FILENAME).read_text()
+    assert "sha256:" not in (state / LEDGER_FILE).read_text()

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from harness.federation_files import write_federation
 
-from fedguard.client.events import EVENTS_FILE, finished_run, follow
+from fedguard.client.events import finished_run, follow
 from fedguard.client.node import node_runtime
+from fedguard.files import EVENTS_FILE, LEDGER_FILE
 from fedguard.fl.local import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
+from fedguard.privacy.ledger import Ledger
 from fedguard.task import build_model, get_weights
 
 WEIGHTS = get_weights(build_model(name="logreg", input_shape=(1, 8, 8), num_classes=10))
@@ -39,7 +40,7 @@ def test_every_round_and_refusal_is_a_line_in_the_node_log(tmp_path: Path):
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     assert len(lines) == 4 and offset == log.stat().st_size
     assert "run 'run-a' round 1 of 2: request: 1 local epochs, batch 64, lr 0.5" in lines[0]
-    entries = [e for e in Ledger(path=runtime.state_dir / LEDGER_FILENAME).entries()]
+    entries = [e for e in Ledger(path=runtime.state_dir / LEDGER_FILE).entries()]
     noise = entries[0].noise_multiplier
     trained = f"round 1: trained: noise multiplier {noise:.4g} (the run's plan: 2 rounds, epsilon "
     assert trained in lines[1]

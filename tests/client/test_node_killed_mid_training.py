@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 from harness.federation_files import write_federation
 
-from fedguard.client.node import LAST_REPLY_FILE, node_runtime
+from fedguard.client.node import node_runtime
+from fedguard.files import LAST_REPLY_FILE, LEDGER_FILE
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy import Accountant, GaussianEvent
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
+from fedguard.privacy.ledger import Ledger
 
 DELTA = 1e-5  # the test federation's node policy (tests/harness)
 
@@ -72,7 +73,7 @@ def test_a_node_killed_mid_training_counts_the_round_as_spent(tmp_path: Path):
     layout = write_federation(out=tmp_path / "demo", nodes=2, rounds=4)
     toml = layout.nodes[0]
     state = toml.parent / "state"
-    ledger = Ledger(path=state / LEDGER_FILENAME)
+    ledger = Ledger(path=state / LEDGER_FILE)
 
     node = _node_round(toml)
     try:

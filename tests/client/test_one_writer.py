@@ -18,8 +18,9 @@ import pytest
 from harness.federation_files import write_federation
 
 from fedguard.client.node import node_runtime
+from fedguard.files import LEDGER_FILE
 from fedguard.privacy import Accountant, GaussianEvent
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
+from fedguard.privacy.ledger import Ledger
 
 DELTA = 1e-5  # the test federation's node policy (tests/harness)
 
@@ -80,7 +81,7 @@ def test_two_processes_on_one_state_folder_serialise(tmp_path: Path):
     assert second.returncode == 0, err2
     eps1 = json.loads(out1.strip().splitlines()[-1])["epsilon"]
     eps2 = json.loads(out2.strip().splitlines()[-1])["epsilon"]
-    ledger = Ledger(path=toml.parent / "state" / LEDGER_FILENAME)
+    ledger = Ledger(path=toml.parent / "state" / LEDGER_FILE)
     assert ledger.verify().ok
     pending = [e for e in ledger.entries() if e.kind == "pending"]
     assert [e.server_round for e in pending] == [1, 2]  # the delayed one wrote first

@@ -19,11 +19,11 @@ import pytest
 import torch
 from harness.federation_files import write_federation
 
-from fedguard.client.budget import PLANS_FILE
 from fedguard.client.node import NodeRuntime, fallback_record_keys, node_runtime
+from fedguard.files import LEDGER_FILE, PLANS_FILE
 from fedguard.fl.local import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
+from fedguard.privacy.ledger import Ledger
 from fedguard.task import build_model, get_weights
 
 WEIGHTS = get_weights(build_model(name="logreg", input_shape=(1, 8, 8), num_classes=10))
@@ -123,7 +123,7 @@ def _snapshot(state: Path) -> dict[str, bytes]:
 def test_a_round_whose_ledger_line_was_edited_is_refused_and_charged_nothing(toml: Path):
     runtime = node_runtime(str(toml))
     runtime.train(model_name="logreg", weights=WEIGHTS, request=request("run-a", 1))
-    ledger = runtime.state_dir / LEDGER_FILENAME
+    ledger = runtime.state_dir / LEDGER_FILE
     ledger.write_text(ledger.read_text().replace('"server_round":1', '"server_round":7', 1))
     before = _snapshot(runtime.state_dir)
     for r in (2, 3):  # every round refused, and nothing written: not the accountant either
@@ -160,7 +160,7 @@ def test_a_round_whose_ledger_entry_cannot_be_written_is_neither_trained_nor_cha
 
 
 def ledger_path(runtime: NodeRuntime) -> Path:
-    return runtime.state_dir / LEDGER_FILENAME
+    return runtime.state_dir / LEDGER_FILE
 
 
 def test_a_server_asking_past_the_planned_rounds_is_refused(toml: Path):

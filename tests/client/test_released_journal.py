@@ -17,7 +17,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedguard.client.released import (
-    JOURNAL_FILE,
     MAX_RECORDS,
     Journal,
     MaskedRecord,
@@ -27,6 +26,7 @@ from fedguard.client.released import (
     write_journal,
 )
 from fedguard.errors import DataError
+from fedguard.files import RELEASED_FILE
 
 H = "ab" * 32
 
@@ -45,13 +45,13 @@ def _journal() -> Journal:
 
 
 def _bytes(tmp_path: Path) -> bytes:
-    path = tmp_path / "real" / JOURNAL_FILE
+    path = tmp_path / "real" / RELEASED_FILE
     write_journal(path, _journal())
     return path.read_bytes()
 
 
 def test_the_journal_reads_back_exactly_and_is_owner_only(tmp_path: Path):
-    path = tmp_path / "state" / JOURNAL_FILE
+    path = tmp_path / "state" / RELEASED_FILE
     assert read_journal(path) == Journal()  # none yet: nothing was released
     write_journal(path, _journal())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -60,7 +60,7 @@ def test_the_journal_reads_back_exactly_and_is_owner_only(tmp_path: Path):
 
 
 def test_only_the_newest_masked_records_are_kept(tmp_path: Path):
-    path = tmp_path / JOURNAL_FILE
+    path = tmp_path / RELEASED_FILE
     records = [
         MaskedRecord(run="r", server_round=i, session=H, update=f"{i:064x}")
         for i in range(MAX_RECORDS + 5)
@@ -98,7 +98,7 @@ def test_the_update_digest_tells_updates_apart_by_bytes_shape_and_dtype():
     ],
 )
 def test_a_journal_it_did_not_write_is_refused_naming_the_file(tmp_path: Path, text, fragment):
-    path = tmp_path / JOURNAL_FILE
+    path = tmp_path / RELEASED_FILE
     path.write_bytes(text)
     with pytest.raises(DataError, match=fragment) as err:
         read_journal(path)
@@ -108,7 +108,7 @@ def test_a_journal_it_did_not_write_is_refused_naming_the_file(tmp_path: Path, t
 @FUZZ
 @given(raw=st.binary(max_size=300))
 def test_journal_of_random_bytes(raw: bytes, tmp_path: Path):
-    path = tmp_path / JOURNAL_FILE
+    path = tmp_path / RELEASED_FILE
     path.write_bytes(raw)
     only(DataError, lambda: read_journal(path))
 
@@ -116,7 +116,7 @@ def test_journal_of_random_bytes(raw: bytes, tmp_path: Path):
 @FUZZ
 @given(data=st.data())
 def test_journal_mutated(data: st.DataObject, tmp_path: Path):
-    path = tmp_path / JOURNAL_FILE
+    path = tmp_path / RELEASED_FILE
     path.write_bytes(data.draw(mutated(_bytes(tmp_path))))
     got = only(DataError, lambda: read_journal(path))
     assert got is None or isinstance(got, Journal)

@@ -14,15 +14,16 @@ import pytest
 from deploy.test_secure_round import NODES, Federation, fed, identity
 
 from fedguard.client.node import node_runtime
-from fedguard.client.released import JOURNAL_FILE, read_journal
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
-from fedguard.privacy.record_budget import INDEX_FILE, load_index, record_spend
+from fedguard.client.released import read_journal
+from fedguard.files import INDEX_FILE, LEDGER_FILE, RELEASED_FILE
+from fedguard.privacy.ledger import Ledger
+from fedguard.privacy.record_budget import load_index, record_spend
 
 __all__ = ["fed", "identity"]  # fixtures, imported for pytest
 
 
 def _ledger(fed: Federation, cid: int) -> Ledger:
-    return Ledger(path=fed.state(cid) / LEDGER_FILENAME)
+    return Ledger(path=fed.state(cid) / LEDGER_FILE)
 
 
 def _spent(fed: Federation, cid: int) -> float:
@@ -64,7 +65,7 @@ def test_a_round_aborted_before_masking_is_given_back_and_a_completed_one_is_spe
         # Round 2's ledger entry (what its receipt reports) charges one round, not two.
         assert _ledger(fed, c).entries()[3].epsilon_after == pytest.approx(one_round[c])
         # Masked and sent: no longer held for a possible give-back.
-        assert read_journal(fed.state(c) / JOURNAL_FILE).held is None
+        assert read_journal(fed.state(c) / RELEASED_FILE).held is None
 
     third = fed.round(3, weights)  # completed rounds stay spent
     assert third.means

@@ -11,10 +11,11 @@ import pytest
 from harness.federation_files import write_federation
 
 from fedguard.client.node import PolicyRefusalError, node_runtime
-from fedguard.client.released import JOURNAL_FILE, SESSION_FILE, UPDATE_FILE, read_journal
+from fedguard.client.released import read_journal
 from fedguard.client.secure import NodeSecAgg
+from fedguard.files import LEDGER_FILE, RELEASED_FILE, SESSION_FILE, UPDATE_FILE
 from fedguard.fl.loop import TrainRequest
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
+from fedguard.privacy.ledger import Ledger
 from fedguard.privacy.secagg import Setup, make_params
 from fedguard.task import build_model, get_weights
 
@@ -40,7 +41,7 @@ def runtime(tmp_path: Path):
 
 
 def _kinds(runtime) -> list[str]:
-    return [e.kind for e in Ledger(path=runtime.state_dir / LEDGER_FILENAME).entries()]
+    return [e.kind for e in Ledger(path=runtime.state_dir / LEDGER_FILE).entries()]
 
 
 def _train(runtime, server_round: int, *, secure: bool):
@@ -69,9 +70,9 @@ def test_a_held_update_sent_alone_later_is_never_given_back(runtime):
     """The attack: train round 1 for a secure sum, ask the very same request again without
     one (the stored reply goes out alone), then move on: round 1 must stay spent."""
     _train(runtime, 1, secure=True)
-    assert read_journal(runtime.state_dir / JOURNAL_FILE).held is not None
+    assert read_journal(runtime.state_dir / RELEASED_FILE).held is not None
     _train(runtime, 1, secure=False)  # the stored reply goes out in the clear
-    assert read_journal(runtime.state_dir / JOURNAL_FILE).held is None
+    assert read_journal(runtime.state_dir / RELEASED_FILE).held is None
     _train(runtime, 2, secure=False)
     assert _kinds(runtime) == ["pending", "commit", "pending", "commit"]
 
@@ -94,7 +95,7 @@ def test_a_given_back_update_is_never_masked_afterwards(runtime):
     assert _kinds(runtime) == ["pending", "commit", "void", "pending", "commit"]
     assert not (runtime.state_dir / UPDATE_FILE).exists()
     assert not (runtime.state_dir / SESSION_FILE).exists()
-    journal = read_journal(runtime.state_dir / JOURNAL_FILE)
+    journal = read_journal(runtime.state_dir / RELEASED_FILE)
     assert journal.session is not None and journal.session.abandoned
     # The server asks for round 1's update again, in the same session or a new one.
     for setup in (_setup(1), _setup(3)):

@@ -31,8 +31,8 @@ from flwr.proto.node_pb2 import Node
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 from harness.federation_files import fedguard_cmd, write_federation
 
+from fedguard.files import ENROLMENT_FILE
 from fedguard.privacy.ledger import Ledger
-from fedguard.server.enrolment import ENROLMENT_FILE
 
 pytestmark = pytest.mark.deploy
 

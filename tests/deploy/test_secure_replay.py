@@ -26,9 +26,8 @@ from flwr.app import Message
 
 import fedguard.server.secure_round as server_side
 from fedguard.client.node import node_runtime
-from fedguard.client.secure import UPDATE_FILE
+from fedguard.files import LEDGER_FILE, UPDATE_FILE
 from fedguard.messages import secagg_payload
-from fedguard.privacy.ledger import LEDGER_FILENAME
 
 __all__ = ["fed", "identity"]  # fixtures, imported for pytest
 
@@ -64,7 +63,7 @@ def test_a_re_asked_round_over_a_smaller_cohort_never_isolates_the_missing_updat
     first = fed.round(1, weights)  # cohort {a, b, c, d}: the server unmasks S1
     assert first.means and first.refusals == []
     missing = fed.cid("node-d")
-    ledgers = {c: (fed.state(c) / LEDGER_FILENAME).read_bytes() for c in range(NODES)}
+    ledgers = {c: (fed.state(c) / LEDGER_FILE).read_bytes() for c in range(NODES)}
     # The server restarts before its checkpoint; node-d reconnects too late: {a, b, c}.
     second = fed.round(1, weights, cohort=[c for c in range(NODES) if c != missing])
     if second.means:  # the attack: S1 - S2 is node-d's (weighted) update
@@ -83,7 +82,7 @@ def test_a_re_asked_round_over_a_smaller_cohort_never_isolates_the_missing_updat
         assert "already masked into secure-aggregation session" in r.reason, r.reason
     # Refused after the free replay of the stored reply: nothing trained, nothing spent.
     for c in range(NODES):
-        assert (fed.state(c) / LEDGER_FILENAME).read_bytes() == ledgers[c]
+        assert (fed.state(c) / LEDGER_FILE).read_bytes() == ledgers[c]
 
 
 def test_a_re_asked_round_with_the_same_cohort_is_answered_from_the_same_session(
@@ -92,7 +91,7 @@ def test_a_re_asked_round_with_the_same_cohort_is_answered_from_the_same_session
     weights = fed.initial_weights()
     sent = _record_masked_inputs(fed)
     first = fed.round(1, weights)
-    ledgers = {c: _snapshot(fed.state(c)).get(LEDGER_FILENAME) for c in range(NODES)}
+    ledgers = {c: _snapshot(fed.state(c)).get(LEDGER_FILE) for c in range(NODES)}
     again = fed.round(1, weights)  # same cohort, same slots: the same session
     assert again.refusals == [] and len(again.means) == 1
     # The very same masked bytes, so the very same sum: nothing new is released.
@@ -106,7 +105,7 @@ def test_a_re_asked_round_with_the_same_cohort_is_answered_from_the_same_session
 
     assert receipts(again) == receipts(first)
     for c in range(NODES):
-        assert _snapshot(fed.state(c)).get(LEDGER_FILENAME) == ledgers[c]
+        assert _snapshot(fed.state(c)).get(LEDGER_FILE) == ledgers[c]
 
 
 def _record_masked_inputs(fed: Federation) -> dict[int, list[bytes]]:

@@ -31,14 +31,19 @@ from harness.federation_files import EPSILON, FederationFiles, write_federation
 
 from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
-from fedguard.client.node import LAST_REPLY_FILE, _round_key, node_runtime
-from fedguard.client.secure import JOURNAL_FILE, SESSION_FILE, UPDATE_FILE
-from fedguard.client.signed_sets import SIGNED_FILE
+from fedguard.client.node import _round_key, node_runtime
 from fedguard.deploy.flower import send_and_receive
 from fedguard.deploy_config import FederationConfig, load_federation_config
+from fedguard.files import (
+    LAST_REPLY_FILE,
+    LEDGER_FILE,
+    RELEASED_FILE,
+    SESSION_FILE,
+    SIGNED_FILE,
+    UPDATE_FILE,
+)
 from fedguard.fl.loop import ClientUpdate, Refusal, SecureMean, TrainRequest
 from fedguard.messages import ERROR_BUDGET_REFUSED, encode_secagg, encode_train, secagg_payload
-from fedguard.privacy.ledger import LEDGER_FILENAME
 from fedguard.privacy.secagg import (
     ConsistencyReply,
     ConsistencyRequest,
@@ -446,7 +451,7 @@ def test_train_without_secagg_is_refused_by_a_node_that_requires_it(fed: Federat
     fed.round(1, weights)  # the nodes have a ledger and an accountant to protect
     cid = fed.cid("node-a")
     before = _snapshot(fed.state(cid))
-    assert LEDGER_FILENAME in before and fed.accountant(cid) in before
+    assert LEDGER_FILE in before and fed.accountant(cid) in before
     content = encode_train(weights=weights, request=fed.request(2))
     msg = Message(content, dst_node_id=fed.node_of[cid], message_type=MessageType.TRAIN,
                   group_id="2")  # fmt: skip
@@ -470,7 +475,7 @@ def test_cohort_below_min_neighbours_is_refused_before_training(fed: Federation)
     for cid in cohort:
         after = _snapshot(fed.state(cid))
         assert after == before[cid]  # nothing trained, nothing spent, no session begun
-        assert not {LEDGER_FILENAME, fed.accountant(cid), LAST_REPLY_FILE} & after.keys()
+        assert not {LEDGER_FILE, fed.accountant(cid), LAST_REPLY_FILE} & after.keys()
 
 
 def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
@@ -495,7 +500,7 @@ def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
         elif stage == "unmask":  # the last stage answered: no secret is left
             assert not session.exists() and not update.exists()
         if (stage, when) != ("train", "before"):
-            assert _mode(state / JOURNAL_FILE) == 0o600
+            assert _mode(state / RELEASED_FILE) == 0o600
         seen.add((stage, when))
 
     fed.grid.watchers.append(at_rest)
@@ -510,7 +515,7 @@ def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
         # Only the journal of what was sent (public keys, sealed and revealed shares,
         # the masked input): no private key, seed or update.
         kept = sorted(n for n in left if n.startswith("secagg"))
-        assert kept == [JOURNAL_FILE, SIGNED_FILE], sorted(left)  # what it sent and signed
+        assert kept == [RELEASED_FILE, SIGNED_FILE], sorted(left)  # what it sent and signed
 
     # The same unmask request again: the very same reply bytes, nothing new revealed.
     again = fed.grid.replayed["unmask", twice]

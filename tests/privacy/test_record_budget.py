@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedguard.files import INDEX_FILE, LEDGER_FILE
 from fedguard.privacy import Accountant, GaussianEvent
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
+from fedguard.privacy.ledger import Ledger
 from fedguard.privacy.node_secret import LABEL_RECORD, keyed_digest
 from fedguard.privacy.record_budget import (
-    INDEX_FILE,
     RecordBudgetError,
     RecordIndex,
     RecordSet,
@@ -40,7 +40,7 @@ def keys(*ids: int) -> np.ndarray:
 
 def charge(state: Path, records: RecordSet, event: GaussianEvent = EVENT) -> float:
     """One round, as the node runs it: check from the ledger, write it first, then the index."""
-    ledger = Ledger(path=state / LEDGER_FILENAME)
+    ledger = Ledger(path=state / LEDGER_FILE)
     entries = ledger.entries()
     index, warning = load_index(
         path=state / INDEX_FILE, entries=entries, key_check=records.key_check
@@ -67,7 +67,7 @@ def charge(state: Path, records: RecordSet, event: GaussianEvent = EVENT) -> flo
 
 
 def spent(state: Path, records: RecordSet) -> tuple[float, str | None]:
-    entries = Ledger(path=state / LEDGER_FILENAME).entries()
+    entries = Ledger(path=state / LEDGER_FILE).entries()
     index, warning = load_index(
         path=state / INDEX_FILE, entries=entries, key_check=records.key_check
     )
@@ -173,7 +173,7 @@ def test_an_index_covering_more_than_the_ledger_means_a_truncated_ledger(tmp_pat
     a = record_set(secret=SECRET, keys=keys(1))
     charge(tmp_path, a)
     charge(tmp_path, a)
-    ledger = tmp_path / LEDGER_FILENAME
+    ledger = tmp_path / LEDGER_FILE
     ledger.write_text(ledger.read_text().splitlines()[0] + "\n")
     with pytest.raises(RecordBudgetError, match=r"covers ledger entry 1 .* only 1 entries"):
         spent(tmp_path, a)

@@ -10,13 +10,8 @@ import pytest
 from fedguard.deploy.certs import make_node_keys
 from fedguard.deploy.flower import flower_env
 from fedguard.errors import DataError
-from fedguard.server.enrolment import (
-    ENROLMENT_FILE,
-    FORMAT,
-    Enrolment,
-    EnrolmentError,
-    key_digest,
-)
+from fedguard.files import ENROLMENT_FILE
+from fedguard.server.enrolment import FORMAT, Enrolment, EnrolmentError, key_digest
 
 
 def _enrolment(tmp_path: Path, names: list[str], *, revoked: tuple[str, ...] = ()) -> Enrolment:

@@ -19,6 +19,7 @@ import torch
 
 from fedguard.config import SimulationConfig, load_simulation_config
 from fedguard.errors import DataError
+from fedguard.files import CHECKPOINT_FILE
 from fedguard.fl.local import LocalTrainer
 from fedguard.fl.loop import (
     ClientUpdate,
@@ -31,7 +32,7 @@ from fedguard.fl.loop import (
 )
 from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
 from fedguard.privacy import AccountantStore
-from fedguard.server.checkpoint import CHECKPOINT, load_checkpoint, resume, save_round
+from fedguard.server.checkpoint import load_checkpoint, resume, save_round
 from fedguard.simulations.virtual_clients import budget_for, client_state_dir
 from fedguard.task import evaluate, get_weights, set_weights
 
@@ -80,7 +81,7 @@ def server_process(
     ds = data.dataset
     trainer = LocalTrainer(model=initial_model(config, data), dp=not config.no_dp)
     point = resume(
-        state / CHECKPOINT,
+        state / CHECKPOINT_FILE,
         config_digest=DIGEST,
         weights=get_weights(trainer.model),
         server=server,
@@ -115,7 +116,7 @@ def server_process(
 
     def on_round(record, weights: list[np.ndarray]) -> None:
         save_round(
-            state / CHECKPOINT,
+            state / CHECKPOINT_FILE,
             server_round=record.round,
             config_digest=DIGEST,
             weights=weights,
@@ -172,7 +173,7 @@ def test_crash_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(
             server=OPTIMIZERS[optimizer](),
             crash=crash_at(CRASH_AFTER + 1, -1),
         )
-    checkpoint = load_checkpoint(state / CHECKPOINT)
+    checkpoint = load_checkpoint(state / CHECKPOINT_FILE)
     assert checkpoint is not None and checkpoint.server_round == CRASH_AFTER
     assert checkpoint.velocity, "the server optimiser's state is in the checkpoint"
     resumed = server_process(config, state=state, server=OPTIMIZERS[optimizer]())
@@ -205,7 +206,7 @@ def test_a_crash_mid_round_leaves_no_trace_in_the_final_model(tmp_path: Path):
         server_process(
             config, state=state, server=OPTIMIZERS["fedavgm"](), crash=crash_at(CRASH_AFTER + 1, 2)
         )
-    assert load_checkpoint(state / CHECKPOINT).server_round == CRASH_AFTER  # type: ignore[union-attr]
+    assert load_checkpoint(state / CHECKPOINT_FILE).server_round == CRASH_AFTER  # type: ignore[union-attr]
     resumed = server_process(config, state=state, server=OPTIMIZERS["fedavgm"]())
     assert max_difference(resumed, straight) <= 1e-6
 
@@ -213,15 +214,15 @@ def test_a_crash_mid_round_leaves_no_trace_in_the_final_model(tmp_path: Path):
 def test_a_checkpoint_of_another_federation_config_is_refused(tmp_path: Path):
     weights = [np.ones((2, 2), np.float32)]
     save_round(
-        tmp_path / CHECKPOINT,
+        tmp_path / CHECKPOINT_FILE,
         server_round=2,
         config_digest="other",
         weights=weights,
         server=FedAvgM(server_momentum=0.9),
     )
     with pytest.raises(DataError, match=r"made with another federation config \(digest other"):
-        resume(tmp_path / CHECKPOINT, config_digest=DIGEST, weights=weights, server=FedAvgM())
+        resume(tmp_path / CHECKPOINT_FILE, config_digest=DIGEST, weights=weights, server=FedAvgM())
     fresh = resume(
-        tmp_path / "none" / CHECKPOINT, config_digest=DIGEST, weights=weights, server=FedAvgM()
+        tmp_path / "none" / CHECKPOINT_FILE, config_digest=DIGEST, weights=weights, server=FedAvgM()
     )
     assert fresh.first_round == 1 and fresh.checkpoint is None and fresh.weights is weights

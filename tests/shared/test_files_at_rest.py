@@ -31,8 +31,9 @@ from harness.federation_files import write_federation
 
 from fedguard.cli import main as fedguard_main
 from fedguard.client.node import node_runtime
+from fedguard.files import LEDGER_FILE
 from fedguard.fl.loop import TrainRequest
-from fedguard.privacy.ledger import LEDGER_FILENAME, Ledger
+from fedguard.privacy.ledger import Ledger
 from fedguard.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedguard.task import build_model, get_weights
 
@@ -88,7 +89,7 @@ def test_a_nodes_state_after_a_round_is_owner_only(tmp_path: Path):
         runtime.train(model_name="logreg", weights=weights, request=request)
     state = runtime.state_dir
     found = {p.name: mode(p) for p in state.rglob("*")}
-    assert {LEDGER_FILENAME, "run-plans.json", "last-reply.safetensors"} <= found.keys()
+    assert {LEDGER_FILE, "run-plans.json", "last-reply.safetensors"} <= found.keys()
     assert any(name.startswith("accountant-") for name in found)
     assert mode(state) == 0o700
     assert {n: m for n, m in found.items() if m & 0o077} == {}  # nothing readable by others
@@ -169,7 +170,7 @@ def _append_ledger(path: Path) -> None:
             lambda p: load_checkpoint(p).server_round,  # type: ignore[union-attr]
         ),
         (
-            LEDGER_FILENAME,
+            LEDGER_FILE,
             lambda p: _ledger_round(Ledger(path=p), 1),
             _append_ledger,
             lambda p: [e.server_round for e in Ledger(path=p).entries()],
@@ -196,7 +197,7 @@ def test_a_failed_write_keeps_the_previous_file_and_says_so(
     assert str(path) in str(err.value) and "previous file (if any) is unchanged" in str(err.value)
     assert path.read_bytes() == before and read(path) == readable
     assert [p.name for p in path.parent.iterdir()] == [name]  # no temp file left behind
-    if name == LEDGER_FILENAME:
+    if name == LEDGER_FILE:
         assert Ledger(path=path).verify().ok
 
 
@@ -217,10 +218,10 @@ def test_checkpoint_and_ledger_go_temp_file_fsync_rename_fsync_folder(tmp_path: 
     monkeypatch.setattr(os, "fsync", fsync)  # spies: the real calls still happen
     monkeypatch.setattr(os, "replace", replace)
     save_checkpoint(tmp_path / "checkpoint.safetensors", _checkpoint(1))
-    ledger = Ledger(path=tmp_path / LEDGER_FILENAME)
+    ledger = Ledger(path=tmp_path / LEDGER_FILE)
     _ledger_round(ledger, 1)
     per_write = [("fsync", "file"), ("rename", "{}"), ("fsync", "folder")]
-    names = ["checkpoint.safetensors", LEDGER_FILENAME, LEDGER_FILENAME]  # begin + commit
+    names = ["checkpoint.safetensors", LEDGER_FILE, LEDGER_FILE]  # begin + commit
     assert calls == [(k, v.format(n)) for n in names for k, v in per_write]
 
 

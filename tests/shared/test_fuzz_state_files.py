@@ -22,14 +22,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.numpy import save as st_save
 
-from fedguard.client.budget import PLANS_FILE, RunPlan, plan_run
+from fedguard.client.budget import RunPlan, plan_run
 from fedguard.client.node import read_stored_reply
 from fedguard.client.secure import read_stored_update
 from fedguard.errors import DataError
+from fedguard.files import ENROLMENT_FILE, PLANS_FILE
 from fedguard.fl.local import BudgetExceededError, LocalResult
 from fedguard.privacy import Accountant, GaussianEvent
 from fedguard.privacy.secagg import SecAggError
-from fedguard.server.enrolment import ENROLMENT_FILE, Enrolment, EnrolmentError
+from fedguard.server.enrolment import Enrolment, EnrolmentError
 
 RUN, FINGERPRINT, KEY = "fed/abc", "hmac:" + "ab" * 32, "cd" * 32
 

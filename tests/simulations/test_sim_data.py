@@ -12,8 +12,9 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from fedguard.config import SimulationConfig
+from fedguard.files import MODEL_FILE
 from fedguard.fl.loop import clear_data_cache, federated_data
-from fedguard.simulations.runner import MODEL_FILE, simulate
+from fedguard.simulations.runner import simulate
 from fedguard.task import build_model, evaluate, load_dataset
 
 SCHEMA = """
