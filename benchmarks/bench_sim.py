@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from benchmarks.bench_dpstep import dp_step_costs, markdown_table
 from benchmarks.bench_reference import run_reference
-
 from fedguard.config import SimulationConfig, load_simulation_config, resolve_device
 from fedguard.files import METRICS_FILE
 from fedguard.fl.local import noise_for_budget
