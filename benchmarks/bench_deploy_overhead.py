@@ -5,7 +5,7 @@ that sends one tiny ``train`` message per node per round, and reports the time e
 round's send-and-receive took. Each configuration adds one fix on top of the previous:
 
     stock   flower-supernode, grid.send_and_receive (3 s poll)
-    grid    + fedguard.deploy.flower.send_and_receive (0.05 s poll)
+    grid    + fedguard.transport.poll.send_and_receive (0.05 s poll)
     env     + FAST_POLL_ENV (SuperExec task poll)
     poll    + SuperNode idle poll capped: python -m fedguard.deploy.flower supernode
               with FEDGUARD_SUPERNODE_PATCHES=poll
@@ -112,7 +112,8 @@ def main(grid: Grid, context: Context) -> None:
     nodes = sorted(grid.get_node_ids())
     fast = int(cfg["fast"])  # 0: stock, 1: own send_and_receive, 2: + payload back-off
     if fast:
-        from fedguard.deploy.flower import patch_object_pull_backoff, send_and_receive
+        from fedguard.deploy.flower import patch_object_pull_backoff
+        from fedguard.transport.poll import send_and_receive
     if fast > 1:
         patch_object_pull_backoff()
     times, lag_in, lag_out = [], [], []

@@ -32,18 +32,18 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedguard.console import printable
-from fedguard.deploy.flower import send_and_receive  # polls every 0.05 s, not 3 s
-from fedguard.deploy.flower.constants import SUPERLINK_NODE_ID
 from fedguard.errors import FedguardError
 from fedguard.fl.loop import ClientUpdate, Refusal
 from fedguard.fl.participants import Cohort
 from fedguard.messages import decode_description, decode_reply_content
+from fedguard.transport.poll import send_and_receive  # polls every 0.05 s, not 3 s
 from fedguard.transport.receipts import read_receipt
 
 __all__ = [
     "Answered",
     "Exchanged",
     "Failed",
+    "SUPERLINK_NODE_ID",
     "NodeWaitError",
     "describe_nodes",
     "exchange",
@@ -57,6 +57,9 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 NODE_WAIT_S = 120.0
+# The node id Flower gives the SuperLink in the replies it writes itself (flwr.common.constant,
+# not public API; tests/transport/test_grid.py pins it to the installed Flower's).
+SUPERLINK_NODE_ID = 1
 
 
 class NodeWaitError(FedguardError):

@@ -32,7 +32,6 @@ from harness.federation_files import EPSILON, FederationFiles, write_federation
 from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
 from fedguard.client.node import _round_key, node_runtime
-from fedguard.deploy.flower import send_and_receive
 from fedguard.deploy_config import FederationConfig, load_federation_config
 from fedguard.files import (
     LAST_REPLY_FILE,
@@ -59,6 +58,7 @@ from fedguard.server.secure_round import SECAGG_MESSAGE_TYPE, secure_round
 from fedguard.task import build_model, get_weights
 from fedguard.transport import decode_secagg
 from fedguard.transport.grid import describe_nodes
+from fedguard.transport.poll import send_and_receive
 from fedguard.transport.serde import encode_secagg as encode_payload
 
 NODES = 4

@@ -36,7 +36,6 @@ from flwr.supernode.runtime import run_clientapp as run_clientapp_module
 from fedguard.deploy.flower import (
     entry,
     executor_zygote,
-    grid_poll,
     heartbeat_retry,
     payload_backoff,
     registry,
@@ -49,6 +48,7 @@ from fedguard.deploy.flower import (
 )
 from fedguard.deploy.flower.env import PATCHES_ENV
 from fedguard.errors import FedguardError
+from fedguard.transport import poll as grid_poll
 
 SUPERNODE = importlib.import_module("flwr.supernode.start_client_internal")
 

@@ -6,7 +6,8 @@ the SuperLink allocate, one keeps a node's memory to one copy of its libraries, 
 keeps a node from importing code a server sends. One module per workaround:
 
 ==  ==========================  ==========================================================
-1   ``grid_poll``               a ServerApp pulls replies every 0.05 s, not 3 s (public API)
+1   ``transport.poll``          a ServerApp pulls replies every 0.05 s, not 3 s (public API;
+                                in ``fedguard.transport``: both engines use it)
 2   ``supernode_poll``          a SuperNode polls every 0.1 s, 1 s once idle (was 3 s)
 3   ``payload_backoff``         a payload not uploaded yet is retried after 0.05 s (was 1 s)
 4   ``env``                     the SuperExec's task poll, 0.1 s (Flower's own setting)
@@ -41,7 +42,6 @@ from fedguard.deploy.flower.env import (
     flower_env,
 )
 from fedguard.deploy.flower.fleet_message_cap import MAX_MESSAGE_FLAG
-from fedguard.deploy.flower.grid_poll import send_and_receive
 from fedguard.deploy.flower.heartbeat_interval import HEARTBEAT_INTERVAL_S, HEARTBEAT_PATIENCE
 from fedguard.deploy.flower.payload_backoff import patch_object_pull_backoff
 from fedguard.deploy.flower.plain_logs import plain_console
@@ -66,5 +66,4 @@ __all__ = [
     "patch_supernode_bundle_check",
     "plain_console",
     "restore_all",
-    "send_and_receive",
 ]

@@ -4,7 +4,7 @@ Each :class:`Workaround` names the Flower target it replaces, applies itself (af
 version check and a check of the target's shape), restores what it replaced, and checks
 that the target still looks as it expects without changing anything. The entry points
 apply them with :func:`apply_all`; tests undo them with :func:`restore_all`. Workarounds
-1 (``grid_poll.send_and_receive``) and 4 (``env.FAST_POLL_ENV``) change no Flower code
+1 (``fedguard.transport.poll.send_and_receive``) and 4 (``env.FAST_POLL_ENV``) change no Flower code
 and are not here.
 """
 
