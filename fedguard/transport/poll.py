@@ -1,5 +1,7 @@
-"""Workaround 1 (no patch): a ServerApp's replies pulled every 0.05 s, not every 3 s.
+"""A ServerApp's replies pulled every 0.05 s, not every 3 s (the Flower adapter's workaround 1).
 
+It is not a patch, so it lives with the transport, where both engines' exchanges
+(:mod:`fedguard.transport.grid`) use it without importing the deployment layer.
 ``HttpGrid.send_and_receive`` sleeps a hard-coded 3 s between pulls for replies.
 :func:`send_and_receive` replaces it using only the PUBLIC ``Grid.push_messages`` /
 ``Grid.pull_messages``, so it works on any Flower version and is not in the registry.
