@@ -117,6 +117,11 @@ class SecAggParams:
         a different cohort) in one round gets keys that do not agree and shares that do
         not open, and signatures that do not verify.
         """
+        # Every key, seal and signature of a round derives from it (about 600 per node at
+        # n = 100): computed once per parameter object, which is frozen.
+        cached: bytes | None = self.__dict__.get("_context")
+        if cached is not None:
+            return cached
         fields = (
             self.run,
             str(self.server_round),
@@ -132,7 +137,9 @@ class SecAggParams:
             str(len(self.names)),
             *self.names,
         )
-        return session_digest(tuple(f.encode() for f in fields))
+        digest = session_digest(tuple(f.encode() for f in fields))
+        object.__setattr__(self, "_context", digest)
+        return digest
 
 
 def _tail(holders: int, p: float, allowed: int) -> float:

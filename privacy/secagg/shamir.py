@@ -7,6 +7,7 @@ interpolation at 0; fewer reveal nothing about it (every secret fits them equall
 
 from __future__ import annotations
 
+import functools
 import secrets as _secrets
 from collections.abc import Mapping, Sequence
 
@@ -49,6 +50,24 @@ def _split_from_parts(
     return shares
 
 
+@functools.lru_cache(maxsize=256)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """Each point's weight in f(0) = sum(y_i * w_i): prod x_j / (x_j - x_i), j != i.
+
+    They depend on the holders only, and a server reconstructs every survivor's secret
+    from much the same holders: computed once per holder set, not once per secret.
+    """
+    weights = []
+    for i, xi in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if j != i:
+                num = num * xj % PRIME
+                den = den * (xj - xi) % PRIME
+        weights.append(num * pow(den, -1, PRIME) % PRIME)
+    return tuple(weights)
+
+
 def combine(shares: Mapping[int, bytes], *, threshold: int) -> bytes:
     """The secret from at least ``threshold`` shares ``{x: f(x)}`` (uses the first t)."""
     if len(shares) < threshold or threshold < 1:
@@ -58,18 +77,13 @@ def combine(shares: Mapping[int, bytes], *, threshold: int) -> bytes:
     if len(set(xs)) != len(xs) or not all(0 < x < PRIME for x in xs):
         raise SecAggError("bad share coordinates")
     secret = 0
-    for i, (xi, yb) in enumerate(points):
+    for (_, yb), weight in zip(points, _lagrange_at_zero(tuple(xs)), strict=True):
         if len(yb) != SHARE_BYTES:
             raise SecAggError("bad share length")
         yi = int.from_bytes(yb, "big")
         if yi >= PRIME:
             raise SecAggError("share outside the field")
-        num, den = 1, 1
-        for j, xj in enumerate(xs):
-            if j != i:
-                num = num * xj % PRIME
-                den = den * (xj - xi) % PRIME
-        secret = (secret + yi * num * pow(den, -1, PRIME)) % PRIME
+        secret = (secret + yi * weight) % PRIME
     if secret >= 2 ** (8 * _SECRET_BYTES):
         # Shares that do not come from one polynomial of degree < t interpolate to noise.
         raise SecAggError("shares are inconsistent")
