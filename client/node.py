@@ -430,7 +430,8 @@ class NodeRuntime:
     ) -> None:
         """A run trains at most its planned rounds, each within ``run-epsilon``."""
         r, run, cap = request.server_round, request.run_key, self.config.privacy.run_epsilon
-        why, kind = None, PolicyRefusalError
+        why: str | None = None
+        kind: type[RefusalError] = PolicyRefusalError
         if max(1, request.total_rounds) != planned:
             why = f"total-rounds {request.total_rounds} differs from the {planned} rounds planned"
         elif r > planned:
