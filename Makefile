@@ -13,7 +13,7 @@ TYPECHECK_ROOT := build/typecheck
 SUBPACKAGES := privacy client server simulations
 
 .PHONY: demo test lint typecheck unit venv clean bench-deploy bench-secagg protos bench-sim gpu-check \
-	bench-fmnist wheel-check bench-dpstep crosscheck bench-record-budget
+	bench-fmnist wheel-check bench-dpstep crosscheck bench-record-budget bench-secagg-stages
 
 venv: $(STAMP)
 
@@ -102,6 +102,10 @@ bench-imbalanced: $(STAMP)
 # Secure aggregation's cost: s/round and bytes/node with and without, n = 10, 50, 100.
 bench-secagg: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_secagg --clients 10,50,100 --models 10k,1M
+
+# A deployed node's and the server's secure-aggregation time by stage, next to training.
+bench-secagg-stages: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_secagg_stages --clients 10,50,100 --models 10k,1M
 
 # In-process engine vs a hand-written PyTorch + Opacus loop vs Flower's Ray engine at
 # 10/100/1000 clients per round, and DP-SGD step cost per per-sample-gradient mode.
