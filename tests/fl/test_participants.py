@@ -39,7 +39,7 @@ def test_a_name_or_node_given_twice_is_refused(members, what):
 
 
 def test_client_ids_must_be_the_run_s_indices():
-    with pytest.raises(ConfigError, match="client ids 0..N-1"):
+    with pytest.raises(ConfigError, match=r"client ids 0\.\.N-1"):
         Participants([Participant(name="node-a", node_id=1, client_id=1)])
 
 
