@@ -82,8 +82,16 @@ def simulate(
     ] = None,
     lr: Annotated[float | None, Opt(help="client learning rate")] = None,
     momentum: Annotated[float | None, Opt(help="client SGD momentum")] = None,
-    server_lr: Annotated[float | None, Opt()] = None,
+    strategy: Annotated[
+        str | None, Opt(help="fedavgm (default), fedavg, fedadam or fedprox: the server strategy")
+    ] = None,
+    server_lr: Annotated[
+        float | None, Opt(help="server step size (fedadam: Adam's, ~0.01)")
+    ] = None,
     server_momentum: Annotated[float | None, Opt(help="FedAvgM momentum (0: FedAvg)")] = None,
+    prox_mu: Annotated[
+        float | None, Opt(help="fedprox: the clients' proximal term mu/2 ||w - w_global||^2")
+    ] = None,
     epsilon: Annotated[
         float | None, Opt(help="each client's target epsilon for the whole run")
     ] = None,
@@ -153,8 +161,10 @@ def simulate(
         "batch-size": batch_size,
         "lr": lr,
         "momentum": momentum,
+        "strategy": strategy,
         "server-lr": server_lr,
         "server-momentum": server_momentum,
+        "prox-mu": prox_mu,
         "epsilon": epsilon,
         "delta": delta,
         "no-dp": no_dp,

@@ -19,6 +19,7 @@ from typing import Any
 from fedguard._checks import coerce
 from fedguard._toml import read_toml
 from fedguard.errors import ConfigError, invalid
+from fedguard.fl.strategies import STRATEGIES
 
 __all__ = [
     "ACCOUNTANTS",
@@ -68,8 +69,10 @@ class SimulationConfig:
     batch_size: int = 64
     lr: float = 0.5
     momentum: float = 0.0
+    strategy: str = "fedavgm"  # FedAvgM with server_momentum 0 is plain FedAvg
     server_lr: float = 1.0
-    server_momentum: float = 0.0
+    server_momentum: float = 0.0  # fedavgm only
+    prox_mu: float = 0.01  # fedprox only
     epsilon: float = 3.0
     delta: float = 1e-5
     no_dp: bool = False
@@ -214,6 +217,7 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
 
     need(cfg.accountant in ACCOUNTANTS, "--accountant", ACCOUNTANTS, cfg.accountant)
     need(cfg.engine in ENGINES, "--engine", ENGINES, cfg.engine)
+    need(cfg.strategy in STRATEGIES, "--strategy", STRATEGIES, cfg.strategy)
     need(cfg.vectorize in VECTORIZE, "--vectorize", VECTORIZE, cfg.vectorize)
     positive_int("--clients", cfg.clients)
     if cfg.clients_per_round is not None:
@@ -233,6 +237,7 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
     positive_float("--lr", cfg.lr)
     positive_float("--momentum", cfg.momentum, upper=1.0, strict_upper=True, allow_zero=True)
     positive_float("--server-lr", cfg.server_lr)
+    positive_float("--prox-mu", cfg.prox_mu, allow_zero=True)
     positive_float(
         "--server-momentum", cfg.server_momentum, upper=1.0, strict_upper=True, allow_zero=True
     )

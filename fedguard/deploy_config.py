@@ -23,6 +23,7 @@ from fedguard.deploy.certs import _NODE_NAME as NODE_NAME
 from fedguard.deploy.roster import load_roster
 from fedguard.errors import ConfigError, invalid
 from fedguard.fl.limits import MAX_UPDATE_NORM
+from fedguard.fl.strategies import STRATEGIES
 
 __all__ = [
     "CONFIG_KEY",
@@ -41,11 +42,6 @@ NODE_CONFIG_KEY = "fedguard-node-config"
 
 Both live here, not beside the Flower apps, so that the launchers (which only start
 processes) need not import torch and Flower to name them."""
-
-STRATEGIES: tuple[str, ...] = ("fedavg", "fedavgm", "fedadam", "fedprox")
-"""Server strategies: FedAvg; FedAvgM (server-momentum); FedAdam (Reddi et al. 2021; server-lr
-is Adam's step size, ~0.01, not FedAvg's 1.0); FedProx (Li et al. 2020; nodes add the
-proximal term prox-mu/2 ||w - w_global||^2, the server averages as FedAvg)."""
 
 
 T = TypeVar("T")

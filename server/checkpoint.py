@@ -24,7 +24,7 @@ from safetensors.numpy import save as st_save
 
 from fedguard._io import atomic_write_bytes
 from fedguard.errors import DataError
-from fedguard.optimizers import ServerOptimizer
+from fedguard.fl.strategies import ServerOptimizer
 from fedguard.safetensors_header import safetensors_metadata
 
 __all__ = [

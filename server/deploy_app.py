@@ -48,6 +48,7 @@ from fedguard.fl.loop import (
     run_rounds,
 )
 from fedguard.fl.participants import Cohort, Participants
+from fedguard.fl.strategies import client_prox_mu, server_optimizer
 from fedguard.messages import encode_train
 from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.server.checkpoint import load_checkpoint, resume, save_round
@@ -62,7 +63,6 @@ from fedguard.server.deploy_nodes import (
 from fedguard.server.deploy_parts import (
     client_level,
     evaluator,
-    make_server_optimizer,
     protection,
     read_metrics,
     run_summary,
@@ -148,7 +148,10 @@ class DeployedRun:
             num_classes=t.num_classes,
             generator=torch.Generator().manual_seed(cfg.federation.seed),
         )
-        self.server = make_server_optimizer(cfg)
+        f = cfg.federation
+        self.server = server_optimizer(
+            strategy=f.strategy, server_lr=f.server_lr, server_momentum=f.server_momentum
+        )
         self.records: list[dict[str, Any]] = []
         self.participants = Participants(())  # the fitting nodes, once gathered
         self.epsilon_of: dict[str, float] = {}
@@ -407,7 +410,9 @@ class DeployedRun:
             total_rounds=cfg.federation.rounds,
             federation=cfg.federation.name,
             model=cfg.task.model,
-            prox_mu=cfg.federation.prox_mu if cfg.federation.strategy == "fedprox" else 0.0,
+            prox_mu=client_prox_mu(
+                strategy=cfg.federation.strategy, prox_mu=cfg.federation.prox_mu
+            ),
             # Same id after a restart from the checkpoint: nodes keep the run's noise plan.
             run_id=self.run_id,
             # Client-level DP: every node adds noise for a sum of at least t updates.

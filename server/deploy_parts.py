@@ -19,7 +19,6 @@ from fedguard.class_labels import declared_labels
 from fedguard.deploy_config import FederationConfig
 from fedguard.errors import DataError
 from fedguard.fl.loop import standardise_eval_rows
-from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
 from fedguard.privacy.client_dp import ClientDP, ClientLevelAccounting
 from fedguard.privacy.secagg import SecAggParams, SecAggSettings
 from fedguard.task import Metrics, evaluate, load_dataset, set_weights
@@ -28,7 +27,6 @@ __all__ = [
     "BINARY_FIGURES",
     "client_level",
     "evaluator",
-    "make_server_optimizer",
     "noise_shares",
     "protection",
     "read_metrics",
@@ -36,20 +34,6 @@ __all__ = [
     "secagg_params",
     "secagg_settings",
 ]
-
-
-def make_server_optimizer(cfg: FederationConfig) -> ServerOptimizer:
-    """The server optimiser for ``[federation] strategy``.
-
-    fedadam: FedAdam with step size ``server-lr``; fedavgm: FedAvgM with
-    ``server-momentum``; fedavg and fedprox: FedAvgM without momentum (FedProx changes
-    the nodes' objective, not the aggregation).
-    """
-    f = cfg.federation
-    if f.strategy == "fedadam":
-        return FedAdam(server_lr=f.server_lr)
-    momentum = f.server_momentum if f.strategy == "fedavgm" else 0.0
-    return FedAvgM(server_lr=f.server_lr, server_momentum=momentum)
 
 
 def client_level(

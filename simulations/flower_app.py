@@ -43,6 +43,7 @@ from fedguard.fl.loop import (
     run_rounds,
 )
 from fedguard.fl.participants import Participant, Participants
+from fedguard.fl.strategies import server_optimizer
 from fedguard.messages import (
     ERROR_BUDGET_REFUSED,
     ERROR_CLIENT_FAILED,
@@ -53,7 +54,6 @@ from fedguard.messages import (
     encode_train,
     result_metrics,
 )
-from fedguard.optimizers import FedAvgM
 from fedguard.privacy import AccountantStore
 from fedguard.simulations.virtual_clients import budget_for, client_state_dir
 from fedguard.task import Metrics, evaluate, get_weights, set_weights
@@ -193,7 +193,11 @@ def make_server_app(
             num_clients=config.clients,
             cohort_size=config.cohort_size,
             weights=get_weights(model),
-            server=FedAvgM(server_lr=config.server_lr, server_momentum=config.server_momentum),
+            server=server_optimizer(
+                strategy=config.strategy,
+                server_lr=config.server_lr,
+                server_momentum=config.server_momentum,
+            ),
             train_cohort=train_cohort,
             evaluate=evaluate_global,
             on_round=on_round,

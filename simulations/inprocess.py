@@ -19,7 +19,7 @@ import torch
 from fedguard.config import SimulationConfig, resolve_device
 from fedguard.fl.local import LocalTrainer
 from fedguard.fl.loop import FederatedData, RoundRecord, initial_model, run_rounds
-from fedguard.optimizers import FedAvgM
+from fedguard.fl.strategies import server_optimizer
 from fedguard.privacy.client_dp import ClientLevelAccounting
 from fedguard.simulations.cohort_trainers import VirtualClients, cohort_trainer
 from fedguard.task import Metrics, evaluate, get_weights, set_weights
@@ -77,7 +77,11 @@ def run_inprocess(
             num_clients=config.clients,
             cohort_size=config.cohort_size,
             weights=weights,
-            server=FedAvgM(server_lr=config.server_lr, server_momentum=config.server_momentum),
+            server=server_optimizer(
+                strategy=config.strategy,
+                server_lr=config.server_lr,
+                server_momentum=config.server_momentum,
+            ),
             train_cohort=cohort_trainer(config=config, trainer=trainer, clients=clients),
             evaluate=_Evaluator(model=trainer.model, data=data, device=device),
             on_round=on_round,

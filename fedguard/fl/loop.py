@@ -23,7 +23,7 @@ import torch
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError, FedguardError, invalid
 from fedguard.fl.seeds import Stream, stream_rng, stream_seed
-from fedguard.optimizers import ServerOptimizer
+from fedguard.fl.strategies import ServerOptimizer, client_prox_mu
 from fedguard.privacy.dp_scaling import SCALE_FLOOR
 from fedguard.task import Dataset, Metrics, build_model, load_dataset, partition
 
@@ -410,6 +410,7 @@ def request_for(config: SimulationConfig, server_round: int) -> TrainRequest:
         federation="simulation",
         model=config.model,
         class_weights=config.class_weight_values,
+        prox_mu=client_prox_mu(strategy=config.strategy, prox_mu=config.prox_mu),
     )
 
 

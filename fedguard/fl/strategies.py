@@ -1,7 +1,11 @@
-"""Server optimisers: how the averaged client update moves the global model.
+"""Strategies, for both engines: how the averaged client update moves the global model.
 
-FedAvg(M) and FedAdam act on the (securely or plainly) averaged update alone, so they
-run unchanged under secure aggregation.
+One home for the strategy names (``[federation] strategy`` in federation.toml,
+``--strategy`` for ``fedguard simulate``), the server optimisers and the factory that
+turns a name into one. FedAvg(M) and FedAdam act on the (securely or plainly) averaged
+update alone, so they run unchanged under secure aggregation; FedProx changes the
+clients' objective (the proximal term a :class:`~fedguard.fl.loop.TrainRequest` carries),
+not the aggregation.
 """
 
 from __future__ import annotations
@@ -15,7 +19,19 @@ import numpy as np
 
 from fedguard.errors import invalid
 
-__all__ = ["FedAdam", "FedAvgM", "ServerOptimizer"]
+__all__ = [
+    "STRATEGIES",
+    "FedAdam",
+    "FedAvgM",
+    "ServerOptimizer",
+    "client_prox_mu",
+    "server_optimizer",
+]
+
+STRATEGIES: tuple[str, ...] = ("fedavg", "fedavgm", "fedadam", "fedprox")
+"""Server strategies: FedAvg; FedAvgM (server-momentum); FedAdam (Reddi et al. 2021; server-lr
+is Adam's step size, ~0.01, not FedAvg's 1.0); FedProx (Li et al. 2020; clients add the
+proximal term prox-mu/2 ||w - w_global||^2, the server averages as FedAvg)."""
 
 
 @dataclass
@@ -23,7 +39,7 @@ class FedAvgM:
     """FedAvg with server learning rate and momentum (Hsu et al. 2019, "FedAvgM").
 
     ``server_momentum=0`` and ``server_lr=1`` is plain FedAvg. Momentum smooths the DP
-    noise in the averaged update across rounds, which is why the demo uses it.
+    noise in the averaged update across rounds.
     """
 
     server_lr: float = 1.0
@@ -129,3 +145,28 @@ class FedAdam:
                 f"got {len(arrays)} arrays"
             )
         self._m, self._v = ms, vs
+
+
+def server_optimizer(*, strategy: str, server_lr: float, server_momentum: float) -> ServerOptimizer:
+    """The server optimiser of ``strategy`` (one of :data:`STRATEGIES`).
+
+    fedadam: FedAdam with step size ``server_lr``; fedavgm: FedAvgM with
+    ``server_momentum``; fedavg and fedprox: FedAvgM without momentum (FedProx changes
+    the clients' objective, not the aggregation).
+
+    Raises
+    ------
+    ConfigError
+        ``strategy`` is not one of :data:`STRATEGIES`.
+    """
+    if strategy not in STRATEGIES:
+        raise invalid("strategy", allowed=STRATEGIES, got=strategy)
+    if strategy == "fedadam":
+        return FedAdam(server_lr=server_lr)
+    momentum = server_momentum if strategy == "fedavgm" else 0.0
+    return FedAvgM(server_lr=server_lr, server_momentum=momentum)
+
+
+def client_prox_mu(*, strategy: str, prox_mu: float) -> float:
+    """The proximal coefficient the clients train with: ``prox_mu`` under FedProx, else 0."""
+    return prox_mu if strategy == "fedprox" else 0.0

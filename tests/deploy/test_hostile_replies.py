@@ -38,13 +38,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedguard.fl.limits import MAX_UPDATE_NORM
 from fedguard.fl.loop import RoundRecord, TrainRequest, run_rounds
 from fedguard.fl.participants import Participants
+from fedguard.fl.strategies import FedAvgM
 from fedguard.messages import (
     attach_receipt,
     decode_request,
     encode_reply,
     encode_train,
 )
-from fedguard.optimizers import FedAvgM
 from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.task import Metrics
 from fedguard.transport import encode_receipt

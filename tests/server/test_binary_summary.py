@@ -23,7 +23,7 @@ from fedguard.deploy_config import (
     TrainingSection,
 )
 from fedguard.fl.loop import run_rounds
-from fedguard.optimizers import FedAvgM
+from fedguard.fl.strategies import FedAvgM
 from fedguard.server.deploy_parts import BINARY_FIGURES, client_level, evaluator, run_summary
 from fedguard.task import build_model, get_weights
 

@@ -30,7 +30,7 @@ from fedguard.fl.loop import (
     request_for,
     run_rounds,
 )
-from fedguard.optimizers import FedAdam, FedAvgM, ServerOptimizer
+from fedguard.fl.strategies import FedAdam, FedAvgM, ServerOptimizer
 from fedguard.privacy import AccountantStore
 from fedguard.server.checkpoint import load_checkpoint, resume, save_round
 from fedguard.simulations.virtual_clients import budget_for, client_state_dir

@@ -28,7 +28,7 @@ from fedguard.deploy_config import CONFIG_KEY, load_federation_config, load_node
 from fedguard.errors import ConfigError, DataError
 from fedguard.fl.loop import ClientUpdate, Refusal, RoundShortError, run_rounds
 from fedguard.fl.participants import Participants
-from fedguard.optimizers import FedAvgM
+from fedguard.fl.strategies import FedAvgM
 from fedguard.server import deploy_app
 from fedguard.server.cohort import check_cohort
 from fedguard.server.launcher import ServerFailedError, _check_finished

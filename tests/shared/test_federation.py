@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fedguard.fl.loop import WeightedSum, client_generator, sample_cohort
-from fedguard.optimizers import FedAvgM
+from fedguard.fl.strategies import FedAvgM
 
 
 def test_cohort_is_seeded_sorted_and_within_range():

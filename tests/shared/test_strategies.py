@@ -10,19 +10,25 @@ import pytest
 import torch
 from torch import nn
 
-from fedguard.deploy_config import STRATEGIES, load_federation_config
+from fedguard.deploy_config import FederationConfig, load_federation_config
 from fedguard.errors import ConfigError
 from fedguard.fl.loop import TrainRequest
+from fedguard.fl.strategies import STRATEGIES, FedAdam, FedAvgM, ServerOptimizer, server_optimizer
 from fedguard.messages import decode_request, encode_train
-from fedguard.optimizers import FedAdam, FedAvgM
 from fedguard.privacy import Accountant, DPTrainer
-from fedguard.server.deploy_app import make_server_optimizer
 from fedguard.task import train_plain
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Full backward hook is firing:UserWarning",
     "ignore:Optimal order is the:UserWarning",
 )
+
+
+def make_server_optimizer(cfg: FederationConfig) -> ServerOptimizer:
+    f = cfg.federation
+    return server_optimizer(
+        strategy=f.strategy, server_lr=f.server_lr, server_momentum=f.server_momentum
+    )
 
 
 # --- FedAdam ---------------------------------------------------------------------------
