@@ -10,6 +10,8 @@ import pytest
 PACKAGES = [
     "fedguard",
     "fedguard.task",
+    "fedguard.fl",
+    "fedguard.transport",
     "fedguard.privacy",
     "fedguard.client",
     "fedguard.server",
