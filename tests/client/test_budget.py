@@ -6,8 +6,8 @@ import pytest
 from harness.federation_files import write_federation
 
 from fedguard.client.node import node_runtime
+from fedguard.errors import BudgetExceededError
 from fedguard.files import LEDGER_FILE, PLANS_FILE
-from fedguard.fl.local import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import Ledger
 from fedguard.task import build_model, get_weights

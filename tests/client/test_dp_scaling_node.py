@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from fedguard.client.node import node_runtime
+from fedguard.errors import BudgetExceededError, StateFileError
 from fedguard.files import INDEX_FILE, LEDGER_FILE, SCALING_FILE
-from fedguard.fl.local import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy import Accountant, GaussianEvent
 from fedguard.privacy.ledger import Ledger
@@ -168,7 +168,7 @@ def test_a_deleted_or_damaged_statistics_file_never_gives_a_free_release(tmp_pat
     node_runtime.cache_clear()
     damaged = node_runtime(str(toml))
     before = len(ledger.entries())
-    with pytest.raises(BudgetExceededError) as info:
+    with pytest.raises(StateFileError) as info:
         damaged.train(model_name="logreg", weights=weights, request=_request("run-b"))
     assert str(stats) in str(info.value) and "\n" not in str(info.value)
     assert len(ledger.entries()) == before

@@ -10,8 +10,8 @@ from harness.federation_files import write_federation
 
 from fedguard.client.events import finished_run, follow
 from fedguard.client.node import node_runtime
+from fedguard.errors import PolicyRefusalError
 from fedguard.files import EVENTS_FILE, LEDGER_FILE
-from fedguard.fl.local import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import Ledger
 from fedguard.task import build_model, get_weights
@@ -51,7 +51,7 @@ def test_every_round_and_refusal_is_a_line_in_the_node_log(tmp_path: Path):
     assert finished_run(lines[:2]) is None
     assert finished_run(lines) == "run-a"  # round 2 of 2: the run is complete
 
-    with pytest.raises(BudgetExceededError):
+    with pytest.raises(PolicyRefusalError):
         runtime.train(model_name="logreg", weights=WEIGHTS, request=_request(3, epochs=99))
     more, _ = follow(log, offset)
     assert "round 3 of 2: request: 99 local epochs" in more[0]

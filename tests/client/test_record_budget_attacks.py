@@ -20,8 +20,8 @@ import torch
 from harness.federation_files import write_federation
 
 from fedguard.client.node import NodeRuntime, fallback_record_keys, node_runtime
+from fedguard.errors import BudgetExceededError, PolicyRefusalError, StateFileError
 from fedguard.files import LEDGER_FILE, PLANS_FILE
-from fedguard.fl.local import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import Ledger
 from fedguard.task import build_model, get_weights
@@ -127,7 +127,7 @@ def test_a_round_whose_ledger_line_was_edited_is_refused_and_charged_nothing(tom
     ledger.write_text(ledger.read_text().replace('"server_round":1', '"server_round":7', 1))
     before = _snapshot(runtime.state_dir)
     for r in (2, 3):  # every round refused, and nothing written: not the accountant either
-        with pytest.raises(BudgetExceededError, match=r"ledger"):
+        with pytest.raises(StateFileError, match=r"ledger"):
             runtime.train(model_name="logreg", weights=WEIGHTS, request=request("run-a", r))
         assert _snapshot(runtime.state_dir) == before
 
@@ -148,7 +148,7 @@ def test_a_round_whose_ledger_entry_cannot_be_written_is_neither_trained_nor_cha
     monkeypatch.setattr(
         runtime._trainers["logreg"], "run", lambda **kw: trained.append(1) or real_run(**kw)
     )
-    with pytest.raises(BudgetExceededError, match=r"No space left on device"):
+    with pytest.raises(StateFileError, match=r"No space left on device"):
         runtime.train(model_name="logreg", weights=WEIGHTS, request=request("run-a", 2))
     assert trained == [] and _snapshot(runtime.state_dir) == before
     monkeypatch.undo()
@@ -170,12 +170,12 @@ def test_a_server_asking_past_the_planned_rounds_is_refused(toml: Path):
     runtime = node_runtime(str(toml))
     for r in (1, 2):
         runtime.train(model_name="logreg", weights=WEIGHTS, request=request("run-a", r, 2))
-    with pytest.raises(BudgetExceededError, match=r"round 3 refused: .*planned 2 rounds"):
+    with pytest.raises(PolicyRefusalError, match=r"round 3 refused: .*planned 2 rounds"):
         runtime.train(model_name="logreg", weights=WEIGHTS, request=request("run-a", 3, 2))
-    with pytest.raises(BudgetExceededError, match=r"total-rounds 5 differs from the 2 rounds"):
+    with pytest.raises(PolicyRefusalError, match=r"total-rounds 5 differs from the 2 rounds"):
         runtime.train(model_name="logreg", weights=WEIGHTS, request=request("run-a", 3, 5))
     # Asking round 2 again with other weights (a new request, not a replay) is a third round.
-    with pytest.raises(BudgetExceededError, match=r"already trained 2 rounds"):
+    with pytest.raises(PolicyRefusalError, match=r"already trained 2 rounds"):
         runtime.train(model_name="logreg", weights=WEIGHTS, request=request("run-a", 2, 2, lr=0.1))
     pending = [e for e in Ledger(path=ledger_path(runtime)).entries() if e.kind == "pending"]
     assert len(pending) == 2

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from harness.federation_files import write_federation
 
-from fedguard.client.node import PolicyRefusalError, node_runtime
+from fedguard.client.node import node_runtime
 from fedguard.client.released import read_journal
 from fedguard.client.secure import NodeSecAgg
+from fedguard.errors import PolicyRefusalError
 from fedguard.files import LEDGER_FILE, RELEASED_FILE, SESSION_FILE, UPDATE_FILE
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.ledger import Ledger

@@ -2,8 +2,8 @@
 is loaded, and a node without a roster, or named wrongly in a session, takes part in no
 secure round (refused before training, so nothing is spent).
 
-Real files from ``prepare_demo`` (real OpenSSH P-384 node keys), real ``load_node_config``
-and the real :class:`NodeSecAgg`.
+Real files from the test harness's ``write_federation`` (real OpenSSH P-384 node keys),
+real ``load_node_config`` and the real :class:`NodeSecAgg`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from harness.federation_files import write_federation
 
-from fedguard.client.node import PolicyRefusalError
 from fedguard.client.secure import NodeSecAgg
 from fedguard.deploy_config import load_node_config
-from fedguard.errors import ConfigError
+from fedguard.errors import ConfigError, PolicyRefusalError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy.secagg import (
     AdvertiseKeys,

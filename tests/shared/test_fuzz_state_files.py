@@ -2,7 +2,7 @@
 accountants and checkpoints (``test_fuzz_files.py``): a node's run plans, its stored
 reply, its stored secure-aggregation update, and the server's enrolment record.
 
-Each loader may only accept the file or raise its documented error: ``BudgetExceededError``
+Each loader may only accept the file or raise its documented error: ``StateFileError``
 (the node refuses the run) for ``run-plans.json``, ``DataError`` for
 ``last-reply.safetensors`` (the node then trains the round again, counted), ``SecAggError``
 for ``secagg-update.npz``, ``EnrolmentError`` for ``enrolment.json``.
@@ -25,9 +25,9 @@ from safetensors.numpy import save as st_save
 from fedguard.client.budget import RunPlan, plan_run
 from fedguard.client.node import read_stored_reply
 from fedguard.client.secure import read_stored_update
-from fedguard.errors import DataError
+from fedguard.errors import DataError, StateFileError
 from fedguard.files import ENROLMENT_FILE, PLANS_FILE
-from fedguard.fl.local import BudgetExceededError, LocalResult
+from fedguard.fl.local import LocalResult
 from fedguard.privacy import Accountant, GaussianEvent
 from fedguard.privacy.secagg import SecAggError
 from fedguard.server.enrolment import Enrolment, EnrolmentError
@@ -68,7 +68,7 @@ def real_plans(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 def _load_plans(state: Path, raw: bytes) -> None:
     state.mkdir(exist_ok=True)
     (state / PLANS_FILE).write_bytes(raw)
-    got = only(BudgetExceededError, lambda: _plan(state))
+    got = only(StateFileError, lambda: _plan(state))
     assert got is None or (isinstance(got, RunPlan) and got.noise_multiplier > 0)
 
 
@@ -102,7 +102,7 @@ def test_a_tampered_run_plan_is_refused_naming_the_field(
     state = tmp_path / "s"
     state.mkdir()
     (state / PLANS_FILE).write_text(json.dumps(plans))
-    with pytest.raises(BudgetExceededError, match=rf"run plan .*{match}.*refusing"):
+    with pytest.raises(StateFileError, match=rf"run plan .*{match}.*refusing"):
         _plan(state)
 
 
