@@ -200,7 +200,7 @@ def encode_description(info: Mapping[str, DescriptionValue]) -> RecordDict:
     return RecordDict({_NODE: ConfigRecord(dict(info))})
 
 
-def decode_description(content: RecordDict) -> dict[str, DescriptionValue]:
+def decode_description(content: RecordDict) -> dict[str, Any]:
     """A node's description (``ValueError`` if malformed), without any record count.
 
     Exactly one ``node`` config record, whose ``name`` is a string and ``client-id`` an
