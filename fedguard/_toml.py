@@ -20,18 +20,19 @@ __all__ = ["read_toml", "toml_loads"]
 _INT64 = range(-(2**63), 2**63)
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Read the file ``path`` (given with ``--config``) and parse it with :func:`toml_loads`.
+def read_toml(path: Path, *, option: str = "--config") -> dict[str, Any]:
+    """Read the file ``path`` (given with ``option``) and parse it with :func:`toml_loads`.
 
-    The one reader of every fedguard TOML file (simulation, sweep, federation, node): a
-    missing, unreadable or non-UTF-8 file is one ``ConfigError`` line too.
+    The one reader of every fedguard TOML file (simulation, sweep, federation, node,
+    feature schema): a missing, unreadable or non-UTF-8 file is one ``ConfigError`` line
+    too, naming ``option``.
     """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"--config: {path} is not UTF-8 text") from None
+        raise ConfigError(f"{option}: {path} is not UTF-8 text") from None
     return toml_loads(text, source=path)
 
 

@@ -40,8 +40,9 @@ class Engine(StrEnum):
 ENGINES: tuple[str, ...] = tuple(e.value for e in Engine)
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
-VECTORIZE: tuple[str, ...] = ("auto", "on", "off")
 """``--device``: ``auto`` is ``cuda`` when ``torch.cuda.is_available()``, else ``cpu``."""
+VECTORIZE: tuple[str, ...] = ("auto", "on", "off")
+"""``--vectorize``: train a round's DP clients together (``auto``: linear models only)."""
 
 
 @dataclass(frozen=True, kw_only=True)

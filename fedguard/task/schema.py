@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from fedguard._toml import toml_loads
-from fedguard.errors import ConfigError, DataError, invalid
+from fedguard._toml import read_toml
+from fedguard.errors import DataError, invalid
 
 __all__ = [
     "COLUMN_TYPES",
@@ -247,13 +247,7 @@ def _encode_column(col: Column, values: list[object], *, source: str) -> np.ndar
 def load_schema(path: Path) -> Schema:
     """Read and validate a schema file; every error names the file and the key."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"schema: cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"schema: {path} is not UTF-8 text") from None
-    return parse_schema(toml_loads(text, source=path), source=path)
+    return parse_schema(read_toml(path, option="schema"), source=path)
 
 
 def parse_schema(raw: dict[str, Any], *, source: Path) -> Schema:
