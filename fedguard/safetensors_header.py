@@ -17,7 +17,7 @@ __all__ = ["safetensors_metadata"]
 _LENGTH = struct.Struct("<Q")
 
 
-def safetensors_metadata(data: bytes) -> dict[str, object]:
+def safetensors_metadata(data: bytes) -> dict[str, str]:
     """The ``__metadata__`` of the safetensors file ``data`` (``{}`` if it has none).
 
     Raises
@@ -25,7 +25,7 @@ def safetensors_metadata(data: bytes) -> dict[str, object]:
     ValueError
         One line saying why ``data`` has no readable header: too short, a length past the
         end of the file, JSON that does not parse (or nests too deep), or a header or
-        ``__metadata__`` that is not an object.
+        ``__metadata__`` that is not an object of strings (the format allows only those).
     """
     if len(data) < _LENGTH.size:
         raise ValueError(f"{len(data)} bytes, no safetensors header")
@@ -39,6 +39,6 @@ def safetensors_metadata(data: bytes) -> dict[str, object]:
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
     meta = header.get("__metadata__", {})
-    if not isinstance(meta, dict):
-        raise ValueError("__metadata__ is not a JSON object")
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError("__metadata__ is not a JSON object of strings")
     return meta

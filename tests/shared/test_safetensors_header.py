@@ -29,6 +29,7 @@ HOSTILE = {
     "not JSON": _with_header(b"{nope"),
     "a list": _with_header(b"[1, 2]"),
     "metadata a list": _with_header(json.dumps({"__metadata__": [1]}).encode()),
+    "metadata not strings": _with_header(json.dumps({"__metadata__": {"round": 2}}).encode()),
 }
 
 
