@@ -3,8 +3,9 @@
 The in-process engine and Flower's simulation engine (a real ServerApp and ClientApp on
 Ray) share every piece of round logic (``fedguard.fl``: the round loop, the local round,
 the strategies, the seeds), so the same seeded federation (3 clients, 2 of them a round,
-2 rounds, DP-SGD, FedAdam: a strategy with server state, not the default) must record the same figures: every field of
-every ``metrics.jsonl`` row and of ``summary.json`` (epsilon per round, client-level
+2 rounds, DP-SGD, FedAdam: a strategy with server state, not the default) must record the
+same figures: every field of every ``metrics.jsonl`` row and of ``summary.json`` (epsilon
+per round, client-level
 epsilon, accuracy and loss, the clients counted, the refusals), the final model and each
 client's accountant (its sample rate and steps: the samples it trained on). Only the
 timings and the engine's own name may differ.
