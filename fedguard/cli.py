@@ -131,6 +131,10 @@ def simulate(
         float | None, Opt(help="secure aggregation: updates clipped to [-c, c] per coordinate")
     ] = None,
     secagg_bits: Annotated[int | None, Opt(help="secure aggregation: quantisation bits")] = None,
+    secagg_protocol: Annotated[
+        str | None,
+        Opt(help="secure aggregation: sum (exact sum, masks not expanded) or full (every stage)"),
+    ] = None,
     client_dp: Annotated[
         bool | None, Opt("--client-dp", help="client-level DP, noise added in shares (--secagg)")
     ] = None,
@@ -183,6 +187,7 @@ def simulate(
         "secagg": secagg,
         "secagg-clip-range": secagg_clip_range,
         "secagg-bits": secagg_bits,
+        "secagg-protocol": secagg_protocol,
         "client-dp": client_dp,
         "client-clip": client_clip,
         "client-noise": client_noise,

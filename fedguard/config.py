@@ -42,6 +42,9 @@ ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
 """``--device``: ``auto`` is ``cuda`` when ``torch.cuda.is_available()``, else ``cpu``."""
 VECTORIZE: tuple[str, ...] = ("auto", "on", "off")
+# "sum": the exact secure sum without expanding masks (they cancel mod 2^k; bit-identical,
+# privacy/secagg/maskfree.py); "full": every SecAgg+ stage, to study the protocol and its cost.
+SECAGG_PROTOCOLS: tuple[str, ...] = ("sum", "full")
 """``--vectorize``: train a round's DP clients together (``auto``: linear models only)."""
 
 
@@ -96,6 +99,7 @@ class SimulationConfig:
     secagg_clip_range: float = 1.0
     secagg_bits: int = 16
     secagg_dropout_tolerance: float = 1 / 3
+    secagg_protocol: str = "sum"  # one of SECAGG_PROTOCOLS
     client_dp: bool = False  # client-level DP with distributed noise (needs secagg)
     client_clip: float = 1.0  # L2 clip of each client's round update
     client_noise: float = 1.0  # noise multiplier of the summed updates
@@ -354,3 +358,5 @@ def _validate_secagg(cfg: SimulationConfig, need: Any) -> None:
     need(math.isfinite(c) and c > 0, "--secagg-clip-range", "a finite number > 0", c)
     tol = cfg.secagg_dropout_tolerance
     need(1 / 3 <= tol < 0.5, "--secagg-dropout-tolerance", "a fraction in [1/3, 1/2)", tol)
+    protocol = cfg.secagg_protocol
+    need(protocol in SECAGG_PROTOCOLS, "--secagg-protocol", SECAGG_PROTOCOLS, protocol)

@@ -7,9 +7,9 @@ weights)`` into the updates and refusals :func:`fedguard.fl.loop.run_rounds` fol
 * :class:`OneAtATime`: each client in turn through :class:`fedguard.fl.local.LocalTrainer`;
 * :class:`Vectorised`: DP clients trained together
   (:class:`fedguard.privacy.cohort.CohortDPTrainer`);
-* :class:`SecureCohort`: one at a time inside SecAgg+, every party in this process; the
-  server sees only the masked sum (and, with client-level DP, each input carries its noise
-  share).
+* :class:`SecureCohort`: under SecAgg+, every party in this process, batched like
+  :class:`Vectorised` where the model allows; the server sees only the sum (and, with
+  client-level DP, each input carries its noise share).
 
 :func:`cohort_trainer` picks the mode from the configuration.
 """
@@ -46,6 +46,7 @@ from fedguard.privacy.secagg import (
     SecAggSettings,
     dequantize_mean,
     secure_sum_in_process,
+    secure_sum_without_masks,
 )
 from fedguard.simulations.client_state import AccountantCache
 from fedguard.simulations.virtual_clients import budget_for
@@ -239,13 +240,22 @@ def secagg_settings(config: SimulationConfig) -> SecAggSettings:
 class SecureCohort:
     """Each round under SecAgg+, every party in this process.
 
-    Training happens inside the masked-input stage, one client at a time: the engine
-    holds one update at once, never the cohort's.
+    ``--secagg-protocol sum`` (the default) computes the secure sum without expanding
+    masks, bit-identical to ``full``, which runs every stage (keys, shares, masks,
+    signatures) to study the protocol. Models the vectorised engine trains are trained
+    as one batched cohort in both, and fed to the sum in slot order as they come (one
+    chunk of clients in memory); other models train one client at a time, the next while
+    one is masked.
     """
 
-    def __init__(self, *, one: OneAtATime, config: SimulationConfig) -> None:
-        self.one, self.config = one, config
+    def __init__(
+        self, *, one: OneAtATime, batched: Vectorised | None, config: SimulationConfig
+    ) -> None:
+        self.one, self.batched, self.config = one, batched, config
         self.settings = secagg_settings(config)
+        self.secure_sum = (
+            secure_sum_in_process if config.secagg_protocol == "full" else secure_sum_without_masks
+        )
 
     def params(self, server_round: int, cohort: Sequence[int]) -> SecAggParams:
         # The simulator knows every count: the cap is the cohort's largest, i.e. none.
@@ -261,11 +271,22 @@ class SecureCohort:
     ) -> Iterator[Reply]:
         params = self.params(server_round, cohort)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="train") as pool:
-            inputs = _MaskedInputs(
-                secure=self, params=params, cohort=cohort, weights=global_weights, pool=pool
-            )
+            inputs: _Inputs
+            if self.batched is not None:
+                replies = self.batched(server_round, cohort, global_weights)
+                inputs = _BatchedInputs(
+                    secure=self,
+                    params=params,
+                    cohort=cohort,
+                    weights=global_weights,
+                    replies=replies,
+                )
+            else:
+                inputs = _MaskedInputs(
+                    secure=self, params=params, cohort=cohort, weights=global_weights, pool=pool
+                )
             try:
-                total = secure_sum_in_process(
+                total = self.secure_sum(
                     params=params,
                     input_for=inputs,
                     rng=stream_rng(
@@ -287,8 +308,8 @@ class SecureCohort:
         yield SecureMean(mean_update=mean, count=len(total.survivors), dropped=len(total.dropped))
 
 
-class _MaskedInputs:
-    """One secure round's inputs by slot; the next client trains while one is masked."""
+class _Inputs:
+    """One secure round's inputs by slot, from each client's reply (kept without weights)."""
 
     def __init__(
         self,
@@ -297,27 +318,13 @@ class _MaskedInputs:
         params: SecAggParams,
         cohort: list[int],
         weights: list[np.ndarray],
-        pool: ThreadPoolExecutor,
     ) -> None:
         self.secure, self.params, self.cohort, self.weights = secure, params, cohort, weights
-        self.pool = pool
         self.replies: list[ClientUpdate | Refusal] = []
-        self._pending: dict[int, Future[ClientUpdate | Refusal]] = {}
 
-    def _start(self, slot: int) -> None:
-        if slot <= len(self.cohort) and slot not in self._pending:
-            self._pending[slot] = self.pool.submit(
-                self.secure.one.train_one,
-                self.params.server_round,
-                self.cohort[slot - 1],
-                self.weights,
-            )
-
-    def __call__(self, slot: int) -> tuple[list[np.ndarray], int] | None:
-        self._start(slot)
-        reply = self._pending.pop(slot).result()
-        # Torch releases the GIL in its kernels: training and mask expansion overlap.
-        self._start(slot + 1)
+    def _input(self, reply: Reply) -> tuple[list[np.ndarray], int] | None:
+        if not isinstance(reply, ClientUpdate | Refusal):
+            raise TypeError(f"a client's reply, not {type(reply).__name__}")
         if isinstance(reply, Refusal) or reply.weights is None:
             self.replies.append(reply)
             return None  # drops out after sharing keys: its masks are removed
@@ -340,6 +347,49 @@ class _MaskedInputs:
         return clip_and_noise(delta, mechanism=mechanism, rng=rng).arrays
 
 
+class _BatchedInputs(_Inputs):
+    """Inputs from the batched trainer's replies, taken as the sum asks for each slot."""
+
+    def __init__(self, *, replies: Iterator[Reply], **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self._replies = replies
+        self._waiting: dict[int, Reply] = {}
+
+    def __call__(self, slot: int) -> tuple[list[np.ndarray], int] | None:
+        cid = self.cohort[slot - 1]
+        while cid not in self._waiting:
+            reply = next(self._replies)
+            if not isinstance(reply, ClientUpdate | Refusal):
+                raise TypeError(f"a client's reply, not {type(reply).__name__}")
+            self._waiting[reply.client_id] = reply
+        return self._input(self._waiting.pop(cid))
+
+
+class _MaskedInputs(_Inputs):
+    """Inputs trained one client at a time; the next client trains while one is masked."""
+
+    def __init__(self, *, pool: ThreadPoolExecutor, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.pool = pool
+        self._pending: dict[int, Future[ClientUpdate | Refusal]] = {}
+
+    def _start(self, slot: int) -> None:
+        if slot <= len(self.cohort) and slot not in self._pending:
+            self._pending[slot] = self.pool.submit(
+                self.secure.one.train_one,
+                self.params.server_round,
+                self.cohort[slot - 1],
+                self.weights,
+            )
+
+    def __call__(self, slot: int) -> tuple[list[np.ndarray], int] | None:
+        self._start(slot)
+        reply = self._pending.pop(slot).result()
+        # Torch releases the GIL in its kernels: training and mask expansion overlap.
+        self._start(slot + 1)
+        return self._input(reply)
+
+
 def cohort_trainer(
     *, config: SimulationConfig, trainer: LocalTrainer, clients: VirtualClients
 ) -> CohortTrainer:
@@ -350,16 +400,24 @@ def cohort_trainer(
     models (per-example convolution gradients dominate) measured 0.8-1.1x on CPU.
     """
     one = OneAtATime(trainer=trainer, clients=clients)
+    batched = _vectorised(config=config, trainer=trainer, clients=clients)
     if config.secagg:
-        return SecureCohort(one=one, config=config)
+        return SecureCohort(one=one, batched=batched, config=config)
+    return batched if batched is not None else one
+
+
+def _vectorised(
+    *, config: SimulationConfig, trainer: LocalTrainer, clients: VirtualClients
+) -> Vectorised | None:
+    """The batched trainer, or None where the model or the configuration rules it out."""
     budget = clients.budget  # None exactly without DP: then there is nothing to vectorise
     if budget is None or not vectorizes(mode=config.vectorize, model=trainer.model):
-        return one
+        return None
     try:
         trainer.cohort_trainer()
     except ConfigError as exc:
         _log.info("training clients one at a time: %s", exc)
-        return one
+        return None
     return Vectorised(trainer=trainer, clients=clients, budget=budget)
 
 
