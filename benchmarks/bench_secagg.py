@@ -1,8 +1,10 @@
 """What secure aggregation costs: seconds per round and bytes per node, with and without.
 
 Part 1 runs the in-process engine end to end (real DP-SGD training on digits, an MLP of
-~10k or ~1M parameters, every client every round) with and without ``--secagg`` and
-reports seconds per round (mean of rounds 2..R: round 1 includes warm-up) and the ratio.
+~10k or ~1M parameters, every client every round) without ``--secagg``, with it
+(``--secagg-protocol sum``, the default: the exact sum without expanding masks) and with
+every stage (``full``), and reports seconds per round (mean of rounds 2..R: round 1
+includes warm-up) and the ratios to plain.
 
 Part 2 runs the protocol alone on random updates and reports, per node, the protocol's
 compute (key agreement, Shamir, quantisation, masks; training excluded) and the bytes it
@@ -63,10 +65,13 @@ class RoundTiming:
     params: int
     clients: int
     plain_s: float
-    secagg_s: float
+    secagg_s: float  # --secagg-protocol sum (the default): the exact sum, masks not expanded
+    full_s: float  # --secagg-protocol full: every stage
 
 
-def _round_seconds(*, hidden: int, clients: int, rounds: int, secagg: bool, out: Path) -> float:
+def _round_seconds(
+    *, hidden: int, clients: int, rounds: int, secagg: bool, out: Path, protocol: str = "sum"
+) -> float:
     cfg = load_simulation_config(
         overrides={
             "dataset": "digits",
@@ -75,6 +80,7 @@ def _round_seconds(*, hidden: int, clients: int, rounds: int, secagg: bool, out:
             "clients": clients,
             "rounds": rounds,
             "secagg": secagg,
+            "secagg-protocol": protocol,
             "out": str(out),
         }
     )
@@ -92,10 +98,11 @@ def end_to_end(*, clients: Sequence[int], models: Sequence[str], rounds: int) ->
                 args = {"hidden": hidden, "clients": n, "rounds": rounds}
                 plain = _round_seconds(**args, secagg=False, out=Path(tmp) / "plain")
                 secure = _round_seconds(**args, secagg=True, out=Path(tmp) / "secagg")
-                out.append(RoundTiming(name, 74 * hidden + 10, n, plain, secure))
+                full = _round_seconds(**args, secagg=True, out=Path(tmp) / "full", protocol="full")
+                out.append(RoundTiming(name, 74 * hidden + 10, n, plain, secure, full))
                 print(
-                    f"  {name:>3} n={n:<4} plain {plain:7.3f} s/round  secagg {secure:7.3f} "
-                    f"s/round  ratio {secure / plain:5.2f}",
+                    f"  {name:>3} n={n:<4} plain {plain:7.3f} s/round  secagg sum {secure:7.3f} "
+                    f"({secure / plain:5.2f}x)  full {full:7.3f} ({full / plain:5.2f}x)",
                     flush=True,
                 )
     return out
@@ -219,12 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.protocol_only:
         print("1) seconds per round, in-process engine, DP-SGD on digits, every client every round")
         timings = end_to_end(clients=clients, models=models, rounds=args.rounds)
-        print("\n| model | params | n | plain s/round | secagg s/round | secagg/plain |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print(
+            "\n| model | params | n | plain s/round | secagg (sum) s/round | sum/plain "
+            "| secagg (full) s/round | full/plain |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for t in timings:
             print(
                 f"| {t.model} | {t.params:,} | {t.clients} | {t.plain_s:.3f} | {t.secagg_s:.3f} "
-                f"| {t.secagg_s / t.plain_s:.2f} |"
+                f"| {t.secagg_s / t.plain_s:.2f} | {t.full_s:.3f} | {t.full_s / t.plain_s:.2f} |"
             )
 
     print("\n2) the protocol alone, per node (random updates; training excluded)")
