@@ -45,19 +45,21 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from opacus.utils.module_utils import trainable_modules
-from opacus.validators import ModuleValidator
 from torch import nn
 
 from fedguard._checks import integer as _int
 from fedguard._checks import real as _real
+from fedguard._record_reads import dataset_size
 from fedguard.errors import ConfigError, invalid
 
 from .accountants import Accountant, GaussianEvent
 from .class_weights import check_class_weights
+from .model_check import model_problems
 from .persample import GRAD_SAMPLE_MODES, STEP_ATTRS, PerSampleGradients
+from .sampled_batches import poisson_steps
 
 __all__ = [
     "GRAD_SAMPLE_MODES",
@@ -117,16 +119,23 @@ def check_training_inputs(
         )
     if y.dtype not in (torch.int64, torch.int32, torch.uint8):
         raise invalid("y", allowed="integer class labels", got=str(y.dtype))
-    if not isinstance(accountant, Accountant):
-        raise TypeError(f"accountant: expected an Accountant, got {type(accountant).__name__}")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
     if x.device != device or y.device != device:
         raise invalid(
             "x, y",
             allowed=f"tensors on the model's device {device}",
             got=(str(x.device), str(y.device)),
         )
+    check_accountant_and_generator(accountant=accountant, generator=generator, device=device)
+
+
+def check_accountant_and_generator(
+    *, accountant: object, generator: object, device: torch.device
+) -> None:
+    """The accountant and generator of one client, as DP-SGD on ``device`` needs them."""
+    if not isinstance(accountant, Accountant):
+        raise TypeError(f"accountant: expected an Accountant, got {type(accountant).__name__}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
     if generator.device.type != device.type:
         raise invalid(
             "generator",
@@ -134,36 +143,6 @@ def check_training_inputs(
             "draws the noise on the parameters' device)",
             got=str(generator.device),
         )
-
-
-def _first_sentence(error: Exception) -> str:
-    text = " ".join(str(error).split())
-    return text.split(". ")[0].rstrip(".")
-
-
-def _model_problems(model: nn.Module) -> list[str]:
-    """Every reason Opacus refuses ``model``, one short phrase each, naming the submodule."""
-    was_training = model.training
-    model.train()  # Opacus refuses eval mode; DPTrainer.train switches modes itself
-    try:
-        problems = [
-            f"{name or '<model>'} ({type(sub).__name__}): {_first_sentence(err)}"
-            for name, sub in trainable_modules(model)
-            for err in ModuleValidator.VALIDATORS.get(type(sub), lambda _m: [])(sub)
-        ]
-        # GradSampleModule(strict=True) also refuses trainable layers with buffers.
-        problems += [
-            f"{name or '<model>'} ({type(sub).__name__}): trainable layer with buffers"
-            for name, sub in trainable_modules(model)
-            if any(True for _ in sub.buffers(recurse=False))
-            and type(sub) not in ModuleValidator.VALIDATORS
-        ]
-        # Anything Opacus's own check finds that the named pass above did not.
-        if not problems:
-            problems = [_first_sentence(e) for e in ModuleValidator.validate(model, strict=False)]
-    finally:
-        model.train(was_training)
-    return problems
 
 
 class DPTrainer:
@@ -200,7 +179,7 @@ class DPTrainer:
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise invalid("grad_sample_mode", allowed=GRAD_SAMPLE_MODES, got=grad_sample_mode)
-        problems = _model_problems(model)
+        problems = model_problems(model)
         if problems:
             raise ConfigError(
                 f"model: expected a module Opacus can train with per-sample gradients, got "
@@ -236,8 +215,10 @@ class DPTrainer:
     def train(
         self,
         *,
-        x: torch.Tensor,
-        y: torch.Tensor,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        data: Any = None,
+        read_ahead: bool = False,
         epochs: int,
         batch_size: int,
         lr: float,
@@ -256,6 +237,13 @@ class DPTrainer:
         ----------
         x, y : torch.Tensor
             Features ``[n, ...]`` and integer class labels ``[n]``, on the model's device.
+        data : map-style data set, optional
+            Instead of ``x, y``: ``data[i] -> (x, y)``, ``len(data)`` records (a torch
+            ``Dataset``, e.g. :mod:`fedguard.task.lazy_data`). Only each step's sampled
+            records are read; same sampling, noise, accounting and (for a data set
+            wrapping ``x, y``) weights as the tensors. ``read_ahead``: read the next
+            step's records while this one trains (same epsilon, other draw order:
+            :mod:`fedguard.privacy.sampled_batches`).
         epochs, batch_size : int
             Steps = ``epochs * ceil(n / batch_size)``; sample rate ``1 / ceil(n / batch_size)``.
         lr, momentum : float
@@ -289,8 +277,20 @@ class DPTrainer:
         if not params:
             raise invalid("model", allowed="a module with trainable parameters", got="none")
         device = params[0].device
-        check_training_inputs(x=x, y=y, accountant=accountant, generator=generator, device=device)
-        n = int(x.shape[0])
+        if data is None:
+            check_training_inputs(
+                x=x, y=y, accountant=accountant, generator=generator, device=device
+            )
+            n = int(x.shape[0])  # type: ignore[union-attr]  # checked: a tensor
+        elif x is not None or y is not None:
+            raise ValueError("DPTrainer.train: pass the tensors x, y or a data set, not both")
+        else:
+            n = dataset_size(data)
+            check_accountant_and_generator(
+                accountant=accountant, generator=generator, device=device
+            )
+        if not isinstance(read_ahead, bool):
+            raise invalid("read_ahead", allowed="True or False", got=read_ahead)
         n_epochs = _int("epochs", epochs, minimum=1)
         per_epoch = steps_per_epoch(num_examples=n, batch_size=batch_size)
         q = 1.0 / per_epoch
@@ -327,6 +327,17 @@ class DPTrainer:
         if class_weights is not None:
             checked = check_class_weights(class_weights)
             self._per_sample.class_weight = torch.tensor(checked, device=device)
+        batches = poisson_steps(
+            x=x,
+            y=y,
+            data=data,
+            num_examples=n,
+            sample_rate=q,
+            steps=steps,
+            generator=generator,
+            device=device,
+            read_ahead=read_ahead,
+        )
         try:
             # Write-ahead: the release is counted (and persisted by the caller) before any
             # gradient of this data is computed.
@@ -341,18 +352,15 @@ class DPTrainer:
                 warnings.filterwarnings(
                     "ignore", message="Full backward hook is firing", category=UserWarning
                 )
-                for _ in range(steps):
-                    # Poisson sampling on the preloaded tensors: each example independently.
-                    mask = torch.rand(n, generator=generator, device=generator.device) < q
-                    idx = mask.nonzero(as_tuple=True)[0].to(x.device)
+                for batch in batches:  # Poisson-sampled: each example independently
                     optimizer.zero_grad(set_to_none=True)
-                    if idx.numel() == 0:
+                    if batch is None:
                         # Nothing to differentiate; the sum of zero clipped gradients is 0 and
                         # DPOptimizer still adds the noise, releasing a noise-only step.
                         self._per_sample.empty_batch(params)
                     else:
-                        loss_sum += self._per_sample.backward(x[idx], y[idx].long())
-                        examples += int(idx.numel())
+                        loss_sum += self._per_sample.backward(*batch)
+                        examples += int(batch[1].shape[0])
                     if mu == 0:
                         optimizer.step()
                     elif optimizer.pre_step():  # clip, sum, add noise, scale into p.grad
@@ -365,6 +373,7 @@ class DPTrainer:
                                     p.grad.add_(p.detach() - w0, alpha=mu)
                         optimizer.original_optimizer.step()
         finally:
+            batches.close()  # stops a read in flight
             optimizer.zero_grad(set_to_none=True)
             self._per_sample.hooks(enabled=False)
             self._per_sample.class_weight = None

@@ -104,7 +104,13 @@ _U = "fedguard."
 LAYERS = (
     Layer(
         "util",
-        ("fedguard", *(_U + m for m in ("errors", "_io", "_toml", "_checks", "_lazy", "files"))),
+        (
+            "fedguard",
+            *(
+                _U + m
+                for m in ("errors", "_io", "_toml", "_checks", "_lazy", "files", "_record_reads")
+            ),
+        ),
         (),
         False,
     ),

@@ -11,11 +11,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedguard._record_reads import dataset_size
 from fedguard.errors import BudgetExceededError
 from fedguard.fl.loop import TrainRequest
 from fedguard.privacy import (
@@ -172,8 +174,10 @@ class LocalTrainer:
         self,
         *,
         global_weights: Sequence[np.ndarray],
-        x: torch.Tensor,
-        y: torch.Tensor,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        data: Any = None,  # instead of x, y: a map-style data set, read step by step
+        read_ahead: bool = False,  # with data: read the next step's records meanwhile
         request: TrainRequest,
         generator: torch.Generator,  # with DP: on the model's device (``self.device``)
         budget: PrivacyBudget | None = None,
@@ -189,14 +193,20 @@ class LocalTrainer:
         The result's ``epsilon`` is then this round's alone: the node reports its own.
         """
         set_weights(self.model, global_weights)
-        # No-ops when the caller preloaded the data on the model's device (simulation).
-        x, y = x.to(self.device), y.to(self.device)
-        n = int(x.shape[0])
+        if data is None:
+            if x is None or y is None:
+                raise ValueError("LocalTrainer.run: pass the tensors x, y or a data set")
+            # No-ops when the caller preloaded the data on the model's device (simulation).
+            x, y = x.to(self.device), y.to(self.device)
+            n = int(x.shape[0])
+        else:
+            n = dataset_size(data)  # only the sampled records are ever read
         if self._dp is None:
             stats = train_plain(
                 model=self.model,
                 x=x,
                 y=y,
+                data=data,
                 epochs=request.local_epochs,
                 batch_size=request.batch_size,
                 lr=request.lr,
@@ -253,6 +263,8 @@ class LocalTrainer:
         result = self._dp.train(
             x=x,
             y=y,
+            data=data,
+            read_ahead=read_ahead,
             epochs=request.local_epochs,
             batch_size=request.batch_size,
             lr=request.lr,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 from fedguard._checks import integer
+from fedguard._record_reads import dataset_size, read_records
 from fedguard.errors import DataError, invalid
 from fedguard.task.metrics import Metrics, compute_metrics
 
@@ -85,8 +87,9 @@ def shuffled_batches(
 def train_plain(
     *,
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
+    data: Any = None,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -103,6 +106,9 @@ def train_plain(
         Trained in place; its train/eval mode is restored afterwards.
     x, y
         Examples ``(N, ...)`` and int class ids ``(N,)`` on the model's device.
+    data
+        Instead of ``x, y``: a map-style data set (``len``, ``data[i] -> (x, y)``);
+        only each batch's records are read (:mod:`fedguard._record_reads`).
     epochs, batch_size
         Passes over the data and examples per step (>= 1 each).
     lr, momentum
@@ -129,9 +135,18 @@ def train_plain(
         raise invalid("--momentum", allowed="a number in [0, 1)", got=momentum)
     if not _is_real(prox_mu) or not math.isfinite(prox_mu) or prox_mu < 0:
         raise invalid("prox-mu", allowed="a finite number >= 0", got=prox_mu)
-    _check_xy(x, y)
-    y = y.long()
-    weight = None if class_weights is None else torch.tensor(class_weights, device=x.device)
+    if data is None:
+        if x is None or y is None:
+            raise ValueError("train_plain: pass the tensors x, y or a data set")
+        _check_xy(x, y)
+        y = y.long()
+        n = len(x)
+    elif x is not None or y is not None:
+        raise ValueError("train_plain: pass the tensors x, y or a data set, not both")
+    else:
+        n = dataset_size(data)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    weight = None if class_weights is None else torch.tensor(class_weights, device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     # FedProx anchor: the weights this call starts from (the global model).
     anchor = [(p, p.detach().clone()) for p in model.parameters()] if prox_mu > 0 else []
@@ -141,17 +156,22 @@ def train_plain(
     loss_sum = 0.0
     try:
         for idx in shuffled_batches(
-            num_examples=len(x), batch_size=batch_size, epochs=epochs, generator=generator
+            num_examples=n, batch_size=batch_size, epochs=epochs, generator=generator
         ):
-            idx = idx.to(x.device)
+            if data is None:
+                idx = idx.to(x.device)  # type: ignore[union-attr]
+                bx, by = x[idx], y[idx]  # type: ignore[index]
+            else:
+                bx, by = read_records(data, idx.tolist())
+                bx, by = bx.to(device), by.to(device).long()
             optimizer.zero_grad(set_to_none=True)
-            logits = model(x[idx])
+            logits = model(bx)
             loss = (
-                F.cross_entropy(logits, y[idx])
+                F.cross_entropy(logits, by)
                 if weight is None
                 # Sum over the batch size, the DP trainer's scale (a weighted "mean" would
                 # divide by the batch's total weight instead).
-                else F.cross_entropy(logits, y[idx], weight=weight, reduction="sum") / len(idx)
+                else F.cross_entropy(logits, by, weight=weight, reduction="sum") / len(idx)
             )
             value = float(loss.detach())
             if not math.isfinite(value):
