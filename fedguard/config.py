@@ -35,6 +35,7 @@ __all__ = [
 class Engine(StrEnum):
     INPROCESS = "inprocess"
     FLOWER = "flower"
+    RAY = "ray"  # the in-process engine's cohort sharded over Ray workers
 
 
 ENGINES: tuple[str, ...] = tuple(e.value for e in Engine)
@@ -66,6 +67,10 @@ class SimulationConfig:
     schema: Path | None = None  # declared feature schema of a CSV/Parquet --dataset
     model: str = "logreg"
     hidden: int = 128  # width of the mlp's hidden layer
+    # A user task "package.module:attribute" (fedguard.task.api); None: the built-in model
+    # on the built-in data set or file that dataset names.
+    task: str | None = None
+    fix_model: bool = False  # let Opacus's ModuleValidator.fix replace BatchNorm and co.
     clients: int = 10
     clients_per_round: int | None = None  # None: every client, every round
     rounds: int = 60
@@ -93,6 +98,10 @@ class SimulationConfig:
     # one at a time. auto: for models of linear layers only (3-8x faster per round here;
     # convolutional models measured 0.8-1.1x on CPU); on: any model it can stack.
     vectorize: str = "auto"
+    # --engine ray: the Ray workers a round's cohort is sharded over, and the Ray cluster
+    # to join ("auto", "ray://head:10001"; None: start a local one on this machine).
+    workers: int = 1
+    ray_address: str | None = None
     client_cpus: float = 1.0  # --engine flower: Ray's num_cpus per virtual client
     client_gpus: float = 0.0  # --engine flower: Ray's num_gpus per virtual client
     secagg: bool = False  # in-process SecAgg+: the same protocol code as a deployment
@@ -238,6 +247,7 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
     positive_int("--local-epochs", cfg.local_epochs)
     positive_int("--batch-size", cfg.batch_size)
     positive_int("--threads", cfg.threads)
+    _validate_workers(cfg, need)
     positive_int("--seed", cfg.seed, low=0)
     positive_float("--lr", cfg.lr)
     positive_float("--momentum", cfg.momentum, upper=1.0, strict_upper=True, allow_zero=True)
@@ -260,6 +270,10 @@ def _validate(cfg: SimulationConfig, *, source: Path | None) -> None:
     from fedguard.task.partition import PARTITION_SCHEMES
 
     need(cfg.model in MODEL_NAMES, "--model", MODEL_NAMES, cfg.model)
+    if cfg.task is not None:
+        from fedguard.task.api import SPEC_FORMAT, is_task_spec
+
+        need(is_task_spec(cfg.task), "--task", SPEC_FORMAT, cfg.task)
     need(cfg.partition in PARTITION_SCHEMES, "--partition", PARTITION_SCHEMES, cfg.partition)
     if cfg.client_dp:
         need(
@@ -299,7 +313,7 @@ def _validate_resources(cfg: SimulationConfig, need: Any) -> None:
             cfg.device,
         )
     need(
-        cfg.device != "cuda" or cfg.engine == Engine.INPROCESS,
+        cfg.device != "cuda" or cfg.engine != Engine.FLOWER,
         "--device",
         "cpu or auto with --engine flower (its ClientApp trains on the CPU; --client-gpus "
         "reserves GPUs for clients)",
@@ -341,9 +355,38 @@ def _validate_resources(cfg: SimulationConfig, need: Any) -> None:
         )
 
 
+def _validate_workers(cfg: SimulationConfig, need: Any) -> None:
+    """``--workers`` and ``--ray-address``: options of ``--engine ray`` only."""
+    is_int = isinstance(cfg.workers, int) and not isinstance(cfg.workers, bool)
+    need(is_int and cfg.workers >= 1, "--workers", "an integer >= 1", cfg.workers)
+    if cfg.engine != Engine.RAY:
+        need(cfg.workers == 1, "--workers", "1 unless --engine ray", cfg.workers)
+        need(cfg.ray_address is None, "--ray-address", "unset unless --engine ray", cfg.ray_address)
+        return
+    need(
+        cfg.workers <= cfg.cohort_size,
+        "--workers",
+        f"at most --clients-per-round ({cfg.cohort_size}): each worker trains a slice",
+        cfg.workers,
+    )
+    address = cfg.ray_address
+    need(
+        address is None or (isinstance(address, str) and address.strip() != ""),
+        "--ray-address",
+        'a Ray cluster address ("auto", "ray://head:10001") or unset',
+        address,
+    )
+
+
 def _validate_secagg(cfg: SimulationConfig, need: Any) -> None:
     if not cfg.secagg:
         return
+    need(
+        cfg.engine != Engine.RAY,
+        "--engine",
+        "inprocess with --secagg (secure aggregation over Ray workers: not yet)",
+        cfg.engine,
+    )
     need(
         cfg.engine == Engine.INPROCESS,
         "--engine",

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from importlib import util
+from importlib import metadata, util
 from pathlib import Path
+from typing import Any
 
 import fedguard
 
@@ -26,25 +27,65 @@ BUILTIN_TASK = "fedguard.task"
 
 @dataclass(frozen=True, kw_only=True)
 class TaskIdentity:
-    name: str  # the task's import name
-    version: str  # fedguard's version (the task ships with it)
-    digest: str  # "sha256:" of the package's sources, relative path and bytes of each
+    name: str  # the built-in task package, or a user task's "package.module:attribute"
+    version: str  # fedguard's version, and the user task's distribution version
+    digest: str  # "sha256:" of the task code's sources, relative path and bytes of each
 
 
 def installed_task(name: str = BUILTIN_TASK) -> TaskIdentity:
-    """The identity of the task package ``name`` as installed in this interpreter."""
-    spec = util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"task package {name!r} is not installed")
-    root = Path(next(iter(spec.submodule_search_locations)))
+    """The identity of the task ``name`` as installed in this interpreter.
+
+    ``name`` is the built-in task package or a user task ``package.module:attribute``
+    (:mod:`fedguard.task.api`). A user task's digest covers fedguard's task package AND
+    every source file of the user's top-level package (or its single module), so a server
+    naming another version of the user's code is refused, not only another name.
+    """
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
+    _hash_sources(h, BUILTIN_TASK, _sources(BUILTIN_TASK))
+    if name == BUILTIN_TASK:
+        return TaskIdentity(name=name, version=fedguard.__version__, digest=_hex(h))
+    top = name.split(":", 1)[0].split(".", 1)[0]
+    _hash_sources(h, top, _sources(top))
+    version = f"{fedguard.__version__}; {top} {_distribution_version(top)}"
+    return TaskIdentity(name=name, version=version, digest=_hex(h))
+
+
+def _hex(h: Any) -> str:
+    return "sha256:" + str(h.hexdigest())
+
+
+def _sources(module: str) -> tuple[Path, list[Path]]:
+    """The folder and the ``.py`` files of the installed package (or module) ``module``."""
+    spec = util.find_spec(module)
+    if spec is None:
+        raise ModuleNotFoundError(f"task package {module!r} is not installed")
+    if spec.submodule_search_locations:
+        root = Path(next(iter(spec.submodule_search_locations)))
+        files = [p for p in root.rglob("*.py") if "__pycache__" not in p.parts]
+        return root, sorted(files)
+    if spec.origin is None or not spec.origin.endswith(".py"):
+        raise ModuleNotFoundError(f"task module {module!r} has no Python source to identify")
+    origin = Path(spec.origin)
+    return origin.parent, [origin]
+
+
+def _hash_sources(h: Any, label: str, found: tuple[Path, list[Path]]) -> None:
+    root, files = found
+    h.update(label.encode() + b"\0")
+    for path in files:
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         data = path.read_bytes()
         h.update(len(data).to_bytes(8, "little") + data)
-    return TaskIdentity(name=name, version=fedguard.__version__, digest="sha256:" + h.hexdigest())
+
+
+def _distribution_version(top: str) -> str:
+    dists = metadata.packages_distributions().get(top, [])
+    for dist in dists:
+        try:
+            return f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return "(not an installed distribution)"
 
 
 def bundle_task_table(task: TaskIdentity) -> str:

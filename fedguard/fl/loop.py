@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,13 +24,16 @@ from fedguard.errors import ConfigError, FedguardError, invalid
 from fedguard.fl.seeds import Stream, stream_rng, stream_seed
 from fedguard.fl.strategies import ServerOptimizer, client_prox_mu
 from fedguard.privacy.dp_scaling import SCALE_FLOOR
-from fedguard.task import Dataset, Metrics, build_model, load_dataset, partition
+from fedguard.task import Dataset, Metrics, partition
+from fedguard.task.api import LoadRequest, Task, load_task_data, make_model
+from fedguard.task.builtin import resolve_task
 
 __all__ = [
     "ClientUpdate",
     "FederatedData",
     "Refusal",
     "RoundRecord",
+    "PartialSum",
     "RoundShortError",
     "SecureMean",
     "TrainRequest",
@@ -44,6 +46,7 @@ __all__ = [
     "request_for",
     "run_rounds",
     "sample_cohort",
+    "simulation_task",
 ]
 
 _log = logging.getLogger(__name__)
@@ -67,6 +70,7 @@ def load_federated_data(
     scheme: str,
     alpha: float,
     schema: str | None = None,
+    task: str | None = None,
 ) -> FederatedData:
     """Load ``dataset`` and split its training part among ``clients``, seeded.
 
@@ -84,7 +88,7 @@ def load_federated_data(
     (:func:`standardise_eval_rows`).
     """
     data = standardise_eval_rows(
-        _load_dataset_cached(name=dataset, seed=seed, target=target, schema=schema)
+        _load_dataset_cached(name=dataset, seed=seed, target=target, schema=schema, task=task)
     )
     parts = partition(
         labels=data.y_train,
@@ -98,13 +102,13 @@ def load_federated_data(
 
 @functools.lru_cache(maxsize=2)
 def _load_dataset_cached(
-    *, name: str, seed: int, target: str | None, schema: str | None
+    *, name: str, seed: int, target: str | None, schema: str | None, task: str | None = None
 ) -> Dataset:
     """One copy per process for every partitioning of the same data (a sweep's IID and
     Dirichlet cells): ScatterNet features take ~45 s to compute and ~1.1 GB to hold."""
-    return load_dataset(
-        name=name, seed=seed, target=target, schema=None if schema is None else Path(schema)
-    )
+    # The data is the task's whatever its model: the built-in loader ignores the model.
+    loader = resolve_task(task=task, model="logreg", target=target, schema=schema)
+    return load_task_data(loader, LoadRequest(source=name, seed=seed))
 
 
 def standardise_eval_rows(data: Dataset) -> Dataset:
@@ -183,6 +187,22 @@ class WeightedSum:
         self.total_weight += weight
         self.count += 1
 
+    def merge(self, other: WeightedSum) -> None:
+        """Fold in ``other``'s updates, as if each had been added here (float64 sums)."""
+        if other._sum is None:
+            return
+        if self._sum is None:
+            self._sum = [s.copy() for s in other._sum]
+        else:
+            if len(other._sum) != len(self._sum):
+                raise ValueError(f"update: expected {len(self._sum)} arrays, got {len(other._sum)}")
+            for acc, s in zip(self._sum, other._sum, strict=True):
+                if acc.shape != s.shape:
+                    raise ValueError(f"update: expected shape {acc.shape}, got {s.shape}")
+                acc += s
+        self.total_weight += other.total_weight
+        self.count += other.count
+
     def mean(self) -> list[np.ndarray]:
         if self._sum is None:
             raise ValueError("no update was added: nothing to average")
@@ -229,11 +249,22 @@ class ClientUpdate:
     """One client's trained weights for a round, with what the server may know of it."""
 
     client_id: int
-    weights: list[np.ndarray] | None  # None: sent under secure aggregation (see SecureMean)
+    # None: sent under secure aggregation (see SecureMean) or summed where the client
+    # trained (see PartialSum)
+    weights: list[np.ndarray] | None
     num_examples: int
     train_loss: float
     epsilon: float | None = None
     receipt: object | None = None  # deployment: the node's PrivacyReceipt (fedguard.privacy)
+
+
+@dataclass(frozen=True)
+class PartialSum:
+    """Part of the cohort's weighted update sum, added up where its clients trained (a Ray
+    worker's slice, :mod:`fedguard.simulations.ray_engine`); their replies come without
+    weights. The loop folds it into the round's sum like the updates it holds."""
+
+    total: WeightedSum
 
 
 @dataclass(frozen=True)
@@ -293,7 +324,8 @@ class RoundShortError(FedguardError):
 
 
 TrainCohort = Callable[
-    [int, list[int], list[np.ndarray]], Iterable[ClientUpdate | Refusal | SecureMean]
+    [int, list[int], list[np.ndarray]],
+    Iterable[ClientUpdate | Refusal | SecureMean | PartialSum],
 ]
 
 
@@ -337,6 +369,9 @@ def run_rounds(
         for reply in train_cohort(server_round, cohort, weights):
             if isinstance(reply, SecureMean):
                 secure = reply
+                continue
+            if isinstance(reply, PartialSum):
+                total.merge(reply.total)
                 continue
             if isinstance(reply, Refusal):
                 refused += 1
@@ -388,12 +423,23 @@ def run_rounds(
 def initial_model(config: SimulationConfig, data: FederatedData) -> torch.nn.Module:
     """The global model of round 0, seeded so every engine starts from the same weights."""
     ds = data.dataset
-    return build_model(
-        name=config.model,
+    return make_model(
+        simulation_task(config),
         input_shape=ds.input_shape,
         num_classes=ds.num_classes,
         generator=torch.Generator().manual_seed(config.seed),
+    )
+
+
+def simulation_task(config: SimulationConfig) -> Task:
+    """The task a simulation trains: ``task =`` if set, else the built-in ``model``."""
+    return resolve_task(
+        task=config.task,
+        model=config.model,
         hidden=config.hidden,
+        target=config.target,
+        schema=None if config.schema is None else str(config.schema),
+        fix=config.fix_model,
     )
 
 
@@ -424,9 +470,10 @@ def federated_data(config: SimulationConfig) -> FederatedData:
         scheme=config.partition,
         alpha=config.alpha,
         schema=None if config.schema is None else str(config.schema),
+        task=config.task,
     )
     plan = data.dataset.dp_scaling
-    if plan is not None and config.engine != "inprocess":
+    if plan is not None and config.engine not in ("inprocess", "ray"):
         # Flower's virtual ClientApp does not scale or charge them yet (client/app.py).
         raise ConfigError(
             f'--engine: expected inprocess with scaling = "dp" columns ({", ".join(plan.names)}'
