@@ -34,7 +34,7 @@ from flwr.serverapp import Grid
 from fedguard.console import printable
 from fedguard.errors import FedguardError
 from fedguard.fl.loop import ClientUpdate, Refusal
-from fedguard.fl.participants import Cohort
+from fedguard.fl.participants import Cohort, Participant
 from fedguard.messages import decode_description, decode_reply_content
 from fedguard.transport.poll import send_and_receive  # polls every 0.05 s, not 3 s
 from fedguard.transport.receipts import read_receipt
@@ -261,6 +261,7 @@ def exchange_round(
     done = exchange(
         grid, msgs, timeout=timeout, what=f"round {server_round}", name_of=names_in(cohort)
     )
+    check = _ReplyCheck(server_round, receipt_run, expect, max_update_norm, weight_cap)
     out: list[ClientUpdate | Refusal] = []
     withheld: list[int] = []
     # Sorted by client id: the running sum is then added in the same order on every engine.
@@ -268,48 +269,13 @@ def exchange_round(
         member = cohort.by_node(reply.node_id)
         if member is None:  # vet_replies keeps only nodes asked
             continue
-        cid, name = member.client_id, member.name
         if isinstance(reply, Failed):
-            out.append(Refusal(client_id=cid, reason=f"{name}: {reply.reason}"))
+            out.append(Refusal(client_id=member.client_id, reason=f"{member.name}: {reply.reason}"))
             continue
-        try:
-            decoded = decode_reply_content(
-                reply.content, expect=expect, max_update_norm=max_update_norm
-            )
-            receipt = (
-                None
-                if receipt_run is None
-                else read_receipt(
-                    reply.content, run=receipt_run, server_round=server_round, required=True
-                )
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            reason = f"{name}: malformed reply: {printable(exc)}"
-            out.append(Refusal(client_id=cid, reason=reason))
-            continue
-        m = decoded.metrics
-        if "num-examples" not in m:
-            withheld.append(cid)
-        examples = int(m.get("num-examples", 1))
-        if weight_cap is not None and examples > weight_cap:
-            _log.warning(
-                "round %d: %s claims %d examples; counted as %d (the weight cap)",
-                server_round,
-                name,
-                examples,
-                weight_cap,
-            )
-            examples = weight_cap
-        out.append(
-            ClientUpdate(
-                client_id=cid,
-                weights=decoded.weights,
-                num_examples=examples,
-                train_loss=m.get("train-loss", float("nan")),
-                epsilon=m.get("epsilon") if receipt is None else receipt.epsilon,
-                receipt=receipt,
-            )
-        )
+        update = check.update(member, reply.content)
+        out.append(update)
+        if isinstance(update, ClientUpdate) and update.num_examples == 0:
+            withheld.append(member.client_id)
     if withheld:
         _log.info(
             "round %d: equal weights (%s kept their record count)",
@@ -326,6 +292,53 @@ def exchange_round(
         if member is not None:
             reason = f"{member.name}: no reply within {done.waited:.0f}s"
             yield Refusal(client_id=member.client_id, reason=reason)
+
+
+@dataclass(frozen=True)
+class _ReplyCheck:
+    """How one plain round decodes a reply fit to decode (see :func:`exchange_round`)."""
+
+    server_round: int
+    receipt_run: str | None
+    expect: list[np.ndarray] | None
+    max_update_norm: float | None
+    weight_cap: int | None
+
+    def update(self, member: Participant, content: RecordDict) -> ClientUpdate | Refusal:
+        """The member's update (``num_examples`` 0: it kept its count), or why not."""
+        try:
+            decoded = decode_reply_content(
+                content, expect=self.expect, max_update_norm=self.max_update_norm
+            )
+            receipt = (
+                None
+                if self.receipt_run is None
+                else read_receipt(
+                    content, run=self.receipt_run, server_round=self.server_round, required=True
+                )
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            reason = f"{member.name}: malformed reply: {printable(exc)}"
+            return Refusal(client_id=member.client_id, reason=reason)
+        m = decoded.metrics
+        examples = int(m.get("num-examples", 0))
+        if self.weight_cap is not None and examples > self.weight_cap:
+            _log.warning(
+                "round %d: %s claims %d examples; counted as %d (the weight cap)",
+                self.server_round,
+                member.name,
+                examples,
+                self.weight_cap,
+            )
+            examples = self.weight_cap
+        return ClientUpdate(
+            client_id=member.client_id,
+            weights=decoded.weights,
+            num_examples=examples,
+            train_loss=m.get("train-loss", float("nan")),
+            epsilon=m.get("epsilon") if receipt is None else receipt.epsilon,
+            receipt=receipt,
+        )
 
 
 def names_in(cohort: Cohort) -> Callable[[int], str]:
