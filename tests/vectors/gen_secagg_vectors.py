@@ -21,7 +21,7 @@ fedguard's wire format, never by calling ``fedguard``:
   nonces (``cryptography``, checked below against RFC 6979 appendix A.2.6), DER-encoded.
 * Quantisation: the formula in ``fedguard.privacy.secagg.quantize`` restated with numpy,
   using one ``numpy.random.default_rng(seed)`` consumed in slot order (one
-  ``rng.random(n)`` per node), as ``secure_sum_in_process`` does.
+  ``rng.random(n, dtype=float32)`` per node), as ``secure_sum_in_process`` does.
 
 ``tests/privacy/secagg/test_vectors.py`` then checks fedguard against these values and
 checks the values against a second, independent set of implementations (HKDF from
@@ -215,8 +215,7 @@ def quantize(
 ) -> list[int]:
     levels = 2**bits - 1
     scaled = (np.clip(flat, -clip, clip) + clip) * (levels / (2 * clip))
-    low = np.floor(scaled)
-    q = np.minimum(low + (rng.random(scaled.shape) < (scaled - low)), levels)
+    q = np.floor(scaled + rng.random(scaled.shape, dtype=np.float32))  # <= levels
     return [int(v) * weight for v in q] + [weight]
 
 

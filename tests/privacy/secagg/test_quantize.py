@@ -22,8 +22,7 @@ def oracle_levels(flat: np.ndarray, *, clip: float, bits: int, uniforms: np.ndar
     out = []
     for x, u in zip(flat.tolist(), uniforms.tolist(), strict=True):
         scaled = (min(max(x, -clip), clip) + clip) * (levels / (2 * clip))
-        low = int(np.floor(scaled))
-        out.append(min(low + (u < scaled - low), levels))
+        out.append(int(np.floor(scaled + u)))  # up with probability frac(scaled)
     return out
 
 
@@ -56,7 +55,7 @@ def test_levels_in_range_weight_last_clipped_counted(update, weight, clip, bits,
     assert np.all(levels <= 2**bits - 1)
     assert out.clipped == int(np.sum(np.abs(flat) > clip))
     # Same uniforms, one coordinate at a time: same levels.
-    uniforms = np.random.default_rng(seed).random(flat.size)
+    uniforms = np.random.default_rng(seed).random(flat.size, dtype=np.float32)
     assert levels.tolist() == oracle_levels(flat, clip=clip, bits=bits, uniforms=uniforms)
 
 
