@@ -36,7 +36,8 @@ def run_with_progress(config: SimulationConfig, *, overwrite: bool = False) -> S
         f"per client ({config.accountant.upper()} accountant)"
     )
     console.print(
-        f"fedguard simulate: {config.dataset}, {config.model}, {config.clients} clients "
+        f"fedguard simulate: {config.dataset}, {config.task or config.model}, "
+        f"{config.clients} clients "
         f"({config.cohort_size} per round), {config.rounds} rounds, "
         f"{config.partition} partition, engine {config.engine}; {privacy}"
     )

@@ -26,7 +26,13 @@ from fedguard.class_labels import default_names
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
 from fedguard.files import METRICS_FILE, MODEL_FILE, SUMMARY_FILE
-from fedguard.fl.loop import FederatedData, RoundRecord, federated_data, initial_model
+from fedguard.fl.loop import (
+    FederatedData,
+    RoundRecord,
+    federated_data,
+    initial_model,
+    simulation_task,
+)
 
 __all__ = ["SimulationSummary", "simulate"]
 
@@ -62,6 +68,8 @@ class SimulationSummary:
     client_level_dp: dict[str, object] | None = None
     # Each class id's label (#17.4): classes[i] is the label the model calls class i.
     classes: list[str] | None = None
+    # A user task's own metrics (fedguard.task.api.Task.metrics) on the evaluation rows.
+    task_metrics: dict[str, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,10 +133,32 @@ def simulate(
         config=config.to_dict(),
         client_level_dp=None if last.client_epsilon is None else _client_level(config, last.round),
         classes=list(data.dataset.class_names or default_names(data.dataset.num_classes)),
+        task_metrics=_task_metrics(config, data, final[0]),
     )
     save_model(out / MODEL_FILE, config=config, data=data, weights=final[0])
     atomic_write_json(out / SUMMARY_FILE, summary.as_dict())
     return summary
+
+
+def _task_metrics(
+    config: SimulationConfig, data: FederatedData, weights: list[np.ndarray]
+) -> dict[str, float] | None:
+    """The task's own metrics of the final model on the evaluation rows (None: it has none)."""
+    task = simulation_task(config)
+    ds = data.dataset
+    if task.metrics is None or not len(ds.y_test):
+        return None
+    import torch
+
+    from fedguard.task import set_weights
+
+    model = initial_model(config, data)
+    set_weights(model, weights)
+    model.eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.from_numpy(ds.x_test)), dim=1).numpy()
+    out = task.metrics(ds.y_test, probs)
+    return {str(k): float(v) for k, v in out.items()}
 
 
 def _client_level(config: SimulationConfig, rounds: int) -> dict[str, object]:
@@ -151,6 +181,7 @@ def save_model(
     metadata = {
         "format": MODEL_FORMAT,
         "model": config.model,
+        "task": config.task or "",
         "hidden": str(config.hidden),
         "input-shape": json.dumps(list(ds.input_shape)),
         "num-classes": str(ds.num_classes),
