@@ -5,12 +5,15 @@ pfl-research): one model object and one DP wrapping are reused for every client,
 data is preloaded as tensors, and updates are folded into a running sum. The client
 training itself is :class:`fedguard.fl.local.LocalTrainer`, the same code the
 Flower ClientApp runs. With ``--secagg`` each round runs the SecAgg+ protocol
-(:mod:`fedguard.privacy.secagg`) with every party in this process.
+(:mod:`fedguard.privacy.secagg`) with every party in this process. ``--engine ray`` runs
+the same loop with each round's cohort sharded over Ray workers
+(:mod:`fedguard.simulations.ray_engine`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ import torch
 
 from fedguard.config import SimulationConfig, resolve_device
 from fedguard.fl.local import LocalTrainer
-from fedguard.fl.loop import FederatedData, RoundRecord, initial_model, run_rounds
+from fedguard.fl.loop import FederatedData, RoundRecord, TrainCohort, initial_model, run_rounds
 from fedguard.fl.strategies import server_optimizer
 from fedguard.privacy.client_dp import ClientLevelAccounting
 from fedguard.simulations.cohort_trainers import VirtualClients, cohort_trainer
@@ -68,8 +71,9 @@ def run_inprocess(
     # Model, DP wrapping and data move to the device once; clients only load weights.
     trainer = LocalTrainer(model=initial_model(config, data).to(device), dp=not config.no_dp)
     weights = get_weights(trainer.model)
-    clients = VirtualClients(config=config, data=data, device=device, state_dir=state_dir)
-    try:
+    with _cohort_trainer(
+        config=config, data=data, trainer=trainer, device=device, state_dir=state_dir
+    ) as train_cohort:
         return run_rounds(
             first_round=1,
             last_round=config.rounds,
@@ -82,11 +86,33 @@ def run_inprocess(
                 server_lr=config.server_lr,
                 server_momentum=config.server_momentum,
             ),
-            train_cohort=cohort_trainer(config=config, trainer=trainer, clients=clients),
+            train_cohort=train_cohort,
             evaluate=_Evaluator(model=trainer.model, data=data, device=device),
             on_round=on_round,
             dp=not config.no_dp,
             client_epsilon=client_level(config).epsilon if config.client_dp else None,
         )
+
+
+@contextmanager
+def _cohort_trainer(
+    *,
+    config: SimulationConfig,
+    data: FederatedData,
+    trainer: LocalTrainer,
+    device: torch.device,
+    state_dir: Path,
+) -> Iterator[TrainCohort]:
+    """This process's cohort trainer, or Ray workers' (``--engine ray``); either writes
+    every client's accountant file when the run ends, also after an error."""
+    if config.engine == "ray":
+        from fedguard.simulations.ray_engine import ray_cohort  # imports Ray
+
+        with ray_cohort(config=config, data=data, state_dir=state_dir) as sharded:
+            yield sharded
+        return
+    clients = VirtualClients(config=config, data=data, device=device, state_dir=state_dir)
+    try:
+        yield cohort_trainer(config=config, trainer=trainer, clients=clients)
     finally:
         clients.flush()  # also after an error: what was spent is on disk
