@@ -107,7 +107,14 @@ def simulate(
     alpha: Annotated[float | None, Opt(help="Dirichlet concentration (smaller: more skew)")] = None,
     seed: Annotated[int | None, Opt()] = None,
     engine: Annotated[
-        str | None, Opt(help="inprocess (fast) or flower (Flower's Ray engine)")
+        str | None,
+        Opt(help="inprocess (fast), ray (inprocess sharded over Ray workers) or flower"),
+    ] = None,
+    workers: Annotated[
+        int | None, Opt(help="--engine ray: workers a round's cohort is sharded over")
+    ] = None,
+    ray_address: Annotated[
+        str | None, Opt(help="--engine ray: a Ray cluster to join (auto, ray://head:10001)")
     ] = None,
     threads: Annotated[int | None, Opt(help="torch threads for the in-process engine")] = None,
     device: Annotated[
@@ -179,6 +186,8 @@ def simulate(
         "alpha": alpha,
         "seed": seed,
         "engine": engine,
+        "workers": workers,
+        "ray-address": ray_address,
         "threads": threads,
         "device": device,
         "vectorize": vectorize,
