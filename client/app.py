@@ -23,7 +23,11 @@ from fedguard.client.secure import NodeSecAgg
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import RefusalError
 from fedguard.fl.local import LocalResult
-from fedguard.messages import (
+from fedguard.privacy.receipts import coarse_epsilon, without_count
+from fedguard.task import build_model, set_weights
+from fedguard.task.schema import load_schema
+from fedguard.transport import encode_receipt
+from fedguard.transport.messages import (
     ERROR_BUDGET_REFUSED,
     ERROR_CLIENT_FAILED,
     DescriptionValue,
@@ -36,10 +40,6 @@ from fedguard.messages import (
     result_metrics,
     secagg_payload,
 )
-from fedguard.privacy.receipts import coarse_epsilon, without_count
-from fedguard.task import build_model, set_weights
-from fedguard.task.schema import load_schema
-from fedguard.transport import encode_receipt
 
 __all__ = ["NODE_CONFIG_KEY", "app"]
 

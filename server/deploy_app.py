@@ -49,7 +49,6 @@ from fedguard.fl.loop import (
 )
 from fedguard.fl.participants import Cohort, Participants
 from fedguard.fl.strategies import client_prox_mu, server_optimizer
-from fedguard.messages import encode_train
 from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.server.checkpoint import load_checkpoint, resume, save_round
 from fedguard.server.cohort import check_cohort
@@ -78,6 +77,7 @@ from fedguard.server.secure_round import secure_round
 from fedguard.task import build_model, get_weights
 from fedguard.task.metrics import headline
 from fedguard.transport.grid import exchange_round
+from fedguard.transport.messages import encode_train
 
 __all__ = ["CONFIG_KEY", "DeployedRun", "RunStoppedError", "app"]
 

@@ -24,7 +24,6 @@ from flwr.serverapp import Grid
 from fedguard.console import printable
 from fedguard.fl.loop import ClientUpdate, Refusal, SecureMean
 from fedguard.fl.participants import Cohort
-from fedguard.messages import decode_secure_reply, encode_secagg, secagg_payload
 from fedguard.privacy.secagg import (
     AdvertiseKeys,
     ConsistencyReply,
@@ -39,6 +38,7 @@ from fedguard.privacy.secagg import (
 )
 from fedguard.transport import WireError, decode_secagg
 from fedguard.transport.grid import Failed, exchange, names_in
+from fedguard.transport.messages import decode_secure_reply, encode_secagg, secagg_payload
 from fedguard.transport.receipts import read_receipt
 from fedguard.transport.serde import encode_secagg as encode_payload
 

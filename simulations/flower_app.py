@@ -2,7 +2,7 @@
 
 Both are built from the simulation's config (:func:`make_server_app`,
 :func:`make_client_app`), so nothing of the simulation travels in a message: a train
-message is the deployed one (``fedguard.messages.encode_train``), and the deployed
+message is the deployed one (``fedguard.transport.messages.encode_train``), and the deployed
 ClientApp (``fedguard.client.app``) has no simulation branch at all. The round itself
 (cohort sampling, running weighted sum, server update, evaluation) is
 :func:`fedguard.fl.loop.run_rounds`, the same function the in-process engine runs; the
@@ -44,7 +44,11 @@ from fedguard.fl.loop import (
 )
 from fedguard.fl.participants import Participant, Participants
 from fedguard.fl.strategies import server_optimizer
-from fedguard.messages import (
+from fedguard.privacy import AccountantStore
+from fedguard.simulations.virtual_clients import budget_for, client_state_dir
+from fedguard.task import Metrics, evaluate, get_weights, set_weights
+from fedguard.transport.grid import describe_nodes, exchange_round, wait_for_nodes
+from fedguard.transport.messages import (
     ERROR_BUDGET_REFUSED,
     ERROR_CLIENT_FAILED,
     DescriptionValue,
@@ -54,10 +58,6 @@ from fedguard.messages import (
     encode_train,
     result_metrics,
 )
-from fedguard.privacy import AccountantStore
-from fedguard.simulations.virtual_clients import budget_for, client_state_dir
-from fedguard.task import Metrics, evaluate, get_weights, set_weights
-from fedguard.transport.grid import describe_nodes, exchange_round, wait_for_nodes
 
 __all__ = ["make_client_app", "make_server_app"]
 

@@ -8,7 +8,7 @@ layer (a new module must be placed here). "Flower" says whether the layer may im
 ===========  ============================================  ==========================  ======
 layer        modules                                       may import                  Flower
 ===========  ============================================  ==========================  ======
-util         fedguard (package), errors, _io, _toml,        (standard library, numpy)   no
+util         fedguard (package), errors, _io, _toml,      (standard library, numpy)   no
              _checks, _lazy, files, safetensors_header,
              console, class_labels
 proto        fedguard.proto (generated protobuf)           (protobuf)                  no
@@ -22,18 +22,20 @@ config       fedguard.config (the simulation's config)     util, privacy, task, 
                                                            fl-rules
 fl           fedguard.fl: what a round means (run_rounds,  util, privacy, task,        no
              LocalTrainer, the dp-scaling release)         fl-rules, config
-transport    fedguard.transport (grid exchange and reply   util, proto, privacy,       yes
-             vetting, poll loop, serde, receipts),         task, config, fl
-             fedguard.messages, fedguard.records
+transport    fedguard.transport: the message codec         util, proto, privacy,       yes
+             (messages, records, serde, receipts), the     task, fl-rules, config, fl
+             exchange with one reply vetting (grid), the
+             reply poll loop (poll)
 deploy       fedguard.deploy (certs, procs, roster, the    util, proto, privacy,       yes
-             Flower adapter), deploy_config,               task, config, fl,
+             Flower adapter), deploy_config,               task, fl-rules, config, fl,
              task_identity, budget_report                  transport
 client       fedguard.client (a deployed node)             every layer above but       yes
                                                            server, simulations
 server       fedguard.server (the operator's ServerApp)    every layer above but       yes
                                                            client, simulations
 simulations  fedguard.simulations (engines, sweeps, their  util, proto, privacy,       yes
-             own Flower apps)                              task, config, fl, transport
+             own Flower apps)                              task, fl-rules, config, fl,
+                                                           transport
 demo         fedguard.deploy.demo (``fedguard demo``)      util, privacy, config,      no
                                                            deploy, server
 cli          fedguard.cli, fedguard.cli_*, __main__        every layer                 yes
@@ -134,7 +136,7 @@ LAYERS = (
     Layer("fl", ("fedguard.fl.*",), ("util", "privacy", "task", "fl-rules", "config"), False),
     Layer(
         "transport",
-        ("fedguard.transport", "fedguard.messages", "fedguard.records"),
+        ("fedguard.transport",),
         _BELOW_APPS[:7],
         True,
     ),

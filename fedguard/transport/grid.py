@@ -11,7 +11,7 @@ Flower-engine simulation alike) sends through :func:`exchange` and keeps only wh
 - an error reply the SuperLink sends for a node it holds offline counts for that node;
 - every node asked that is in neither list is ``missing`` (no reply within the timeout).
 
-The callers decode the :class:`Answered` contents with the codec (``fedguard.messages``)
+The callers decode the :class:`Answered` contents with the codec (``fedguard.transport.messages``)
 and turn a decoding error into a refusal. Nothing here trusts what a node says about
 itself: replies are matched by the Flower node id the SuperLink saw, never by a name or
 id the node sent. It never imports ``fedguard.client``, ``fedguard.server`` nor
@@ -35,7 +35,7 @@ from fedguard.console import printable
 from fedguard.errors import FedguardError
 from fedguard.fl.loop import ClientUpdate, Refusal
 from fedguard.fl.participants import Cohort, Participant
-from fedguard.messages import decode_description, decode_reply_content
+from fedguard.transport.messages import decode_description, decode_reply_content
 from fedguard.transport.poll import send_and_receive  # polls every 0.05 s, not 3 s
 from fedguard.transport.receipts import read_receipt
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flwr.app import RecordDict
 
-from fedguard.messages import receipt_payload
 from fedguard.privacy.receipts import PrivacyReceipt
 from fedguard.transport import decode_receipt
+from fedguard.transport.messages import receipt_payload
 
 __all__ = ["read_receipt"]
 

@@ -14,8 +14,8 @@ from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
 from fedguard.client.node import node_runtime
 from fedguard.fl.loop import TrainRequest
-from fedguard.messages import ERROR_CLIENT_FAILED, encode_train
 from fedguard.task import build_model, get_weights
+from fedguard.transport.messages import ERROR_CLIENT_FAILED, encode_train
 
 SECRET = "HIV-positive (J. Smith)"
 

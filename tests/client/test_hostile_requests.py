@@ -30,10 +30,15 @@ from fedguard.client.app import app as client_app
 from fedguard.client.node import node_runtime
 from fedguard.files import EVENTS_FILE, LEDGER_FILE
 from fedguard.fl.loop import TrainRequest
-from fedguard.messages import ERROR_BUDGET_REFUSED, ERROR_CLIENT_FAILED, encode_train, secagg_record
 from fedguard.privacy.secagg import Setup, make_params
 from fedguard.server.secure_round import SECAGG_MESSAGE_TYPE
 from fedguard.task import build_model, get_weights
+from fedguard.transport.messages import (
+    ERROR_BUDGET_REFUSED,
+    ERROR_CLIENT_FAILED,
+    encode_train,
+    secagg_record,
+)
 from fedguard.transport.serde import encode_secagg
 
 NODE_ID = 0x5EC0001

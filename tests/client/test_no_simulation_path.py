@@ -23,8 +23,8 @@ from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
 from fedguard.config import SimulationConfig
 from fedguard.fl.loop import federated_data, initial_model, request_for
-from fedguard.messages import ERROR_CLIENT_FAILED, encode_train
 from fedguard.task import get_weights
+from fedguard.transport.messages import ERROR_CLIENT_FAILED, encode_train
 
 
 def _hostile_request(planted: Path) -> RecordDict:

@@ -26,10 +26,10 @@ from flwr.app import Message, RecordDict
 
 from fedguard.client.node import node_runtime
 from fedguard.fl.loop import ClientUpdate
-from fedguard.messages import encode_train, receipt_payload
 from fedguard.privacy.secagg import quantization_step
 from fedguard.transport import decode_receipt
 from fedguard.transport.grid import exchange_round
+from fedguard.transport.messages import encode_train, receipt_payload
 
 __all__ = ["fed", "identity"]  # fixtures, imported for pytest
 

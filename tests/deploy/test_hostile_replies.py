@@ -39,16 +39,16 @@ from fedguard.fl.limits import MAX_UPDATE_NORM
 from fedguard.fl.loop import RoundRecord, TrainRequest, run_rounds
 from fedguard.fl.participants import Participants
 from fedguard.fl.strategies import FedAvgM
-from fedguard.messages import (
+from fedguard.privacy.receipts import PrivacyReceipt
+from fedguard.task import Metrics
+from fedguard.transport import encode_receipt
+from fedguard.transport.grid import exchange_round
+from fedguard.transport.messages import (
     attach_receipt,
     decode_request,
     encode_reply,
     encode_train,
 )
-from fedguard.privacy.receipts import PrivacyReceipt
-from fedguard.task import Metrics
-from fedguard.transport import encode_receipt
-from fedguard.transport.grid import exchange_round
 
 RUN = "cardio/0123456789abcdef"
 TIMEOUT = 0.2  # the grid answers at once: only a missing reply is waited for

@@ -10,8 +10,8 @@ from harness.federation_files import write_federation
 
 from fedguard.client.node import node_runtime
 from fedguard.fl.loop import TrainRequest
-from fedguard.messages import REPLY_METRIC_KEYS, decode_reply_content, encode_reply
 from fedguard.task import build_model, get_weights
+from fedguard.transport.messages import REPLY_METRIC_KEYS, decode_reply_content, encode_reply
 
 
 def test_a_node_reply_holds_only_weights_and_whitelisted_metrics(tmp_path: Path):

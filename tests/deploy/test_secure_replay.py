@@ -27,7 +27,7 @@ from flwr.app import Message
 import fedguard.server.secure_round as server_side
 from fedguard.client.node import node_runtime
 from fedguard.files import LEDGER_FILE, UPDATE_FILE
-from fedguard.messages import secagg_payload
+from fedguard.transport.messages import secagg_payload
 
 __all__ = ["fed", "identity"]  # fixtures, imported for pytest
 

@@ -42,7 +42,6 @@ from fedguard.files import (
     UPDATE_FILE,
 )
 from fedguard.fl.loop import ClientUpdate, Refusal, SecureMean, TrainRequest
-from fedguard.messages import ERROR_BUDGET_REFUSED, encode_secagg, encode_train, secagg_payload
 from fedguard.privacy.secagg import (
     ConsistencyReply,
     ConsistencyRequest,
@@ -58,6 +57,12 @@ from fedguard.server.secure_round import SECAGG_MESSAGE_TYPE, secure_round
 from fedguard.task import build_model, get_weights
 from fedguard.transport import decode_secagg
 from fedguard.transport.grid import describe_nodes
+from fedguard.transport.messages import (
+    ERROR_BUDGET_REFUSED,
+    encode_secagg,
+    encode_train,
+    secagg_payload,
+)
 from fedguard.transport.poll import send_and_receive
 from fedguard.transport.serde import encode_secagg as encode_payload
 

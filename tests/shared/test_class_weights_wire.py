@@ -13,7 +13,7 @@ import pytest
 from fedguard.deploy_config import load_federation_config
 from fedguard.errors import ConfigError
 from fedguard.fl.loop import TrainRequest
-from fedguard.messages import decode_request, encode_train
+from fedguard.transport.messages import decode_request, encode_train
 
 
 def _message(content: object) -> object:

@@ -14,9 +14,9 @@ from fedguard.deploy_config import FederationConfig, load_federation_config
 from fedguard.errors import ConfigError
 from fedguard.fl.loop import TrainRequest
 from fedguard.fl.strategies import STRATEGIES, FedAdam, FedAvgM, ServerOptimizer, server_optimizer
-from fedguard.messages import decode_request, encode_train
 from fedguard.privacy import Accountant, DPTrainer
 from fedguard.task import train_plain
+from fedguard.transport.messages import decode_request, encode_train
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Full backward hook is firing:UserWarning",

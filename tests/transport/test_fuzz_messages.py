@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fedguard.fl.limits import MAX_UPDATE_NORM
 from fedguard.fl.loop import TrainRequest
-from fedguard.messages import decode_reply_content, decode_request, encode_train
+from fedguard.transport.messages import decode_reply_content, decode_request, encode_train
 
 
 def npy(array: np.ndarray) -> bytes:

@@ -10,12 +10,12 @@ from flwr.app import RecordDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedguard.messages import attach_receipt
 from fedguard.privacy.ledger import Ledger
 from fedguard.privacy.receipts import PrivacyReceipt, receipt_for, without_count
 from fedguard.proto.v1 import receipt_pb2 as rpb
-from fedguard.transport.receipts import read_receipt
 from fedguard.transport import WireError, decode_receipt, encode_receipt
+from fedguard.transport.messages import attach_receipt
+from fedguard.transport.receipts import read_receipt
 
 
 def ledger_with_round(path: Path, *, commit: bool = True) -> Ledger:

@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from fedguard.fl.local import LocalResult
 from fedguard.fl.loop import TrainRequest
-from fedguard.records import check_finite, check_records, check_update, decode_arrays
+from fedguard.transport.records import check_finite, check_records, check_update, decode_arrays
 
 __all__ = [
     "ERROR_BUDGET_REFUSED",
