@@ -22,6 +22,7 @@ it from public knowledge or as a DP release.
 from __future__ import annotations
 
 import bisect
+import mmap
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -214,6 +215,10 @@ class NpyRecords(_Records):
             self._y = np.load(self.y_path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise DataError(f"{x_path}, {y_path}: expected two .npy files, got {exc}") from None
+        # Poisson samples are scattered: read the pages of a record, not a readahead window.
+        mapped = getattr(self._x, "_mmap", None)
+        if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
+            mapped.madvise(mmap.MADV_RANDOM)
         if (
             self._x.ndim < 1
             or self._y.shape != (self._x.shape[0],)
