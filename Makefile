@@ -13,7 +13,8 @@ TYPECHECK_ROOT := build/typecheck
 SUBPACKAGES := privacy client server simulations
 
 .PHONY: demo test lint typecheck unit venv clean bench-deploy bench-secagg protos bench-sim gpu-check \
-	bench-fmnist wheel-check bench-dpstep crosscheck bench-record-budget bench-secagg-stages
+	bench-fmnist wheel-check bench-dpstep crosscheck bench-record-budget bench-secagg-stages \
+	bench-ray
 
 venv: $(STAMP)
 
@@ -119,6 +120,11 @@ bench-secagg-stages: $(STAMP)
 # 10/100/1000 clients per round, and DP-SGD step cost per per-sample-gradient mode.
 bench-sim: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_sim --clients 10,100,1000
+
+# --engine ray at 1 and 2 workers next to the in-process engine: wall and per-worker CPU
+# seconds per round (1000 clients x 50 examples, MLP), and the one-core-per-worker estimate.
+bench-ray: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_ray --clients 1000 --workers 1,2 --out runs/bench-ray
 
 # DP-SGD step cost against a plain step, per per-sample-gradient mode (part of bench-sim).
 bench-dpstep: $(STAMP)

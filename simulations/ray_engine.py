@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class SliceResult:
     replies: tuple[ClientUpdate | Refusal, ...]  # in slice order, updates without weights
     states: dict[int, State]  # every trained client's accountant after the round
     error: Exception | None = None  # raised on the driver once the states are kept
+    cpu_seconds: float = 0.0  # the worker process's CPU time on the slice (bench-ray)
 
 
 class _ShippedStore(AccountantStore):
@@ -150,6 +152,10 @@ class SliceWorker:
         self.clients = _SliceClients(config=config, data=data, device=dev, state_dir=state_dir)
         self.train = cohort_trainer(config=config, trainer=trainer, clients=self.clients)
 
+    def ready(self) -> bool:
+        """True once built (the driver waits, so round 1's time is training, not start-up)."""
+        return True
+
     def train_slice(
         self,
         server_round: int,
@@ -162,6 +168,7 @@ class SliceWorker:
         shipped.clear()
         shipped.update(states)
         total, replies = WeightedSum(), []
+        start = time.process_time()
         try:
             for reply in self.train(server_round, cohort, global_weights):
                 if isinstance(reply, ClientUpdate) and reply.weights is not None:
@@ -173,7 +180,12 @@ class SliceWorker:
                 replies.append(reply)
         except Exception as exc:  # sent back with what was spent so far
             return SliceResult(total=total, replies=(), states=dict(shipped), error=exc)
-        return SliceResult(total=total, replies=tuple(replies), states=dict(shipped))
+        return SliceResult(
+            total=total,
+            replies=tuple(replies),
+            states=dict(shipped),
+            cpu_seconds=time.process_time() - start,
+        )
 
 
 class _Accounts:
@@ -221,6 +233,7 @@ class RayCohort:
     def __init__(self, *, workers: Sequence[Any], accounts: _Accounts, put: Any, get: Any):
         self.workers, self.accounts = list(workers), accounts
         self._put, self._get = put, get  # ray.put / ray.get (tests pass their own)
+        self.cpu_seconds: list[tuple[float, ...]] = []  # per round, each slice's CPU time
 
     def __call__(
         self, server_round: int, cohort: list[int], global_weights: list[np.ndarray]
@@ -234,6 +247,7 @@ class RayCohort:
         results: list[SliceResult] = [self._get(p) for p in pending]
         for result in results:
             self.accounts.receive(result.states)
+        self.cpu_seconds.append(tuple(r.cpu_seconds for r in results))
         for result in results:
             if result.error is not None:
                 raise result.error
@@ -286,6 +300,7 @@ def ray_cohort(
             )
             for _ in range(config.workers)
         ]
+        ray.get([a.ready.remote() for a in actors])
         yield RayCohort(workers=actors, accounts=accounts, put=ray.put, get=ray.get)
     finally:
         accounts.cache.flush()
