@@ -36,10 +36,17 @@ from fedguard.errors import ConfigError, invalid
 
 from .accountants import Accountant, GaussianEvent
 from .class_weights import check_class_weights
-from .dpsgd import DPTrainResult, check_training_inputs, steps_per_epoch
+from .cohort_draws import ChunkDraws, ChunkPlan, Hyper
+from .dpsgd import DPTrainResult, check_training_inputs
 from .stacked import StackedSequential, stacked_problems
+from .vmapped import VmappedModel, vmapped_problems
 
-__all__ = ["CohortClient", "CohortDPTrainer", "CohortResult"]
+__all__ = ["ENGINES", "CohortClient", "CohortDPTrainer", "CohortResult"]
+
+ENGINES = ("auto", "stacked", "vmap")
+"""How a cohort is batched: ``stacked`` (:mod:`fedguard.privacy.stacked`, Sequentials of
+known layers), ``vmap`` (:mod:`fedguard.privacy.vmapped`, any model without buffers) or
+``auto``: stacked where the model allows, else vmap."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,42 +75,86 @@ class CohortDPTrainer:
     Parameters
     ----------
     model : torch.nn.Module
-        An ``nn.Sequential`` of Linear, Conv2d, GroupNorm and parameter-free layers
-        (:func:`~fedguard.privacy.stacked.stacked_problems` says why another is refused).
-        Only its architecture and device are used.
+        Any model without buffers or frozen parameters. An ``nn.Sequential`` of Linear,
+        Conv2d, GroupNorm and parameter-free layers is stacked
+        (:func:`~fedguard.privacy.stacked.stacked_problems` says why another is not);
+        another is vmapped (:mod:`fedguard.privacy.vmapped`; :meth:`probe` tells whether
+        its forward pass allows it). Only its architecture and device are used.
     max_floats : int
         Rough bound on the floats one step of one chunk may hold (per-example gradients of
         convolutions and activations): sets how many clients train at once.
+    engine : str
+        One of :data:`ENGINES`.
 
     Raises
     ------
     ConfigError
-        The model cannot be stacked; every problem is listed.
+        The model can be neither stacked nor vmapped; every problem is listed.
     """
 
-    def __init__(self, *, model: nn.Module, max_floats: int = 1 << 25) -> None:
-        problems = stacked_problems(model)
-        if problems:
+    def __init__(
+        self, *, model: nn.Module, max_floats: int = 1 << 25, engine: str = "auto"
+    ) -> None:
+        if engine not in ENGINES:
+            raise invalid("engine", allowed=ENGINES, got=engine)
+        stack_problems = stacked_problems(model)
+        vmap_problems = vmapped_problems(model)
+        self._stacked: StackedSequential | None = None
+        self._vmapped: VmappedModel | None = None
+        if engine in ("auto", "stacked") and not stack_problems:
+            self._stacked = StackedSequential(model)
+        elif engine in ("auto", "vmap") and not vmap_problems:
+            self._vmapped = VmappedModel(model)
+        else:
+            why = [f"stacked: {'; '.join(stack_problems) or 'not asked for'}"]
+            why.append(f"vmap: {'; '.join(vmap_problems) or 'not asked for'}")
             raise ConfigError(
-                "model: expected an nn.Sequential of Linear, Conv2d, GroupNorm and "
-                f"parameter-free layers for cohort training, got {'; '.join(problems)}"
+                f"model: expected a model without buffers or frozen parameters (vmap) or an "
+                f"nn.Sequential of Linear, Conv2d, GroupNorm and parameter-free layers "
+                f"(stacked) for cohort training, got {' / '.join(why)}"
             )
-        self._stacked = StackedSequential(model)
+        self.engine = "stacked" if self._stacked is not None else "vmap"
         params = list(model.parameters())
         self.device = params[0].device
         self._shapes = [tuple(p.shape) for p in params]
         self._max_floats = _int("max_floats", max_floats, minimum=1)
         # Floats one example costs in a step: its activations (forward and backward) and
-        # at most one per-example copy of the parameters (convolutions, GroupNorm).
-        self._per_example = sum(math.prod(s) for s in self._shapes)
+        # one per-example copy of the parameters of convolutions and GroupNorm (stacked:
+        # Linear layers never materialise one) or of every parameter (vmap, with room
+        # for the clipped copy).
+        self._per_example = (
+            _materialised_floats(model)
+            if self._stacked is not None
+            else 2 * sum(math.prod(s) for s in self._shapes)
+        )
         self._model = model
 
+    def probe(self, example: torch.Tensor) -> None:
+        """Compute one client's step on ``example`` ``[1, ...]`` (ConfigError: it cannot).
+
+        A vmapped model's forward pass may use what ``torch.func`` cannot batch; only
+        running it tells.
+        """
+        if self._vmapped is None:
+            return
+        try:
+            self._vmapped.probe(example.to(self.device))
+        except Exception as exc:  # whatever the model's code raises under vmap
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConfigError(
+                f"model: expected a forward pass torch.func.vmap can batch for cohort "
+                f"training, got {type(exc).__name__}: {first[:200]}"
+            ) from exc
+
     def _chunk_size(self, example_shape: tuple[int, ...], batch: float) -> int:
+        probe = torch.zeros((1, 1, *example_shape), device=self.device)
         with torch.no_grad():
-            probe = torch.zeros((1, 1, *example_shape), device=self.device)
-            weights = [torch.zeros((1, *s), device=self.device) for s in self._shapes]
-            _, records = self._stacked.forward(weights, probe)
-        activations = sum(r.z.numel() + r.a.numel() for r in records)
+            if self._stacked is not None:
+                weights = [torch.zeros((1, *s), device=self.device) for s in self._shapes]
+                _, records = self._stacked.forward(weights, probe)
+                activations = sum(r.z.numel() + r.a.numel() for r in records)
+            else:
+                activations = _activation_floats(self._model, probe[0])
         per_example = 2 * activations + self._per_example
         return max(1, int(self._max_floats // (per_example * max(batch, 1.0))))
 
@@ -128,7 +179,7 @@ class CohortDPTrainer:
         """
         if len(start) != len(self._shapes):
             raise invalid("start", allowed=f"{len(self._shapes)} arrays", got=len(start))
-        hyper = _Hyper(
+        hyper = Hyper(
             epochs=_int("epochs", epochs, minimum=1),
             batch_size=_int("batch_size", batch_size, minimum=1),
             lr=_real("lr", lr, allowed="a finite number > 0", ok=lambda v: v > 0),
@@ -158,15 +209,23 @@ class CohortDPTrainer:
             )
         if not clients:
             return
-        size = self._chunk_size(tuple(clients[0].x.shape[1:]), batch_size * 1.5)
+        # A step's padded batch is about the largest expected one (q n <= batch_size),
+        # half again for Poisson's spread.
+        largest = max(min(int(c.x.shape[0]), batch_size) for c in clients)
+        size = self._chunk_size(tuple(clients[0].x.shape[1:]), largest * 1.5 + 2)
         for i in range(0, len(clients), size):
             yield from self._train_chunk(first, clients[i : i + size], hyper)
 
     def _train_chunk(
-        self, start: list[torch.Tensor], chunk: Sequence[CohortClient], h: _Hyper
+        self, start: list[torch.Tensor], chunk: Sequence[CohortClient], h: Hyper
     ) -> Iterator[CohortResult]:
         k, dev = len(chunk), self.device
-        plan = _ChunkPlan.of(chunk, h, device=dev)
+        plan = ChunkPlan.of(
+            sizes=[int(c.x.shape[0]) for c in chunk],
+            noise=[c.noise_multiplier for c in chunk],
+            h=h,
+            device=dev,
+        )
         # Write-ahead: every client's release is counted (and persisted by the caller)
         # before any gradient of its data is computed.
         for c, sigma, q, s in zip(chunk, plan.sigmas, plan.rates, plan.steps, strict=True):
@@ -181,22 +240,29 @@ class CohortDPTrainer:
         anchor = [p.clone() for p in params] if h.mu > 0 else []
         buffers: list[torch.Tensor] | None = None
         loss_sum = torch.zeros(k, dtype=torch.float64, device=dev)
-        examples = [0] * k
+        counted = torch.zeros(k, dtype=torch.int64, device=dev)
+        draws = ChunkDraws(
+            xs=[c.x for c in chunk],
+            ys=[c.y for c in chunk],
+            generators=[c.generator for c in chunk],
+            plan=plan,
+            shapes=self._shapes,
+            clip=h.clip,
+            device=dev,
+        )
         for step in range(max(plan.steps)):
             active = [step < s for s in plan.steps]
-            xb, yb, valid, noise = self._draw(
-                chunk, plan.sizes, plan.rates, plan.sigmas, active, h.clip
-            )
+            xb, yb, valid, noise = draws.step(active)
             if xb.shape[1] > 0:
                 sums, losses = self._clipped_sums(params, xb, yb, valid, h)
                 loss_sum += losses.detach().sum(1).double()
-                for i, count in enumerate(valid.sum(1).tolist()):
-                    examples[i] += int(count)
+                counted += valid.sum(1).long()
             else:  # nobody sampled an example: noise-only steps
                 sums = [torch.zeros_like(p) for p in params]
             with torch.no_grad():
                 buffers = self._descend(params, sums, noise, plan, active, h, buffers, anchor)
         arrays = [p.detach().cpu().numpy() for p in params]
+        examples = counted.tolist()
         for i in range(k):
             yield CohortResult(
                 weights=[a[i] for a in arrays],  # views: params are never touched again
@@ -216,17 +282,24 @@ class CohortDPTrainer:
         xb: torch.Tensor,
         yb: torch.Tensor,
         valid: torch.Tensor,
-        h: _Hyper,
+        h: Hyper,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Each client's sum of clipped per-example gradients, and its per-example losses."""
-        for p in params:
-            p.requires_grad_(True)
-        logits, records = self._stacked.forward(params, xb)
         weight = (
             None
             if h.class_weights is None
-            else torch.tensor(h.class_weights, dtype=logits.dtype, device=self.device)
+            else torch.tensor(h.class_weights, dtype=torch.float32, device=self.device)
         )
+        if self._vmapped is not None:
+            return self._vmapped.clipped_sums(
+                params, xb, yb, valid=valid, max_grad_norm=h.clip, class_weight=weight
+            )
+        stacked = self._stacked
+        if stacked is None:  # cannot happen: __init__ sets one of the two
+            raise RuntimeError("cohort trainer without an engine")
+        for p in params:
+            p.requires_grad_(True)
+        logits, records = stacked.forward(params, xb)
         losses = (
             F.cross_entropy(
                 logits.flatten(0, 1), yb.flatten(), weight=weight, reduction="none"
@@ -234,7 +307,7 @@ class CohortDPTrainer:
             * valid
         )
         grads = torch.autograd.grad(losses.sum(), [r.z for r in records])
-        sums, _ = self._stacked.clipped_sums(records, grads, max_grad_norm=h.clip, valid=valid)
+        sums, _ = stacked.clipped_sums(records, grads, max_grad_norm=h.clip, valid=valid)
         return sums, losses
 
     def _descend(
@@ -242,9 +315,9 @@ class CohortDPTrainer:
         params: list[torch.Tensor],
         sums: list[torch.Tensor],
         noise: list[torch.Tensor],
-        plan: _ChunkPlan,
+        plan: ChunkPlan,
         active: list[bool],
-        h: _Hyper,
+        h: Hyper,
         buffers: list[torch.Tensor] | None,
         anchor: list[torch.Tensor],
     ) -> list[torch.Tensor] | None:
@@ -252,11 +325,14 @@ class CohortDPTrainer:
         momentum buffers after it."""
         for p in params:
             p.requires_grad_(False)
+        # In place, two passes over each stacked tensor where there were five: the noise
+        # buffer becomes the gradient (these tensors are K copies of the model).
+        inverse = 1.0 / plan.expected
         grads_now = []
         for i, (p, summed, z) in enumerate(zip(params, sums, noise, strict=True)):
-            g = (summed + z) / plan.expected.view(-1, *([1] * (p.ndim - 1)))
+            g = z.add_(summed).mul_(inverse.view(-1, *([1] * (p.ndim - 1))))
             if h.mu > 0:
-                g = g + h.mu * (p - anchor[i])
+                g.add_(p - anchor[i], alpha=h.mu)
             grads_now.append(g)
         if h.momentum > 0:
             if buffers is None:
@@ -265,95 +341,38 @@ class CohortDPTrainer:
                 for b, g in zip(buffers, grads_now, strict=True):
                     b.mul_(h.momentum).add_(g)
             grads_now = buffers
-        mask = torch.tensor(active, dtype=torch.float32, device=self.device)
+        # Finished clients step by 0 (their noise rows are zeros, their buffers unused).
+        step = torch.tensor(active, dtype=torch.float32, device=self.device) * h.lr
         for p, g in zip(params, grads_now, strict=True):
-            p.sub_(h.lr * g * mask.view(-1, *([1] * (p.ndim - 1))))
+            p.addcmul_(g, step.view(-1, *([1] * (p.ndim - 1))), value=-1.0)
         return buffers
 
-    def _draw(
-        self,
-        chunk: Sequence[CohortClient],
-        sizes: list[int],
-        rates: list[float],
-        sigmas: list[float],
-        active: list[bool],
-        clip: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """One step's samples (padded to the largest), validity mask and noise per param.
 
-        Each active client draws from its own generator exactly as ``DPTrainer`` does:
-        the Poisson mask over its n examples, then one N(0, (sigma C)^2) tensor per
-        parameter. Finished clients draw nothing (their generators are not advanced).
-        """
-        k, dev = len(chunk), self.device
-        noise = [torch.zeros((k, *shape), device=dev) for shape in self._shapes]
-        xs: list[torch.Tensor] = []
-        ys: list[torch.Tensor] = []
-        for i, (c, n, q, sigma, on) in enumerate(
-            zip(chunk, sizes, rates, sigmas, active, strict=True)
-        ):
-            if not on:
-                xs.append(c.x[:0])
-                ys.append(c.y[:0])
-                continue
-            g = c.generator
-            idx = (torch.rand(n, generator=g, device=g.device) < q).nonzero(as_tuple=True)[0]
-            xs.append(c.x[idx])
-            ys.append(c.y[idx])
-            for j, shape in enumerate(self._shapes):
-                # Into the stacked buffer: the same numbers as DPTrainer's own draw.
-                torch.normal(0.0, sigma * clip, size=shape, generator=g, out=noise[j][i])
-        xb = nn.utils.rnn.pad_sequence(xs, batch_first=True)
-        yb = nn.utils.rnn.pad_sequence(ys, batch_first=True).long()
-        counts = torch.tensor([int(t.shape[0]) for t in ys], device=dev)
-        valid = (torch.arange(xb.shape[1], device=dev)[None, :] < counts[:, None]).float()
-        return xb, yb, valid, noise
+def _materialised_floats(model: nn.Module) -> int:
+    """Parameters of the layers whose per-example gradients the stacked engine holds."""
+    return sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.GroupNorm)
+        for p in m.parameters(recurse=False)
+    )
 
 
-@dataclass(frozen=True)
-class _ChunkPlan:
-    """Each client's record count, sampling rate, steps, expected batch and noise."""
+def _activation_floats(model: nn.Module, example: torch.Tensor) -> int:
+    """Floats of every leaf module's output for one example ``[1, ...]``."""
+    total = 0
 
-    sizes: list[int]
-    rates: list[float]
-    steps: list[int]
-    expected: torch.Tensor  # max(1, round(q n)) per client: the divisor of its sum
-    sigmas: list[float]
+    def count(_m: nn.Module, _i: object, out: object) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel()
 
-    @classmethod
-    def of(cls, chunk: Sequence[CohortClient], h: _Hyper, *, device: torch.device) -> _ChunkPlan:
-        sizes = [int(c.x.shape[0]) for c in chunk]
-        per_epoch = [steps_per_epoch(num_examples=n, batch_size=h.batch_size) for n in sizes]
-        rates = [1.0 / p for p in per_epoch]
-        expected = torch.tensor(
-            [max(1, round(q * n)) for q, n in zip(rates, sizes, strict=True)],
-            dtype=torch.float32,
-            device=device,
-        )
-        sigmas = [
-            _real(
-                "noise_multiplier",
-                c.noise_multiplier,
-                allowed="a finite number > 0",
-                ok=lambda v: v > 0,
-            )
-            for c in chunk
-        ]
-        return cls(
-            sizes=sizes,
-            rates=rates,
-            steps=[h.epochs * p for p in per_epoch],
-            expected=expected,
-            sigmas=sigmas,
-        )
-
-
-@dataclass(frozen=True)
-class _Hyper:
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    clip: float
-    mu: float
-    class_weights: tuple[float, ...] | None = None
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        model(example)
+    except Exception:  # probe() says why; size a chunk by the parameters alone
+        total = 0
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total

@@ -4,7 +4,8 @@
 in one pass: every parameter is stacked to ``[K, *shape]`` and every activation is
 ``[K, B, ...]`` (client, example, features). Linear layers become batched matrix products,
 convolutions one grouped convolution (group k = client k), GroupNorm a normalisation
-followed by each client's affine map; layers without parameters run on the flattened
+followed by each client's affine map; layers without parameters (GroupNorm without an
+affine map among them, as in ``scatter_cnn``) run on the flattened
 ``[K * B, ...]`` batch.
 
 Per-sample clipping is book-keeping clipping (Bu et al. 2023), as in ``bk`` mode
@@ -52,7 +53,7 @@ def stacked_problems(model: nn.Module) -> list[str]:
         where = f"{name} ({type(layer).__name__})"
         if any(True for _ in layer.buffers()):
             problems.append(f"{where}: has buffers")
-        if isinstance(layer, _STATELESS):
+        if isinstance(layer, _STATELESS) or _plain_group_norm(layer):
             if isinstance(layer, nn.Flatten) and (layer.start_dim, layer.end_dim) != (1, -1):
                 problems.append(f"{where}: flattens other dims than 1..-1")
             continue
@@ -66,9 +67,12 @@ def stacked_problems(model: nn.Module) -> list[str]:
             layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str)
         ):
             problems.append(f"{where}: grouped, non-zero-padded or 'same'-padded convolution")
-        if isinstance(layer, nn.GroupNorm) and not layer.affine:
-            problems.append(f"{where}: GroupNorm without affine parameters")
     return problems
+
+
+def _plain_group_norm(layer: nn.Module) -> bool:
+    """A GroupNorm without affine parameters normalises each example alone: stateless."""
+    return isinstance(layer, nn.GroupNorm) and not layer.affine
 
 
 @dataclass
@@ -130,7 +134,7 @@ class StackedSequential:
                     groups=k,
                 )
                 z = out.view(b, k, -1, *out.shape[2:]).transpose(0, 1)
-            elif isinstance(layer, nn.GroupNorm):
+            elif isinstance(layer, nn.GroupNorm) and layer.affine:
                 w, bias = params[first], params[first + 1]
                 normed = F.group_norm(x.flatten(0, 1), layer.num_groups, eps=layer.eps)
                 normed = normed.view_as(x)

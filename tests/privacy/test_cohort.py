@@ -12,7 +12,13 @@ from fedguard.privacy import Accountant, DPTrainer, GaussianEvent
 from fedguard.privacy.cohort import CohortClient, CohortDPTrainer
 from fedguard.task import build_model, get_weights, set_weights
 
-SHAPES = {"logreg": (1, 8, 8), "mlp": (1, 8, 8), "cnn": (1, 8, 8), "tb_cnn": (1, 28, 28)}
+SHAPES = {
+    "logreg": (1, 8, 8),
+    "mlp": (1, 8, 8),
+    "cnn": (1, 8, 8),
+    "tb_cnn": (1, 28, 28),
+    "scatter_cnn": (6, 7, 7),
+}
 
 
 def _model(name: str) -> nn.Module:
@@ -45,10 +51,12 @@ def _gen(i: int) -> torch.Generator:
         ("mlp", 0.0, 0.1, [40, 40]),  # FedProx
         ("cnn", 0.5, 0.0, [24, 9, 17]),  # Conv2d + GroupNorm + pools
         ("tb_cnn", 0.9, 0.01, [12, 30]),  # strided convolutions, 28x28
+        ("scatter_cnn", 0.5, 0.0, [10, 21]),  # GroupNorm without affine map
     ],
 )
+@pytest.mark.parametrize("engine", ["stacked", "vmap"])
 def test_cohort_equals_one_client_at_a_time(
-    name: str, momentum: float, mu: float, sizes: list[int]
+    name: str, momentum: float, mu: float, sizes: list[int], engine: str
 ) -> None:
     data = _data(sizes, SHAPES[name])
     start = get_weights(_model(name))
@@ -86,7 +94,9 @@ def test_cohort_equals_one_client_at_a_time(
         for i, (x, y) in enumerate(data)
     ]
     got = list(
-        CohortDPTrainer(model=_model(name)).train(start=start, clients=clients, prox_mu=mu, **hyper)
+        CohortDPTrainer(model=_model(name), engine=engine).train(
+            start=start, clients=clients, prox_mu=mu, **hyper
+        )
     )
 
     assert len(got) == len(sizes)
@@ -129,10 +139,76 @@ def test_chunks_give_the_same_result_as_one_pass() -> None:
             np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
 
 
-def test_unstackable_model_is_refused_naming_the_layer() -> None:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.LSTMCell(8, 8))
-    with pytest.raises(ConfigError, match=r"2 \(LSTMCell\): layer type not supported"):
+def test_a_model_with_buffers_is_refused_naming_both_engines() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8))
+    with pytest.raises(
+        ConfigError, match=r"stacked: 2 \(BatchNorm1d\): has buffers.*vmap: has buffers"
+    ):
         CohortDPTrainer(model=model)
+
+
+class _Branchy(nn.Module):
+    """Data-dependent Python control flow: what torch.func.vmap cannot batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x.flatten(1))
+        return out if out.sum() > 0 else -out
+
+
+def test_a_forward_pass_vmap_cannot_batch_is_refused_by_the_probe() -> None:
+    trainer = CohortDPTrainer(model=_Branchy())
+    assert trainer.engine == "vmap"
+    with pytest.raises(ConfigError, match=r"model: expected a forward pass torch.func.vmap"):
+        trainer.probe(torch.zeros((1, 1, 8, 8)))
+
+
+class _Residual(nn.Module):
+    """A task-API style model no Sequential can express: a skip connection, LayerNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(64, 16)
+        self.norm = nn.LayerNorm(16)
+        self.mid = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x.flatten(1)))
+        return self.out(h + torch.tanh(self.mid(self.norm(h))))
+
+
+def test_a_non_sequential_model_is_vmapped_and_equals_one_client_at_a_time() -> None:
+    def model() -> nn.Module:
+        torch.manual_seed(3)
+        return _Residual()
+
+    data = _data([19, 7, 33], (1, 8, 8))
+    start = get_weights(model())
+    hyper = {"epochs": 2, "batch_size": 8, "lr": 0.3, "momentum": 0.9, "max_grad_norm": 0.7}
+    single = DPTrainer(model=model())
+    expected = []
+    for i, (x, y) in enumerate(data):
+        set_weights(single.module, start)
+        acc = Accountant(method="rdp")
+        single.train(x=x, y=y, noise_multiplier=1.1, accountant=acc, generator=_gen(i), **hyper)
+        expected.append((get_weights(single.module), acc.events))
+    trainer = CohortDPTrainer(model=model())
+    assert trainer.engine == "vmap"
+    trainer.probe(data[0][0][:1])
+    accs = [Accountant(method="rdp") for _ in data]
+    clients = [
+        CohortClient(x=x, y=y, noise_multiplier=1.1, generator=_gen(i), accountant=accs[i])
+        for i, (x, y) in enumerate(data)
+    ]
+    got = list(trainer.train(start=start, clients=clients, **hyper))
+    for r, acc, (w_exp, events) in zip(got, accs, expected, strict=True):
+        for a, b in zip(r.weights, w_exp, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert acc.events == events
 
 
 def test_bad_hyperparameters_name_the_key() -> None:
