@@ -58,7 +58,6 @@ __all__ = [
     "SecureCohort",
     "Vectorised",
     "VirtualClients",
-    "all_linear",
     "cohort_trainer",
     "secagg_settings",
 ]
@@ -74,12 +73,6 @@ class CohortTrainer(Protocol):
     def __call__(
         self, server_round: int, cohort: list[int], global_weights: list[np.ndarray]
     ) -> Iterator[Reply]: ...
-
-
-def all_linear(model: torch.nn.Module) -> bool:
-    """Whether every layer of ``model`` that holds parameters is ``nn.Linear``."""
-    trainable = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
-    return all(isinstance(m, torch.nn.Linear) for m in trainable)
 
 
 class VirtualClients:
@@ -395,9 +388,12 @@ def cohort_trainer(
 ) -> CohortTrainer:
     """The cohort trainer for ``config``: secure, vectorised or one at a time.
 
-    ``--vectorize auto`` vectorises only models whose trainable layers are all linear:
-    for those a round of 100 small clients was 3-8x faster here, while convolutional
-    models (per-example convolution gradients dominate) measured 0.8-1.1x on CPU.
+    ``--vectorize auto`` (and ``on``) batch every model the cohort trainer can batch:
+    all the built-in models (stacked) and task models without buffers whose forward pass
+    ``torch.func.vmap`` can batch. On digits (2 cores, shared), a round of 100 and of 700
+    CNN clients took 0.18 and 0.73 s batched against 0.66 and 4.6 s one at a time, the
+    64-unit MLP's 700 clients 0.12 against 1.9 s. ``auto`` trains a model it cannot batch
+    one client at a time, saying why in one log line; ``on`` refuses it.
     """
     one = OneAtATime(trainer=trainer, clients=clients)
     batched = _vectorised(config=config, trainer=trainer, clients=clients)
@@ -411,16 +407,19 @@ def _vectorised(
 ) -> Vectorised | None:
     """The batched trainer, or None where the model or the configuration rules it out."""
     budget = clients.budget  # None exactly without DP: then there is nothing to vectorise
-    if budget is None or not vectorizes(mode=config.vectorize, model=trainer.model):
+    if budget is None or config.vectorize == "off":
         return None
     try:
-        trainer.cohort_trainer()
+        cohort = trainer.cohort_trainer()
+        if clients.xs:
+            cohort.probe(clients.xs[0][:1])
     except ConfigError as exc:
+        if config.vectorize == "on":
+            raise ConfigError(
+                f"--vectorize: expected 'auto' or 'off' for a model the cohort trainer cannot "
+                f"batch, got 'on' ({exc})"
+            ) from exc
         _log.info("training clients one at a time: %s", exc)
         return None
+    _log.debug("cohort trainer: %s", cohort.engine)
     return Vectorised(trainer=trainer, clients=clients, budget=budget)
-
-
-def vectorizes(*, mode: str, model: torch.nn.Module) -> bool:
-    """Whether ``--vectorize mode`` trains ``model``'s DP clients together."""
-    return mode == "on" or (mode == "auto" and all_linear(model))

@@ -1,8 +1,10 @@
 """The in-process engine's vectorised clients give the results of one client at a time."""
 
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,10 +13,25 @@ from fedguard.errors import BudgetExceededError, ConfigError
 from fedguard.fl.local import CohortMember, LocalResult, LocalTrainer
 from fedguard.fl.loop import client_generator, federated_data, initial_model, request_for
 from fedguard.privacy import AccountantStore
-from fedguard.simulations.cohort_trainers import vectorizes
+from fedguard.simulations.cohort_trainers import (
+    OneAtATime,
+    Vectorised,
+    VirtualClients,
+    cohort_trainer,
+)
 from fedguard.simulations.runner import simulate
 from fedguard.simulations.virtual_clients import budget_for
 from fedguard.task import build_model, get_weights
+
+
+def _images(tmp_path: Path) -> Path:
+    """150 random 3x14x14 images in 4 classes: what tb_cnn and scatter_cnn take."""
+    path = tmp_path / "images.npz"
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(150, 3, 14, 14)).astype(np.float32)
+    y = rng.integers(0, 4, size=150)
+    np.savez(path, x=x[:120], y=y[:120], x_test=x[120:], y_test=y[120:])
+    return path
 
 
 def _run(tmp_path: Path, name: str, **changes) -> tuple[list[dict], dict[str, bytes]]:
@@ -42,12 +59,19 @@ def _run(tmp_path: Path, name: str, **changes) -> tuple[list[dict], dict[str, by
             rounds=3,
             lr=0.3,
         ),
-        # A convolutional model, forced on.
-        dict(model="cnn", clients=4, batch_size=32, rounds=2, lr=0.3, vectorize="on"),
+        # Every other built-in model.
+        dict(model="logreg", clients=5, batch_size=16, rounds=2, lr=0.3, momentum=0.9),
+        dict(model="cnn", clients=4, batch_size=32, rounds=2, lr=0.3),
+        dict(model="tb_cnn", dataset="images", clients=3, batch_size=16, rounds=2, lr=0.3),
+        dict(model="scatter_cnn", dataset="images", clients=3, batch_size=16, rounds=2, lr=0.3),
     ],
+    ids=lambda s: s["model"],
 )
 def test_vectorized_rounds_equal_one_client_at_a_time(tmp_path: Path, settings: dict) -> None:
-    on, on_files = _run(tmp_path, "on", **settings)
+    if settings.get("dataset") == "images":
+        settings = {**settings, "dataset": str(_images(tmp_path))}
+    # "on" refuses a model it cannot batch: these rounds were batched.
+    on, on_files = _run(tmp_path, "on", **{**settings, "vectorize": "on"})
     off, off_files = _run(tmp_path, "off", **{**settings, "vectorize": "off"})
     assert len(on) == len(off) == settings["rounds"]
     for a, b in zip(on, off, strict=True):
@@ -59,15 +83,47 @@ def test_vectorized_rounds_equal_one_client_at_a_time(tmp_path: Path, settings: 
     assert on_files == off_files and len(on_files) == settings["clients"]
 
 
-def test_auto_vectorizes_linear_models_only() -> None:
-    def model(name: str) -> torch.nn.Module:
+class _Counted(torch.nn.Module):
+    """A model with a buffer: neither stacked nor vmapped (a forward pass may update it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def _mode(tmp_path: Path, model: torch.nn.Module, vectorize: str) -> object:
+    config = SimulationConfig(out=tmp_path / "o", clients=3, vectorize=vectorize)
+    data = federated_data(config)
+    clients = VirtualClients(
+        config=config, data=data, device=torch.device("cpu"), state_dir=tmp_path / "s"
+    )
+    trainer = LocalTrainer(model=model, dp=True)
+    return cohort_trainer(config=config, trainer=trainer, clients=clients)
+
+
+@pytest.mark.parametrize("name", ["logreg", "mlp", "cnn"])
+def test_auto_batches_every_built_in_model(tmp_path: Path, name: str) -> None:
+    def model() -> torch.nn.Module:
         return build_model(name=name, input_shape=(1, 8, 8), num_classes=10)
 
-    assert vectorizes(mode="auto", model=model("mlp"))
-    assert vectorizes(mode="auto", model=model("logreg"))
-    assert not vectorizes(mode="auto", model=model("cnn"))
-    assert vectorizes(mode="on", model=model("cnn"))
-    assert not vectorizes(mode="off", model=model("mlp"))
+    assert isinstance(_mode(tmp_path, model(), "auto"), Vectorised)
+    assert isinstance(_mode(tmp_path, model(), "on"), Vectorised)
+    assert isinstance(_mode(tmp_path, model(), "off"), OneAtATime)
+
+
+def test_a_model_that_cannot_be_batched_trains_one_at_a_time_saying_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="fedguard.simulations.cohort_trainers"):
+        assert isinstance(_mode(tmp_path, _Counted(), "auto"), OneAtATime)
+    (line,) = [r.getMessage() for r in caplog.records if "one at a time" in r.getMessage()]
+    assert "vmap: has buffers (calls)" in line
+    with pytest.raises(ConfigError, match=r"--vectorize: expected 'auto' or 'off'.*got 'on'"):
+        _mode(tmp_path, _Counted(), "on")
 
 
 def test_bad_vectorize_value_names_the_option() -> None:
