@@ -5,13 +5,15 @@ The federation is bench-sim's: every client trains every round on its own 50 exa
 (digits repeated to ``50 x clients`` in an ``.npz`` in a temporary folder), an MLP,
 DP-SGD at epsilon 3 over the planned rounds, one local epoch, each worker with
 ``--threads`` torch threads. One local Ray cluster (``--workers``' largest x
-``--threads`` CPUs) serves every Ray run; each figure is the median over a run's rounds
-but its first. Next to the wall time, each worker's CPU seconds on its slice (medians
-over rounds of the busiest worker and of the sum over workers): on a shared or small
-machine the workers wait for cores, and the busiest worker's CPU time plus the fixed cost
-is what the round would take with a core (or a GPU) per worker. The fixed cost of
-sharding (Ray's task round trip, the weights and accountant states shipped, the partial
-sums folded, evaluation) is the one-worker wall time less its CPU time.
+``--threads`` CPUs) serves every Ray run; the engines alternate ``--repeats`` times;
+each figure is the median over the runs of a run's median round (its first excluded).
+
+Next to the wall time, each worker's CPU seconds on its slice (the busiest worker's and
+the sum over workers): on a shared or small machine workers wait for cores, and the
+busiest worker's CPU time plus the fixed cost is what a round would take with a core (or
+a GPU) per worker. The fixed cost of sharding (Ray's task round trip, the weights and
+accountant states shipped, the partial sums folded, evaluation on the driver) is the
+one-worker wall time less its CPU time (an upper bound where the machine is loaded).
 
     python -m benchmarks.bench_ray                      # make bench-ray
     python -m benchmarks.bench_ray --quick --out DIR    # a smoke run
@@ -116,16 +118,35 @@ def time_engines(args: argparse.Namespace, tmp: Path) -> list[RayRow]:
         threads=args.threads,
         out=tmp / "inprocess",
     )
-    rows = [_run(base)]
+    configs = [base] + [
+        base.replace(engine="ray", workers=n, out=tmp / f"ray-{n}") for n in args.workers
+    ]
     ray.init(
         num_cpus=max(args.workers) * args.threads, include_dashboard=False, log_to_driver=False
     )
     try:
-        for n in args.workers:
-            rows.append(_run(base.replace(engine="ray", workers=n, out=tmp / f"ray-{n}")))
+        runs = [[_run(c) for c in configs] for _ in range(args.repeats)]
     finally:
         ray.shutdown()
-    return rows
+    return [_merge(list(same)) for same in zip(*runs, strict=True)]
+
+
+def _merge(rows: list[RayRow]) -> RayRow:
+    """One engine's repeats as one row: medians of the per-run medians."""
+
+    def med(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    return RayRow(
+        engine=rows[0].engine,
+        workers=rows[0].workers,
+        seconds=statistics.median(r.seconds for r in rows),
+        busiest_cpu=med([r.busiest_cpu for r in rows]),
+        total_cpu=med([r.total_cpu for r in rows]),
+        accuracy=rows[-1].accuracy,
+        epsilon_max=rows[-1].epsilon_max,
+    )
 
 
 def ray_table(rows: Sequence[RayRow]) -> str:
@@ -164,12 +185,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each engine, alternating")
     p.add_argument("--quick", action="store_true", help="100 clients, 3 rounds")
     p.add_argument("--out", type=Path, default=None, help="also write ray.json and ray.md")
     args = p.parse_args(argv)
     args.workers = [int(w) for w in str(args.workers).split(",")]
     if args.quick:
-        args.clients, args.rounds = 100, 3
+        args.clients, args.rounds, args.repeats = 100, 3, 1
     return args
 
 
@@ -182,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = ray_table(rows)
     head = (
         f"{args.clients} clients x {PER_CLIENT} examples per round, MLP {args.hidden}, "
-        f"batch {args.batch_size}, {args.threads} thread(s) per worker, {os.cpu_count()} CPUs"
+        f"batch {args.batch_size}, {args.threads} thread(s) per worker, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
     )
     print(head + "\n\n" + table)
     if args.out is not None:

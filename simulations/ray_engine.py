@@ -77,7 +77,7 @@ class SliceResult:
 
     total: WeightedSum  # sum of num_examples * (weights - global), float64, in slice order
     replies: tuple[ClientUpdate | Refusal, ...]  # in slice order, updates without weights
-    states: dict[int, State]  # every trained client's accountant after the round
+    states: dict[int, State]  # the accountant of every client that wrote one, after it
     error: Exception | None = None  # raised on the driver once the states are kept
     cpu_seconds: float = 0.0  # the worker process's CPU time on the slice (bench-ray)
 
@@ -85,9 +85,11 @@ class SliceResult:
 class _ShippedStore(AccountantStore):
     """A client's accountant as the driver shipped it; writes go back with the result."""
 
-    def __init__(self, *, path: Path, cid: int, states: dict[int, State]) -> None:
+    def __init__(
+        self, *, path: Path, cid: int, states: dict[int, State], written: set[int]
+    ) -> None:
         super().__init__(path=path)
-        self._cid, self._states = cid, states
+        self._cid, self._states, self._written = cid, states, written
 
     def load(self, *, method: AccountantMethod | str) -> Accountant:
         state = self._states.get(self._cid)
@@ -97,6 +99,7 @@ class _ShippedStore(AccountantStore):
 
     def save(self, accountant: Accountant) -> None:
         self._states[self._cid] = accountant.state_dict()
+        self._written.add(self._cid)
 
 
 class _ShippedAccountants(AccountantCache):
@@ -105,10 +108,19 @@ class _ShippedAccountants(AccountantCache):
     def __init__(self, *, state_dir: Path) -> None:
         super().__init__(state_dir=state_dir)
         self.states: dict[int, State] = {}
+        self.written: set[int] = set()  # sent back: the clients whose accountant changed
+
+    def ship(self, states: dict[int, State]) -> None:
+        self.states.clear()
+        self.states.update(states)
+        self.written.clear()
+
+    def changed(self) -> dict[int, State]:
+        return {cid: self.states[cid] for cid in sorted(self.written)}
 
     def store(self, client_id: int) -> AccountantStore:
         path = super().store(client_id).path
-        return _ShippedStore(path=path, cid=client_id, states=self.states)
+        return _ShippedStore(path=path, cid=client_id, states=self.states, written=self.written)
 
     def flush(self) -> int:
         return 0  # the driver writes the files
@@ -164,9 +176,8 @@ class SliceWorker:
         states: dict[int, State],
     ) -> SliceResult:
         """Train ``cohort`` (a slice) from ``global_weights`` with the shipped ``states``."""
-        shipped = self.clients.shipped.states
-        shipped.clear()
-        shipped.update(states)
+        shipped = self.clients.shipped
+        shipped.ship(states)
         total, replies = WeightedSum(), []
         start = time.process_time()
         try:
@@ -179,11 +190,11 @@ class SliceWorker:
                     raise TypeError(f"a client's reply, not {type(reply).__name__}")
                 replies.append(reply)
         except Exception as exc:  # sent back with what was spent so far
-            return SliceResult(total=total, replies=(), states=dict(shipped), error=exc)
+            return SliceResult(total=total, replies=(), states=shipped.changed(), error=exc)
         return SliceResult(
             total=total,
             replies=tuple(replies),
-            states=dict(shipped),
+            states=shipped.changed(),
             cpu_seconds=time.process_time() - start,
         )
 

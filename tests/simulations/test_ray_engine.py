@@ -217,14 +217,44 @@ def test_dp_scaling_release_is_charged_once_whichever_worker_trains(
     clear_data_cache()
 
 
-@pytest.mark.flower
+def test_a_worker_failing_mid_slice_still_returns_what_its_clients_spent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A crash must not forget a spend: the slice's states come back with the error."""
+    monkeypatch.setattr(ray_engine, "ray_cohort", _direct_cohort)
+    real_init = ray_engine.SliceWorker.__init__
+
+    def failing_after_one(self: ray_engine.SliceWorker, **kw: Any) -> None:
+        real_init(self, **kw)
+        train = self.train
+
+        def first_then_fail(*args: Any) -> Iterator[Any]:
+            replies = iter(train(*args))
+            yield next(replies)
+            raise RuntimeError("worker lost mid-slice")
+
+        self.train = first_then_fail
+
+    monkeypatch.setattr(ray_engine.SliceWorker, "__init__", failing_after_one)
+    config = BASE.replace(engine="ray", workers=2, vectorize="off")  # one client at a time
+    with pytest.raises(RuntimeError, match="worker lost mid-slice"):
+        _run(config, tmp_path / "failed")
+    first = ray_engine.shard(
+        sample_cohort(seed=BASE.seed, server_round=1, num_clients=BASE.clients, cohort_size=5), 2
+    )
+    spent = _accountants(tmp_path / "failed", BASE.clients)
+    assert set(spent) == {part[0] for part in first}  # each worker's first client, on disk
+    assert all(state["events"] for state in spent.values())
+
+
+@pytest.mark.deploy  # starts a real local Ray cluster (~30 s here)
 def test_a_local_ray_cluster_of_two_workers_gives_one_workers_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     ray = pytest.importorskip("ray")
     for key, value in ray_engine.RAY_ENV.items():
         monkeypatch.setenv(key, value)
-    assert not ray.is_initialized()
+    ray.shutdown()  # none left by an earlier test: the engine starts its own
     ref = _run(BASE, tmp_path / "inprocess")
     two = _run(BASE.replace(engine="ray", workers=2), tmp_path / "two")  # starts 2 CPUs
     assert not ray.is_initialized()  # the cluster it started is shut down
