@@ -1,6 +1,9 @@
-"""``make bench-sim``: seconds per round of (a) fedguard's in-process engine, (b) a
-hand-written PyTorch + Opacus loop and (c) fedguard on Flower's Ray engine, and what one
-DP-SGD step costs against a plain one.
+"""``make bench-sim``: a round's cohort against the compute floor (issue #18's rows,
+:mod:`benchmarks.bench_cohort`), seconds per round of (a) fedguard's in-process engine,
+(b) a hand-written PyTorch + Opacus loop and (c) fedguard on Flower's Ray engine, and what
+one DP-SGD step costs against a plain one. Every time of (a) is printed next to its ratio
+to the compute floor: one plain forward+backward pass over all the federation's training
+examples in one batch, on the same device.
 
 The federation: every client trains every round on its own ~50 examples (digits, 8x8,
 repeated to ``50 x clients`` examples in an ``.npz`` in a temporary folder, the digits
@@ -32,6 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.bench_cohort import (
+    DEFAULT_ROWS,
+    CohortRow,
+    cohort_rows,
+    cohort_table,
+    compute_floor_s,
+)
 from benchmarks.bench_dpstep import dp_step_costs, markdown_table
 from benchmarks.bench_reference import run_reference
 from fedguard.config import SimulationConfig, load_simulation_config, resolve_device
@@ -60,10 +70,15 @@ class SimRow:
     inprocess_accuracy: float
     reference_accuracy: float
     flower_accuracy: float | None
+    floor_s: float  # one plain forward+backward pass over all training examples
 
     @property
     def a_over_b(self) -> float:
         return self.inprocess_s / self.reference_s
+
+    @property
+    def a_over_floor(self) -> float:
+        return self.inprocess_s / self.floor_s
 
     @property
     def c_over_a(self) -> float | None:
@@ -209,6 +224,7 @@ def time_federations(args: argparse.Namespace, tmp: Path) -> list[SimRow]:
                 inprocess_accuracy=m.a_acc,
                 reference_accuracy=m.b_acc,
                 flower_accuracy=flower_acc,
+                floor_s=compute_floor_s(cfg),
             )
         )
     return rows
@@ -217,16 +233,17 @@ def time_federations(args: argparse.Namespace, tmp: Path) -> list[SimRow]:
 def sim_table(rows: Sequence[SimRow]) -> str:
     """The seconds-per-round table, Markdown."""
     lines = [
-        "| clients/round | rounds | (a) in-process s/round | (b) reference s/round | "
-        "(c) Flower/Ray s/round | a/b | c/a | accuracy a / b / c |",
-        "|---|---|---|---|---|---|---|---|",
+        "| clients/round | rounds | (a) in-process s/round | floor ms | a / floor | "
+        "(b) reference s/round | (c) Flower/Ray s/round | a/b | c/a | accuracy a / b / c |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c = f"{r.flower_s:.3f}" if r.flower_s is not None else r.flower_note
         ca = f"{r.c_over_a:.1f}" if r.c_over_a is not None else "-"
         acc_c = f"{r.flower_accuracy:.2f}" if r.flower_accuracy is not None else "-"
         lines.append(
-            f"| {r.clients} | {r.rounds} | {r.inprocess_s:.3f} | {r.reference_s:.3f} | {c} | "
+            f"| {r.clients} | {r.rounds} | {r.inprocess_s:.3f} | {r.floor_s * 1000:.2f} | "
+            f"{r.a_over_floor:.0f}x | {r.reference_s:.3f} | {c} | "
             f"{r.a_over_b:.2f} | {ca} | {r.inprocess_accuracy:.2f} / "
             f"{r.reference_accuracy:.2f} / {acc_c} |"
         )
@@ -235,6 +252,11 @@ def sim_table(rows: Sequence[SimRow]) -> str:
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument(
+        "--cohort-rows",
+        default=DEFAULT_ROWS,
+        help="model:clients rows against the compute floor (bench_cohort); '' skips them",
+    )
     p.add_argument("--clients", default="10,100,1000", help="cohort sizes, comma-separated")
     p.add_argument("--rounds", type=int, default=0, help="per run (0: 3000 // clients, 3..15)")
     p.add_argument("--repeats", type=int, default=2, help="(a)/(b) runs per size, alternating")
@@ -252,7 +274,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick:
         args.clients, args.rounds, args.repeats, args.no_flower = "10,20", 3, 1, True
         args.dp_batch = 32
+        args.cohort_rows = "mlp:20"
     args.clients = [int(c) for c in str(args.clients).split(",") if c]
+    args.cohort_rows = [
+        (m, int(c)) for m, c in (r.split(":") for r in str(args.cohort_rows).split(",") if r)
+    ]
     args.device = resolve_device(args.device)
     return args
 
@@ -263,13 +289,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     load = os.getloadavg()[0]
     print(f"bench-sim on {args.device}, {args.threads} torch thread(s), load {load:.2f}")
+    cohort: list[CohortRow] = []
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
+        if args.cohort_rows:
+            cohort = cohort_rows(
+                rows=args.cohort_rows,
+                modes=("off", "auto"),
+                rounds=args.rounds or 4,
+                repeats=args.repeats,
+                device=args.device,
+                folder=Path(tmp) / "cohort",
+            )
         rows = time_federations(args, Path(tmp))
     sim = sim_table(rows)
+    floor = (
+        "A round against the compute floor: digits as it is, batch 16, 1 local epoch, "
+        f"epsilon 8, 64-unit MLP (fastest round of {args.repeats} runs):\n\n"
+        f"{cohort_table(cohort)}\n\n"
+        if cohort
+        else ""
+    )
     models = [m for m in args.dp_models.split(",") if m]
     costs = dp_step_costs(models=models, batch=args.dp_batch, device=args.device)
     step = markdown_table(costs)
-    report = (
+    report = floor + (
         f"Seconds per round, {PER_CLIENT} examples per client, MLP, DP-SGD "
         f"(device {args.device}, load average {load:.2f} -> {os.getloadavg()[0]:.2f}):\n\n"
         f"{sim}\n\nDP-SGD step vs plain SGD step, batch {args.dp_batch}, 28x28 inputs:\n\n{step}\n"
@@ -282,7 +325,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         payload = {
             "device": args.device,
             "threads": args.threads,
-            "simulation": [{**dataclasses.asdict(r), "a_over_b": r.a_over_b} for r in rows],
+            "cohort": [dataclasses.asdict(r) for r in cohort],
+            "simulation": [
+                {**dataclasses.asdict(r), "a_over_b": r.a_over_b, "a_over_floor": r.a_over_floor}
+                for r in rows
+            ],
             "dp_step": [dataclasses.asdict(c) for c in costs],
         }
         (args.out / "bench_sim.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
