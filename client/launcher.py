@@ -46,7 +46,7 @@ from fedguard.deploy.procs import fork_start, free_port, stop
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import FedguardError
 from fedguard.files import NODE_LOCK, SESSION_FILE, UPDATE_FILE
-from fedguard.task_identity import installed_task
+from fedguard.task_identity import BUILTIN_TASK, installed_task
 
 __all__ = [
     "NodeRefusedError",
@@ -276,7 +276,7 @@ def run_client(*, config_path: Path) -> None:
     log_path, env = prepared() if prepared_early is None else prepared_early
     # Before the SuperNode is forked: every run's app bundle is checked where it is
     # fetched, and a bundle that is not exactly fedguard's installed app is refused.
-    installed = installed_task()
+    installed = installed_task(cfg.data.task or BUILTIN_TASK)
     patch_supernode_bundle_check(
         lambda content, run_id: bundle_refusal(content, run_id=run_id, installed=installed)
     )

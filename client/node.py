@@ -76,7 +76,8 @@ from fedguard.privacy.record_budget import (
     write_index,
 )
 from fedguard.privacy.rng import os_entropy_generator
-from fedguard.task import build_model, load_dataset, load_schema, set_weights
+from fedguard.task import load_dataset, load_schema, set_weights
+from fedguard.task.builtin import build_task_model
 from fedguard.task.records import record_partition
 from fedguard.task.schema import DPScalingPlan
 
@@ -193,8 +194,11 @@ class NodeRuntime:
             )
         trainer = self._trainers.get(model_name)
         if trainer is None:
-            model = build_model(
-                name=model_name, input_shape=self.input_shape, num_classes=self.num_classes
+            model = build_task_model(
+                name=model_name,
+                installed=self.config.data.task,
+                input_shape=self.input_shape,
+                num_classes=self.num_classes,
             )
             trainer = self._trainers[model_name] = LocalTrainer(
                 model=model, dp=True, secure_mode=True

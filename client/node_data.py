@@ -22,7 +22,10 @@ from fedguard.deploy_config import NodeConfig
 from fedguard.privacy.accountants import GaussianEvent
 from fedguard.privacy.dp_scaling import dp_centre_scale
 from fedguard.privacy.node_secret import LABEL_VALIDATION, keyed_digest, load_node_secret
-from fedguard.task import Dataset, apply_scaling, load_dataset
+from fedguard.task import Dataset, apply_scaling
+from fedguard.task.api import LoadRequest
+from fedguard.task.builtin import resolve_task
+from fedguard.task.task_checks import load_task_data
 
 __all__ = ["dp_scale", "load_node_dataset"]
 
@@ -33,20 +36,25 @@ def load_node_dataset(cfg: NodeConfig) -> Dataset:
     """The node's records as a :class:`Dataset`: ``x_train`` is what it trains on,
     ``x_test`` its optional validation share (empty by default)."""
     d = cfg.data
-    if d.validation_share <= 0:
-        return load_dataset(
-            name=d.dataset, seed=d.seed, target=d.target, schema=d.schema, split="none"
-        )
-    key = keyed_digest(load_node_secret(cfg.node.state_dir), LABEL_VALIDATION, _SPLIT_KEY)
-    return load_dataset(
-        name=d.dataset,
-        seed=d.seed,
+    # [data] task: the user task installed on this node; else the built-in loader (the
+    # model does not matter to the data).
+    task = resolve_task(
+        task=d.task,
+        model="logreg",
         target=d.target,
-        schema=d.schema,
+        schema=None if d.schema is None else str(d.schema),
+    )
+    if d.validation_share <= 0:
+        return load_task_data(task, LoadRequest(source=d.dataset, seed=d.seed, split="none"))
+    key = keyed_digest(load_node_secret(cfg.node.state_dir), LABEL_VALIDATION, _SPLIT_KEY)
+    request = LoadRequest(
+        source=d.dataset,
+        seed=d.seed,
         split="holdout",
         test_fraction=d.validation_share,
         split_key=key,
     )
+    return load_task_data(task, request)
 
 
 def dp_scale(

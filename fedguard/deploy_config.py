@@ -74,6 +74,9 @@ class TaskSection:
     eval_dataset: str | None = None  # built-in name or a file, held out on the server
     eval_target: str | None = None
     schema: Path | None = None  # the feature schema the nodes share (eval file read with it)
+    # A user task "package.module:attribute" (fedguard.task.api) installed on the server
+    # and every node; None: the built-in model.
+    task: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,6 +149,8 @@ class FederationConfig:
         del doc["federation"]["max_update_norm"]
         if self.task.schema is None:  # leaving it out keeps earlier configs' digests
             del doc["task"]["schema"]
+        if self.task.task is None:  # a built-in model: earlier configs' digests hold
+            del doc["task"]["task"]
         if self.training.class_weights is None:  # unset: earlier configs' digests hold
             del doc["training"]["class_weights"]
         if self.federation.weight_cap == 1:
@@ -174,6 +179,7 @@ class DataSection:
     seed: int = 0
     schema: Path | None = None  # declared feature schema of a CSV/Parquet (next to node.toml)
     validation_share: float = 0.0  # records kept out of training, each by a keyed hash
+    task: str | None = None  # the user task installed here ("package.module:attribute")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,6 +246,7 @@ def load_federation_config(path: Path) -> FederationConfig:
             cd.noise_multiplier,
         )
         _check(path, "client-dp.delta", 0 < cd.delta < 1, "a number in (0, 1)", cd.delta)
+    _check_task_spec(path, "task.task", cfg.task.task)
     sa = cfg.secagg
     _check(path, "secagg.clip-range", sa.clip_range > 0, "a number > 0", sa.clip_range)
     _check(path, "secagg.bits", 1 <= sa.bits <= 30, "an integer in [1, 30]", sa.bits)
@@ -325,6 +332,12 @@ def load_federation_config(path: Path) -> FederationConfig:
     return cfg
 
 
+def _check_task_spec(path: Path, key: str, spec: str | None) -> None:
+    from fedguard.task.api import SPEC_FORMAT, is_task_spec
+
+    _check(path, key, spec is None or is_task_spec(spec), SPEC_FORMAT, spec)
+
+
 def load_node_config(path: Path) -> NodeConfig:
     raw = read_toml(path)
     _only(raw, {"node", "data", "privacy", "secagg"}, path, "")
@@ -345,6 +358,7 @@ def load_node_config(path: Path) -> NodeConfig:
     mc = cfg.secagg.max_colluding_nodes
     _check(path, "secagg.max-colluding-nodes", mc >= 0, "an integer >= 0", mc)
     n, d, p = cfg.node, cfg.data, cfg.privacy
+    _check_task_spec(path, "data.task", d.task)
     # The rule of `fedguard certs node NAME`: the name goes into console and log lines.
     _check(
         path,

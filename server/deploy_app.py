@@ -74,7 +74,8 @@ from fedguard.server.run_files import (
     write_outcome,
 )
 from fedguard.server.secure_round import secure_round
-from fedguard.task import build_model, get_weights
+from fedguard.task import get_weights
+from fedguard.task.builtin import build_task_model
 from fedguard.task.metrics import headline
 from fedguard.transport.grid import exchange_round
 from fedguard.transport.messages import encode_train
@@ -142,8 +143,9 @@ class DeployedRun:
         self.grid, self.cfg, self.files = grid, cfg, run_files(cfg)
         t = cfg.task
         torch.set_num_threads(1)
-        self.model = build_model(
-            name=t.model,
+        self.model = build_task_model(
+            name=t.task or t.model,
+            installed=t.task,
             input_shape=tuple(t.input_shape),
             num_classes=t.num_classes,
             generator=torch.Generator().manual_seed(cfg.federation.seed),
@@ -409,7 +411,7 @@ class DeployedRun:
             max_grad_norm=tr.max_grad_norm,
             total_rounds=cfg.federation.rounds,
             federation=cfg.federation.name,
-            model=cfg.task.model,
+            model=cfg.task.task or cfg.task.model,
             prox_mu=client_prox_mu(
                 strategy=cfg.federation.strategy, prox_mu=cfg.federation.prox_mu
             ),

@@ -22,6 +22,8 @@ from fedguard.fl.loop import standardise_eval_rows
 from fedguard.privacy.client_dp import ClientDP, ClientLevelAccounting
 from fedguard.privacy.secagg import SecAggParams, SecAggSettings
 from fedguard.task import Metrics, evaluate, load_dataset, set_weights
+from fedguard.task.api import LoadRequest, load_task
+from fedguard.task.task_checks import load_task_data
 
 __all__ = [
     "BINARY_FIGURES",
@@ -128,15 +130,19 @@ def evaluator(
     # The server's own file is evaluated on every row, through the nodes' schema; a
     # built-in (the demo) on its holdout, which the demo's nodes never train on (#13.1).
     own_file = Path(t.eval_dataset).suffix.lower() in (".csv", ".parquet", ".npz")
-    ds = standardise_eval_rows(  # dp columns: by the server's own rows (its data, no node's)
-        load_dataset(
+    if t.task is not None:  # a user task reads the server's evaluation data, every record
+        task = load_task(t.task, key=f"{cfg.source}: task.task")
+        request = LoadRequest(source=t.eval_dataset, seed=cfg.federation.seed, split="all-test")
+        loaded = load_task_data(task, request)
+    else:
+        loaded = load_dataset(
             name=t.eval_dataset,
             seed=cfg.federation.seed,
             target=t.eval_target,
             schema=t.schema,
             split="all-test" if own_file else "holdout",
         )
-    )
+    ds = standardise_eval_rows(loaded)  # dp columns: by the server's own rows
     x, y = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
 
     def evaluate_global(w: list[np.ndarray]) -> Metrics:

@@ -35,7 +35,7 @@ from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation
 from fedguard.errors import DataError, FedguardError, invalid
 from fedguard.server.enrolment import CONNECTION, Enrolment
 from fedguard.server.run_files import read_outcome, run_files
-from fedguard.task_identity import bundle_task_table, installed_task
+from fedguard.task_identity import BUILTIN_TASK, bundle_task_table, installed_task
 
 __all__ = ["fleet_message_cap", "run_server"]
 
@@ -52,11 +52,12 @@ def fleet_message_cap(cfg: FederationConfig) -> int:
     64-bit size plus 16 MiB leaves ample room; anything larger is refused by gRPC from its
     length prefix, before authentication and before it is read into memory.
     """
-    from fedguard.task import build_model  # torch: only once the config has been checked
+    from fedguard.task.builtin import build_task_model  # torch: once the config is checked
 
     t = cfg.task
-    model = build_model(
-        name=t.model,
+    model = build_task_model(
+        name=t.task or t.model,
+        installed=t.task,
         input_shape=tuple(t.input_shape),
         num_classes=t.num_classes,
         key=f"{cfg.source}: task.model",
@@ -205,7 +206,8 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
                     stale.unlink()
             atomic_write_text(
                 app_dir / "pyproject.toml",
-                _APP_PYPROJECT.format(key=CONFIG_KEY) + bundle_task_table(installed_task()),
+                _APP_PYPROJECT.format(key=CONFIG_KEY)
+                + bundle_task_table(installed_task(cfg.task.task or BUILTIN_TASK)),
             )
             # The ServerApp writes its outcome anew: an earlier run's must not be read.
             run_files(cfg).outcome.unlink(missing_ok=True)

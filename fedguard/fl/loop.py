@@ -25,8 +25,9 @@ from fedguard.fl.seeds import Stream, stream_rng, stream_seed
 from fedguard.fl.strategies import ServerOptimizer, client_prox_mu
 from fedguard.privacy.dp_scaling import SCALE_FLOOR
 from fedguard.task import Dataset, Metrics, partition
-from fedguard.task.api import LoadRequest, Task, load_task_data, make_model
+from fedguard.task.api import LoadRequest, Task
 from fedguard.task.builtin import resolve_task
+from fedguard.task.task_checks import load_task_data, make_model
 
 __all__ = [
     "ClientUpdate",

@@ -6,8 +6,8 @@ optionally per-record transforms and evaluation metrics. It is named in TOML and
 command line as ``package.module:attribute`` (Flower's convention), for example
 ``task = "credit_task:task"``; :func:`load_task` imports it. The built-in models and data
 sets are tasks too (:func:`fedguard.task.builtin.builtin_task`): ``model =``/``dataset =``
-keys mean a built-in task, and every simulation runs through :func:`make_model` and
-:func:`load_task_data`.
+keys mean a built-in task, and every simulation runs through
+:mod:`fedguard.task.task_checks` (``make_model``, ``load_task_data``).
 
 Checked at load, each refusal one line naming the task, the object and what is wrong:
 
@@ -38,10 +38,7 @@ import numpy as np
 from fedguard.errors import ConfigError, invalid
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
-
-    from fedguard.task.data import Dataset
 
 __all__ = [
     "SPEC_FORMAT",
@@ -51,8 +48,6 @@ __all__ = [
     "TaskArrays",
     "is_task_spec",
     "load_task",
-    "load_task_data",
-    "make_model",
 ]
 
 SPEC_FORMAT = "package.module:attribute naming a fedguard.task.api.Task"
@@ -203,44 +198,3 @@ def _import_task(spec: str, key: str) -> Task:
     if not isinstance(task, Task):
         raise invalid(key, allowed=SPEC_FORMAT, got=f"{spec} ({type(task).__name__})")
     return task
-
-
-def make_model(
-    task: Task,
-    *,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    generator: torch.Generator | None = None,
-) -> nn.Module:
-    """The task's model, freshly initialised (seeded by ``generator``, the global torch
-    RNG left untouched) and checked by Opacus's validator (fixed if ``task.fix``)."""
-    import torch
-
-    from fedguard.task.task_checks import check_model
-
-    if generator is None:
-        model = task.model(input_shape=tuple(input_shape), num_classes=int(num_classes))
-    else:
-        # One seed drawn from the caller's generator, then the factory runs under it with
-        # the global RNG restored afterwards (build_model has always seeded this way).
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = task.model(input_shape=tuple(input_shape), num_classes=int(num_classes))
-    return check_model(task, model)
-
-
-def load_task_data(task: Task, request: LoadRequest) -> Dataset:
-    """The task's records for ``request`` as a checked, split ``Dataset``."""
-    from fedguard.task.data import Dataset
-    from fedguard.task.task_checks import check_dataset, dataset_from_records
-
-    loaded = task.load(request)
-    if isinstance(loaded, Dataset):
-        if task.transforms:
-            raise ConfigError(
-                f"task {task.name}: load returned a ready Dataset, so its transforms would "
-                "not run; return TaskArrays or a torch Dataset instead"
-            )
-        return check_dataset(task, loaded)
-    return dataset_from_records(task, loaded, request)

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedguard.task.api import LoadRequest, Task, load_task
+from fedguard.errors import RefusalError
+from fedguard.task.api import LoadRequest, Task, is_task_spec, load_task
+from fedguard.task.task_checks import make_model
 
-__all__ = ["builtin_task", "resolve_task"]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["build_task_model", "builtin_task", "resolve_task", "task_name"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -29,7 +36,7 @@ def builtin_task(
     The data set is the request's ``source``; its shape and classes come from the data.
     """
 
-    def make(*, input_shape: tuple[int, ...], num_classes: int) -> object:
+    def make(*, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         from fedguard.task.models import build_model
 
         return build_model(
@@ -65,3 +72,34 @@ def resolve_task(
     if task is not None:
         return load_task(task, fix=fix or None)
     return builtin_task(model=model, hidden=hidden, target=target, schema=schema)
+
+
+def task_name(*, task: str | None, model: str) -> str:
+    """What a round's request names as its model: the user task's spec, else the built-in
+    model's name (a node builds it with :func:`build_task_model`)."""
+    return task if task is not None else model
+
+
+def build_task_model(
+    *,
+    name: str,
+    installed: str | None,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    generator: torch.Generator | None = None,
+    key: str = "--model",
+) -> nn.Module:
+    """The model ``name`` means: a user task ``package.module:attribute`` (its factory,
+    checked by Opacus's validator, fixed if the task says ``fix``), or a built-in model.
+
+    ``installed`` is the user task this process was configured with (None: built-ins
+    only). A request naming any other task is refused before anything is imported: a
+    node never imports a module because a server named it.
+    """
+    if name != installed and (installed is not None or is_task_spec(name)):
+        raise RefusalError(
+            f"{key}: the request names task {name!r}, this process has "
+            f"{installed or 'the built-in tasks'} installed"
+        )
+    task = load_task(name, key=key) if is_task_spec(name) else builtin_task(model=name, key=key)
+    return make_model(task, input_shape=input_shape, num_classes=num_classes, generator=generator)

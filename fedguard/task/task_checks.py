@@ -7,9 +7,11 @@ index in the loader's output, a transform) and what is wrong.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from fedguard.errors import ConfigError, DataError
@@ -17,7 +19,14 @@ from fedguard.task.api import LoadRequest, Task, TaskArrays
 from fedguard.task.data import Dataset, _Picker, _Rows
 from fedguard.task.records import array_record_bytes, simulation_holdout_key
 
-__all__ = ["check_dataset", "check_model", "check_transforms", "dataset_from_records"]
+__all__ = [
+    "check_dataset",
+    "check_model",
+    "check_transforms",
+    "dataset_from_records",
+    "load_task_data",
+    "make_model",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -151,10 +160,7 @@ def dataset_from_records(task: Task, loaded: Any, request: LoadRequest) -> Datas
                 "the same number of records"
             )
         n = len(x_all)
-
-        def get(i: int) -> Any:
-            return x_all[i], y_all[i]
-
+        get: Callable[[int], Any] = lambda i: (x_all[i], y_all[i])  # noqa: E731
     elif hasattr(loaded, "__getitem__") and hasattr(loaded, "__len__"):
         obj = type(loaded).__name__
         n = len(loaded)
@@ -216,3 +222,39 @@ def check_dataset(task: Task, data: Dataset) -> Dataset:
                 f"0..{k - 1} (num_classes = {k})"
             )
     return data
+
+
+def make_model(
+    task: Task,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """The task's model, freshly initialised (seeded by ``generator``, the global torch
+    RNG left untouched) and checked by Opacus's validator (fixed if ``task.fix``)."""
+    import torch
+
+    if generator is None:
+        model = task.model(input_shape=tuple(input_shape), num_classes=int(num_classes))
+    else:
+        # One seed drawn from the caller's generator, then the factory runs under it with
+        # the global RNG restored afterwards (build_model has always seeded this way).
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = task.model(input_shape=tuple(input_shape), num_classes=int(num_classes))
+    return check_model(task, model)
+
+
+def load_task_data(task: Task, request: LoadRequest) -> Dataset:
+    """The task's records for ``request`` as a checked, split ``Dataset``."""
+    loaded = task.load(request)
+    if isinstance(loaded, Dataset):
+        if task.transforms:
+            raise ConfigError(
+                f"task {task.name}: load returned a ready Dataset, so its transforms would "
+                "not run; return TaskArrays or a torch Dataset instead"
+            )
+        return check_dataset(task, loaded)
+    return dataset_from_records(task, loaded, request)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedguard.errors import ConfigError, DataError
+from fedguard.errors import ConfigError, DataError, RefusalError
 from fedguard.privacy.dpsgd import DPTrainer
 from fedguard.task.api import (
     LoadRequest,
@@ -20,11 +20,10 @@ from fedguard.task.api import (
     Task,
     TaskArrays,
     load_task,
-    load_task_data,
-    make_model,
 )
-from fedguard.task.builtin import builtin_task
+from fedguard.task.builtin import build_task_model, builtin_task
 from fedguard.task.models import build_model
+from fedguard.task.task_checks import load_task_data, make_model
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(40, 3)) + 5.0
@@ -125,7 +124,7 @@ def test_fix_replaces_batchnorm_with_groupnorm_says_so_and_trains(
     )
     with caplog.at_level(logging.WARNING):
         model = make_model(spec_task, input_shape=(3,), num_classes=2)
-    assert isinstance(model[0][1], nn.GroupNorm)
+    assert isinstance(model.get_submodule("0.1"), nn.GroupNorm)
     assert "replaced 0.1 (BatchNorm1d -> GroupNorm)" in caplog.text
     DPTrainer(model=model)  # real Opacus accepts it
 
@@ -161,7 +160,7 @@ def test_a_map_style_torch_dataset_loads_one_record_at_a_time() -> None:
     broken = Task(
         name="torchy", model=small_model, load=lambda _r: Pairs(3), input_shape=(3,), num_classes=2
     )
-    with pytest.raises(DataError, match=r"^task torchy: record 3 of Pairs: expected a \(features, label\)"):
+    with pytest.raises(DataError, match=r"^task torchy: record 3 of Pairs: expected a \(features"):
         load_task_data(broken, REQUEST)
 
 
@@ -198,3 +197,26 @@ def test_load_task_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(ConfigError, match=r"fg_user_task:NOT_A_TASK \(int\)"):
         load_task("fg_user_task:NOT_A_TASK")
     sys.modules.pop("fg_user_task", None)
+
+
+def test_a_round_naming_another_task_imports_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hostile server names an installed module with side effects as the round's model.
+    marker = tmp_path / "imported"
+    (tmp_path / "fg_side_effect.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for installed in (None, "credit_task:task"):
+        with pytest.raises(RefusalError, match=r"^--model: the request names task 'fg_side"):
+            build_task_model(
+                name="fg_side_effect:task", installed=installed, input_shape=(3,), num_classes=2
+            )
+    with pytest.raises(RefusalError, match=r"request names task 'logreg', this process has"):
+        build_task_model(
+            name="logreg", installed="credit_task:task", input_shape=(3,), num_classes=2
+        )
+    assert not marker.exists()
+    assert isinstance(
+        build_task_model(name="logreg", installed=None, input_shape=(3,), num_classes=2),
+        nn.Module,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def install(root: Path, source: str) -> None:
 
 
 @pytest.fixture
-def user_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def user_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     for name in [m for m in sys.modules if m.startswith("fg_bank_task")]:
