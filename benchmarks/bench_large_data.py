@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def _chunk(seed: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     return noise + (y * 12).astype(np.uint8)[:, None, None, None], y.astype(np.int64)
 
 
-def _chunks(seed: int, records: int):
+def _chunks(seed: int, records: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for start in range(0, records, CHUNK):
         yield _chunk(seed, start, min(CHUNK, records - start))
 
@@ -175,7 +176,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         generator=torch.Generator().manual_seed(0),
     )
     trainer = DPTrainer(model=model)
-    common = {
+    common: dict[str, Any] = {
         "lr": 0.05,
         "noise_multiplier": 1.0,
         "max_grad_norm": 1.0,

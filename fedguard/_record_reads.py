@@ -36,7 +36,7 @@ def dataset_size(data: object) -> int:
             "torch.utils.data.Dataset)",
             got=type(data).__name__,
         )
-    n = len(data)  # type: ignore[arg-type]
+    n = len(data)
     if n < 1:
         raise invalid("data", allowed="a data set with at least 1 record", got=f"{n} records")
     return int(n)

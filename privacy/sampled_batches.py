@@ -15,7 +15,7 @@ distribution and the same accounting, but the weights differ from ``read_ahead=F
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import torch
@@ -38,7 +38,7 @@ def poisson_steps(
     generator: torch.Generator,
     device: torch.device,
     read_ahead: bool = False,
-) -> Iterator[Batch]:
+) -> Generator[Batch, None, None]:
     """Yield one batch ``(x, y long)`` on ``device`` per step, or None for an empty sample.
 
     Pass either the tensors ``x, y`` (already on ``device``) or ``data``, a map-style data
@@ -60,8 +60,8 @@ def poisson_steps(
         return
     if not read_ahead:
         for _ in range(steps):
-            idx = sample().tolist()
-            yield _to(read_records(data, idx), device) if idx else None
+            chosen = sample().tolist()
+            yield _to(read_records(data, chosen), device) if chosen else None
         return
     with ReadAhead(data) as ahead:
         upcoming = sample().tolist() if steps else []
