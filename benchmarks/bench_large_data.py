@@ -6,7 +6,9 @@ each; 180,000 records = 2.2 GB) in each ``--formats`` (``npy``: one memory-mappe
 folders, :class:`~fedguard.task.lazy_data.ImageFolder`; ``parquet``: raw bytes, row groups
 of ``--row-group`` records, :class:`~fedguard.task.lazy_data.ParquetRecords`), then trains
 ``--steps`` DP-SGD steps (Poisson sampling, expected batch ``--batch``) from it through
-:class:`fedguard.privacy.DPTrainer`, with and without reading one step ahead. The
+:class:`fedguard.privacy.DPTrainer`, with and without reading one step ahead (rows
+``fmt:plain``, ``fmt:ahead``), and reads the same samples without training (``fmt:read``,
+what the storage and decoding alone allow). The
 reference is the same model trained from an in-memory subset of ``--subset`` records
 (the tensors path, float32 in memory).
 
@@ -165,7 +167,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One measured run, in this (fresh) process."""
     import torch
 
-    from fedguard.privacy import Accountant, DPTrainer
+    from fedguard.privacy import Accountant, DPTrainer, sample_rate_for
+    from fedguard.privacy.sampled_batches import poisson_steps
     from fedguard.task import build_model
 
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -208,9 +211,26 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         counted = _Steps(data, args.steps)
         disk0, start = _read_bytes(), time.perf_counter()
         with contextlib.suppress(_EnoughError):  # the epoch stops after args.steps reads
-            trainer.train(
-                data=counted, read_ahead=ahead == "ahead", epochs=1, batch_size=args.batch, **common
-            )
+            if ahead == "read":  # the same sampling and reads, no training: the I/O alone
+                for _ in poisson_steps(
+                    x=None,
+                    y=None,
+                    data=counted,
+                    num_examples=len(data),
+                    sample_rate=sample_rate_for(num_examples=len(data), batch_size=args.batch),
+                    steps=args.steps + 1,
+                    generator=common["generator"],
+                    device=torch.device("cpu"),
+                ):
+                    pass
+            else:
+                trainer.train(
+                    data=counted,
+                    read_ahead=ahead == "ahead",
+                    epochs=1,
+                    batch_size=args.batch,
+                    **common,
+                )
         seconds = time.perf_counter() - start
         steps, records, disk = args.steps, counted.records, _read_bytes() - disk0
     out.update(
@@ -280,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{fmt}: {size:.2f} GB written in {time.perf_counter() - start:.0f} s", flush=True
             )
-            for ahead in ("plain", "ahead"):
+            for ahead in ("read", "plain", "ahead"):
                 rows.append(_run(args, f"{fmt}:{ahead}"))
                 print(markdown(rows[-1:]).splitlines()[-1], flush=True)
             if not args.keep:

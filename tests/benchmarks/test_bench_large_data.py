@@ -28,10 +28,11 @@ def test_every_format_reads_back_the_generated_records(tmp_path, fmt):
     assert by.tolist() == y[[0, 17, 39]].tolist()
 
 
-def test_a_measured_run_trains_its_steps_from_disk(tmp_path):
+@pytest.mark.parametrize("mode", ["read", "ahead"])
+def test_a_measured_run_reads_its_steps_from_disk(tmp_path, mode):
     bench.generate("npy", tmp_path / "npy", records=600, seed=0, row_group=8)
     args = argparse.Namespace(
-        worker="npy:ahead", steps=3, batch=20, subset=100, seed=0, model="logreg", dir=tmp_path
+        worker=f"npy:{mode}", steps=3, batch=20, subset=100, seed=0, model="logreg", dir=tmp_path
     )
     row = bench.worker(args)
     assert row["steps"] == 3 and 0 < row["records"] < 600
@@ -39,4 +40,4 @@ def test_a_measured_run_trains_its_steps_from_disk(tmp_path):
     assert row["data_mb"] == pytest.approx(
         (600 * bench.RECORD_BYTES + 600 * 8 + 256) / 1e6, rel=0.01
     )
-    assert "| npy:ahead |" in bench.markdown([row])
+    assert f"| npy:{mode} |" in bench.markdown([row])
