@@ -1,4 +1,4 @@
-"""The credit example in a one-round loopback federation (#16.5), as an operator runs it:
+"""The examples in a one-round loopback federation (#16.5), as an operator runs them:
 the bank's task installed (on PYTHONPATH) on the server and on each node, named in
 federation.toml [task] task and node.toml [data] task; real server and nodes, TLS,
 secure aggregation. A node whose installed copy of the task differs refuses the run."""
@@ -23,8 +23,10 @@ from fedguard.task import load_schema
 
 pytestmark = pytest.mark.deploy
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "credit-tabular"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE = EXAMPLES / "credit-tabular"
 SPEC = "credit_task:task"
+IMAGES = EXAMPLES / "images-folder"
 
 
 def _federation(tmp_path: Path, nodes: int) -> FederationFiles:
@@ -51,6 +53,38 @@ def _federation(tmp_path: Path, nodes: int) -> FederationFiles:
         )
         toml.write_text(text)
     return layout
+
+
+def test_images_example_runs_one_federated_round(
+    tmp_path: Path, processes: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(IMAGES))
+    make = IMAGES / "make_images.py"
+    layout = write_federation(out=tmp_path / "fed", nodes=2, rounds=1)
+    server_dir = tmp_path / "server-scans"
+    subprocess.run([sys.executable, make, "--out", server_dir, "--per-class", "20", "--seed", "9"],
+                   check=True, capture_output=True)  # fmt: skip
+    fed = layout.federation.read_text()
+    fed = fed.replace('model = "logreg"', 'task = "images_task:task"')
+    fed = fed.replace("input-shape = [1, 8, 8]", "input-shape = [1, 16, 16]")
+    fed = fed.replace("num-classes = 10", "num-classes = 3")
+    fed = fed.replace('eval-dataset = "digits"', f'eval-dataset = "{server_dir}"')
+    layout.federation.write_text(fed)
+    for i, toml in enumerate(layout.nodes):
+        scans = toml.parent / "scans"
+        args = ["--out", str(scans), "--per-class", "40", "--seed", str(i)]
+        subprocess.run([sys.executable, make, *args], check=True, capture_output=True)
+        toml.write_text(
+            re.sub(
+                r'dataset = "digits"\npartition-id = \d+\nnum-partitions = \d+',
+                f'dataset = "{scans}"\ntask = "images_task:task"',
+                toml.read_text(),
+            )
+        )
+        processes.client(toml)
+    shown = _server(layout, processes)
+    assert re.search(r"round 1: .*accuracy", shown), shown[-3000:]
+    assert len(list((layout.root / "server" / "results").glob("*/summary.json"))) == 1
 
 
 def _server(layout: FederationFiles, processes: Any) -> str:
