@@ -78,11 +78,11 @@ def _recording(cohorts: list[ray_engine.RayCohort]) -> Iterator[None]:
             cohorts.append(cohort)
             yield cohort
 
-    ray_engine.ray_cohort = record  # type: ignore[assignment]
+    ray_engine.ray_cohort = record
     try:
         yield
     finally:
-        ray_engine.ray_cohort = real  # type: ignore[assignment]
+        ray_engine.ray_cohort = real
 
 
 def _run(config: SimulationConfig) -> RayRow:

@@ -205,9 +205,9 @@ class _Accounts:
     def __init__(self, *, config: SimulationConfig, data: FederatedData, state_dir: Path):
         plan = data.dataset.dp_scaling
         self.budget: PrivacyBudget | None = reserve_scaling(budget_for(config), plan)
-        self.scaling = None
-        if plan is not None and self.budget is not None:
-            self.scaling = self.budget.reserved[-1]
+        self.scaling = (
+            self.budget.reserved[-1] if plan is not None and self.budget is not None else None
+        )
         self.cache = AccountantCache(state_dir=state_dir)
         self._charged: set[int] = set()
 
