@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -153,6 +154,13 @@ def _read_bytes() -> int:
     return 0
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads: steadier than wall time when
+    other jobs share the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _drop_cache(files: list[Path]) -> None:
     for f in files:
         fd = os.open(f, os.O_RDONLY)
@@ -193,7 +201,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         y = torch.from_numpy(np.concatenate(ys))
         out["rss_before_mb"] = _status("VmRSS") / 2**20
         per_epoch = -(-args.subset // args.batch)
-        start = time.perf_counter()
+        cpu0, start = _cpu_seconds(), time.perf_counter()
         result = trainer.train(
             x=x, y=y, epochs=max(1, round(args.steps / per_epoch)), batch_size=args.batch, **common
         )
@@ -209,7 +217,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         _drop_cache(files)
         out["rss_before_mb"] = _status("VmRSS") / 2**20
         counted = _Steps(data, args.steps)
-        disk0, start = _read_bytes(), time.perf_counter()
+        disk0, cpu0, start = _read_bytes(), _cpu_seconds(), time.perf_counter()
         with contextlib.suppress(_EnoughError):  # the epoch stops after args.steps reads
             if ahead == "read":  # the same sampling and reads, no training: the I/O alone
                 for _ in poisson_steps(
@@ -237,6 +245,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         steps=steps,
         records=records,
         seconds=seconds,
+        cpu_s=_cpu_seconds() - cpu0,
         records_per_s=records / seconds,
         read_mb_per_s=records * RECORD_BYTES / 1e6 / seconds,
         disk_mb=disk / 1e6,
@@ -255,12 +264,14 @@ def _run(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| run | data on disk (MB) | steps | records | records/s | read MB/s | disk MB "
-        "| RSS before (MB) | peak RSS (MB) | load |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| run | data on disk (MB) | steps | records | records/s | read MB/s | CPU ms/record "
+        "| disk MB | RSS before (MB) | peak RSS (MB) | load |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     return head + "".join(
         f"| {r['run']} | {r['data_mb']:,.0f} | {r['steps']} | {r['records']:,} "
-        f"| {r['records_per_s']:,.0f} | {r['read_mb_per_s']:.1f} | {r['disk_mb']:,.0f} "
+        f"| {r['records_per_s']:,.0f} | {r['read_mb_per_s']:.1f} "
+        f"| {1000 * r.get('cpu_s', float('nan')) / max(r['records'], 1):.2f} | {r['disk_mb']:,.0f} "
         f"| {r['rss_before_mb']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['load']:.1f} |\n"
         for r in rows
     )
