@@ -30,6 +30,7 @@ GPU as ``cuda:0``. ``--workers`` above the cluster's GPUs is refused.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -293,9 +294,10 @@ def ray_cohort(
             num_gpus=torch.cuda.device_count(),
             include_dashboard=False,
             log_to_driver=False,
+            logging_level=logging.WARNING,  # not its start-up lines in fedguard's console
         )
     elif owned:
-        ray.init(address=config.ray_address, log_to_driver=False)
+        ray.init(address=config.ray_address, log_to_driver=False, logging_level=logging.WARNING)
     accounts = _Accounts(config=config, data=data, state_dir=state_dir)
     actors: list[Any] = []
     try:
