@@ -161,14 +161,20 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _drop_cache(files: list[Path]) -> None:
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)  # dirty pages (just generated) cannot be dropped
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+def _size_and_drop_cache(root: Path) -> int:
+    """Bytes of the data files under ``root``, each dropped from the page cache (streamed:
+    no list of 10^5 paths is held, it would count in the run's memory)."""
+    total = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(Path(folder, name), os.O_RDONLY)
+            try:
+                total += os.fstat(fd).st_size
+                os.fdatasync(fd)  # dirty pages (just generated) cannot be dropped
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return total
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -212,9 +218,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         fmt, ahead = args.worker.split(":")
         root = Path(args.dir) / fmt
         data = _open(fmt, root)
-        files = [p for p in root.rglob("*") if p.is_file()]
-        out["data_mb"] = sum(p.stat().st_size for p in files) / 1e6
-        _drop_cache(files)
+        out["data_mb"] = _size_and_drop_cache(root) / 1e6
         out["rss_before_mb"] = _status("VmRSS") / 2**20
         counted = _Steps(data, args.steps)
         disk0, cpu0, start = _read_bytes(), _cpu_seconds(), time.perf_counter()

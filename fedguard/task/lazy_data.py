@@ -152,27 +152,35 @@ class ImageFolder(_Records):
         super().__init__(shape=tuple(shape), num_classes=len(names), transform=transform)
         self.classes = tuple(names)
         self.root = base
-        self.files: list[Path] = []
+        # Relative names as str, not Path objects: ~10x less memory for 10^5 files.
+        self._files: list[str] = []
         labels: list[int] = []
         for label, name in enumerate(names):
             folder = base / name
             if not folder.is_dir():
                 raise DataError(f"{folder}: expected the folder of class {name!r}")
-            found = sorted(
-                p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            )
-            self.files += found
+            with os.scandir(folder) as entries:
+                found = sorted(
+                    e.name
+                    for e in entries
+                    if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file()
+                )
+            self._files += [f"{name}/{f}" for f in found]
             labels += [label] * len(found)
-        if not self.files:
+        if not self._files:
             raise DataError(f"{base}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
         self.labels = torch.tensor(labels, dtype=torch.int64)  # public: the folder layout
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self._files)
+
+    def path(self, index: int) -> Path:
+        """The file of record ``index``."""
+        return self.root / self._files[index]
 
     def _raw(self, indices: list[int]) -> list[tuple[np.ndarray, int, str]]:
         return [
-            (self._decode(self.files[i]), int(self.labels[i]), str(self.files[i])) for i in indices
+            (self._decode(self.path(i)), int(self.labels[i]), str(self.path(i))) for i in indices
         ]
 
     def _decode(self, path: Path) -> np.ndarray:

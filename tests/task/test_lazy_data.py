@@ -99,7 +99,7 @@ def test_a_record_of_another_shape_or_class_is_named(tmp_path):
     _write("npy-files", root, x, y)
     np.save(root / "dog" / "bad.npy", np.zeros((1, 5, 4), dtype=np.uint8))
     data = ImageFolder(root=root, shape=SHAPE)
-    bad = data.files.index(root / "dog" / "bad.npy")
+    bad = next(i for i in range(len(data)) if data.path(i) == root / "dog" / "bad.npy")
     with pytest.raises(DataError, match=r"bad\.npy: expected a record of shape \(1, 4, 4\), got"):
         data.fetch([0, bad])
     np.save(tmp_path / "y.npy", np.full(N, 2))
@@ -142,7 +142,7 @@ def test_classes_fix_the_label_order_and_the_transform_sees_one_record(tmp_path)
 
     data = ImageFolder(root=root, shape=SHAPE, classes=["dog", "cat"], transform=flip)
     assert data.classes == ("dog", "cat") and data.labels[0] == 0
-    assert data.files[0].parent.name == "dog"
+    assert data.path(0).parent.name == "dog"
     bx, _ = data.fetch([0, 1, 2])
     assert seen == [SHAPE] * 3
     plain = ImageFolder(root=root, shape=SHAPE, classes=["dog", "cat"])
