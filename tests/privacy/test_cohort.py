@@ -267,3 +267,36 @@ def test_cohort_on_cuda_equals_dptrainer_on_cuda() -> None:
     ):
         for a, b in zip(got.weights, want, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["stacked", "vmap"])
+def test_class_weights_are_applied_as_one_client_at_a_time(engine: str) -> None:
+    data = _data([21, 9], SHAPES["mlp"])
+    start = get_weights(_model("mlp"))
+    weights = [0.2 + 0.08 * c for c in range(10)]
+    hyper = {"epochs": 1, "batch_size": 8, "lr": 0.4, "max_grad_norm": 0.9}
+    single = DPTrainer(model=_model("mlp"))
+    expected = []
+    for i, (x, y) in enumerate(data):
+        set_weights(single.module, start)
+        single.train(
+            x=x,
+            y=y,
+            noise_multiplier=0.8,
+            accountant=Accountant(method="rdp"),
+            generator=_gen(i),
+            class_weights=weights,
+            **hyper,
+        )
+        expected.append(get_weights(single.module))
+    clients = [
+        CohortClient(
+            x=x, y=y, noise_multiplier=0.8, generator=_gen(i), accountant=Accountant(method="rdp")
+        )
+        for i, (x, y) in enumerate(data)
+    ]
+    trainer = CohortDPTrainer(model=_model("mlp"), engine=engine)
+    got = trainer.train(start=start, clients=clients, class_weights=weights, **hyper)
+    for r, want in zip(got, expected, strict=True):
+        for a, b in zip(r.weights, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
