@@ -37,15 +37,16 @@ def installed_task(name: str = BUILTIN_TASK) -> TaskIdentity:
 
     ``name`` is the built-in task package or a user task ``package.module:attribute``
     (:mod:`fedguard.task.api`). A user task's digest covers fedguard's task package AND
-    every source file of the user's top-level package (or its single module), so a server
-    naming another version of the user's code is refused, not only another name.
+    every file of the user's top-level package (its data files too), or a single module's
+    own file, so a server naming another version of the user's code is refused, not only
+    another name.
     """
     h = hashlib.sha256()
     _hash_sources(h, BUILTIN_TASK, _sources(BUILTIN_TASK))
     if name == BUILTIN_TASK:
         return TaskIdentity(name=name, version=fedguard.__version__, digest=_hex(h))
     top = name.split(":", 1)[0].split(".", 1)[0]
-    _hash_sources(h, top, _sources(top))
+    _hash_sources(h, top, _sources(top, every_file=True))
     version = f"{fedguard.__version__}; {top} {_distribution_version(top)}"
     return TaskIdentity(name=name, version=version, digest=_hex(h))
 
@@ -54,14 +55,17 @@ def _hex(h: Any) -> str:
     return "sha256:" + str(h.hexdigest())
 
 
-def _sources(module: str) -> tuple[Path, list[Path]]:
-    """The folder and the ``.py`` files of the installed package (or module) ``module``."""
+def _sources(module: str, *, every_file: bool = False) -> tuple[Path, list[Path]]:
+    """The folder and the ``.py`` files (``every_file``: every file, so the data files a
+    user's task reads, a schema, are covered too) of the installed package ``module``; a
+    single module: its own file only."""
     spec = util.find_spec(module)
     if spec is None:
         raise ModuleNotFoundError(f"task package {module!r} is not installed")
     if spec.submodule_search_locations:
         root = Path(next(iter(spec.submodule_search_locations)))
-        files = [p for p in root.rglob("*.py") if "__pycache__" not in p.parts]
+        found = root.rglob("*") if every_file else root.rglob("*.py")
+        files = [p for p in found if p.is_file() and "__pycache__" not in p.parts]
         return root, sorted(files)
     if spec.origin is None or not spec.origin.endswith(".py"):
         raise ModuleNotFoundError(f"task module {module!r} has no Python source to identify")

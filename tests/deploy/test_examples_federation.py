@@ -35,7 +35,7 @@ def _federation(tmp_path: Path, nodes: int) -> FederationFiles:
     server_csv = tmp_path / "server-eval.csv"
     subprocess.run([sys.executable, make, "--out", server_csv, "--rows", "600", "--seed", "9"],
                    check=True, capture_output=True)  # fmt: skip
-    features = load_schema(EXAMPLE / "schema.toml").input_shape[0]
+    features = load_schema(EXAMPLE / "credit_task" / "schema.toml").input_shape[0]
     fed = layout.federation.read_text()
     fed = fed.replace('model = "logreg"', f'task = "{SPEC}"')
     fed = fed.replace("input-shape = [1, 8, 8]", f"input-shape = [{features}]")
@@ -116,11 +116,12 @@ def test_credit_example_runs_one_federated_round(
 def test_a_node_with_another_version_of_the_task_refuses_the_run(
     tmp_path: Path, processes: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The node's installed copy of the bank's task differs by one comment line.
+    # The node's installed copy of the bank's task differs by one comment line of its
+    # schema (a data file of the task's package: covered by the digest too).
     node_copy = tmp_path / "node-install"
     shutil.copytree(EXAMPLE, node_copy)
-    (node_copy / "credit_task.py").write_text(
-        (node_copy / "credit_task.py").read_text() + "# a local edit\n"
+    (node_copy / "credit_task" / "schema.toml").write_text(
+        (node_copy / "credit_task" / "schema.toml").read_text() + "# a local edit\n"
     )
     monkeypatch.setenv("PYTHONPATH", str(EXAMPLE))
     layout = _federation(tmp_path, nodes=2)

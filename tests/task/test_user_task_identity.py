@@ -93,3 +93,12 @@ def test_a_new_file_in_the_user_package_changes_the_digest(user_path: Path) -> N
     before = installed_task("fg_bank_task.tasks:task").digest
     (user_path / "fg_bank_task" / "helpers.py").write_text("X = 1\n")
     assert installed_task("fg_bank_task.tasks:task").digest != before
+
+
+def test_a_data_file_of_the_user_package_is_covered(user_path: Path) -> None:
+    # A task reading its schema from its package: another schema is another task.
+    install(user_path, TASK_V1)
+    (user_path / "fg_bank_task" / "schema.toml").write_text('[target]\ncolumn = "y"\n')
+    before = installed_task("fg_bank_task.tasks:task").digest
+    (user_path / "fg_bank_task" / "schema.toml").write_text('[target]\ncolumn = "z"\n')
+    assert installed_task("fg_bank_task.tasks:task").digest != before
