@@ -4,8 +4,10 @@ every client's copy of the model trained in one vectorised pass.
 A simulation of hundreds of small clients spends most of its time in per-client, per-step
 overhead when clients train one after another (a DP-SGD step of a small MLP on 16
 examples is ~100 tensor operations of microseconds each). :class:`CohortDPTrainer` stacks
-K clients' weights (:mod:`fedguard.privacy.stacked`) and runs each step for all of them
-with one set of batched operations.
+K clients' weights and runs each step for all of them with one set of batched operations:
+layer by layer for a Sequential of known layers (:mod:`fedguard.privacy.stacked`), by
+``torch.func.vmap`` for any other model without buffers (:mod:`fedguard.privacy.vmapped`).
+Each step's per-client draws are in :mod:`fedguard.privacy.cohort_draws`.
 
 It is the same mechanism, step for step, as :meth:`DPTrainer.train` for each client:
 Poisson sampling at ``q = 1 / ceil(n / batch_size)`` for ``epochs * ceil(n / batch_size)``

@@ -53,25 +53,24 @@ class VmappedModel:
             raise ValueError("; ".join(problems))
         self._model = model
         self._names = [name for name, _ in model.named_parameters()]
-        self._fns: dict[bool, Callable[..., Any]] = {}
+        self._per_client = self._build()
 
-    def _per_client(self, weighted: bool) -> Callable[..., Any]:
-        """``(params [K..], x [K, B, ...], y [K, B], weight) -> (grads [K, B, ..], losses)``."""
-        if weighted not in self._fns:
-            model, names = self._model, self._names
+    def _build(self) -> Callable[..., Any]:
+        """``(params [K, ...], x [K, B, ...], y [K, B], weight) -> (grads [K, B, ...],
+        losses [K, B])``: one example's gradient, vmapped over examples, then clients."""
+        model, names = self._model, self._names
 
-            def loss(
-                params: tuple[torch.Tensor, ...],
-                x: torch.Tensor,
-                y: torch.Tensor,
-                weight: torch.Tensor | None,
-            ) -> torch.Tensor:
-                logits = functional_call(model, dict(zip(names, params, strict=True)), (x[None],))
-                return F.cross_entropy(logits, y[None], weight=weight, reduction="sum")
+        def loss(
+            params: tuple[torch.Tensor, ...],
+            x: torch.Tensor,
+            y: torch.Tensor,
+            weight: torch.Tensor | None,
+        ) -> torch.Tensor:
+            logits = functional_call(model, dict(zip(names, params, strict=True)), (x[None],))
+            return F.cross_entropy(logits, y[None], weight=weight, reduction="sum")
 
-            per_example = vmap(grad_and_value(loss), in_dims=(None, 0, 0, None))
-            self._fns[weighted] = vmap(per_example, in_dims=(0, 0, 0, None))
-        return self._fns[weighted]
+        per_example = vmap(grad_and_value(loss), in_dims=(None, 0, 0, None))
+        return vmap(per_example, in_dims=(0, 0, 0, None))
 
     def clipped_sums(
         self,
@@ -88,9 +87,8 @@ class VmappedModel:
         ``x`` ``[K, B, ...]``, ``y`` ``[K, B]``; ``valid`` ``[K, B]`` marks sampled examples
         (padding is computed and then weighted 0).
         """
-        fn = self._per_client(class_weight is not None)
         with torch.enable_grad():
-            grads, losses = fn(tuple(p.detach() for p in params), x, y, class_weight)
+            grads, losses = self._per_client(tuple(p.detach() for p in params), x, y, class_weight)
         sq = sum(g.flatten(2).pow(2).sum(2) for g in grads)
         # Opacus's clipping factor, to the last epsilon: min(1, C / (norm + 1e-6)).
         factors = (max_grad_norm / (torch.as_tensor(sq).sqrt() + 1e-6)).clamp(max=1.0) * valid
