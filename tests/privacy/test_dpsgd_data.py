@@ -77,8 +77,10 @@ class Fetch(Items):
         return self.x[indices], self.y[indices]
 
 
-def _train(*, seed: int = 3, **source) -> tuple[torch.Tensor, object, Accountant]:
-    trainer = DPTrainer(model=_model(1))
+def _train(
+    *, seed: int = 3, secure_mode: bool = False, **source
+) -> tuple[torch.Tensor, object, Accountant]:
+    trainer = DPTrainer(model=_model(1), secure_mode=secure_mode)
     acc = Accountant(method="rdp")
     result = trainer.train(
         **source,
@@ -95,11 +97,14 @@ def _train(*, seed: int = 3, **source) -> tuple[torch.Tensor, object, Accountant
     return _flat(trainer.module), result, acc
 
 
-@pytest.mark.parametrize("kind", [ByIndex, Items, Fetch])
-def test_a_data_set_of_the_tensors_trains_the_same_weights_bit_for_bit(kind):
+@pytest.mark.parametrize(
+    ("kind", "secure_mode"),
+    [(ByIndex, False), (Items, False), (Fetch, False), (Fetch, True)],
+)
+def test_a_data_set_of_the_tensors_trains_the_same_weights_bit_for_bit(kind, secure_mode):
     x, y = _data(0)
-    want, want_result, want_acc = _train(x=x, y=y)
-    got, got_result, got_acc = _train(data=kind(x, y))
+    want, want_result, want_acc = _train(x=x, y=y, secure_mode=secure_mode)
+    got, got_result, got_acc = _train(data=kind(x, y), secure_mode=secure_mode)
     assert torch.equal(got, want)
     assert got_result == want_result
     assert got_acc.get_privacy_spent(delta=DELTA) == want_acc.get_privacy_spent(delta=DELTA)
