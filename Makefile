@@ -73,6 +73,17 @@ wheel-check: $(STAMP)
 	cd $(WHEEL_DIR) && venv/bin/fedguard simulate --dataset digits --clients 3 --rounds 2 \
 		--epsilon 3 --out sim --overwrite
 	cd $(WHEEL_DIR) && venv/bin/fedguard demo --out demo --nodes 2 --rounds 1
+	# The examples a user copies (#16.5), run from the wheel install (their folder on
+	# PYTHONPATH, as a user's own task would be).
+	cd $(WHEEL_DIR)/src/examples/credit-tabular && ../../../venv/bin/python make_data.py \
+		--out ../../../credit.csv --rows 1500 && PYTHONPATH=. ../../../venv/bin/fedguard \
+		simulate --config sim.toml --dataset ../../../credit.csv --rounds 3 \
+		--out ../../../credit --overwrite
+	$(WHEEL_DIR)/venv/bin/pip install -q --disable-pip-version-check pillow
+	cd $(WHEEL_DIR)/src/examples/images-folder && ../../../venv/bin/python make_images.py \
+		--out ../../../scans --per-class 30 && PYTHONPATH=. ../../../venv/bin/fedguard \
+		simulate --config sim.toml --dataset ../../../scans --rounds 2 \
+		--out ../../../scans-run --overwrite
 
 # Regenerate fedguard/proto from protos/ with the pinned grpcio-tools; generated files are
 # never edited by hand (tests/transport/test_protos_fresh.py fails when they are stale).
