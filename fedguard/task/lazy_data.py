@@ -26,7 +26,7 @@ import mmap
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -185,18 +185,36 @@ class ImageFolder(_Records):
 
     def _decode(self, path: Path) -> np.ndarray:
         channels = self.shape[0]
-        if path.suffix.lower() == ".npy":
-            array = np.load(path, allow_pickle=False)
-            return array[None] if array.ndim == 2 and channels == 1 else array
-        from PIL import Image  # Pillow only when the folder holds encoded images
+        with _open_unseen(path) as file:
+            if path.suffix.lower() == ".npy":
+                array = np.load(file, allow_pickle=False)
+                return array[None] if array.ndim == 2 and channels == 1 else array
+            from PIL import Image  # Pillow only when the folder holds encoded images
 
-        try:
-            with Image.open(path) as image:
-                mode = "L" if channels == 1 else "RGB"
-                array = np.asarray(image.convert(mode))
-        except OSError as exc:
-            raise DataError(f"{path}: expected an image Pillow can decode, got {exc}") from None
+            try:
+                with Image.open(file) as image:
+                    array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+            except OSError as exc:
+                raise DataError(f"{path}: expected an image Pillow can decode, got {exc}") from None
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _open_unseen(path: Path) -> BinaryIO:
+    """``path`` opened for reading without updating its access time where Linux allows.
+
+    One file per record: the files' access times would list the records each step
+    sampled, to anyone who may list the folder, and DP-SGD's amplification by sampling
+    assumes the sample stays secret. ``O_NOATIME`` needs the file's owner (or
+    CAP_FOWNER); for other files the mount's ``noatime`` option does it.
+    """
+    try:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:  # e.g. deleted since the folder was listed
+        raise DataError(f"{path}: expected a readable file, got {exc.strerror}") from None
+    return os.fdopen(fd, "rb")
 
 
 class NpyRecords(_Records):

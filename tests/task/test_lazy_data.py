@@ -4,6 +4,7 @@ each stay one training example apart (#16.4, the attack of #13 point 1)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,33 @@ def test_neighbouring_data_sets_stay_one_clipped_gradient_apart(tmp_path, fmt):
 def test_the_check_catches_a_whole_set_statistic(tmp_path):
     # One outlier moves every record's standardised value: the same check fails.
     assert _worst(_neighbours("npy", tmp_path, wrap=WholeSetStandardised)) > 1 + 1e-2
+
+
+# The attack: which records a step sampled must stay secret (amplification by sampling).
+# With one file per record, the files' access times would list them to anyone who may
+# stat the folder.
+
+
+def _stale_atimes(root: Path) -> dict[Path, float]:
+    old = 1_500_000_000.0  # 2017: relatime updates an access time older than the mtime
+    for path in root.rglob("*.png"):
+        os.utime(path, (old, path.stat().st_mtime))
+    return {p: p.stat().st_atime for p in root.rglob("*.png")}
+
+
+def test_reading_a_record_does_not_reveal_it_through_the_access_time(tmp_path):
+    x, y = _images(6)
+    root = tmp_path / "d"
+    _write("png", root, x, y)
+    before = _stale_atimes(root)
+    # The attack works on this file system: a plain read shows in the access time.
+    probe = next(iter(before))
+    probe.read_bytes()
+    if probe.stat().st_atime == before[probe]:
+        pytest.skip("this file system does not record access times (noatime)")
+    before = _stale_atimes(root)
+    data = ImageFolder(root=root, shape=SHAPE)
+    data.fetch([0, 5, 7])
+    _released_sum(data)  # a DP step over every record
+    touched = [p for p, t in before.items() if p.stat().st_atime != t]
+    assert touched == []
