@@ -390,10 +390,11 @@ def cohort_trainer(
 
     ``--vectorize auto`` (and ``on``) batch every model the cohort trainer can batch:
     all the built-in models (stacked) and task models without buffers whose forward pass
-    ``torch.func.vmap`` can batch. On digits (2 cores, shared), a round of 100 and of 700
-    CNN clients took 0.18 and 0.73 s batched against 0.66 and 4.6 s one at a time, the
-    64-unit MLP's 700 clients 0.12 against 1.9 s. ``auto`` trains a model it cannot batch
-    one client at a time, saying why in one log line; ``on`` refuses it.
+    ``torch.func.vmap`` can batch. On digits (2 shared cores, batch 16, fastest of 3 runs;
+    ``python -m benchmarks.bench_cohort``) a round of 100 and of 700 CNN clients took 0.13
+    and 0.25 s batched against 0.24 and 1.3 s one at a time, the 64-unit MLP's 700 clients
+    0.11 against 2.1 s. ``auto`` trains a model it cannot batch one client at a time,
+    saying why in one log line; ``on`` refuses it.
     """
     one = OneAtATime(trainer=trainer, clients=clients)
     batched = _vectorised(config=config, trainer=trainer, clients=clients)
