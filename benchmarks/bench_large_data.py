@@ -1,7 +1,7 @@
 """DP-SGD from a data set larger than memory should allow (#16.4): peak memory and throughput.
 
 Generates a seeded image data set of ``--records`` uint8 records ``3x64x64`` (12,288 bytes
-each; 180,000 records = 2.2 GB) in each ``--formats`` (``npy``: one memory-mapped file,
+each; 180,000 records = 2.2 GB) in each ``--formats`` (``npy``: one file read per record,
 :class:`~fedguard.task.lazy_data.NpyRecords`; ``images``: one PNG per record in class
 folders, :class:`~fedguard.task.lazy_data.ImageFolder`; ``parquet``: raw bytes, row groups
 of ``--row-group`` records, :class:`~fedguard.task.lazy_data.ParquetRecords`), then trains

@@ -8,7 +8,7 @@ sampled, through their batch ``fetch(indices)``:
   Pillow, or ``.npy``), decoded on read;
 - :class:`ParquetRecords`: a Parquet file read by row group (pyarrow), one column of
   features (raw bytes, or a list) or several numeric columns;
-- :class:`NpyRecords`: a memory-mapped ``.npy`` of records and one of labels.
+- :class:`NpyRecords`: a ``.npy`` of records read record by record (``pread``), and one of labels.
 
 Each declares the ``shape`` of a record as the model sees it and ``num_classes``; every
 record read is checked against both (``DataError`` naming the file and record). The only
@@ -22,7 +22,6 @@ it from public knowledge or as a DP release.
 from __future__ import annotations
 
 import bisect
-import mmap
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,7 +60,7 @@ def _as_float(array: np.ndarray) -> torch.Tensor:
     # Bytes are pixel intensities: scaled to [0, 1], per record, by a public constant.
     if array.dtype == np.uint8:
         return torch.from_numpy(array.astype(np.float32) / 255.0)
-    return torch.from_numpy(np.array(array, dtype=np.float32))  # a copy: mmap is read-only
+    return torch.from_numpy(np.array(array, dtype=np.float32))  # a writable copy of read-only bytes
 
 
 class _Records(Dataset[Record]):
@@ -218,11 +217,13 @@ def _open_unseen(path: Path) -> BinaryIO:
 
 
 class NpyRecords(_Records):
-    """Records in one ``.npy`` file (``[n, *record]``), labels in another (``[n]``), memory-mapped.
+    """Records in one ``.npy`` file (``[n, *record]``), labels in another (``[n]``).
 
-    Only the rows read are paged in from disk; nothing is unpickled. ``shape`` and
-    ``transform`` as in :class:`ImageFolder` (a record is converted to float32 first,
-    ``uint8`` scaled to [0, 1]).
+    The records are read in pieces, one ``pread`` per record at its offset: nothing else
+    of the file enters the process (a memory map would count every page touched in its
+    resident memory), and nothing is unpickled. The labels, 8 bytes a record, are loaded.
+    ``shape`` and ``transform`` as in :class:`ImageFolder` (a record is converted to
+    float32 first, ``uint8`` scaled to [0, 1]).
     """
 
     def __init__(
@@ -237,34 +238,51 @@ class NpyRecords(_Records):
         super().__init__(shape=tuple(shape), num_classes=num_classes, transform=transform)
         self.x_path, self.y_path = Path(x_path), Path(y_path)
         try:
-            self._x = np.load(self.x_path, mmap_mode="r", allow_pickle=False)
-            self._y = np.load(self.y_path, mmap_mode="r", allow_pickle=False)
+            with self.x_path.open("rb") as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    stored, fortran, self._dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    stored, fortran, self._dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"format version {version}")
+                self._offset = f.tell()
+            labels = np.load(self.y_path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise DataError(f"{x_path}, {y_path}: expected two .npy files, got {exc}") from None
-        # Poisson samples are scattered: read the pages of a record, not a readahead window.
-        mapped = getattr(self._x, "_mmap", None)
-        if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
-            mapped.madvise(mmap.MADV_RANDOM)
-        if (
-            self._x.ndim < 1
-            or self._y.shape != (self._x.shape[0],)
-            or self._y.dtype.kind not in "iu"
-        ):
+        if fortran or self._dtype.hasobject or len(stored) < 1:
             raise DataError(
-                f"{self.y_path}: expected {self._x.shape[0]} integer labels, got "
-                f"{self._y.shape} {self._y.dtype}"
+                f"{self.x_path}: expected records [n, ...] of numbers in C order, got "
+                f"{stored} {self._dtype}{' (Fortran order)' if fortran else ''}"
             )
+        self._record_shape = tuple(stored[1:])
+        self._record_bytes = int(np.prod(self._record_shape)) * self._dtype.itemsize
+        self._n = int(stored[0])
+        if labels.shape != (self._n,) or labels.dtype.kind not in "iu":
+            raise DataError(
+                f"{self.y_path}: expected {self._n} integer labels, got "
+                f"{labels.shape} {labels.dtype}"
+            )
+        self._y = labels
 
     def __len__(self) -> int:
-        return int(self._x.shape[0])
+        return self._n
 
     def _raw(self, indices: list[int]) -> list[tuple[np.ndarray, int, str]]:
-        rows = np.asarray(self._x[sorted(indices)]) if indices else None  # one gather
-        order = {i: k for k, i in enumerate(sorted(indices))}
-        return [
-            (rows[order[i]], int(self._y[i]), f"{self.x_path} record {i}")  # type: ignore[index]
-            for i in indices
-        ]
+        out = []
+        with self.x_path.open("rb") as f:
+            for i in indices:
+                where = f"{self.x_path} record {i}"
+                data = os.pread(
+                    f.fileno(), self._record_bytes, self._offset + i * self._record_bytes
+                )
+                if len(data) != self._record_bytes:
+                    raise DataError(
+                        f"{where}: expected {self._record_bytes} bytes, got {len(data)}"
+                    )
+                array = np.frombuffer(data, dtype=self._dtype).reshape(self._record_shape)
+                out.append((array, int(self._y[i]), where))
+        return out
 
 
 class ParquetRecords(_Records):

@@ -1,4 +1,4 @@
-"""fedguard.task.lazy_data: image folders, Parquet row groups and memory-mapped .npy read record
+"""fedguard.task.lazy_data: image folders, Parquet row groups and .npy files read record
 by record, checked against their declared shape and classes; neighbouring data sets through
 each stay one training example apart (#16.4, the attack of #13 point 1)."""
 
@@ -249,3 +249,20 @@ def test_reading_a_record_does_not_reveal_it_through_the_access_time(tmp_path):
     _released_sum(data)  # a DP step over every record
     touched = [p for p, t in before.items() if p.stat().st_atime != t]
     assert touched == []
+
+
+def test_a_truncated_or_fortran_npy_is_named(tmp_path):
+    x, y = _images(7)
+    np.save(tmp_path / "y.npy", y.astype(np.int64))
+    np.save(tmp_path / "x.npy", x)
+    full = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "x.npy").write_bytes(full[: -SHAPE[1] * SHAPE[2]])  # the last record short
+    records = NpyRecords(
+        x_path=tmp_path / "x.npy", y_path=tmp_path / "y.npy", shape=SHAPE, num_classes=2
+    )
+    assert records.fetch([0])[0].shape == (1, *SHAPE)
+    with pytest.raises(DataError, match=rf"x\.npy record {N - 1}: expected 16 bytes, got 0"):
+        records.fetch([N - 1])
+    np.save(tmp_path / "x.npy", np.asfortranarray(x))
+    with pytest.raises(DataError, match=r"x\.npy: expected records \[n, \.\.\.\] .* \(Fortran"):
+        NpyRecords(x_path=tmp_path / "x.npy", y_path=tmp_path / "y.npy", shape=SHAPE, num_classes=2)
