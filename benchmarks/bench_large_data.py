@@ -259,11 +259,16 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The fastest of ``--repeats`` fresh processes: other jobs on a shared machine only
+    ever slow a run down (as ``timeit`` advises, the minimum is the best estimate)."""
     cmd = [sys.executable, "-m", "benchmarks.bench_large_data", "--worker", name]
     for key in ("records", "steps", "batch", "subset", "seed", "model", "dir"):
         cmd += [f"--{key}", str(getattr(args, key))]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    rows = []
+    for _ in range(args.repeats):
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return max(rows, key=lambda r: r["records_per_s"])
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -293,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--row-group", type=int, default=8, help="Parquet records per row group")
     p.add_argument("--dir", default="runs/bench-large-data/data")
     p.add_argument("--out", default="runs/bench-large-data/bench_large_data.md")
+    p.add_argument("--repeats", type=int, default=1, help="runs per row; the fastest is kept")
     p.add_argument("--keep", action="store_true", help="keep the generated data")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
