@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def end_to_end(*, clients: Sequence[int], models: Sequence[str], rounds: int) ->
         for name in models:
             hidden = MODELS[name]
             for n in clients:
-                args = {"hidden": hidden, "clients": n, "rounds": rounds}
+                args: dict[str, Any] = {"hidden": hidden, "clients": n, "rounds": rounds}
                 plain = _round_seconds(**args, secagg=False, out=Path(tmp) / "plain")
                 secure = _round_seconds(**args, secagg=True, out=Path(tmp) / "secagg")
                 full = _round_seconds(**args, secagg=True, out=Path(tmp) / "full", protocol="full")
