@@ -55,6 +55,9 @@ class RayRow:
     seconds: float  # median seconds per round, first round excluded
     busiest_cpu: float | None  # median over rounds of the largest slice's CPU seconds
     total_cpu: float | None  # median over rounds of the slices' CPU seconds summed
+    # Median over rounds of the driver's wall time from sending the slices to holding the
+    # results, less the slowest worker's wall time on its slice: Ray's round trip.
+    transport: float | None
     accuracy: float
     epsilon_max: float | None
 
@@ -91,12 +94,21 @@ def _run(config: SimulationConfig) -> RayRow:
         simulate(config, overwrite=True)
     rows = [json.loads(line) for line in (config.out / METRICS_FILE).read_text().splitlines()]
     cpu = cohorts[0].cpu_seconds[1:] if cohorts else []
+    trip = [
+        driver - max(walls)
+        for driver, walls in zip(
+            cohorts[0].round_seconds[1:] if cohorts else [],
+            cohorts[0].wall_seconds[1:] if cohorts else [],
+            strict=True,
+        )
+    ]
     return RayRow(
         engine=config.engine,
         workers=config.workers,
         seconds=statistics.median(r["seconds"] for r in rows[1:]),
         busiest_cpu=statistics.median(max(c) for c in cpu) if cpu else None,
         total_cpu=statistics.median(sum(c) for c in cpu) if cpu else None,
+        transport=statistics.median(trip) if trip else None,
         accuracy=rows[-1]["accuracy"],
         epsilon_max=rows[-1]["epsilon_max"],
     )
@@ -144,6 +156,7 @@ def _merge(rows: list[RayRow]) -> RayRow:
         seconds=statistics.median(r.seconds for r in rows),
         busiest_cpu=med([r.busiest_cpu for r in rows]),
         total_cpu=med([r.total_cpu for r in rows]),
+        transport=med([r.transport for r in rows]),
         accuracy=rows[-1].accuracy,
         epsilon_max=rows[-1].epsilon_max,
     )
@@ -157,11 +170,14 @@ def ray_table(rows: Sequence[RayRow]) -> str:
         fixed = one.seconds - one.busiest_cpu
     lines = [
         "| engine | workers | s/round (wall) | busiest worker CPU s | all workers CPU s "
-        "| core per worker: est. s/round | speed-up est. | accuracy | epsilon |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Ray round trip s | core per worker: est. s/round | speed-up est. | accuracy "
+        "| epsilon |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        est = speedup = busiest = total = ""
+        est = speedup = busiest = total = trip = ""
+        if r.transport is not None:
+            trip = f"{r.transport:.3f}"
         if r.busiest_cpu is not None and r.total_cpu is not None:
             busiest, total = f"{r.busiest_cpu:.3f}", f"{r.total_cpu:.3f}"
             if fixed is not None and one is not None:
@@ -169,7 +185,7 @@ def ray_table(rows: Sequence[RayRow]) -> str:
                 speedup = f"{one.seconds / (r.busiest_cpu + fixed):.2f}x"
         eps = "-" if r.epsilon_max is None else f"{r.epsilon_max:.4f}"
         lines.append(
-            f"| {r.engine} | {r.workers} | {r.seconds:.3f} | {busiest} | {total} | {est} "
+            f"| {r.engine} | {r.workers} | {r.seconds:.3f} | {busiest} | {total} | {trip} | {est} "
             f"| {speedup} | {r.accuracy:.4f} | {eps} |"
         )
     if fixed is not None:

@@ -77,7 +77,7 @@ def _direct_cohort(
             workers=workers, accounts=accounts, put=lambda x: x, get=lambda x: x
         )
     finally:
-        accounts.cache.flush()
+        accounts.flush()
 
 
 def _run(config: SimulationConfig, out: Path) -> Path:
