@@ -24,7 +24,8 @@ from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
 from fedguard.errors import RefusalError
 from fedguard.fl.local import LocalResult
 from fedguard.privacy.receipts import coarse_epsilon, without_count
-from fedguard.task import build_model, set_weights
+from fedguard.task import set_weights
+from fedguard.task.builtin import build_task_model
 from fedguard.task.schema import load_schema
 from fedguard.transport import encode_receipt
 from fedguard.transport.messages import (
@@ -35,10 +36,10 @@ from fedguard.transport.messages import (
     decode_request,
     encode_description,
     encode_reply,
-    encode_secagg,
     encode_secure_reply,
     result_metrics,
     secagg_payload,
+    secagg_record,
 )
 
 __all__ = ["NODE_CONFIG_KEY", "app"]
@@ -140,8 +141,9 @@ def train(message: Message, context: Context) -> Message:
         setup = secure.check_request(setup_bytes=secagg_payload(message.content), request=request)
         # Weights that do not fit the task's model are the server's flaw: named to it.
         set_weights(
-            build_model(
+            build_task_model(
                 name=request.model,
+                installed=runtime.config.data.task,
                 input_shape=runtime.input_shape,
                 num_classes=runtime.num_classes,
             ),
@@ -212,7 +214,7 @@ def secagg(message: Message, context: Context) -> Message:
         return Message(
             Error(code=ERROR_CLIENT_FAILED, reason=f"{type(exc).__name__}: {exc}"), reply_to=message
         )
-    return Message(encode_secagg(reply), reply_to=message)
+    return Message(secagg_record(reply), reply_to=message)
 
 
 _EXACT_FIGURE = re.compile(r"\d+\.\d{2,}")

@@ -68,6 +68,13 @@ def simulate(
     ] = None,
     model: Annotated[str | None, Opt(help="logreg, mlp, cnn, tb_cnn or scatter_cnn")] = None,
     hidden: Annotated[int | None, Opt(help="width of the mlp's hidden layer")] = None,
+    task: Annotated[
+        str | None, Opt(help="your own task, package.module:attribute (instead of --model)")
+    ] = None,
+    fix_model: Annotated[
+        bool | None,
+        Opt("--fix-model", help="let Opacus replace BatchNorm and co. in --task's model"),
+    ] = None,
     clients: Annotated[int | None, Opt(help="number of virtual clients")] = None,
     clients_per_round: Annotated[int | None, Opt(help="cohort size (default: all)")] = None,
     rounds: Annotated[int | None, Opt()] = None,
@@ -122,7 +129,7 @@ def simulate(
     ] = None,
     vectorize: Annotated[
         str | None,
-        Opt(help="in-process DP: train a round's clients together: auto (linear models), on, off"),
+        Opt(help="in-process DP: train a round's clients together: auto (where it can), on, off"),
     ] = None,
     client_cpus: Annotated[
         float | None, Opt(help="--engine flower: CPUs per virtual client (Ray; 0.5 = two per CPU)")
@@ -165,6 +172,8 @@ def simulate(
         "schema": schema,
         "model": model,
         "hidden": hidden,
+        "task": task,
+        "fix-model": fix_model,
         "clients": clients,
         "clients-per-round": clients_per_round,
         "rounds": rounds,

@@ -38,9 +38,9 @@ from fedguard.privacy.secagg import (
 )
 from fedguard.transport import WireError, decode_secagg
 from fedguard.transport.grid import Failed, exchange, names_in
-from fedguard.transport.messages import decode_secure_reply, encode_secagg, secagg_payload
+from fedguard.transport.messages import decode_secure_reply, secagg_payload, secagg_record
 from fedguard.transport.receipts import read_receipt
-from fedguard.transport.serde import encode_secagg as encode_payload
+from fedguard.transport.serde import encode_secagg
 
 __all__ = ["SECAGG_MESSAGE_TYPE", "secure_round"]
 
@@ -75,7 +75,7 @@ def secure_round(
     # Stage 0: the training request carries each node's setup; replies advertise keys.
     msgs = [
         Message(
-            train_content(encode_payload(Setup(params=params, slot=cohort.slot(p.client_id)))),
+            train_content(encode_secagg(Setup(params=params, slot=cohort.slot(p.client_id)))),
             dst_node_id=p.node_id,
             message_type=MessageType.TRAIN,
             group_id=str(r),
@@ -163,7 +163,7 @@ def _exchange(
     slot_of_node = {p.node_id: slot for slot, p in to.items()}
     msgs = [
         Message(
-            encode_secagg(encode_payload(request)),
+            secagg_record(encode_secagg(request)),
             dst_node_id=to[slot].node_id,
             message_type=SECAGG_MESSAGE_TYPE,
             group_id=str(server_round),

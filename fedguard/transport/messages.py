@@ -37,12 +37,12 @@ __all__ = [
     "decode_secure_reply",
     "encode_description",
     "encode_reply",
-    "encode_secagg",
     "encode_secure_reply",
     "encode_train",
     "receipt_payload",
     "result_metrics",
     "secagg_payload",
+    "secagg_record",
 ]
 
 # What a node's description may hold (Flower's config record values fedguard uses).
@@ -288,14 +288,14 @@ def secagg_payload(content: RecordDict) -> bytes | None:
     return value
 
 
-def encode_secagg(payload: bytes) -> RecordDict:
+def secagg_record(payload: bytes) -> RecordDict:
     """Content of a secure-aggregation stage message (either direction)."""
     return RecordDict({_SECAGG: ConfigRecord({_PAYLOAD: payload})})
 
 
 def encode_secure_reply(*, metrics: dict[str, float | int], payload: bytes) -> RecordDict:
     """A train reply under secure aggregation: metrics and public keys, no weights."""
-    content = encode_secagg(payload)
+    content = secagg_record(payload)
     content[_METRICS] = MetricRecord(dict(_checked_metrics(metrics)))
     return content
 

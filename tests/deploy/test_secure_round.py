@@ -1,9 +1,10 @@
 """A deployed SecAgg+ round end to end, in one process and without Flower's processes.
 
-The ServerApp's :func:`secure_round` drives the real ClientApp of four demo nodes (their
+The ServerApp's :func:`secure_round` drives the real ClientApp of four test nodes (their
 real ``node.toml``, data partitions, DP policy, ``[secagg]`` policy and state folders,
-written by ``prepare_demo``) through :class:`LoopbackGrid`: a Grid whose transport is a
-protobuf round trip of each Flower message and a direct call of the ClientApp. The grid
+written by the test harness's ``write_federation``) through :class:`LoopbackGrid`: a Grid
+whose transport is a protobuf round trip of each Flower message and a direct call of the
+ClientApp. The grid
 can lose, garble or rewrite a node's reply at a given stage (a hostile node), replay a
 request, and let a test look at the node's state folder between stages; the protocol code
 on both sides is the real one.
@@ -42,6 +43,7 @@ from fedguard.files import (
     UPDATE_FILE,
 )
 from fedguard.fl.loop import ClientUpdate, Refusal, SecureMean, TrainRequest
+from fedguard.fl.participants import Participants
 from fedguard.privacy.secagg import (
     ConsistencyReply,
     ConsistencyRequest,
@@ -59,12 +61,12 @@ from fedguard.transport import decode_secagg
 from fedguard.transport.grid import describe_nodes
 from fedguard.transport.messages import (
     ERROR_BUDGET_REFUSED,
-    encode_secagg,
     encode_train,
     secagg_payload,
+    secagg_record,
 )
 from fedguard.transport.poll import send_and_receive
-from fedguard.transport.serde import encode_secagg as encode_payload
+from fedguard.transport.serde import encode_secagg
 
 NODES = 4
 ROUNDS = 3
@@ -102,7 +104,7 @@ def garbled(reply: Message, request: Message) -> Message:
     """The reply with every byte of its secagg payload flipped."""
     payload = secagg_payload(reply.content)
     assert payload is not None, "only a secagg reply can be garbled"
-    return Message(encode_secagg(bytes(b ^ 0xFF for b in payload)), reply_to=request)
+    return Message(secagg_record(bytes(b ^ 0xFF for b in payload)), reply_to=request)
 
 
 Watcher = Callable[[str, int, str], None]  # (stage, node id, "before" | "after")
@@ -230,6 +232,9 @@ class Federation:
     def cid(self, name: str) -> int:
         return next(c for c, n in self.names.items() if n == name)
 
+    def participants(self) -> Participants:
+        return Participants.enrolled([(self.names[c], self.node_of[c], {}) for c in self.node_of])
+
     def initial_weights(self) -> list[np.ndarray]:
         t = self.cfg.task
         model = build_model(name=t.model, input_shape=t.input_shape, num_classes=t.num_classes)
@@ -287,14 +292,12 @@ class Federation:
             secure_round(
                 grid=self.grid,
                 params=params,
-                cohort=cohort,
-                node_of=self.node_of,
+                cohort=self.participants().cohort(cohort),
                 train_content=lambda setup: encode_train(
                     weights=weights, request=request, secagg=setup
                 ),
                 shapes=[w.shape for w in weights],
                 timeout=TIMEOUT,
-                label=lambda c: self.names[c],
                 say=self.said.append,
                 receipt_run=request.run_key,
             )
@@ -529,7 +532,7 @@ def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
     payload = secagg_payload(first.content)
     assert payload is not None
     fed.grid.watchers.clear()
-    msg = Message(encode_secagg(payload), dst_node_id=twice, message_type=SECAGG_MESSAGE_TYPE,
+    msg = Message(secagg_record(payload), dst_node_id=twice, message_type=SECAGG_MESSAGE_TYPE,
                   group_id="1")  # fmt: skip
     [reply] = send_and_receive(fed.grid, [msg], timeout=TIMEOUT)
     assert secagg_payload(reply.content) == secagg_payload(again.content)
@@ -538,7 +541,7 @@ def test_round_secrets_are_0600_at_rest_gone_after_and_unmask_is_answered_once(
     asked = decode_secagg(payload, expect=UnmaskRequest)
     assert isinstance(asked, UnmaskRequest) and asked.survivors
     other = UnmaskRequest(survivors=asked.survivors[1:], signatures=asked.signatures)
-    msg = Message(encode_secagg(encode_payload(other)), dst_node_id=twice,
+    msg = Message(secagg_record(encode_secagg(other)), dst_node_id=twice,
                   message_type=SECAGG_MESSAGE_TYPE, group_id="1")  # fmt: skip
     [reply] = send_and_receive(fed.grid, [msg], timeout=TIMEOUT)
     assert reply.has_error() and not reply.has_content()
@@ -583,7 +586,7 @@ def _masked(rewrite: Callable[[MaskedInputReply], MaskedInputReply]):
         assert payload is not None
         real = decode_secagg(payload, expect=MaskedInputReply)
         assert isinstance(real, MaskedInputReply)
-        return Message(encode_secagg(encode_payload(rewrite(real))), reply_to=request)
+        return Message(secagg_record(encode_secagg(rewrite(real))), reply_to=request)
 
     return tamper
 
@@ -689,7 +692,7 @@ def test_a_node_signs_one_survivor_set_per_session_even_across_processes(fed: Fe
     assert isinstance(asked, ConsistencyRequest) and len(asked.survivors) == NODES
 
     def ask(request_bytes: bytes) -> Message:
-        msg = Message(encode_secagg(request_bytes), dst_node_id=node,
+        msg = Message(secagg_record(request_bytes), dst_node_id=node,
                       message_type=SECAGG_MESSAGE_TYPE, group_id="1")  # fmt: skip
         [reply] = send_and_receive(fed.grid, [msg], timeout=TIMEOUT)
         return reply
@@ -700,6 +703,6 @@ def test_a_node_signs_one_survivor_set_per_session_even_across_processes(fed: Fe
     assert isinstance(signed, ConsistencyReply) and signed.slot == fed.cid("node-b") + 1
     # The second list: one survivor now said to have dropped.
     other = ConsistencyRequest(survivors=asked.survivors[:-1])
-    refused = ask(encode_payload(other))
+    refused = ask(encode_secagg(other))
     assert refused.has_error() and not refused.has_content()
     assert "already answered for another request" in refused.error.reason
