@@ -306,40 +306,17 @@ def ray_cohort(
     Every client's accountant file is written when the run ends, also after an error; a
     Ray instance this call started is shut down.
     """
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(
-            "--engine ray needs Ray, which is not installed: pip install 'fedguard[ray]' "
-            "(or use --engine inprocess)"
-        ) from None
     gpus = 1 if resolve_device(config.device) == "cuda" else 0
-    owned = not ray.is_initialized()
-    if owned and config.ray_address is None:
-        ray.init(
-            num_cpus=config.workers * config.threads,
-            num_gpus=torch.cuda.device_count(),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,  # not its start-up lines in fedguard's console
-        )
-    elif owned:
-        ray.init(address=config.ray_address, log_to_driver=False, logging_level=logging.WARNING)
     accounts = _Accounts(config=config, data=data, state_dir=state_dir)
+    ray, owned = _joined(config)
     actors: list[Any] = []
     try:
         _check_resources(ray.cluster_resources(), config=config, gpus=gpus)
         actor = ray.remote(num_cpus=config.threads, num_gpus=gpus)(SliceWorker)
         data_ref = ray.put(data)  # once in the object store; workers on a node share it
+        device = "cuda" if gpus else "cpu"
         actors = [
-            actor.remote(
-                config=config,
-                data=data_ref,
-                device="cuda" if gpus else "cpu",
-                state_dir=state_dir,
-            )
+            actor.remote(config=config, data=data_ref, device=device, state_dir=state_dir)
             for _ in range(config.workers)
         ]
         ray.get([a.ready.remote() for a in actors])
@@ -350,6 +327,33 @@ def ray_cohort(
             ray.kill(a)
         if owned:
             ray.shutdown()
+
+
+def _joined(config: SimulationConfig) -> tuple[Any, bool]:
+    """The ``ray`` module joined to a cluster, and whether this call started that."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--engine ray needs Ray, which is not installed: pip install 'fedguard[ray]' "
+            "(or use --engine inprocess)"
+        ) from None
+    if ray.is_initialized():  # the caller's (a test's, a notebook's): joined, left running
+        return ray, False
+    # log_to_driver and logging_level: Ray's lines stay out of fedguard's console.
+    if config.ray_address is not None:
+        ray.init(address=config.ray_address, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=config.workers * config.threads,
+            num_gpus=torch.cuda.device_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    return ray, True
 
 
 def _check_resources(resources: dict[str, float], *, config: SimulationConfig, gpus: int) -> None:

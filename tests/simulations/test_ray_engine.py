@@ -177,6 +177,15 @@ def test_refused_in_one_line_naming_the_option(changes: dict[str, Any], key: str
     assert "\n" not in str(err.value)
 
 
+def test_more_workers_than_the_cluster_schedules_is_refused_before_starting_any():
+    config = BASE.replace(engine="ray", workers=3)
+    for resources, gpus in (({"CPU": 2.0}, 0), ({"CPU": 8.0, "GPU": 2.0}, 1)):
+        with pytest.raises(ConfigError, match=r"^--workers: expected at most 2 \(") as err:
+            ray_engine._check_resources(resources, config=config, gpus=gpus)
+        assert "\n" not in str(err.value)
+    ray_engine._check_resources({"CPU": 3.0}, config=config, gpus=0)
+
+
 def test_two_workers_account_like_one_process_when_clients_move_between_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
