@@ -186,14 +186,16 @@ def test_more_workers_than_the_cluster_schedules_is_refused_before_starting_any(
     ray_engine._check_resources({"CPU": 3.0}, config=config, gpus=0)
 
 
+@pytest.mark.parametrize("vectorize", ["auto", "off"])  # batched, one client at a time
 def test_two_workers_account_like_one_process_when_clients_move_between_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vectorize: str
 ):
     monkeypatch.setattr(ray_engine, "ray_cohort", _direct_cohort)
-    config = BASE.replace(engine="ray", workers=2)
+    base = BASE.replace(vectorize=vectorize)
+    config = base.replace(engine="ray", workers=2)
     assert _moved_clients(config), "the attack needs a client trained by both workers"
-    ref = _run(BASE, tmp_path / "inprocess")
-    one = _run(BASE.replace(engine="ray", workers=1), tmp_path / "one")
+    ref = _run(base, tmp_path / "inprocess")
+    one = _run(base.replace(engine="ray", workers=1), tmp_path / "one")
     two = _run(config, tmp_path / "two")
     _same_results(ref, one, clients=BASE.clients, exact_model=True)
     _same_results(ref, two, clients=BASE.clients, exact_model=False)
