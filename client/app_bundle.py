@@ -21,8 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from fedguard._toml import toml_loads
+from fedguard.deploy_config import CONFIG_KEY
 from fedguard.errors import ConfigError
-from fedguard.task_identity import TaskIdentity, installed_task
+from fedguard.task_identity import (
+    APP_NAME,
+    APP_PUBLISHER,
+    APP_VERSION,
+    TaskIdentity,
+    installed_task,
+)
 
 __all__ = ["CLIENT_APP", "bundle_refusal"]
 
@@ -68,6 +75,9 @@ def bundle_refusal(
     except ConfigError as exc:
         return f"{head}: {exc}"
     tool = _table(doc, "tool")
+    why = _identity_refusal(doc)
+    if why is not None:
+        return f"{head}: {why}"
     components = _table(_table(_table(tool, "flwr"), "app"), "components")
     clientapp = components.get("clientapp")
     if clientapp != CLIENT_APP:
@@ -84,6 +94,28 @@ def bundle_refusal(
                 f"{head}: its {key} is {str(theirs)[:80]!r}, this node has {mine!r} installed "
                 "(the server and this node must run the same fedguard task code)"
             )
+    return None
+
+
+def _identity_refusal(doc: dict[str, Any]) -> str | None:
+    """Why the bundle is not the app `fedguard server` submits: its publisher, name and
+    version (Flower builds the folder it installs the bundle into from them, unchecked:
+    a ``../`` would write elsewhere), its dependencies, its run config keys."""
+    project = _table(doc, "project")
+    app = _table(_table(_table(doc, "tool"), "flwr"), "app")
+    for key, value, mine in (
+        ("publisher", app.get("publisher"), APP_PUBLISHER),
+        ("name", project.get("name"), APP_NAME),
+        ("version", project.get("version"), APP_VERSION),
+    ):
+        if value != mine:
+            return f"its app {key} is {str(value)[:80]!r}, not {mine!r}"
+    if project.get("dependencies", []) != []:
+        return "its app names dependencies of its own; a node installs nothing"
+    config = _table(app, "config")
+    if set(config) - {CONFIG_KEY}:
+        extra = sorted(set(config) - {CONFIG_KEY})[0]
+        return f"its app config has the key {extra[:80]!r}; only {CONFIG_KEY!r} is known"
     return None
 
 

@@ -19,7 +19,22 @@ from typing import Any
 
 import fedguard
 
-__all__ = ["BUILTIN_TASK", "TaskIdentity", "bundle_task_table", "installed_task"]
+__all__ = [
+    "APP_NAME",
+    "APP_PUBLISHER",
+    "APP_VERSION",
+    "BUILTIN_TASK",
+    "TaskIdentity",
+    "bundle_task_table",
+    "installed_task",
+]
+
+# The Flower app `fedguard server` submits, as its bundle's pyproject names it. Flower builds
+# the folder it installs a bundle into from these three values (and the run record's copy
+# of them), so a node accepts exactly these: another value could name any folder.
+APP_PUBLISHER = "fedguard"
+APP_NAME = "fedguard-federation"
+APP_VERSION = "1.0.0"
 
 BUILTIN_TASK = "fedguard.task"
 """The task package every built-in data set and model lives in."""

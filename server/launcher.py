@@ -35,7 +35,14 @@ from fedguard.deploy_config import CONFIG_KEY, FederationConfig, load_federation
 from fedguard.errors import DataError, FedguardError, invalid
 from fedguard.server.enrolment import CONNECTION, Enrolment
 from fedguard.server.run_files import read_outcome, run_files
-from fedguard.task_identity import BUILTIN_TASK, bundle_task_table, installed_task
+from fedguard.task_identity import (
+    APP_NAME,
+    APP_PUBLISHER,
+    APP_VERSION,
+    BUILTIN_TASK,
+    bundle_task_table,
+    installed_task,
+)
 
 __all__ = ["fleet_message_cap", "run_server"]
 
@@ -73,8 +80,8 @@ requires = ["hatchling"]
 build-backend = "hatchling.build"
 
 [project]
-name = "fedguard-federation"
-version = "1.0.0"
+name = "{name}"
+version = "{version}"
 description = "fedguard federation"
 license = "Apache-2.0"
 dependencies = []
@@ -83,7 +90,7 @@ dependencies = []
 packages = ["."]
 
 [tool.flwr.app]
-publisher = "fedguard"
+publisher = "{publisher}"
 
 [tool.flwr.app.components]
 serverapp = "fedguard.server.deploy_app:app"
@@ -206,7 +213,9 @@ def run_server(*, config_path: Path, insecure: bool = False) -> None:
                     stale.unlink()
             atomic_write_text(
                 app_dir / "pyproject.toml",
-                _APP_PYPROJECT.format(key=CONFIG_KEY)
+                _APP_PYPROJECT.format(
+                    key=CONFIG_KEY, name=APP_NAME, version=APP_VERSION, publisher=APP_PUBLISHER
+                )
                 + bundle_task_table(installed_task(cfg.task.task or BUILTIN_TASK)),
             )
             # The ServerApp writes its outcome anew: an earlier run's must not be read.

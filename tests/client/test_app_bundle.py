@@ -105,3 +105,23 @@ def _zip_entries(entries: list[tuple[str, bytes]]) -> bytes:
         for name, data in entries:
             z.writestr(name, data)
     return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # Flower installs a bundle under apps/<publisher>.<name>.<version>.<hash>, unchecked:
+        # a version with ../ wrote a server-chosen pyproject.toml anywhere (red team).
+        (('version = "1.0.0"', 'version = "1.0.0/../../../../tmp/x"'), "its app version is"),
+        (('publisher = "fedguard"', 'publisher = "../evil"'), "its app publisher is"),
+        (('name = "fedguard-federation"', 'name = "other-app"'), "its app name is"),
+        (("dependencies = []", 'dependencies = ["evil==1.0"]'), "names dependencies"),
+        (('config-path = ""', 'config-path = ""\nextra = "x"'), "the key 'extra'"),
+    ],
+)
+def test_a_bundle_naming_another_app_folder_or_more_is_refused(change, expected):
+    old, new = change
+    text = ours()
+    assert old in text
+    refusal = bundle_refusal(fab(text.replace(old, new, 1)), run_id=5, installed=MINE)
+    assert refusal is not None and expected in refusal, refusal

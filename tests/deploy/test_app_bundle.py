@@ -36,7 +36,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context) -> None:
-    out = context.run_config["out"]
+    out = context.run_config["config-path"]  # the one key a node accepts
     nodes = []
     for _ in range(120):
         nodes = list(grid.get_node_ids())
@@ -50,13 +50,14 @@ def main(grid: Grid, context) -> None:
         json.dump({"nodes": len(nodes), "reasons": reasons}, fh)
 """
 
+FEDGUARD_APP = {"name": "fedguard-federation", "publisher": "fedguard"}
 PYPROJECT = """
 [build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
 
 [project]
-name = "hostile"
+name = "{name}"
 version = "1.0.0"
 license = "Apache-2.0"
 dependencies = []
@@ -65,14 +66,14 @@ dependencies = []
 packages = ["."]
 
 [tool.flwr.app]
-publisher = "someone"
+publisher = "{publisher}"
 
 [tool.flwr.app.components]
 serverapp = "hostile_server:app"
 clientapp = "{clientapp}"
 
 [tool.flwr.app.config]
-out = ""
+config-path = ""
 {extra}
 """
 
@@ -127,12 +128,13 @@ def test_a_node_refuses_bundles_that_are_not_its_installed_app(tmp_path: Path, p
     mine = installed_task()
     cases = {
         "own module": (
-            PYPROJECT.format(clientapp="evil_client:app", extra=""),
+            PYPROJECT.format(clientapp="evil_client:app", extra="", **FEDGUARD_APP),
             {"evil_client.py": f"open({str(marker)!r}, 'w').write('imported')\napp = None\n"},
             "carries files of its own (evil_client.py)",
         ),
         "other task digest": (
             PYPROJECT.format(
+                **FEDGUARD_APP,
                 clientapp="fedguard.client.app:app",
                 extra=(
                     f'[tool.fedguard]\ntask = "{mine.name}"\ntask-version = "{mine.version}"\n'
@@ -141,6 +143,20 @@ def test_a_node_refuses_bundles_that_are_not_its_installed_app(tmp_path: Path, p
             ),
             {},
             "its task-digest is 'sha256:000",
+        ),
+        # Flower installs under apps/<publisher>.<name>.<version>: another app's folder
+        "another app": (
+            PYPROJECT.format(
+                name="hostile",
+                publisher="someone",
+                clientapp="fedguard.client.app:app",
+                extra=(
+                    f'[tool.fedguard]\ntask = "{mine.name}"\ntask-version = "{mine.version}"\n'
+                    f'task-digest = "{mine.digest}"\n'
+                ),
+            ),
+            {},
+            "its app publisher is 'someone'",
         ),
     }
     for name, (pyproject, files, expected) in cases.items():
@@ -153,7 +169,7 @@ def test_a_node_refuses_bundles_that_are_not_its_installed_app(tmp_path: Path, p
         with (tmp_path / f"{app.name}.log").open("ab") as run_log:
             run = start(
                 [venv_tool("flwr"), "run", str(app), CONNECTION, "--stream",
-                 "-c", f'out="{out}"'],
+                 "-c", f'config-path="{out}"'],
                 env=env, log=run_log,
             )  # fmt: skip
         try:

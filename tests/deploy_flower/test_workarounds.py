@@ -540,3 +540,23 @@ def test_send_and_receive_zero_timeout_pulls_once(identity):
     grid = FakeGrid({31: None})
     assert grid_poll.send_and_receive(grid, _messages(grid), timeout=0) == []
     assert len(grid.pulls) == 1
+
+
+def test_a_run_record_naming_another_app_folder_is_refused():
+    """The ClientApp process loads the pyproject of the folder the run record names
+    (fab_id, fab_version), not the checked bundle's: a record with another app, or a
+    version with ../, is refused before anything is imported (red team)."""
+    from types import SimpleNamespace
+
+    from fedguard.deploy.flower.bundle_check import _run_record_refusal
+
+    ok = SimpleNamespace(fab_id="fedguard/fedguard-federation", fab_version="1.0.0")
+    assert _run_record_refusal(ok, 3) is None
+    for fab_id, version in (
+        ("fedguard/fedguard-federation", "1.0.0/../../other"),
+        ("other/app", "1.0.0"),
+        ("", ""),
+    ):
+        bad = SimpleNamespace(fab_id=fab_id, fab_version=version)
+        assert "run 3 refused before anything of it was imported" in _run_record_refusal(bad, 3)
+    assert _run_record_refusal(None, 3) is not None  # no record seen: refused, not trusted

@@ -11,6 +11,7 @@ without this check.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from fedguard.deploy.flower._originals import replace_attr
 from fedguard.deploy.flower.supernode_poll import SUPERNODE_MODULE, supernode_module
 from fedguard.errors import FedguardError
+from fedguard.task_identity import APP_NAME, APP_PUBLISHER, APP_VERSION
 
 __all__ = ["NAME", "TARGET", "BundleCheck", "check", "installed", "patch_supernode_bundle_check"]
 
@@ -28,6 +30,8 @@ BundleCheck = Callable[[bytes, int], "str | None"]
 """``check(fab_content, run_id)``: why the node refuses the run, or None to accept it."""
 
 _NEEDED = ("_insert_message", "Message", "Error", "ErrorCode", "log")
+# The keyword arguments the wrapper intercepts (checked against the signature by check()).
+_KWARGS = ("receive", "get_fab", "get_run", "state", "object_store")
 
 # The wrapper this process installed and the check it calls. Not attributes of the
 # wrapper: a later wrapper (the polling's functools.wraps) would copy them.
@@ -40,6 +44,9 @@ def check() -> None:
     original = getattr(module, "_pull_and_store_message", None)
     if not callable(original) or not all(hasattr(module, n) for n in _NEEDED):
         raise FedguardError(f"{SUPERNODE_MODULE}._pull_and_store_message changed; stale patch")
+    params = inspect.signature(inspect.unwrap(original)).parameters
+    if not all(k in params for k in _KWARGS):
+        raise FedguardError(f"{SUPERNODE_MODULE}._pull_and_store_message's arguments changed")
 
 
 def installed() -> bool:
@@ -50,6 +57,21 @@ def installed() -> bool:
             return True
         fn = getattr(fn, "__wrapped__", None)
     return False
+
+
+def _run_record_refusal(run: Any, run_id: int) -> str | None:
+    """Why the run record is not fedguard's app: the ClientApp process finds the folder it
+    loads from the record's ``fab_id``/``fab_version`` (not the checked bundle's), so a
+    record naming another app (or ``../``) would load another folder's pyproject."""
+    expected = (f"{APP_PUBLISHER}/{APP_NAME}", APP_VERSION)
+    got = (getattr(run, "fab_id", None), getattr(run, "fab_version", None))
+    if got == expected:
+        return None
+    return (
+        f"run {run_id} refused before anything of it was imported: its run record names "
+        f"app {str(got[0])[:80]!r} version {str(got[1])[:40]!r}, not {expected[0]!r} "
+        f"{expected[1]!r}"
+    )
 
 
 def patch_supernode_bundle_check(check_bundle: BundleCheck) -> None:
@@ -67,8 +89,13 @@ def patch_supernode_bundle_check(check_bundle: BundleCheck) -> None:
 
     @functools.wraps(original)
     def pull_and_store(*args: Any, **kwargs: Any) -> Any:
-        receive, get_fab = kwargs["receive"], kwargs["get_fab"]
+        receive, get_fab, get_run = kwargs["receive"], kwargs["get_fab"], kwargs["get_run"]
         seen: list[Any] = []
+        runs: dict[int, Any] = {}
+
+        def get_kept_run(run_id: int) -> Any:
+            runs[run_id] = get_run(run_id)
+            return runs[run_id]
 
         def receive_and_keep() -> Any:
             got = receive()
@@ -78,12 +105,14 @@ def patch_supernode_bundle_check(check_bundle: BundleCheck) -> None:
 
         def get_checked_fab(fab_hash: str, run_id: int) -> Any:
             fab = get_fab(fab_hash, run_id)
-            reason = _STATE["check"](fab.content, run_id)
+            reason = _STATE["check"](fab.content, run_id) or _run_record_refusal(
+                runs.get(run_id), run_id
+            )
             if reason is not None:
                 raise _RefusedError(reason)
             return fab
 
-        kwargs.update(receive=receive_and_keep, get_fab=get_checked_fab)
+        kwargs.update(receive=receive_and_keep, get_fab=get_checked_fab, get_run=get_kept_run)
         try:
             return original(*args, **kwargs)
         except _RefusedError as refused:
