@@ -75,9 +75,11 @@ def quantize(
     # Stochastic rounding as floor(s + u), u uniform in [0, 1): up with probability
     # frac(s), so E[q] = s. u is drawn in float32 (half the cost of float64 draws, the
     # largest cost here): u takes multiples of 2**-24, so the rounding is unbiased to
-    # within 2**-24 of a level. s <= levels, so q <= levels: no clamp needed.
+    # within 2**-24 of a level. The clamp is needed: s can round above levels, and near
+    # 2**30 float64 spacing (2**-23) rounds levels + u up to levels + 1 (red team).
     flat += rng.random(flat.size, dtype=np.float32)
     np.floor(flat, out=flat)
+    np.minimum(flat, levels, out=flat)
     vector = np.empty(flat.size + 1, dtype=dtype)
     if levels * weight < 2**53:  # the float product is an exact integer: cast directly
         np.multiply(flat, float(weight), out=vector[:-1], casting="unsafe")

@@ -215,7 +215,7 @@ def quantize(
 ) -> list[int]:
     levels = 2**bits - 1
     scaled = (np.clip(flat, -clip, clip) + clip) * (levels / (2 * clip))
-    q = np.floor(scaled + rng.random(scaled.shape, dtype=np.float32))  # <= levels
+    q = np.minimum(np.floor(scaled + rng.random(scaled.shape, dtype=np.float32)), levels)
     return [int(v) * weight for v in q] + [weight]
 
 

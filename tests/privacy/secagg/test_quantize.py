@@ -22,7 +22,7 @@ def oracle_levels(flat: np.ndarray, *, clip: float, bits: int, uniforms: np.ndar
     out = []
     for x, u in zip(flat.tolist(), uniforms.tolist(), strict=True):
         scaled = (min(max(x, -clip), clip) + clip) * (levels / (2 * clip))
-        out.append(int(np.floor(scaled + u)))  # up with probability frac(scaled)
+        out.append(min(int(np.floor(scaled + u)), levels))  # up with probability frac
     return out
 
 
@@ -148,3 +148,18 @@ def test_quantize_rejects_non_finite(bad):
             dtype=np.uint32,
             rng=np.random.default_rng(0),
         )
+
+
+def test_no_level_exceeds_the_top_at_30_bits():
+    """Near 2**30, float64 spacing (2**-23) rounds levels + u up to levels + 1 for the
+    largest uniform draw: the clamp keeps every level in range, so the ring bound holds
+    (red team). A generator stub returns that draw for every coordinate."""
+
+    class LargestDraw:
+        def random(self, size: int, dtype: type) -> np.ndarray:
+            return np.full(size, np.nextafter(np.float32(1), np.float32(0)), dtype=dtype)
+
+    bits = 30
+    flat = np.full(64, 1.0)  # the top of the clipping range: s = levels exactly
+    out = quantize([flat], weight=1, clip_range=1.0, bits=bits, dtype=np.uint64, rng=LargestDraw())  # type: ignore[arg-type]
+    assert int(out.vector[:-1].max()) == 2**bits - 1
