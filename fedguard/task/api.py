@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 SPEC_FORMAT = "package.module:attribute naming a fedguard.task.api.Task"
-_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")  # fullmatch: no trailing newline
 _log = logging.getLogger(__name__)
 
 
@@ -166,7 +166,7 @@ class Task:
 
 def is_task_spec(spec: object) -> bool:
     """Whether ``spec`` reads as ``package.module:attribute`` (nothing imported)."""
-    return isinstance(spec, str) and _SPEC.match(spec) is not None
+    return isinstance(spec, str) and _SPEC.fullmatch(spec) is not None
 
 
 def load_task(spec: str, *, fix: bool | None = None, key: str = "task") -> Task:

@@ -125,7 +125,8 @@ def _record(task: Task, obj: str, i: int, item: Any) -> tuple[np.ndarray, Any]:
     if hasattr(y, "item") and not isinstance(y, np.ndarray):
         y = y.item()
     try:
-        return np.asarray(x, dtype=np.float64), y
+        # A copy: a transform working in place must not reach the loader's arrays.
+        return np.array(x, dtype=np.float64, copy=True), y
     except (TypeError, ValueError):
         raise DataError(
             f"task {task.name}: record {i} of {obj}: features are not numbers ({type(x).__name__})"
@@ -184,7 +185,9 @@ def dataset_from_records(task: Task, loaded: Any, request: LoadRequest) -> Datas
     records: list[bytes] = []
     for i in range(n):
         raw, y = _record(task, obj, i, get(i))
-        x = raw
+        # The record's key is its raw bytes, so the transforms (which may work in place,
+        # x -= c) get a copy: keys never follow a transform's constants (red team).
+        x = raw.copy()
         for t in task.transforms:
             x = np.asarray(t.apply(x), dtype=np.float64)
         if x.shape != shape:

@@ -19,6 +19,7 @@ from fedguard.task.api import (
     RecordTransform,
     Task,
     TaskArrays,
+    is_task_spec,
     load_task,
 )
 from fedguard.task.builtin import build_task_model, builtin_task
@@ -220,3 +221,36 @@ def test_a_round_naming_another_task_imports_nothing(
         build_task_model(name="logreg", installed=None, input_shape=(3,), num_classes=2),
         nn.Module,
     )
+
+
+def test_an_in_place_transform_does_not_change_record_keys_or_the_loaders_data():
+    """Record keys (the per-record budget's) are the raw records' bytes: a transform that
+    works in place (x -= c, legal numpy) must not make them follow its constant, which
+    gave the same records a fresh budget under another constant (red team)."""
+    x0 = np.arange(12, dtype=np.float64).reshape(6, 2)
+    y0 = np.array([0, 1] * 3)
+
+    def keys(c: float) -> np.ndarray:
+        def shift(x: np.ndarray) -> np.ndarray:
+            x -= c
+            return x
+
+        loaded = x0.copy()
+        task = Task(
+            name="t",
+            model=lambda **k: nn.Linear(2, 2),
+            load=lambda r: TaskArrays(x=loaded, y=y0),
+            input_shape=(2,),
+            num_classes=2,
+            transforms=(RecordTransform(name="shift", apply=shift),),
+        )
+        data = load_task_data(task, LoadRequest(source="m", seed=0, split="none"))
+        assert np.array_equal(loaded, x0)  # the loader's arrays untouched
+        return data.train_record_keys
+
+    assert np.array_equal(keys(0.5), keys(0.25))
+
+
+def test_a_task_name_with_a_trailing_newline_is_not_a_task_spec():
+    assert is_task_spec("credit_task:task")
+    assert not is_task_spec("credit_task:task\n")
