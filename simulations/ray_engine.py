@@ -282,10 +282,19 @@ class RayCohort:
             worker.train_slice.remote(server_round, part, weights, self.accounts.ship(part))
             for worker, part in zip(self.workers, shard(cohort, len(self.workers)), strict=False)
         ]
-        # Every slice's states are kept before any error is raised: what was spent is spent.
-        results: list[SliceResult] = [self._get(p) for p in pending]
+        # Every slice's states are kept before any error is raised: what was spent is spent,
+        # also when another slice's worker died (its ray.get raises; the others are read).
+        results: list[SliceResult] = []
+        lost: BaseException | None = None
+        for p in pending:
+            try:
+                results.append(self._get(p))
+            except Exception as exc:  # a dead worker: its slice released nothing
+                lost = lost or exc
         for result in results:
             self.accounts.receive(result.states)
+        if lost is not None:
+            raise lost
         self.round_seconds.append(time.perf_counter() - start)
         self.cpu_seconds.append(tuple(r.cpu_seconds for r in results))
         self.wall_seconds.append(tuple(r.wall_seconds for r in results))

@@ -258,6 +258,38 @@ def test_a_worker_failing_mid_slice_still_returns_what_its_clients_spent(
     assert all(state["events"] for state in spent.values())
 
 
+def test_a_dead_worker_does_not_lose_the_other_slices_spend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """When one worker's ray.get raises (the worker died: its slice released nothing),
+    every other slice's accountant states are still received (red team: the first error
+    used to stop the driver from reading the rest)."""
+
+    @contextmanager
+    def first_worker_dead(**kw: Any) -> Iterator[ray_engine.RayCohort]:
+        with _direct_cohort(**kw) as cohort:
+            calls = {"n": 0}
+
+            def get(result: Any) -> Any:
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    raise RuntimeError("worker 0 died")
+                return result
+
+            cohort._get = get
+            yield cohort
+
+    monkeypatch.setattr(ray_engine, "ray_cohort", first_worker_dead)
+    config = BASE.replace(engine="ray", workers=2, vectorize="off")
+    with pytest.raises(RuntimeError, match="worker 0 died"):
+        _run(config, tmp_path / "dead")
+    first = ray_engine.shard(
+        sample_cohort(seed=BASE.seed, server_round=1, num_clients=BASE.clients, cohort_size=5), 2
+    )
+    spent = _accountants(tmp_path / "dead", BASE.clients)
+    assert set(first[1]) <= set(spent)  # worker 1's whole slice is on disk
+
+
 @pytest.mark.deploy  # starts a real local Ray cluster (~30 s here)
 def test_a_local_ray_cluster_of_two_workers_gives_one_workers_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
