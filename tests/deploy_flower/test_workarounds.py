@@ -544,19 +544,32 @@ def test_send_and_receive_zero_timeout_pulls_once(identity):
 
 def test_a_run_record_naming_another_app_folder_is_refused():
     """The ClientApp process loads the pyproject of the folder the run record names
-    (fab_id, fab_version), not the checked bundle's: a record with another app, or a
-    version with ../, is refused before anything is imported (red team)."""
+    (fab_id, fab_version), not the checked bundle's: a record that does not name the
+    bundle it carries (another app, a version with ../) is refused before anything is
+    imported (red team)."""
+    import io
+    import zipfile
     from types import SimpleNamespace
 
     from fedguard.deploy.flower.bundle_check import _run_record_refusal
 
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(
+            "pyproject.toml",
+            '[project]\nname = "fedguard-federation"\nversion = "1.0.0"\n'
+            '[tool.flwr.app]\npublisher = "fedguard"\n',
+        )
+    content = buf.getvalue()
     ok = SimpleNamespace(fab_id="fedguard/fedguard-federation", fab_version="1.0.0")
-    assert _run_record_refusal(ok, 3) is None
-    for fab_id, version in (
+    assert _run_record_refusal(ok, 3, content) is None
+    for fab_id, fab_version in (
         ("fedguard/fedguard-federation", "1.0.0/../../other"),
         ("other/app", "1.0.0"),
         ("", ""),
     ):
-        bad = SimpleNamespace(fab_id=fab_id, fab_version=version)
-        assert "run 3 refused before anything of it was imported" in _run_record_refusal(bad, 3)
-    assert _run_record_refusal(None, 3) is not None  # no record seen: refused, not trusted
+        bad = SimpleNamespace(fab_id=fab_id, fab_version=fab_version)
+        refusal = _run_record_refusal(bad, 3, content)
+        assert refusal is not None and "refused before anything of it was imported" in refusal
+    assert _run_record_refusal(None, 3, content) is not None  # no record seen: refused
+    assert _run_record_refusal(ok, 3, b"not a zip") is not None

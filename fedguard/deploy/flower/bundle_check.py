@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import functools
 import inspect
+import io
 import sys
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from fedguard._toml import toml_loads
 from fedguard.deploy.flower._originals import replace_attr
 from fedguard.deploy.flower.supernode_poll import SUPERNODE_MODULE, supernode_module
 from fedguard.errors import FedguardError
-from fedguard.task_identity import APP_NAME, APP_PUBLISHER, APP_VERSION
 
 __all__ = ["NAME", "TARGET", "BundleCheck", "check", "installed", "patch_supernode_bundle_check"]
 
@@ -59,18 +62,26 @@ def installed() -> bool:
     return False
 
 
-def _run_record_refusal(run: Any, run_id: int) -> str | None:
-    """Why the run record is not fedguard's app: the ClientApp process finds the folder it
-    loads from the record's ``fab_id``/``fab_version`` (not the checked bundle's), so a
-    record naming another app (or ``../``) would load another folder's pyproject."""
-    expected = (f"{APP_PUBLISHER}/{APP_NAME}", APP_VERSION)
+def _run_record_refusal(run: Any, run_id: int, content: bytes) -> str | None:
+    """Why the run record does not name the bundle it carries. The ClientApp process
+    finds the folder it loads from the record's ``fab_id``/``fab_version``, not from the
+    checked bundle, so a record naming another app (or ``../``) would load another
+    folder's pyproject. The bundle's own identity is pinned by the node's check."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as fab:
+            doc = toml_loads(
+                fab.read("pyproject.toml").decode("utf-8"), source=Path("pyproject.toml")
+            )
+        app, project = doc["tool"]["flwr"]["app"], doc["project"]
+        expected = (f"{app['publisher']}/{project['name']}", str(project["version"]))
+    except (KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile, FedguardError):
+        expected = None
     got = (getattr(run, "fab_id", None), getattr(run, "fab_version", None))
-    if got == expected:
+    if expected is not None and got == expected:
         return None
     return (
         f"run {run_id} refused before anything of it was imported: its run record names "
-        f"app {str(got[0])[:80]!r} version {str(got[1])[:40]!r}, not {expected[0]!r} "
-        f"{expected[1]!r}"
+        f"app {str(got[0])[:80]!r} version {str(got[1])[:40]!r}, not the bundle it carries"
     )
 
 
@@ -106,7 +117,7 @@ def patch_supernode_bundle_check(check_bundle: BundleCheck) -> None:
         def get_checked_fab(fab_hash: str, run_id: int) -> Any:
             fab = get_fab(fab_hash, run_id)
             reason = _STATE["check"](fab.content, run_id) or _run_record_refusal(
-                runs.get(run_id), run_id
+                runs.get(run_id), run_id, fab.content
             )
             if reason is not None:
                 raise _RefusedError(reason)
