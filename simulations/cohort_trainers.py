@@ -21,10 +21,11 @@ import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from fedguard.config import SimulationConfig
 from fedguard.errors import BudgetExceededError, ConfigError
@@ -51,6 +52,7 @@ from fedguard.privacy.secagg import (
 from fedguard.simulations.client_state import AccountantCache
 from fedguard.simulations.virtual_clients import budget_for
 from fedguard.simulations.virtual_scaling import reserve_scaling, scale_client_rows
+from fedguard.task.lazy_records import LazyDataset
 
 __all__ = [
     "CohortTrainer",
@@ -94,8 +96,16 @@ class VirtualClients:
     ) -> None:
         ds = data.dataset
         self.config, self.data, self.device = config, data, device
-        self.xs = [torch.from_numpy(ds.x_train[idx]).to(device) for idx in data.partitions]
-        self.ys = [torch.from_numpy(ds.y_train[idx]).to(device) for idx in data.partitions]
+        # A lazy task's client holds its partition's indices, not its rows: training
+        # reads each step's sampled records (LocalTrainer.run(data=...)).
+        self.lazy: list[Subset[Any]] | None = None
+        self.xs: list[torch.Tensor] = []
+        self.ys: list[torch.Tensor] = []
+        if isinstance(ds, LazyDataset):
+            self.lazy = [Subset(ds.train, idx.tolist()) for idx in data.partitions]
+        else:
+            self.xs = [torch.from_numpy(ds.x_train[idx]).to(device) for idx in data.partitions]
+            self.ys = [torch.from_numpy(ds.y_train[idx]).to(device) for idx in data.partitions]
         self.plan = ds.dp_scaling
         self.budget: PrivacyBudget | None = reserve_scaling(budget_for(config), self.plan)
         self.scaling_event = (
@@ -106,10 +116,11 @@ class VirtualClients:
 
     def prepare(self, cid: int) -> None:
         """Scale client ``cid``'s dp columns once, charging the release first."""
-        if self.plan is None or cid in self._scaled:
+        ds = self.data.dataset
+        if self.plan is None or cid in self._scaled or isinstance(ds, LazyDataset):
             return
         rows = scale_client_rows(
-            self.data.dataset.x_train[self.data.partitions[cid]],
+            ds.x_train[self.data.partitions[cid]],
             plan=self.plan,
             event=self.scaling_event,
             seed=self.config.seed,
@@ -162,10 +173,12 @@ class OneAtATime:
         c.prepare(cid)
         store = c.store(cid)
         try:
+            data = None if c.lazy is None else c.lazy[cid]
             result = self.trainer.run(
                 global_weights=global_weights,
-                x=c.xs[cid],
-                y=c.ys[cid],
+                x=None if data is not None else c.xs[cid],
+                y=None if data is not None else c.ys[cid],
+                data=data,
                 request=request_for(c.config, server_round),
                 generator=c.generator(server_round, cid),
                 budget=c.budget,
@@ -411,6 +424,11 @@ def _vectorised(
     if budget is None or config.vectorize == "off":
         return None
     try:
+        if clients.lazy is not None:
+            raise ConfigError(
+                "the task is lazy (lazy = True): its records are read per step, and the "
+                "cohort trainer batches clients' preloaded tensors"
+            )
         cohort = trainer.cohort_trainer()
         if clients.xs:
             cohort.probe(clients.xs[0][:1])

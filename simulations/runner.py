@@ -33,6 +33,7 @@ from fedguard.fl.loop import (
     initial_model,
     simulation_task,
 )
+from fedguard.task.lazy_records import LazyDataset
 
 __all__ = ["SimulationSummary", "simulate"]
 
@@ -197,6 +198,12 @@ def _check_fits(config: SimulationConfig, data: FederatedData) -> None:
         raise ConfigError(
             f"--class-weights: expected {k} weights (one per class of {config.dataset}), "
             f"got {config.class_weights!r}"
+        )
+    if isinstance(data.dataset, LazyDataset) and config.engine != "inprocess":
+        # Flower's and Ray's workers are handed row arrays; only this process's engine
+        # reads a lazy task's records per step so far.
+        raise ConfigError(
+            f"--engine: expected 'inprocess' for a lazy task (lazy = True), got {config.engine!r}"
         )
     smallest = min(len(p) for p in data.partitions)
     if smallest < 1:

@@ -27,6 +27,7 @@ from fedguard.privacy.dp_scaling import SCALE_FLOOR
 from fedguard.task import Dataset, Metrics, partition
 from fedguard.task.api import LoadRequest, Task
 from fedguard.task.builtin import resolve_task
+from fedguard.task.lazy_records import LazyDataset
 from fedguard.task.task_checks import load_task_data, make_model
 
 __all__ = [
@@ -57,7 +58,7 @@ _log = logging.getLogger(__name__)
 class FederatedData:
     """A data set split among virtual clients (simulation: every engine splits alike)."""
 
-    dataset: Dataset
+    dataset: Dataset | LazyDataset  # lazy: training records read per step, never held
     partitions: tuple[np.ndarray, ...]
 
 
@@ -104,7 +105,7 @@ def load_federated_data(
 @functools.lru_cache(maxsize=2)
 def _load_dataset_cached(
     *, name: str, seed: int, target: str | None, schema: str | None, task: str | None = None
-) -> Dataset:
+) -> Dataset | LazyDataset:
     """One copy per process for every partitioning of the same data (a sweep's IID and
     Dirichlet cells): ScatterNet features take ~45 s to compute and ~1.1 GB to hold."""
     # The data is the task's whatever its model: the built-in loader ignores the model.
@@ -112,7 +113,7 @@ def _load_dataset_cached(
     return load_task_data(loader, LoadRequest(source=name, seed=seed))
 
 
-def standardise_eval_rows(data: Dataset) -> Dataset:
+def standardise_eval_rows(data: Dataset | LazyDataset) -> Dataset | LazyDataset:
     """``data`` with the dp columns of its TEST rows scaled by those rows' own exact mean
     and std (the same floor as the DP estimate); the training rows untouched.
 
@@ -124,7 +125,7 @@ def standardise_eval_rows(data: Dataset) -> Dataset:
     distribution.
     """
     plan = data.dp_scaling
-    if plan is None or not len(data.x_test):
+    if plan is None or isinstance(data, LazyDataset) or not len(data.x_test):
         return data
     cols = list(plan.columns)
     values = data.x_test[:, cols].astype(np.float64)

@@ -122,6 +122,11 @@ class Task:
         Let Opacus's ``ModuleValidator.fix`` replace layers it cannot train privately.
     class_names
         Each class id's label (``()``: the ids).
+    lazy
+        Keep the records where ``load`` found them (a map-style data set larger than
+        memory): fedguard reads them once to check them, key them and split them, keeps
+        only the labels and keys, and training reads each step's sampled records
+        (:mod:`fedguard.task.lazy_records`). Training is then one client at a time.
     """
 
     name: str
@@ -133,6 +138,7 @@ class Task:
     metrics: Callable[[np.ndarray, np.ndarray], Mapping[str, float]] | None = None
     fix: bool = False
     class_names: tuple[str, ...] = ()
+    lazy: bool = False
     builtin: bool = False
 
     def __post_init__(self) -> None:

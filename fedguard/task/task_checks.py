@@ -17,7 +17,9 @@ from torch import nn
 from fedguard.errors import ConfigError, DataError
 from fedguard.task.api import LoadRequest, Task, TaskArrays
 from fedguard.task.data import Dataset, _Picker, _Rows
-from fedguard.task.records import array_record_bytes, simulation_holdout_key
+from fedguard.task.lazy_records import LazyDataset, lazy_dataset
+from fedguard.task.record_checks import checked_record, raw_record
+from fedguard.task.records import simulation_holdout_key
 
 __all__ = [
     "check_dataset",
@@ -113,43 +115,7 @@ def check_transforms(task: Task, first: list[np.ndarray], others: list[np.ndarra
                 )
 
 
-def _record(task: Task, obj: str, i: int, item: Any) -> tuple[np.ndarray, Any]:
-    if not isinstance(item, tuple | list) or len(item) != 2:
-        raise DataError(
-            f"task {task.name}: record {i} of {obj}: expected a (features, label) pair, "
-            f"got {type(item).__name__}"
-        )
-    x, y = item
-    if hasattr(x, "detach"):  # a torch tensor
-        x = x.detach().cpu().numpy()
-    if hasattr(y, "item") and not isinstance(y, np.ndarray):
-        y = y.item()
-    try:
-        # A copy: a transform working in place must not reach the loader's arrays.
-        return np.array(x, dtype=np.float64, copy=True), y
-    except (TypeError, ValueError):
-        raise DataError(
-            f"task {task.name}: record {i} of {obj}: features are not numbers ({type(x).__name__})"
-        ) from None
-
-
-def _label(task: Task, obj: str, i: int, y: Any) -> int:
-    k = int(task.num_classes or 0)
-    value = np.asarray(y)
-    if value.shape != () or value.dtype.kind not in "iuf" or not float(value).is_integer():
-        raise DataError(
-            f"task {task.name}: record {i} of {obj}: label must be an integer class id, got {y!r}"
-        )
-    label = int(value)
-    if not 0 <= label < k:
-        raise DataError(
-            f"task {task.name}: record {i} of {obj}: label {label} is outside 0..{k - 1} "
-            f"(num_classes = {k})"
-        )
-    return label
-
-
-def dataset_from_records(task: Task, loaded: Any, request: LoadRequest) -> Dataset:
+def dataset_from_records(task: Task, loaded: Any, request: LoadRequest) -> Dataset | LazyDataset:
     """Transform, check and split what a task's loader returned (:class:`TaskArrays` or a
     map-style torch Dataset, read one record at a time)."""
     if isinstance(loaded, TaskArrays):
@@ -175,31 +141,20 @@ def dataset_from_records(task: Task, loaded: Any, request: LoadRequest) -> Datas
         raise DataError(f"task {task.name}: {obj} from {request.source!r} holds no record")
     shape = tuple(task.input_shape or ())
     if task.transforms:
-        probe = [_record(task, obj, i, get(i))[0] for i in range(min(PROBE_RECORDS, n))]
-        others = [_record(task, obj, i, get(i))[0] for i in range(len(probe), min(n, 16))]
+        probe = [raw_record(task, obj, i, get(i))[0] for i in range(min(PROBE_RECORDS, n))]
+        others = [raw_record(task, obj, i, get(i))[0] for i in range(len(probe), min(n, 16))]
         # Neighbours that differ from every probe record, even when the set is tiny.
         others += [r * 2.0 + 1.0 for r in probe]
         check_transforms(task, probe, others)
+    if task.lazy:
+        return lazy_dataset(task, loaded, request, obj=obj)
     xs = np.empty((n, *shape), dtype=np.float32)
     ys = np.empty(n, dtype=np.int64)
     records: list[bytes] = []
     for i in range(n):
-        raw, y = _record(task, obj, i, get(i))
-        # The record's key is its raw bytes, so the transforms (which may work in place,
-        # x -= c) get a copy: keys never follow a transform's constants (red team).
-        x = raw.copy()
-        for t in task.transforms:
-            x = np.asarray(t.apply(x), dtype=np.float64)
-        if x.shape != shape:
-            after = " after the transforms" if task.transforms else ""
-            raise DataError(
-                f"task {task.name}: record {i} of {obj}: features have shape {x.shape}{after}, "
-                f"the task declares input_shape {shape}"
-            )
-        if not np.isfinite(x).all():
-            raise DataError(f"task {task.name}: record {i} of {obj}: features are not all finite")
-        xs[i], ys[i] = x, _label(task, obj, i, y)
-        records.append(array_record_bytes(raw[None], ys[i : i + 1])[0])
+        x, ys[i], record = checked_record(task, obj, i, get(i))
+        xs[i] = x
+        records.append(record)
     key = request.split_key or simulation_holdout_key(int(request.seed))
     picker = _Picker(
         split=request.split, key=key, fraction=float(request.test_fraction), source=request.source
@@ -250,10 +205,16 @@ def make_model(
     return check_model(task, model)
 
 
-def load_task_data(task: Task, request: LoadRequest) -> Dataset:
-    """The task's records for ``request`` as a checked, split ``Dataset``."""
+def load_task_data(task: Task, request: LoadRequest) -> Dataset | LazyDataset:
+    """The task's records for ``request`` as a checked, split ``Dataset`` (a
+    :class:`~fedguard.task.lazy_records.LazyDataset` for a ``lazy`` task)."""
     loaded = task.load(request)
     if isinstance(loaded, Dataset):
+        if task.lazy:
+            raise ConfigError(
+                f"task {task.name}: lazy = True, but load returned a ready Dataset (its "
+                "records in memory); return a map-style torch Dataset instead"
+            )
         if task.transforms:
             raise ConfigError(
                 f"task {task.name}: load returned a ready Dataset, so its transforms would "

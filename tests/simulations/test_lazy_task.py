@@ -1,0 +1,178 @@
+"""A lazy task (``Task(lazy=True)``) through ``simulate``: read once, then per step (#16.4).
+
+The task's map-style data set counts every read of every record. After the one streaming
+pass at load, each DP-SGD step reads exactly the records it sampled, nothing else; the
+loaded data set holds labels and keys, never a features array; and the run equals the
+same task loaded eagerly (same seeds: same epsilon, weights to float tolerance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import textwrap
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import fedguard.privacy.sampled_batches as sampled_batches
+from fedguard.config import SimulationConfig
+from fedguard.errors import ConfigError
+from fedguard.files import METRICS_FILE, MODEL_FILE
+from fedguard.fl.loop import clear_data_cache, federated_data
+from fedguard.simulations.runner import simulate
+from fedguard.task.lazy_records import LazyDataset
+
+N, F = 240, 6
+
+TASK_MODULE = textwrap.dedent(
+    f"""
+    import dataclasses
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from fedguard.task.api import RecordTransform, Task
+
+    N, F = {N}, {F}
+    READS = []  # every record index read, in order
+    BATCHES = []  # the indices of every __getitems__ call
+
+
+    class Counted(torch.utils.data.Dataset):
+        def __init__(self):
+            rng = np.random.default_rng(5)
+            self.x = rng.normal(size=(N, F))
+            self.y = (self.x[:, 0] + 0.3 * self.x[:, 1] > 0).astype(np.int64)
+
+        def __len__(self):
+            return N
+
+        def __getitem__(self, i):
+            READS.append(int(i))
+            return self.x[i], int(self.y[i])
+
+        def __getitems__(self, idx):
+            BATCHES.append(list(idx))
+            return [self[i] for i in idx]
+
+
+    def model(*, input_shape, num_classes):
+        return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], num_classes))
+
+
+    task = Task(
+        name="counted",
+        model=model,
+        load=lambda request: Counted(),
+        input_shape=(F,),
+        num_classes=2,
+        transforms=(RecordTransform(name="half", apply=lambda x: x * 0.5),),
+        lazy=True,
+    )
+    eager = dataclasses.replace(task, lazy=False)
+    """
+)
+
+
+@pytest.fixture
+def counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    (tmp_path / "lazy_counted_task.py").write_text(TASK_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("lazy_counted_task")
+    module.READS.clear()
+    module.BATCHES.clear()
+    clear_data_cache()
+    yield module
+    clear_data_cache()
+
+
+def _config(out: Path, spec: str, **changes: Any) -> SimulationConfig:
+    base: dict[str, Any] = dict(
+        out=out,
+        dataset="counted",
+        task=f"lazy_counted_task:{spec}",
+        clients=2,
+        clients_per_round=2,
+        rounds=2,
+        batch_size=16,
+        lr=0.5,
+        epsilon=3.0,
+        seed=7,
+        vectorize="off",
+    )
+    return SimulationConfig(**{**base, **changes})
+
+
+def test_training_reads_only_each_steps_sampled_records_and_holds_no_features(
+    counted: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tmp_path / "lazy", "task")
+    data = federated_data(config)
+    ds = data.dataset
+    assert isinstance(ds, LazyDataset)
+    assert not hasattr(ds, "x_train")
+    n_train = len(ds.y_train)
+    # Nothing the loaded set holds is a features array of the training records.
+    for field in dataclasses.fields(ds):
+        value = getattr(ds, field.name)
+        if isinstance(value, np.ndarray) and value.ndim >= 2 and field.name != "x_test":
+            assert value.dtype == np.uint8 and value.shape == (n_train, 32)  # the keys
+    assert len(ds.x_test) == N - n_train > 0
+    # The load: one streaming pass, each record once (plus the transform probe's 16).
+    at_load = len(counted.READS)
+    assert sorted(set(counted.READS)) == list(range(N))
+    assert at_load == N + 16
+
+    steps: list[tuple[int, int]] = []  # (records sampled, records read) per step
+    real_read = sampled_batches.read_records
+
+    def counting(data: Any, indices: Any) -> Any:
+        before = len(counted.READS)
+        got = real_read(data, indices)
+        steps.append((len(indices), len(counted.READS) - before))
+        return got
+
+    monkeypatch.setattr(sampled_batches, "read_records", counting)
+    summary = simulate(config)
+    training_reads = counted.READS[at_load:]
+    assert steps and all(sampled == read for sampled, read in steps)
+    assert len(training_reads) == sum(s for s, _ in steps)  # no read outside a step
+    train_index = set(ds.train.indices.tolist())
+    assert set(training_reads) <= train_index  # never a holdout record
+    assert summary.rounds == 2
+
+
+def test_a_lazy_run_equals_the_same_task_loaded_eagerly(
+    counted: ModuleType, tmp_path: Path
+) -> None:
+    lazy, eager = tmp_path / "lazy", tmp_path / "eager"
+    simulate(_config(lazy, "task"))
+    simulate(_config(eager, "eager"))
+    rows = [
+        [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+        for out in (lazy, eager)
+    ]
+    assert len(rows[0]) == len(rows[1]) == 2
+    for a, b in zip(*rows, strict=True):
+        assert a["epsilon_max"] == b["epsilon_max"] and a["clients"] == b["clients"] == 2
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
+    wa, wb = load_file(lazy / MODEL_FILE), load_file(eager / MODEL_FILE)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_lazy_task_refuses_batched_training_and_the_other_engines(
+    counted: ModuleType, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"--vectorize.*lazy"):
+        simulate(_config(tmp_path / "on", "task", vectorize="on"))
+    with pytest.raises(ConfigError, match=r"--engine: expected 'inprocess'.*got 'ray'"):
+        simulate(_config(tmp_path / "ray", "task", engine="ray"))
