@@ -30,6 +30,7 @@ from fedguard.config import SimulationConfig, resolve_device
 from fedguard.files import METRICS_FILE
 from fedguard.fl.loop import federated_data, initial_model
 from fedguard.simulations.runner import simulate
+from fedguard.task.lazy_records import in_memory
 
 __all__ = ["CohortRow", "cohort_rows", "cohort_table", "compute_floor_s", "main"]
 
@@ -75,8 +76,9 @@ def compute_floor_s(config: SimulationConfig, *, repeats: int = 20) -> float:
     data = federated_data(config)
     device = torch.device(resolve_device(config.device))
     model = initial_model(config, data).to(device)
-    x = torch.from_numpy(data.dataset.x_train).to(device)
-    y = torch.from_numpy(data.dataset.y_train).to(device).long()
+    ds = in_memory(data.dataset, where="bench_cohort")
+    x = torch.from_numpy(ds.x_train).to(device)
+    y = torch.from_numpy(ds.y_train).to(device).long()
     best = float("inf")
     for _ in range(repeats + 1):  # the first warms up
         _sync(device)

@@ -36,6 +36,7 @@ from fedguard.fl.loop import federated_data, initial_model
 from fedguard.privacy.class_weights import weights_for_prevalence
 from fedguard.simulations.runner import simulate
 from fedguard.task import compute_metrics, set_weights
+from fedguard.task.lazy_records import in_memory
 
 POSITIVE_RATE = 0.03  # declared with the data set: public, never counted on a node
 
@@ -76,7 +77,7 @@ def centralised_reference(config: SimulationConfig) -> dict[str, float]:
     fedguard's own metrics on the same evaluation rows: the best a linear model does here."""
     from sklearn.linear_model import LogisticRegression
 
-    ds = federated_data(config).dataset
+    ds = in_memory(federated_data(config).dataset, where="bench_imbalanced")
     fit = LogisticRegression(max_iter=2000).fit(ds.x_train, ds.y_train)
     margin = fit.decision_function(ds.x_test)
     m = compute_metrics(

@@ -51,6 +51,7 @@ from fedguard.fl.loop import federated_data
 from fedguard.simulations.runner import simulate
 from fedguard.simulations.virtual_clients import budget_for
 from fedguard.task import load_dataset
+from fedguard.task.lazy_records import in_memory
 
 __all__ = ["SimRow", "main", "sim_table", "time_federations"]
 
@@ -128,7 +129,7 @@ def _fedguard(config: SimulationConfig) -> tuple[list[float], float, float]:
 
 def _reference(config: SimulationConfig) -> tuple[list[float], float]:
     data = federated_data(config)  # fedguard's loader and partition: the same clients
-    ds, device = data.dataset, resolve_device(config.device)
+    ds, device = in_memory(data.dataset, where="bench_sim"), resolve_device(config.device)
     xs = [torch.from_numpy(ds.x_train[i]).to(device) for i in data.partitions]
     ys = [torch.from_numpy(ds.y_train[i]).to(device) for i in data.partitions]
     budget = budget_for(config)

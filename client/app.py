@@ -134,9 +134,7 @@ def train(message: Message, context: Context) -> Message:
         reveal = runtime.config.privacy.reveal_count
         # The node's weight in a secure sum: its record count only with its consent
         # (the sums' totals over changing cohorts would give the count away too).
-        secure = NodeSecAgg(
-            config=runtime.config, examples=int(runtime.x.shape[0]) if reveal else 1
-        )
+        secure = NodeSecAgg(config=runtime.config, examples=len(runtime.y) if reveal else 1)
         # Policy first: a round the node would refuse is refused before any training.
         setup = secure.check_request(setup_bytes=secagg_payload(message.content), request=request)
         # Weights that do not fit the task's model are the server's flaw: named to it.

@@ -76,8 +76,9 @@ from fedguard.privacy.record_budget import (
     write_index,
 )
 from fedguard.privacy.rng import os_entropy_generator
-from fedguard.task import load_dataset, load_schema, set_weights
+from fedguard.task import Dataset, load_dataset, load_schema, set_weights
 from fedguard.task.builtin import build_task_model
+from fedguard.task.lazy_records import LazyDataset, TaskRecords
 from fedguard.task.records import record_partition
 from fedguard.task.schema import DPScalingPlan
 
@@ -106,7 +107,7 @@ class NodeRuntime:
     """
 
     config: NodeConfig
-    x: torch.Tensor
+    x: torch.Tensor | None  # None for a lazy task: ``data`` reads each step's records
     y: torch.Tensor
     input_shape: tuple[int, ...]
     num_classes: int
@@ -118,6 +119,8 @@ class NodeRuntime:
     # clipped, unscaled, until the node has released (or reloaded) their centre/scale.
     dp_plan: DPScalingPlan | None = None
     schema_digest: str = ""
+    # A lazy task's training records (fedguard.task.lazy_records), read per step.
+    data: TaskRecords | None = None
     _records: RecordSet | None = dataclasses.field(default=None, init=False, repr=False)
     _scaled: bool = dataclasses.field(default=False, init=False, repr=False)
 
@@ -284,7 +287,7 @@ class NodeRuntime:
         def run_after(event: GaussianEvent) -> float:  # this run's events alone, per record
             return spend.epsilon(method=method, delta=delta, extra=(event,), run=run)
 
-        n = int(self.x.shape[0])
+        n = len(self.y)
         q = sample_rate_for(num_examples=n, batch_size=request.batch_size)
         steps = request.local_epochs * steps_per_epoch(
             num_examples=n, batch_size=request.batch_size
@@ -358,7 +361,8 @@ class NodeRuntime:
         result = trainer.run(
             global_weights=weights,
             x=self.x,
-            y=self.y,
+            y=None if self.x is None else self.y,
+            data=self.data,
             request=request,
             generator=os_entropy_generator(),
             budget=budget,
@@ -400,7 +404,7 @@ class NodeRuntime:
         r: int,
     ) -> tuple[list[LedgerEntry], RecordSpend]:
         """Release (charged first) or reload the dp columns' centre/scale; scale ``x``."""
-        if self.dp_plan is None or self._scaled:
+        if self.dp_plan is None or self._scaled or self.x is None:
             return entries, spend
         try:
             scaled = scale_records(
@@ -496,6 +500,7 @@ def node_runtime(config_path: str) -> NodeRuntime:
     cfg = load_node_config(Path(config_path))
     cfg.node.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     d = cfg.data
+    ds: Dataset | LazyDataset
     if d.num_partitions is not None and d.partition_id is not None:
         # The demo: nodes share one public data set, each taking the records whose keyed
         # hash names its share (per record: one record added moves no other), never the
@@ -510,6 +515,17 @@ def node_runtime(config_path: str) -> NodeRuntime:
         x, y = ds.x_train[idx], ds.y_train[idx]
     else:
         ds = load_node_dataset(cfg)  # every record trains; schema, validation share (#13.1)
+        if isinstance(ds, LazyDataset):  # keys and labels from the load's one pass
+            return NodeRuntime(
+                config=cfg,
+                x=None,
+                y=torch.from_numpy(ds.y_train),
+                input_shape=ds.input_shape,
+                num_classes=ds.num_classes,
+                _trainers={},
+                record_keys=ds.train_record_keys,
+                data=ds.train,
+            )
         x, y = ds.x_train, ds.y_train
     plan = ds.dp_scaling
     digest = load_schema(d.schema).digest() if plan is not None and d.schema else ""

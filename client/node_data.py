@@ -25,6 +25,7 @@ from fedguard.privacy.node_secret import LABEL_VALIDATION, keyed_digest, load_no
 from fedguard.task import Dataset, apply_scaling
 from fedguard.task.api import LoadRequest
 from fedguard.task.builtin import resolve_task
+from fedguard.task.lazy_records import LazyDataset
 from fedguard.task.task_checks import load_task_data
 
 __all__ = ["dp_scale", "load_node_dataset"]
@@ -32,9 +33,10 @@ __all__ = ["dp_scale", "load_node_dataset"]
 _SPLIT_KEY = b"holdout-key"  # the data HMAC'd under LABEL_VALIDATION to give the split key
 
 
-def load_node_dataset(cfg: NodeConfig) -> Dataset:
+def load_node_dataset(cfg: NodeConfig) -> Dataset | LazyDataset:
     """The node's records as a :class:`Dataset`: ``x_train`` is what it trains on,
-    ``x_test`` its optional validation share (empty by default)."""
+    ``x_test`` its optional validation share (empty by default); a lazy task's as a
+    :class:`LazyDataset` (its training records read per step)."""
     d = cfg.data
     # [data] task: the user task installed on this node; else the built-in loader (the
     # model does not matter to the data).

@@ -47,6 +47,7 @@ from fedguard.fl.strategies import server_optimizer
 from fedguard.privacy import AccountantStore
 from fedguard.simulations.virtual_clients import budget_for, client_state_dir
 from fedguard.task import Metrics, evaluate, get_weights, set_weights
+from fedguard.task.lazy_records import in_memory
 from fedguard.transport.grid import describe_nodes, exchange_round, wait_for_nodes
 from fedguard.transport.messages import (
     ERROR_BUDGET_REFUSED,
@@ -128,10 +129,11 @@ def _train(
     torch.set_num_threads(config.threads)
     data = federated_data(config)
     idx = data.partitions[cid]
+    ds = in_memory(data.dataset, where="--engine flower")
     return _trainer(config_json).run(
         global_weights=weights,
-        x=torch.from_numpy(data.dataset.x_train[idx]),
-        y=torch.from_numpy(data.dataset.y_train[idx]),
+        x=torch.from_numpy(ds.x_train[idx]),
+        y=torch.from_numpy(ds.y_train[idx]),
         request=request,
         generator=client_generator(
             seed=config.seed, server_round=request.server_round, client_id=cid

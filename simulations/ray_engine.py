@@ -59,6 +59,7 @@ from fedguard.simulations.client_state import AccountantCache
 from fedguard.simulations.cohort_trainers import VirtualClients, cohort_trainer
 from fedguard.simulations.virtual_clients import budget_for, client_state_dir
 from fedguard.simulations.virtual_scaling import reserve_scaling, scale_client_rows
+from fedguard.task.lazy_records import in_memory
 
 __all__ = ["RayCohort", "SliceResult", "SliceWorker", "ray_cohort", "shard"]
 
@@ -142,7 +143,7 @@ class _SliceClients(VirtualClients):
         if self.plan is None or cid in self._scaled:
             return
         rows = scale_client_rows(
-            self.data.dataset.x_train[self.data.partitions[cid]],
+            in_memory(self.data.dataset, where="--engine ray").x_train[self.data.partitions[cid]],
             plan=self.plan,
             event=self.scaling_event,
             seed=self.config.seed,

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from fedguard.errors import DataError
+from fedguard.errors import ConfigError, DataError
 from fedguard.task.api import LoadRequest, Task
+from fedguard.task.data import Dataset
 from fedguard.task.record_checks import checked_record
 from fedguard.task.records import holdout_mask, record_keys, simulation_holdout_key
 
-__all__ = ["LazyDataset", "TaskRecords", "lazy_dataset"]
+__all__ = ["LazyDataset", "TaskRecords", "in_memory", "lazy_dataset"]
 
 CHUNK = 256
 """Records read together in the streaming pass (one ``fetch`` where the set offers it)."""
@@ -46,7 +47,7 @@ def _items(data: Any, indices: Sequence[int]) -> list[Any]:
     return [data[i] for i in indices]
 
 
-class TaskRecords(TorchDataset):  # type: ignore[type-arg]
+class TaskRecords(TorchDataset):
     """Records ``indices`` of a task's map-style data set, transformed on each read.
 
     Item ``i`` is ``(float32 features, label)`` of record ``indices[i]``, checked as at
@@ -140,3 +141,14 @@ def lazy_dataset(task: Task, loaded: Any, request: LoadRequest, *, obj: str) -> 
         train_record_keys=(np.stack(keys) if keys else np.zeros((0, 32), dtype=np.uint8)),
         class_names=task.class_names,
     )
+
+
+def in_memory(data: Dataset | LazyDataset, *, where: str) -> Dataset:
+    """``data`` if its training rows are in memory; a lazy task is refused by ``where``
+    (a path that hands rows, not a data set, to its trainers)."""
+    if isinstance(data, LazyDataset):
+        raise ConfigError(
+            f"{where}: expected a task loaded into memory, got the lazy task {data.name} "
+            "(lazy = True): train it with the in-process engine or on a deployed node"
+        )
+    return data

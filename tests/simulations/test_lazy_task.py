@@ -176,3 +176,66 @@ def test_a_lazy_task_refuses_batched_training_and_the_other_engines(
         simulate(_config(tmp_path / "on", "task", vectorize="on"))
     with pytest.raises(ConfigError, match=r"--engine: expected 'inprocess'.*got 'ray'"):
         simulate(_config(tmp_path / "ray", "task", engine="ray"))
+
+
+def test_a_lazy_secagg_run_equals_the_eager_one(counted: ModuleType, tmp_path: Path) -> None:
+    lazy, eager = tmp_path / "lazy", tmp_path / "eager"
+    simulate(_config(lazy, "task", secagg=True))
+    simulate(_config(eager, "eager", secagg=True))
+    wa, wb = load_file(lazy / MODEL_FILE), load_file(eager / MODEL_FILE)
+    for k in wa:
+        np.testing.assert_allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_deployed_node_holds_the_lazy_set_and_reads_only_sampled_records(
+    counted: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedguard.client.node import node_runtime
+    from fedguard.fl.loop import TrainRequest
+    from fedguard.task import get_weights
+    from fedguard.task.api import LoadRequest
+    from fedguard.task.lazy_records import TaskRecords
+    from fedguard.task.task_checks import load_task_data
+
+    spec = "lazy_counted_task:task"
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        f'[node]\nname = "n"\nserver = "127.0.0.1:9"\ninsecure = true\n'
+        f'state-dir = "{tmp_path / "state"}"\n\n[data]\ndataset = "counted"\ntask = "{spec}"\n'
+    )
+    node_runtime.cache_clear()
+    runtime = node_runtime(str(toml))
+    assert runtime.x is None and isinstance(runtime.data, TaskRecords)
+    assert len(runtime.data) == len(runtime.y) == N  # every record trains on a node
+    # The keys from the streaming pass are the eager load's (raw bytes, before transforms).
+    eager = load_task_data(counted.eager, LoadRequest(source="counted", seed=0, split="none"))
+    np.testing.assert_array_equal(runtime.record_keys, eager.train_record_keys)
+
+    steps: list[tuple[int, int]] = []
+    real_read = sampled_batches.read_records
+
+    def counting(data: Any, indices: Any) -> Any:
+        before = len(counted.READS)
+        got = real_read(data, indices)
+        steps.append((len(indices), len(counted.READS) - before))
+        return got
+
+    monkeypatch.setattr(sampled_batches, "read_records", counting)
+    weights = get_weights(counted.model(input_shape=(F,), num_classes=2))
+    request = TrainRequest(
+        server_round=1,
+        local_epochs=1,
+        batch_size=16,
+        lr=0.5,
+        max_grad_norm=1.0,
+        total_rounds=2,
+        federation="lazy",
+        model=spec,
+        run_id="run-a",
+    )
+    at_train = len(counted.READS)
+    result = runtime.train(model_name=spec, weights=weights, request=request)
+    assert result.epsilon is not None and result.epsilon > 0 and result.num_examples == N
+    assert steps and all(sampled == read for sampled, read in steps)
+    assert len(counted.READS) - at_train == sum(s for s, _ in steps)
+    node_runtime.cache_clear()
