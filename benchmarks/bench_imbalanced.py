@@ -66,7 +66,7 @@ def f1_at_half(config: SimulationConfig) -> float:
     model = initial_model(config, data)
     saved = load_file(str(config.out / MODEL_FILE))
     set_weights(model, [saved[name] for name in model.state_dict()])
-    ds = data.dataset
+    ds = in_memory(data.dataset, where="bench_imbalanced")
     with torch.no_grad():
         pred = model(torch.from_numpy(ds.x_test)).argmax(1).numpy()
     return float(f1_score(ds.y_test, pred, zero_division=0))

@@ -23,6 +23,7 @@ from fedguard.privacy.client_dp import ClientDP, ClientLevelAccounting
 from fedguard.privacy.secagg import SecAggParams, SecAggSettings
 from fedguard.task import Metrics, evaluate, load_dataset, set_weights
 from fedguard.task.api import LoadRequest, load_task
+from fedguard.task.lazy_records import LazyDataset, evaluate_records
 from fedguard.task.task_checks import load_task_data
 
 __all__ = [
@@ -143,6 +144,16 @@ def evaluator(
             split="all-test" if own_file else "holdout",
         )
     ds = standardise_eval_rows(loaded)  # dp columns: by the server's own rows
+    if isinstance(ds, LazyDataset):  # a lazy task's rows: read in batches at each evaluation
+        lazy = ds
+
+        def evaluate_lazy(w: list[np.ndarray]) -> Metrics:
+            set_weights(model, w)
+            return evaluate_records(
+                model=model, data=lazy.test, y=lazy.y_test, num_classes=t.num_classes
+            )
+
+        return evaluate_lazy
     x, y = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
 
     def evaluate_global(w: list[np.ndarray]) -> Metrics:

@@ -160,7 +160,7 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         torch.set_num_threads(config.threads)
         data = federated_data(config)
-        ds = data.dataset
+        ds = in_memory(data.dataset, where="--engine flower")
         model = initial_model(config, data)
         info = describe_nodes(grid, wait_for_nodes(grid, config.clients))
         # A virtual client's name is its client id.

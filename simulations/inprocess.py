@@ -26,6 +26,7 @@ from fedguard.fl.strategies import server_optimizer
 from fedguard.privacy.client_dp import ClientLevelAccounting
 from fedguard.simulations.cohort_trainers import VirtualClients, cohort_trainer
 from fedguard.task import Metrics, evaluate, get_weights, set_weights
+from fedguard.task.lazy_records import LazyDataset, evaluate_records, in_memory
 
 __all__ = ["client_level", "run_inprocess"]
 
@@ -48,11 +49,20 @@ class _Evaluator:
     def __init__(self, *, model: torch.nn.Module, data: FederatedData, device: torch.device):
         ds = data.dataset
         self.model, self.num_classes = model, ds.num_classes
-        self.x = torch.from_numpy(ds.x_test).to(device)
-        self.y = torch.from_numpy(ds.y_test).to(device)
+        self.lazy = ds if isinstance(ds, LazyDataset) else None  # read in batches
+        if self.lazy is None:
+            self.x = torch.from_numpy(in_memory(ds, where="evaluation").x_test).to(device)
+            self.y = torch.from_numpy(ds.y_test).to(device)
 
     def __call__(self, global_weights: list[np.ndarray]) -> Metrics:
         set_weights(self.model, global_weights)
+        if self.lazy is not None:
+            return evaluate_records(
+                model=self.model,
+                data=self.lazy.test,
+                y=self.lazy.y_test,
+                num_classes=self.num_classes,
+            )
         return evaluate(model=self.model, x=self.x, y=self.y, num_classes=self.num_classes)
 
 

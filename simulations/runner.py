@@ -33,7 +33,7 @@ from fedguard.fl.loop import (
     initial_model,
     simulation_task,
 )
-from fedguard.task.lazy_records import LazyDataset
+from fedguard.task.lazy_records import LazyDataset, record_logits
 
 __all__ = ["SimulationSummary", "simulate"]
 
@@ -157,7 +157,11 @@ def _task_metrics(
     set_weights(model, weights)
     model.eval()
     with torch.no_grad():
-        probs = torch.softmax(model(torch.from_numpy(ds.x_test)), dim=1).numpy()
+        if isinstance(ds, LazyDataset):  # the holdout read in batches
+            logits = torch.from_numpy(record_logits(model=model, data=ds.test))
+        else:
+            logits = model(torch.from_numpy(ds.x_test))
+        probs = torch.softmax(logits, dim=1).numpy()
     out = task.metrics(ds.y_test, probs)
     return {str(k): float(v) for k, v in out.items()}
 

@@ -8,8 +8,8 @@ its label and key, not its features. Training then reads each step's sampled rec
 through :class:`TaskRecords`, which applies the task's per-record transforms on each read:
 no statistic of the whole set is ever computed, so one record still moves one example.
 
-The holdout (the simulation server's evaluation rows) is kept in memory: it is a fraction
-of the records (``test_fraction``), read during the same pass.
+The holdout (the simulation server's evaluation rows) stays on disk too: evaluation reads
+it in batches (:func:`record_logits`), so memory does not grow with the data set.
 """
 
 from __future__ import annotations
@@ -22,13 +22,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
+from fedguard._record_reads import read_records
 from fedguard.errors import ConfigError, DataError
 from fedguard.task.api import LoadRequest, Task
 from fedguard.task.data import Dataset
+from fedguard.task.metrics import Metrics, compute_metrics
 from fedguard.task.record_checks import checked_record
 from fedguard.task.records import holdout_mask, record_keys, simulation_holdout_key
 
-__all__ = ["LazyDataset", "TaskRecords", "in_memory", "lazy_dataset"]
+__all__ = [
+    "LazyDataset",
+    "TaskRecords",
+    "evaluate_records",
+    "in_memory",
+    "lazy_dataset",
+    "record_logits",
+]
 
 CHUNK = 256
 """Records read together in the streaming pass (one ``fetch`` where the set offers it)."""
@@ -76,16 +85,16 @@ class TaskRecords(TorchDataset):
 
 @dataclass(frozen=True, eq=False)
 class LazyDataset:
-    """A split data set whose training records stay on disk (no ``x_train``).
+    """A split data set whose records stay on disk (no ``x_train``, no ``x_test``).
 
     ``train`` reads training record ``i`` (label ``y_train[i]``, key
-    ``train_record_keys[i]``); ``x_test``/``y_test`` are the holdout, in memory.
+    ``train_record_keys[i]``); ``test`` reads holdout record ``i`` (label ``y_test[i]``).
     """
 
     name: str
     train: TaskRecords
+    test: TaskRecords
     y_train: np.ndarray
-    x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
     input_shape: tuple[int, ...]
@@ -106,12 +115,12 @@ def lazy_dataset(task: Task, loaded: Any, request: LoadRequest, *, obj: str) -> 
     train_idx: list[int] = []
     y_train: list[int] = []
     keys: list[np.ndarray] = []
-    x_test: list[np.ndarray] = []
+    test_idx: list[int] = []
     y_test: list[int] = []
     for start in range(0, n, CHUNK):
         chunk = range(start, min(n, start + CHUNK))
         for i, item in zip(chunk, _items(loaded, chunk), strict=True):
-            x, label, record = checked_record(task, obj, i, item)
+            _, label, record = checked_record(task, obj, i, item)  # checked, not kept
             if request.split == "none":
                 held = False
             elif request.split == "all-test":
@@ -119,7 +128,7 @@ def lazy_dataset(task: Task, loaded: Any, request: LoadRequest, *, obj: str) -> 
             else:
                 held = bool(holdout_mask([record], key=key, fraction=request.test_fraction)[0])
             if held:
-                x_test.append(x.astype(np.float32))
+                test_idx.append(i)
                 y_test.append(label)
             else:
                 train_idx.append(i)
@@ -133,8 +142,8 @@ def lazy_dataset(task: Task, loaded: Any, request: LoadRequest, *, obj: str) -> 
     return LazyDataset(
         name=task.name,
         train=TaskRecords(task=task, data=loaded, indices=np.array(train_idx), obj=obj),
+        test=TaskRecords(task=task, data=loaded, indices=np.array(test_idx), obj=obj),
         y_train=np.array(y_train, dtype=np.int64),
-        x_test=np.array(x_test, dtype=np.float32).reshape(len(y_test), *shape),
         y_test=np.array(y_test, dtype=np.int64),
         num_classes=int(task.num_classes or 0),
         input_shape=shape,
@@ -152,3 +161,33 @@ def in_memory(data: Dataset | LazyDataset, *, where: str) -> Dataset:
             "(lazy = True): train it with the in-process engine or on a deployed node"
         )
     return data
+
+
+def record_logits(
+    *, model: torch.nn.Module, data: TaskRecords, batch_size: int = 256
+) -> np.ndarray:
+    """``model``'s logits (float32, ``[len(data), classes]``) for every record of ``data``,
+    read ``batch_size`` records at a time, in eval mode (its mode restored)."""
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                x, _ = read_records(data, range(start, min(len(data), start + batch_size)))
+                out.append(model(x.to(device)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def evaluate_records(
+    *, model: torch.nn.Module, data: TaskRecords, y: np.ndarray, num_classes: int
+) -> Metrics:
+    """:func:`fedguard.task.train.evaluate` on records read in batches (a lazy holdout)."""
+    return compute_metrics(
+        y_true=np.asarray(y, dtype=np.int64),
+        logits=record_logits(model=model, data=data),
+        num_classes=num_classes,
+    )
