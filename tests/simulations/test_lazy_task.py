@@ -3,7 +3,7 @@
 The task's map-style data set counts every read of every record. After the one streaming
 pass at load, each DP-SGD step reads exactly the records it sampled, nothing else; the
 loaded data set holds labels and keys, never a features array; and the run equals the
-same task loaded eagerly (same seeds: same epsilon, weights to float tolerance).
+same task loaded eagerly (same seeds: same epsilon, the same weights bit for bit).
 """
 
 from __future__ import annotations
@@ -164,10 +164,18 @@ def test_a_lazy_run_equals_the_same_task_loaded_eagerly(
     for a, b in zip(*rows, strict=True):
         assert a["epsilon_max"] == b["epsilon_max"] and a["clients"] == b["clients"] == 2
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
+    # The same records on the same side of the keyed split, with the same keys.
+    lazy_ds = federated_data(_config(lazy, "task")).dataset
+    eager_ds = federated_data(_config(eager, "eager")).dataset
+    assert isinstance(lazy_ds, LazyDataset) and not isinstance(eager_ds, LazyDataset)
+    np.testing.assert_array_equal(lazy_ds.train_record_keys, eager_ds.train_record_keys)
+    np.testing.assert_array_equal(lazy_ds.y_test, eager_ds.y_test)
+    first = lazy_ds.train[0][0].numpy()
+    np.testing.assert_array_equal(first, eager_ds.x_train[0])  # transformed on read
     wa, wb = load_file(lazy / MODEL_FILE), load_file(eager / MODEL_FILE)
     assert wa.keys() == wb.keys()
     for k in wa:
-        np.testing.assert_allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(wa[k], wb[k])  # the same batches, bit for bit
 
 
 def test_a_lazy_task_refuses_batched_training_and_the_other_engines(
@@ -185,7 +193,7 @@ def test_a_lazy_secagg_run_equals_the_eager_one(counted: ModuleType, tmp_path: P
     simulate(_config(eager, "eager", secagg=True))
     wa, wb = load_file(lazy / MODEL_FILE), load_file(eager / MODEL_FILE)
     for k in wa:
-        np.testing.assert_allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(wa[k], wb[k])  # the same batches, bit for bit
 
 
 def test_a_deployed_node_holds_the_lazy_set_and_reads_only_sampled_records(
