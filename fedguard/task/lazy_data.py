@@ -122,9 +122,10 @@ class ImageFolder(_Records):
     ----------
     root : path
         One folder per class. Files are listed once (sorted), decoded when read.
-    classes : sequence of str, optional
-        The class folders in label order (public: every node must agree on it); default
-        the sorted folder names.
+    classes : sequence of str
+        The class folders in label order: public, declared, the same on every node. Not
+        taken from the folders present: one record of a new class would renumber the
+        others' labels (red team). A folder that is not a declared class is refused.
     shape : tuple of int
         ``(channels, height, width)`` of a record as the model sees it (after
         ``transform``). Images are converted to 1 (``L``) or 3 (``RGB``) channels.
@@ -137,17 +138,19 @@ class ImageFolder(_Records):
         *,
         root: str | os.PathLike[str],
         shape: Sequence[int],
-        classes: Sequence[str] | None = None,
+        classes: Sequence[str],
         transform: Transform | None = None,
     ) -> None:
         base = Path(root)
         if not base.is_dir():
             raise DataError(f"{base}: expected a folder with one sub-folder per class")
-        names = (
-            sorted(p.name for p in base.iterdir() if p.is_dir())
-            if classes is None
-            else [str(c) for c in classes]
-        )
+        names = [str(c) for c in classes]
+        undeclared = sorted({p.name for p in base.iterdir() if p.is_dir()} - set(names))
+        if undeclared:
+            raise DataError(
+                f"{base / undeclared[0]}: a folder that is not one of the declared classes "
+                f"({', '.join(names)})"
+            )
         super().__init__(shape=tuple(shape), num_classes=len(names), transform=transform)
         self.classes = tuple(names)
         self.root = base

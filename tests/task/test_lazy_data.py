@@ -45,7 +45,7 @@ def _write(fmt: str, root: Path, x: np.ndarray, y: np.ndarray) -> object:
                 Image.fromarray(img[0]).save(folder / f"{k:04d}.png")
             else:
                 np.save(folder / f"{k:04d}.npy", img)
-        return ImageFolder(root=root, shape=SHAPE)
+        return ImageFolder(root=root, shape=SHAPE, classes=["cat", "dog"])
     if fmt == "npy":
         np.save(root / "x.npy", x)
         np.save(root / "y.npy", y.astype(np.int64))
@@ -99,7 +99,7 @@ def test_a_record_of_another_shape_or_class_is_named(tmp_path):
     root = tmp_path / "d"
     _write("npy-files", root, x, y)
     np.save(root / "dog" / "bad.npy", np.zeros((1, 5, 4), dtype=np.uint8))
-    data = ImageFolder(root=root, shape=SHAPE)
+    data = ImageFolder(root=root, shape=SHAPE, classes=["cat", "dog"])
     bad = next(i for i in range(len(data)) if data.path(i) == root / "dog" / "bad.npy")
     with pytest.raises(DataError, match=r"bad\.npy: expected a record of shape \(1, 4, 4\), got"):
         data.fetch([0, bad])
@@ -117,9 +117,9 @@ def test_options_are_checked_with_one_line(tmp_path):
     root = tmp_path / "d"
     _write("png", root, x, y)
     with pytest.raises(ConfigError, match=r"^shape: expected a non-empty tuple"):
-        ImageFolder(root=root, shape=(1, 0, 4))
+        ImageFolder(root=root, shape=(1, 0, 4), classes=["cat", "dog"])
     with pytest.raises(DataError, match=r"bird: expected the folder of class 'bird'"):
-        ImageFolder(root=root, shape=SHAPE, classes=["cat", "bird"])
+        ImageFolder(root=root, shape=SHAPE, classes=["cat", "dog", "bird"])
     _write("parquet", tmp_path / "p", x, y)
     with pytest.raises(DataError, match=r"d\.parquet: expected columns \['pixels'\]"):
         ParquetRecords(
@@ -244,7 +244,7 @@ def test_reading_a_record_does_not_reveal_it_through_the_access_time(tmp_path):
     if probe.stat().st_atime == before[probe]:
         pytest.skip("this file system does not record access times (noatime)")
     before = _stale_atimes(root)
-    data = ImageFolder(root=root, shape=SHAPE)
+    data = ImageFolder(root=root, shape=SHAPE, classes=["cat", "dog"])
     data.fetch([0, 5, 7])
     _released_sum(data)  # a DP step over every record
     touched = [p for p, t in before.items() if p.stat().st_atime != t]
@@ -266,3 +266,20 @@ def test_a_truncated_or_fortran_npy_is_named(tmp_path):
     np.save(tmp_path / "x.npy", np.asfortranarray(x))
     with pytest.raises(DataError, match=r"x\.npy: expected records \[n, \.\.\.\] .* \(Fortran"):
         NpyRecords(x_path=tmp_path / "x.npy", y_path=tmp_path / "y.npy", shape=SHAPE, num_classes=2)
+
+
+def test_the_class_list_is_declared_not_read_from_the_folders(tmp_path: Path):
+    """Labels from the folders present let one record of a new class renumber every
+    later class (and num_classes) on that node (red team): the classes are declared, and
+    a folder that is not one of them is refused in one line."""
+    x, y = _images(2)
+    root = tmp_path / "d"
+    _write("npy-files", root, x, y)
+    with pytest.raises(TypeError):
+        ImageFolder(root=root, shape=SHAPE)  # type: ignore[call-arg]
+    declared = ImageFolder(root=root, shape=SHAPE, classes=["cat", "dog"])
+    (root / "bird").mkdir()  # one record of a class the federation did not declare
+    np.save(root / "bird" / "0.npy", x[0])
+    with pytest.raises(DataError, match=r"bird: a folder that is not one of the declared"):
+        ImageFolder(root=root, shape=SHAPE, classes=["cat", "dog"])
+    assert declared.num_classes == 2
