@@ -62,10 +62,22 @@ class TaskRecords(TorchDataset):
     Item ``i`` is ``(float32 features, label)`` of record ``indices[i]``, checked as at
     load (shape, finite, label range) and transformed by the task's per-record
     transforms, exactly the row an eager load would have put in ``x_train``.
+
+    With ``keys`` (the training records'), each read is keyed again and refused if the
+    record changed since the load: the per-record budget charges the load's keys, so a
+    record rewritten on disk must not train under the key of the record it replaced.
     """
 
-    def __init__(self, *, task: Task, data: Any, indices: np.ndarray, obj: str) -> None:
-        self.task, self.data, self.obj = task, data, obj
+    def __init__(
+        self,
+        *,
+        task: Task,
+        data: Any,
+        indices: np.ndarray,
+        obj: str,
+        keys: np.ndarray | None = None,
+    ) -> None:
+        self.task, self.data, self.obj, self.keys = task, data, obj, keys
         self.indices = np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -77,8 +89,18 @@ class TaskRecords(TorchDataset):
     def __getitems__(self, idx: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
         real = [int(self.indices[i]) for i in idx]
         out = []
-        for j, item in zip(real, _items(self.data, real), strict=True):
-            x, label, _ = checked_record(self.task, self.obj, j, item, keyed=False)
+        for i, j, item in zip(idx, real, _items(self.data, real), strict=True):
+            keyed = self.keys is not None
+            x, label, record = checked_record(self.task, self.obj, j, item, keyed=keyed)
+            if (
+                self.keys is not None
+                and record_keys([record])[0].tobytes() != self.keys[i].tobytes()
+            ):
+                raise DataError(
+                    f"task {self.task.name}: record {j} of {self.obj} changed since it was "
+                    "loaded (its bytes no longer give the key its budget is charged to); "
+                    "restart to load the records again"
+                )
             out.append((torch.from_numpy(x.astype(np.float32)), label))
         return out
 
@@ -139,15 +161,18 @@ def lazy_dataset(task: Task, loaded: Any, request: LoadRequest, *, obj: str) -> 
             f"{request.source}: {n} rows are too few for a train/test split with "
             f"test_fraction={request.test_fraction} ({len(y_test)} held out)"
         )
+    train_keys = np.stack(keys) if keys else np.zeros((0, 32), dtype=np.uint8)
     return LazyDataset(
         name=task.name,
-        train=TaskRecords(task=task, data=loaded, indices=np.array(train_idx), obj=obj),
+        train=TaskRecords(
+            task=task, data=loaded, indices=np.array(train_idx), obj=obj, keys=train_keys
+        ),
         test=TaskRecords(task=task, data=loaded, indices=np.array(test_idx), obj=obj),
         y_train=np.array(y_train, dtype=np.int64),
         y_test=np.array(y_test, dtype=np.int64),
         num_classes=int(task.num_classes or 0),
         input_shape=shape,
-        train_record_keys=(np.stack(keys) if keys else np.zeros((0, 32), dtype=np.uint8)),
+        train_record_keys=train_keys,
         class_names=task.class_names,
     )
 

@@ -248,3 +248,43 @@ def test_a_deployed_node_holds_the_lazy_set_and_reads_only_sampled_records(
     assert steps and all(sampled == read for sampled, read in steps)
     assert len(counted.READS) - at_train == sum(s for s, _ in steps)
     node_runtime.cache_clear()
+
+
+def test_attack_records_changed_on_disk_after_the_load_do_not_train_under_stale_keys(
+    counted: ModuleType, tmp_path: Path
+) -> None:
+    """The per-record budget charges the keys of the load's pass. A record rewritten on
+    disk afterwards (another person's record in the file) must not train charged to the
+    key of the record it replaced: its own spend would go uncounted."""
+    from fedguard.client.node import node_runtime
+    from fedguard.errors import DataError
+    from fedguard.fl.loop import TrainRequest
+    from fedguard.task import get_weights
+
+    spec = "lazy_counted_task:task"
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        f'[node]\nname = "n"\nserver = "127.0.0.1:9"\ninsecure = true\n'
+        f'state-dir = "{tmp_path / "state"}"\n\n[data]\ndataset = "counted"\ntask = "{spec}"\n'
+    )
+    node_runtime.cache_clear()
+    runtime = node_runtime(str(toml))
+    assert runtime.data is not None
+    runtime.data.data.x[:] = runtime.data.data.x[::-1] + 1.0  # every record replaced
+    request = TrainRequest(
+        server_round=1,
+        local_epochs=1,
+        batch_size=16,
+        lr=0.5,
+        max_grad_norm=1.0,
+        total_rounds=2,
+        federation="lazy",
+        model=spec,
+        run_id="run-a",
+    )
+    weights = get_weights(counted.model(input_shape=(F,), num_classes=2))
+    try:
+        with pytest.raises(DataError, match=r"record \d+ of Counted.*changed since"):
+            runtime.train(model_name=spec, weights=weights, request=request)
+    finally:
+        node_runtime.cache_clear()
