@@ -12,11 +12,11 @@ from fedguard.fl.local import LocalTrainer
 from fedguard.fl.loop import ClientUpdate, Refusal, SecureMean, federated_data, initial_model
 from fedguard.simulations.cohort_trainers import (
     OneAtATime,
-    SecureCohort,
     Vectorised,
     VirtualClients,
     cohort_trainer,
 )
+from fedguard.simulations.secure_cohort import SecureCohort
 from fedguard.task import get_weights
 
 

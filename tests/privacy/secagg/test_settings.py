@@ -8,7 +8,7 @@ from fedguard.config import SimulationConfig
 from fedguard.deploy_config import load_federation_config
 from fedguard.privacy.secagg import SecAggSettings
 from fedguard.server.deploy_parts import secagg_params
-from fedguard.simulations.cohort_trainers import secagg_settings
+from fedguard.simulations.secure_cohort import secagg_settings
 
 
 def _federation(tmp_path: Path, extra: str = "") -> Path:
