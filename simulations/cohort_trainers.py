@@ -7,9 +7,9 @@ weights)`` into the updates and refusals :func:`fedguard.fl.loop.run_rounds` fol
 * :class:`OneAtATime`: each client in turn through :class:`fedguard.fl.local.LocalTrainer`;
 * :class:`Vectorised`: DP clients trained together
   (:class:`fedguard.privacy.cohort.CohortDPTrainer`);
-* :class:`~fedguard.simulations.secure_cohort.SecureCohort`: under SecAgg+, every party in this process, batched like
-  :class:`Vectorised` where the model allows; the server sees only the sum (and, with
-  client-level DP, each input carries its noise share).
+* :class:`~fedguard.simulations.secure_cohort.SecureCohort`: under SecAgg+, every party
+  in this process, batched like :class:`Vectorised` where the model allows; the server
+  sees only the sum (and, with client-level DP, each input carries its noise share).
 
 :func:`cohort_trainer` picks the mode from the configuration.
 """
@@ -38,7 +38,7 @@ from fedguard.fl.loop import (
 )
 from fedguard.privacy import AccountantStore
 from fedguard.simulations.client_state import AccountantCache
-from fedguard.simulations.secure_cohort import SecureCohort, secagg_settings
+from fedguard.simulations.secure_cohort import SecureCohort
 from fedguard.simulations.virtual_clients import budget_for
 from fedguard.simulations.virtual_scaling import reserve_scaling, scale_client_rows
 from fedguard.task.lazy_records import LazyDataset
