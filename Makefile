@@ -84,6 +84,13 @@ wheel-check: $(STAMP)
 		--out ../../../scans --per-class 30 && PYTHONPATH=. ../../../venv/bin/fedguard \
 		simulate --config sim.toml --dataset ../../../scans --rounds 2 \
 		--out ../../../scans-run --overwrite
+	# Both examples in a one-round loopback federation (TLS, SecAgg+), every process from the
+	# wheel install: the test runs outside the checkout, so fedguard is site-packages'.
+	$(WHEEL_DIR)/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt pytest
+	cd $(WHEEL_DIR) && venv/bin/python -c "import fedguard, pathlib, sys; \
+		sys.exit(0 if 'site-packages' in pathlib.Path(fedguard.__file__).parts else 1)" \
+		&& venv/bin/python -m pytest -q -p no:cacheprovider \
+		src/tests/deploy/test_examples_federation.py
 
 # Regenerate fedguard/proto from protos/ with the pinned grpcio-tools; generated files are
 # never edited by hand (tests/transport/test_protos_fresh.py fails when they are stale).
