@@ -105,8 +105,10 @@ def _description(path: str, message: Message) -> dict[str, DescriptionValue]:
     task = message.content.config_records.get("task")
     classes = None if task is None else task.get("num-classes")
     if isinstance(classes, int) and not isinstance(classes, bool):
-        y = runtime.y
-        out["labels-fit"] = bool(y.numel() == 0 or (int(y.min()) >= 0 and int(y.max()) < classes))
+        # Against the node's class count (declared by its schema, task or built-in set, and
+        # every record checked against it at load), not its records' largest label: asked
+        # with every k in turn, that answered which classes the node holds (red team).
+        out["labels-fit"] = classes >= runtime.num_classes
     return out
 
 
