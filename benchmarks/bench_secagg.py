@@ -44,6 +44,7 @@ from fedguard.privacy.secagg import (
     ConsistencyReply,
     ConsistencyRequest,
     RoundCost,
+    SecAggParams,
     UnmaskRequest,
     make_params,
     quorum,
@@ -54,7 +55,7 @@ from fedguard.privacy.secagg.signing import consistency_message
 from fedguard.simulations.runner import simulate
 from fedguard.transport import encode_secagg
 
-__all__ = ["MODELS", "main"]
+__all__ = ["MODELS", "bench_params", "main"]
 
 # name -> MLP hidden width on digits (64 inputs, 10 classes): 74h + 10 parameters.
 MODELS = {"10k": 128, "1M": 13_400}
@@ -127,8 +128,9 @@ class ProtocolCost:
     consistency_down_bytes: float  # per node: ConsistencyRequest + the signatures in unmask
 
 
-def protocol_cost(*, clients: int, params: int, seed: int = 0) -> ProtocolCost:
-    p = make_params(
+def bench_params(*, clients: int, seed: int = 0) -> SecAggParams:
+    """The session every protocol benchmark runs: 16 bits over [-1, 1], cap 50, 1/3."""
+    return make_params(
         run="bench",
         server_round=1,
         cohort=clients,
@@ -138,6 +140,10 @@ def protocol_cost(*, clients: int, params: int, seed: int = 0) -> ProtocolCost:
         dropout_tolerance=1 / 3,
         graph_seed=seed,
     )
+
+
+def protocol_cost(*, clients: int, params: int, seed: int = 0) -> ProtocolCost:
+    p = bench_params(clients=clients, seed=seed)
     rng = np.random.default_rng(seed)
     update = [rng.normal(0.0, 0.05, params).astype(np.float32)]
     sent = {"up": 0, "down": 0, "cons-up": 0, "cons-down": 0}

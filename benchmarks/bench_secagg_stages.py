@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.bench_secagg import MODELS, bench_params
 from fedguard.config import load_simulation_config
 from fedguard.files import METRICS_FILE
 from fedguard.privacy.secagg import (
@@ -44,7 +45,6 @@ from fedguard.privacy.secagg import (
     ShareKeysRequest,
     UnmaskReply,
     UnmaskRequest,
-    make_params,
     quantize,
 )
 from fedguard.privacy.secagg import _hazmat as hz
@@ -53,8 +53,6 @@ from fedguard.transport import decode_secagg, encode_secagg
 
 __all__ = ["main", "stage_times"]
 
-# digits MLP hidden width -> parameters (74h + 10), as bench_secagg's models.
-MODELS = {"10k": 128, "1M": 13_400}
 NODE_STAGES = ("advertise", "share keys", "quantise", "mask", "consistency", "unmask")
 SERVER_STAGES = ("route keys", "route shares", "add inputs", "survivor set", "unmask")
 
@@ -62,17 +60,10 @@ SERVER_STAGES = ("route keys", "route shares", "add inputs", "survivor set", "un
 def stage_times(*, clients: int, params: int, seed: int = 0) -> dict[str, Any]:
     """Milliseconds per stage: per node (mean over nodes) and for the server, plus the
     serialisation (encode + parse) each side does."""
-    p = make_params(
-        run="bench",
-        server_round=1,
-        cohort=clients,
-        clip_range=1.0,
-        bits=16,
-        weight_cap=50,
-        dropout_tolerance=1 / 3,
-        graph_seed=seed,
+    p = dataclasses.replace(
+        bench_params(clients=clients, seed=seed),
+        names=tuple(f"node-{s}" for s in range(1, clients + 1)),
     )
-    p = dataclasses.replace(p, names=tuple(f"node-{s}" for s in range(1, clients + 1)))
     rng = np.random.default_rng(seed)
     update = [rng.normal(0.0, 0.05, params).astype(np.float32)]
     node_ms: dict[str, float] = defaultdict(float)
