@@ -83,6 +83,7 @@ class Record:
     first: int  # index of the layer's weight in the stacked parameter list
     a: torch.Tensor
     z: torch.Tensor
+    grouped: torch.Tensor | None = None  # Conv2d: ``a`` as the grouped conv read it
 
 
 class StackedSequential:
@@ -134,6 +135,11 @@ class StackedSequential:
                     groups=k,
                 )
                 z = out.view(b, k, -1, *out.shape[2:]).transpose(0, 1)
+                records.append(
+                    Record(layer=layer, first=first, a=x.detach(), z=z, grouped=grouped.detach())
+                )
+                x = z
+                continue
             elif isinstance(layer, nn.GroupNorm) and layer.affine:
                 w, bias = params[first], params[first + 1]
                 normed = F.group_norm(x.flatten(0, 1), layer.num_groups, eps=layer.eps)
@@ -143,6 +149,8 @@ class StackedSequential:
                 records.append(Record(layer=layer, first=first, a=normed.detach(), z=z))
                 x = z
                 continue
+            elif _identity_pool(layer, x):
+                continue  # exactly the identity, forward and backward: skip its two copies
             else:
                 y = layer(x.flatten(0, 1))
                 x = y.view(k, b, *y.shape[1:])
@@ -173,38 +181,67 @@ class StackedSequential:
                 bias = 1.0 if rec.layer.bias is not None else 0.0
                 sq += (g * g).sum(2) * ((rec.a * rec.a).sum(2) + bias)
                 samples.append(None)
-                continue
-            per_sample = _per_sample(rec, g)  # [K, B, *param shape] each
-            for t in per_sample:
-                sq += t.flatten(2).pow(2).sum(2)
-            samples.append(per_sample)
+            elif isinstance(rec.layer, nn.Conv2d):
+                sq += _conv_sq_norms(rec, g)
+                samples.append(None)
+            else:
+                per_sample = _group_norm_samples(rec, g)  # [K, B, C] each
+                for t in per_sample:
+                    sq += (t * t).sum(2)
+                samples.append(per_sample)
         # Opacus's clipping factor, to the last epsilon: min(1, C / (norm + 1e-6)).
         factors = (max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0) * valid
         sums: list[torch.Tensor | None] = [None] * self.num_params
         for rec, g, layer_samples in zip(records, grads, samples, strict=True):
-            if layer_samples is None:
+            if isinstance(rec.layer, nn.Linear):
                 weighted = g * factors[:, :, None]
                 sums[rec.first] = torch.bmm(weighted.transpose(1, 2), rec.a)
                 if rec.layer.bias is not None:
                     sums[rec.first + 1] = weighted.sum(1)
-                continue
-            for offset, t in enumerate(layer_samples):
-                sums[rec.first + offset] = torch.einsum("kb,kb...->k...", factors, t)
+            elif isinstance(rec.layer, nn.Conv2d):
+                for offset, t in enumerate(_conv_sums(rec, g, factors)):
+                    sums[rec.first + offset] = t
+            elif layer_samples is not None:
+                for offset, t in enumerate(layer_samples):
+                    sums[rec.first + offset] = torch.einsum("kb,kb...->k...", factors, t)
         missing = [i for i, s in enumerate(sums) if s is None]
         if missing:  # cannot happen for a stackable Sequential: every layer runs
             raise RuntimeError(f"no gradient for stacked parameters {missing}")
         return [s for s in sums if s is not None], factors
 
 
-def _per_sample(rec: Record, g: torch.Tensor) -> list[torch.Tensor]:
-    """Per-example gradients ``[K, B, *shape]`` of a convolution's or GroupNorm's params."""
+def _identity_pool(layer: nn.Module, x: torch.Tensor) -> bool:
+    """An adaptive average pool whose output size is its input's (``cnn`` on 8x8 digits)."""
+    if not isinstance(layer, nn.AdaptiveAvgPool2d):
+        return False
+    size = layer.output_size
+    wanted = (size, size) if isinstance(size, int) else tuple(size)
+    return all(w is None or w == n for w, n in zip(wanted, x.shape[-2:], strict=True))
+
+
+def _group_norm_samples(rec: Record, g: torch.Tensor) -> list[torch.Tensor]:
+    """Per-example gradients ``[K, B, C]`` of a GroupNorm's affine weight and bias."""
+    spatial = tuple(range(3, g.ndim))
+    gw = (g * rec.a).sum(spatial) if spatial else g * rec.a
+    gb = g.sum(spatial) if spatial else g
+    return [gw, gb]
+
+
+def ghost_is_cheaper(*, positions: int, out_channels: int, patch: int) -> bool:
+    """Whether a convolution's per-example norms are cheaper from Gram matrices.
+
+    Example i's weight gradient is ``g_i a_i^T`` (``g_i``: ``[Cout, L]``, ``a_i``: its
+    unfolded input ``[Cin*kh*kw, L]``); its squared norm is also ``<g_i^T g_i, a_i^T a_i>``,
+    two ``[L, L]`` Gram matrices (the ghost norm, Li et al. 2022). That beats forming the
+    ``[Cout, Cin*kh*kw]`` gradient where ``2 L^2 <= Cout * Cin*kh*kw`` (Opacus's rule).
+    """
+    return 2 * positions * positions <= out_channels * patch
+
+
+def _conv_sq_norms(rec: Record, g: torch.Tensor) -> torch.Tensor:
+    """Each example's squared gradient norm ``[K, B]`` over a convolution's parameters."""
     k, b = int(g.shape[0]), int(g.shape[1])
     layer = rec.layer
-    if isinstance(layer, nn.GroupNorm):
-        spatial = tuple(range(3, g.ndim))
-        gw = (g * rec.a).sum(spatial) if spatial else g * rec.a
-        gb = g.sum(spatial) if spatial else g
-        return [gw, gb]
     assert isinstance(layer, nn.Conv2d)
     cols = F.unfold(
         rec.a.flatten(0, 1),
@@ -214,8 +251,41 @@ def _per_sample(rec: Record, g: torch.Tensor) -> list[torch.Tensor]:
         stride=layer.stride,
     )  # [K*B, Cin*kh*kw, L]
     out = g.reshape(k * b, g.shape[2], -1)  # [K*B, Cout, L]
-    gw = torch.bmm(out, cols.transpose(1, 2)).view(k, b, *layer.weight.shape)
-    result = [gw]
+    positions, patch = int(out.shape[2]), int(cols.shape[1])
+    if ghost_is_cheaper(positions=positions, out_channels=int(out.shape[1]), patch=patch):
+        grams = torch.bmm(cols.transpose(1, 2), cols) * torch.bmm(out.transpose(1, 2), out)
+        sq = grams.sum((1, 2))
+    else:
+        # The norm straight from the gradient: no squared copy of it.
+        sq = torch.linalg.vector_norm(torch.bmm(out, cols.transpose(1, 2)), dim=(1, 2)).square()
     if layer.bias is not None:
-        result.append(out.sum(2).view(k, b, -1))
+        sq = sq + out.sum(2).square().sum(1)
+    return sq.view(k, b)
+
+
+def _conv_sums(rec: Record, g: torch.Tensor, factors: torch.Tensor) -> list[torch.Tensor]:
+    """A convolution's clipped sums ``[K, *shape]``: sum_i f_i g_i a_i^T, never per example.
+
+    It is the weight gradient of the grouped convolution for the output gradient ``f g``,
+    which the convolution's own backward kernel computes.
+    """
+    k, b = int(g.shape[0]), int(g.shape[1])
+    layer = rec.layer
+    assert isinstance(layer, nn.Conv2d) and rec.grouped is not None
+    weighted = torch.empty((b, k, *g.shape[2:]), dtype=g.dtype, device=g.device)
+    torch.mul(g.transpose(0, 1), factors.t().reshape(b, k, *([1] * (g.ndim - 2))), out=weighted)
+    grouped_out = weighted.view(b, k * g.shape[2], *g.shape[3:])
+    shape = layer.weight.shape
+    gw = torch.nn.grad.conv2d_weight(
+        rec.grouped,
+        (k * shape[0], *shape[1:]),
+        grouped_out,
+        stride=layer.stride,
+        padding=layer.padding,  # type: ignore[arg-type]  # ints or pairs; str refused
+        dilation=layer.dilation,
+        groups=k,
+    )
+    result = [gw.view(k, *shape)]
+    if layer.bias is not None:
+        result.append(weighted.sum((0, *range(3, weighted.ndim))).view(k, -1))
     return result
