@@ -10,9 +10,10 @@ import ast
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from fedguard.fl.loop import client_generator, sample_cohort
-from fedguard.fl.seeds import Stream, stream_rng, stream_seed
+from fedguard.fl.loop import client_generator, client_generators, sample_cohort
+from fedguard.fl.seeds import Stream, stream_rng, stream_seed, stream_seeds_u64
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("fedguard", "privacy", "client", "server", "simulations")
@@ -41,6 +42,36 @@ def test_streams_draw_what_the_literal_seed_lists_drew() -> None:
     seed64 = int(np.random.SeedSequence([7, 2, 2, 5]).generate_state(1, dtype=np.uint64)[0])
     assert g.initial_seed() == seed64
     assert stream_seed(seed=7, stream=Stream.CLIENT, ids=(2, 5)).entropy == [7, 2, 2, 5]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 2**31 + 5, 2**32 - 1, 2**32, 2**40 + 9, 2**70 + 1])
+@pytest.mark.parametrize("ids", [(), (0,), (3,), (2**33 + 1,), (4, 9)])
+def test_the_vectorised_hash_is_numpys_seed_sequence_bit_for_bit(seed: int, ids: tuple) -> None:
+    last = np.concatenate(
+        [[0, 1, 2**32 - 1, 2**32, 2**45], np.random.default_rng(seed % 97).integers(0, 2**31, 40)]
+    )
+    want = [
+        stream_seed(seed=seed, stream=Stream.CLIENT, ids=(*ids, int(x))).generate_state(
+            1, dtype=np.uint64
+        )[0]
+        for x in last
+    ]
+    got = stream_seeds_u64(seed=seed, stream=Stream.CLIENT, ids=ids, last=last)
+    assert got.dtype == np.uint64 and got.tolist() == [int(w) for w in want]
+    small = last[last <= 2**32 - 1]  # the vectorised path (one entropy word per id)
+    assert stream_seeds_u64(seed=seed, stream=Stream.CLIENT, ids=ids, last=small).tolist() == [
+        int(w) for w, x in zip(want, last, strict=True) if x <= 2**32 - 1
+    ]
+
+
+def test_a_cohorts_generators_are_each_clients_own() -> None:
+    ids = [0, 5, 699, 12]
+    many = client_generators(seed=3, server_round=4, client_ids=ids)
+    assert [g.initial_seed() for g in many] == [
+        client_generator(seed=3, server_round=4, client_id=c).initial_seed() for c in ids
+    ]
+    with pytest.raises(ValueError, match="non-negative"):
+        stream_seeds_u64(seed=3, stream=Stream.CLIENT, ids=(4,), last=np.array([-1]))
 
 
 def _seeded_with_a_list(tree: ast.AST) -> list[int]:
