@@ -272,6 +272,13 @@ class Accountant:
         """Events composed so far, consecutive identical (sigma, q) merged."""
         return self._events
 
+    def copy(self) -> Accountant:
+        """An independent accountant with the same method and history (events are
+        immutable: nothing is re-validated)."""
+        twin = Accountant(method=self._method)
+        twin._events = self._events
+        return twin
+
     def compose(self, event: GaussianEvent) -> None:
         """Record ``event`` as released."""
         if not isinstance(event, GaussianEvent):

@@ -230,8 +230,13 @@ class CohortDPTrainer:
         )
         # Write-ahead: every client's release is counted (and persisted by the caller)
         # before any gradient of its data is computed.
+        events: dict[tuple[float, float, int], GaussianEvent] = {}  # mostly one per chunk
         for c, sigma, q, s in zip(chunk, plan.sigmas, plan.rates, plan.steps, strict=True):
-            event = GaussianEvent(noise_multiplier=sigma, sample_rate=q, steps=s)
+            event = events.get((sigma, q, s))
+            if event is None:
+                event = events[(sigma, q, s)] = GaussianEvent(
+                    noise_multiplier=sigma, sample_rate=q, steps=s
+                )
             c.accountant.compose(event)
             if c.before_training is not None:
                 c.before_training(event)

@@ -22,7 +22,7 @@ __all__ = ["AccountantCache"]
 
 
 class AccountantCache:
-    """Every virtual client's accountant state, in memory until :meth:`flush`.
+    """Every virtual client's accountant, in memory until :meth:`flush`.
 
     Parameters
     ----------
@@ -33,37 +33,46 @@ class AccountantCache:
 
     def __init__(self, *, state_dir: Path) -> None:
         self._state_dir = Path(state_dir)
-        self._states: dict[Path, dict[str, object]] = {}
+        self._held: dict[Path, Accountant] = {}
+        self._stores: dict[int, AccountantStore] = {}
 
     def store(self, client_id: int) -> AccountantStore:
         """The store :class:`~fedguard.fl.local.LocalTrainer` uses for one client."""
-        path = client_state_dir(self._state_dir, client_id) / ACCOUNTANT_FILE
-        return _CachedStore(path=path, states=self._states)
+        store = self._stores.get(client_id)
+        if store is None:
+            path = client_state_dir(self._state_dir, client_id) / ACCOUNTANT_FILE
+            store = self._stores[client_id] = _CachedStore(path=path, held=self._held)
+        return store
 
     def flush(self) -> int:
         """Write every client's accountant file (atomically); returns how many."""
-        for path, state in self._states.items():
-            AccountantStore(path=path).save(Accountant.from_state_dict(state, source=str(path)))
-        return len(self._states)
+        for path, accountant in self._held.items():
+            AccountantStore(path=path).save(accountant)
+        return len(self._held)
 
 
 class _CachedStore(AccountantStore):
-    """An :class:`AccountantStore` whose reads and writes go to a shared dict.
+    """An :class:`AccountantStore` whose reads and writes go to a shared dict (copies: a
+    loaded accountant changes nothing held until it is saved).
 
     A client never seen in this run falls back to its file (absent in a fresh run).
     """
 
-    def __init__(self, *, path: Path, states: dict[Path, dict[str, object]]) -> None:
+    def __init__(self, *, path: Path, held: dict[Path, Accountant]) -> None:
         super().__init__(path=path)
-        self._states = states
+        self._held = held
 
     def load(self, *, method: AccountantMethod | str) -> Accountant:
-        state = self._states.get(self.path)
-        if state is None:
+        held = self._held.get(self.path)
+        if held is None:
             return super().load(method=method)
-        return Accountant.from_state_dict(state, method=method, source=str(self.path))
+        if held.method != method:  # refused as a file of another method would be
+            return Accountant.from_state_dict(
+                held.state_dict(), method=method, source=str(self.path)
+            )
+        return held.copy()
 
     def save(self, accountant: Accountant) -> None:
         if not isinstance(accountant, Accountant):
             raise TypeError(f"accountant: expected an Accountant, got {type(accountant).__name__}")
-        self._states[self.path] = accountant.state_dict()
+        self._held[self.path] = accountant.copy()

@@ -31,9 +31,12 @@ from fedguard.fl.local import CohortMember, LocalResult, LocalTrainer, PrivacyBu
 from fedguard.fl.loop import (
     ClientUpdate,
     FederatedData,
+    PartialSum,
     Refusal,
     SecureMean,
+    WeightedSum,
     client_generator,
+    client_generators,
     request_for,
 )
 from fedguard.privacy import AccountantStore
@@ -53,7 +56,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-Reply = ClientUpdate | Refusal | SecureMean
+Reply = ClientUpdate | Refusal | SecureMean | PartialSum
 
 
 class CohortTrainer(Protocol):
@@ -129,6 +132,12 @@ class VirtualClients:
             seed=self.config.seed, server_round=server_round, client_id=cid, device=self.device
         )
 
+    def generators(self, server_round: int, cohort: list[int]) -> list[torch.Generator]:
+        """:meth:`generator` of every client of ``cohort``, seeds hashed in one pass."""
+        return client_generators(
+            seed=self.config.seed, server_round=server_round, client_ids=cohort, device=self.device
+        )
+
     def size(self, cid: int) -> int:
         return len(self.data.partitions[cid])
 
@@ -136,10 +145,10 @@ class VirtualClients:
         self.accountants.flush()
 
 
-def _update(client_id: int, result: LocalResult) -> ClientUpdate:
+def _update(client_id: int, result: LocalResult, *, with_weights: bool = True) -> ClientUpdate:
     return ClientUpdate(
         client_id=client_id,
-        weights=result.weights,
+        weights=result.weights if with_weights else None,
         num_examples=result.num_examples,
         train_loss=result.train_loss,
         epsilon=result.epsilon,
@@ -183,12 +192,24 @@ class OneAtATime:
 
 
 class Vectorised:
-    """The cohort's DP clients trained together, step for step as :class:`OneAtATime`."""
+    """The cohort's DP clients trained together, step for step as :class:`OneAtATime`.
+
+    ``summed``: the updates come without weights, followed by their example-weighted sum
+    (:class:`~fedguard.fl.loop.PartialSum`, a few thousand clients at a time), as a Ray
+    worker's slice does: folding 700 small updates one by one cost more than training them.
+    Secure aggregation needs each client's own update and leaves it False.
+    """
 
     def __init__(
-        self, *, trainer: LocalTrainer, clients: VirtualClients, budget: PrivacyBudget
+        self,
+        *,
+        trainer: LocalTrainer,
+        clients: VirtualClients,
+        budget: PrivacyBudget,
+        summed: bool = False,
     ) -> None:
         self.trainer, self.clients, self.budget = trainer, clients, budget
+        self.summed = summed
 
     def __call__(
         self, server_round: int, cohort: list[int], global_weights: list[np.ndarray]
@@ -197,15 +218,10 @@ class Vectorised:
         for cid in cohort:
             c.prepare(cid)
         members = [
-            CohortMember(
-                client_id=cid,
-                x=c.xs[cid],
-                y=c.ys[cid],
-                generator=c.generator(server_round, cid),
-                store=c.store(cid),
-            )
-            for cid in cohort
+            CohortMember(client_id=cid, x=c.xs[cid], y=c.ys[cid], generator=g, store=c.store(cid))
+            for cid, g in zip(cohort, c.generators(server_round, cohort), strict=True)
         ]
+        held: list[tuple[ClientUpdate, list[np.ndarray]]] = []  # summed: reply, weights
         for cid, result in self.trainer.run_cohort(
             global_weights=global_weights,
             members=members,
@@ -214,8 +230,35 @@ class Vectorised:
         ):
             if isinstance(result, BudgetExceededError):
                 yield Refusal(client_id=cid, reason=str(result))
-            else:
+            elif not self.summed:
                 yield _update(cid, result)
+            else:
+                held.append((_update(cid, result, with_weights=False), result.weights))
+                if len(held) * sum(w.size for w in global_weights) >= _FOLD_FLOATS:
+                    yield from _folded(held, global_weights)
+                    held = []
+        if held:
+            yield from _folded(held, global_weights)
+
+
+_FOLD_FLOATS = 1 << 24
+"""Updates held before they are folded into a partial sum (64 MiB of float32)."""
+
+
+def _folded(
+    held: list[tuple[ClientUpdate, list[np.ndarray]]], global_weights: list[np.ndarray]
+) -> Iterator[Reply]:
+    """The replies (without weights), then their updates' sum as the loop would have
+    added them (each ``weights - global`` in float32, weighted by its example count, in
+    float64)."""
+    total = WeightedSum()
+    total.add_stacked(
+        [np.stack([w[j] for _, w in held]) - g for j, g in enumerate(global_weights)],
+        weights=np.array([u.num_examples for u, _ in held], dtype=np.float64),
+    )
+    for u, _ in held:
+        yield u
+    yield PartialSum(total=total)
 
 
 def cohort_trainer(
@@ -233,6 +276,8 @@ def cohort_trainer(
     """
     one = OneAtATime(trainer=trainer, clients=clients)
     batched = _vectorised(config=config, trainer=trainer, clients=clients)
+    if batched is not None and not config.secagg:
+        batched.summed = True  # the loop sees the sum only; see Vectorised
     if config.secagg:
         return SecureCohort(one=one, batched=batched, config=config)
     return batched if batched is not None else one

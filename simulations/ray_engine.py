@@ -186,6 +186,9 @@ class SliceWorker:
         start, wall = time.process_time(), time.perf_counter()
         try:
             for reply in self.train(server_round, cohort, global_weights):
+                if isinstance(reply, PartialSum):  # the batched trainer's own sum
+                    total.merge(reply.total)
+                    continue
                 if isinstance(reply, ClientUpdate) and reply.weights is not None:
                     delta = [w - g for w, g in zip(reply.weights, global_weights, strict=True)]
                     total.add(delta, weight=float(reply.num_examples))

@@ -312,22 +312,31 @@ class LocalTrainer:
             raise ValueError("run_cohort trains with DP; use run() for non-private training")
         clients: list[CohortClient] = []
         ids: list[int] = []
+        # Clients with the same history and record count get the same noise and verdict:
+        # each pair is decided once (a simulation's clients mostly share both).
+        verdicts: dict[tuple[tuple[GaussianEvent, ...], int], float | str] = {}
         for m in members:
             n = int(m.x.shape[0])
-            sigma = noise_for_budget(
-                budget=budget,
-                num_examples=n,
-                batch_size=request.batch_size,
-                local_epochs=request.local_epochs,
-            )
             accountant = m.store.load(method=budget.accountant)
-            try:
-                self._refuse_if_over_budget(
-                    accountant, budget=budget, sigma=sigma, n=n, request=request
+            verdict = verdicts.get((accountant.events, n))
+            if verdict is None:
+                verdict = noise_for_budget(
+                    budget=budget,
+                    num_examples=n,
+                    batch_size=request.batch_size,
+                    local_epochs=request.local_epochs,
                 )
-            except BudgetExceededError as exc:
-                yield m.client_id, exc
+                try:
+                    self._refuse_if_over_budget(
+                        accountant, budget=budget, sigma=verdict, n=n, request=request
+                    )
+                except BudgetExceededError as exc:
+                    verdict = str(exc)
+                verdicts[(accountant.events, n)] = verdict
+            if isinstance(verdict, str):
+                yield m.client_id, BudgetExceededError(verdict)
                 continue
+            sigma = verdict
             store = m.store
 
             def write_ahead(

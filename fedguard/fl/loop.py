@@ -21,7 +21,7 @@ import torch
 
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError, FedguardError, invalid
-from fedguard.fl.seeds import Stream, stream_rng, stream_seed
+from fedguard.fl.seeds import Stream, stream_rng, stream_seeds_u64
 from fedguard.fl.strategies import ServerOptimizer, client_prox_mu
 from fedguard.privacy.dp_scaling import SCALE_FLOOR
 from fedguard.task import Dataset, Metrics, partition
@@ -42,6 +42,7 @@ __all__ = [
     "WeightedSum",
     "clear_data_cache",
     "client_generator",
+    "client_generators",
     "federated_data",
     "initial_model",
     "load_federated_data",
@@ -161,9 +162,22 @@ def client_generator(
     device from it. A CUDA generator (Philox) draws other numbers than a CPU one (Mersenne
     Twister) from the same seed, so results differ between devices, never between runs.
     """
-    state = stream_seed(seed=seed, stream=Stream.CLIENT, ids=(server_round, client_id))
-    seed64 = int(state.generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator(device=device).manual_seed(seed64)
+    return client_generators(
+        seed=seed, server_round=server_round, client_ids=[client_id], device=device
+    )[0]
+
+
+def client_generators(
+    *, seed: int, server_round: int, client_ids: Sequence[int], device: str | torch.device = "cpu"
+) -> list[torch.Generator]:
+    """:func:`client_generator` of each of ``client_ids``, their seeds hashed in one pass."""
+    seeds = stream_seeds_u64(
+        seed=seed,
+        stream=Stream.CLIENT,
+        ids=(server_round,),
+        last=np.asarray(client_ids, dtype=np.int64),
+    )
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
 class WeightedSum:
@@ -188,6 +202,19 @@ class WeightedSum:
                 acc += np.asarray(u, dtype=np.float64) * weight
         self.total_weight += weight
         self.count += 1
+
+    def add_stacked(self, deltas: Sequence[np.ndarray], *, weights: np.ndarray) -> None:
+        """:meth:`add` for K updates at once: ``deltas[j]`` is ``[K, *shape]``, stacked in
+        client order, ``weights`` their K example counts. One float64 product per array
+        instead of K additions (the sum's rounding order differs, not its terms)."""
+        w = np.asarray(weights, dtype=np.float64)
+        if w.ndim != 1 or not (w > 0).all():
+            raise ValueError(f"update weights: expected numbers > 0, got {weights!r}")
+        part = WeightedSum()
+        # einsum: float64 products and sums in one pass (BLAS's dgemv was 7x slower here).
+        part._sum = [np.einsum("k,k...->...", w, d, dtype=np.float64) for d in deltas]
+        part.total_weight, part.count = float(w.sum()), int(w.shape[0])
+        self.merge(part)
 
     def merge(self, other: WeightedSum) -> None:
         """Fold in ``other``'s updates, as if each had been added here (float64 sums)."""

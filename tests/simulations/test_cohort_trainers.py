@@ -9,7 +9,15 @@ import torch
 
 from fedguard.config import SimulationConfig
 from fedguard.fl.local import LocalTrainer
-from fedguard.fl.loop import ClientUpdate, Refusal, SecureMean, federated_data, initial_model
+from fedguard.fl.loop import (
+    ClientUpdate,
+    PartialSum,
+    Refusal,
+    SecureMean,
+    WeightedSum,
+    federated_data,
+    initial_model,
+)
 from fedguard.simulations.cohort_trainers import (
     OneAtATime,
     Vectorised,
@@ -70,3 +78,31 @@ def test_a_secure_round_yields_receipts_without_weights_then_the_mean(tmp_path: 
     # The server side never holds an update in the clear.
     assert all(isinstance(r, ClientUpdate) and r.weights is None for r in replies)
     assert not any(isinstance(r, Refusal) for r in replies)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_a_summed_cohort_gives_the_sum_of_its_updates(tmp_path: Path, model: str):
+    """Plain in-process rounds fold the batched updates in one product (#18); the sum is
+    the per-update fold's, and the replies the same without weights."""
+    config, trainer, clients = _parts(tmp_path / "a", model=model, hidden=16)
+    start = get_weights(trainer.model)
+    plain = Vectorised(trainer=trainer, clients=clients, budget=clients.budget)
+    each = list(plain(1, [0, 1, 3], start))
+    _, trainer2, clients2 = _parts(tmp_path / "b", model=model, hidden=16)
+    summed = cohort_trainer(config=config, trainer=trainer2, clients=clients2)
+    assert isinstance(summed, Vectorised) and summed.summed
+    out = list(summed(1, [0, 1, 3], start))
+    assert isinstance(out[-1], PartialSum) and out[-1].total.count == 3
+    want = WeightedSum()
+    for u in each:
+        assert isinstance(u, ClientUpdate) and u.weights is not None
+        want.add([w - g for w, g in zip(u.weights, start, strict=True)], weight=u.num_examples)
+    got = out[-1].total
+    assert got.total_weight == want.total_weight
+    for a, b in zip(got.mean(), want.mean(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    replies = out[:-1]
+    assert [r.client_id for r in replies] == [u.client_id for u in each]
+    assert all(isinstance(r, ClientUpdate) and r.weights is None for r in replies)
+    assert [r.epsilon for r in replies] == [u.epsilon for u in each]
+    assert [r.train_loss for r in replies] == [u.train_loss for u in each]
