@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from fedguard.task.metrics import Metrics, compute_metrics
+from fedguard.task.metrics import Metrics, compute_metrics, macro_prf
 
 
 def test_loss_is_mean_cross_entropy() -> None:
@@ -99,3 +99,18 @@ def test_as_dict_and_frozen() -> None:
 def test_bad_inputs(y: np.ndarray, logits: np.ndarray, k: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         compute_metrics(y_true=y, logits=logits, num_classes=k)
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_macro_figures_are_scikit_learns_to_the_last_bit(case: int) -> None:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(case)
+    k = int(rng.integers(2, 12))
+    n = int(rng.integers(1, 400))
+    y = rng.integers(0, max(1, k - int(rng.integers(0, 3))), n)  # some classes absent
+    pred = np.where(rng.random(n) < 0.6, y, rng.integers(0, k, n))
+    want = precision_recall_fscore_support(
+        y, pred, labels=list(range(k)), average="macro", zero_division=0
+    )[:3]
+    assert macro_prf(y_true=y, y_pred=pred, num_classes=k) == tuple(float(w) for w in want)
