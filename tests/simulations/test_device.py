@@ -148,3 +148,23 @@ def test_accountant_cache_writes_each_client_once_at_flush(tmp_path: Path):
     assert (tmp_path / "client-00000" / "accountant.json").stat().st_mode & 0o777 == 0o600
     with pytest.raises(ConfigError, match="prv"):  # a method mismatch is still refused
         cache.store(0).load(method="prv")
+
+
+def test_a_cached_accountant_changes_only_when_saved(tmp_path: Path):
+    """The cache hands out copies: composing into a loaded accountant that is then not
+    saved (a refused or failed client) leaves the held history as it was."""
+    from fedguard.privacy import GaussianEvent
+
+    cache = AccountantCache(state_dir=tmp_path)
+    event = GaussianEvent(noise_multiplier=1.0, sample_rate=0.5, steps=2)
+    store = cache.store(1)
+    acc = store.load(method="rdp")
+    acc.compose(event)
+    store.save(acc)
+    acc.compose(event)  # after the save: not held
+    unsaved = cache.store(1).load(method="rdp")
+    unsaved.compose(event)  # never saved
+    assert cache.store(1).load(method="rdp").events == (event,)
+    cache.flush()
+    saved = json.loads((tmp_path / "client-00001" / "accountant.json").read_text())
+    assert saved["events"] == [[1.0, 0.5, 2]]
