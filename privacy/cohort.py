@@ -38,7 +38,7 @@ from fedguard.errors import ConfigError, invalid
 
 from .accountants import Accountant, GaussianEvent
 from .class_weights import check_class_weights
-from .cohort_draws import ChunkDraws, ChunkPlan, Hyper
+from .cohort_draws import ChunkDraws, ChunkPlan, Hyper, NoiseBuffers
 from .dpsgd import DPTrainResult, check_training_inputs
 from .stacked import StackedSequential, stacked_problems
 from .vmapped import VmappedModel, vmapped_problems
@@ -130,6 +130,7 @@ class CohortDPTrainer:
             else 2 * sum(math.prod(s) for s in self._shapes)
         )
         self._model = model
+        self._noise: NoiseBuffers | None = None
 
     def probe(self, example: torch.Tensor) -> None:
         """Compute one client's step on ``example`` ``[1, ...]`` (ConfigError: it cannot).
@@ -256,7 +257,9 @@ class CohortDPTrainer:
             shapes=self._shapes,
             clip=h.clip,
             device=dev,
+            noise=self._noise,
         )
+        self._noise = draws.noise  # reused by the next chunk of the same size
         for step in range(max(plan.steps)):
             active = [step < s for s in plan.steps]
             xb, yb, valid, noise = draws.step(active)

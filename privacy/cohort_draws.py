@@ -20,7 +20,7 @@ from fedguard._checks import real as _real
 
 from .dpsgd import steps_per_epoch
 
-__all__ = ["ChunkDraws", "ChunkPlan", "Hyper"]
+__all__ = ["ChunkDraws", "ChunkPlan", "Hyper", "NoiseBuffers"]
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,11 @@ class ChunkPlan:
             dtype=torch.float32,
             device=device,
         )
-        sigmas = [
-            _real("noise_multiplier", s, allowed="a finite number > 0", ok=lambda v: v > 0)
-            for s in noise
-        ]
+        checked = {  # each distinct value once: a cohort's clients mostly share one
+            s: _real("noise_multiplier", s, allowed="a finite number > 0", ok=lambda v: v > 0)
+            for s in set(noise)
+        }
+        sigmas = [checked[s] for s in noise]
         return cls(
             sizes=sizes,
             rates=rates,
@@ -68,6 +69,23 @@ class ChunkPlan:
             expected=expected,
             sigmas=sigmas,
         )
+
+
+class NoiseBuffers:
+    """Each parameter's stacked noise buffer ``[K, *shape]`` and every client's row of it.
+
+    Made once per chunk size and reused by every step of every round: the row views cost
+    ~1.4 us each, at 700 clients and 4 parameters a tenth of an MLP round. A step
+    overwrites every row (zeros for finished clients) before anything reads it.
+    """
+
+    def __init__(self, *, k: int, shapes: Sequence[tuple[int, ...]], device: torch.device) -> None:
+        self.k, self.shapes, self.device = k, list(shapes), device
+        self.buffers = [torch.empty((k, *shape), device=device) for shape in self.shapes]
+        self.rows = [buffer.unbind(0) for buffer in self.buffers]
+
+    def fits(self, *, k: int, shapes: Sequence[tuple[int, ...]], device: torch.device) -> bool:
+        return (self.k, self.shapes, self.device) == (k, list(shapes), device)
 
 
 class ChunkDraws:
@@ -83,8 +101,12 @@ class ChunkDraws:
         shapes: Sequence[tuple[int, ...]],
         clip: float,
         device: torch.device,
+        noise: NoiseBuffers | None = None,
     ) -> None:
         self.k, self.device = len(xs), device
+        if noise is None or not noise.fits(k=self.k, shapes=shapes, device=device):
+            noise = NoiseBuffers(k=self.k, shapes=shapes, device=device)
+        self.noise = noise
         self.generators, self.plan, self.shapes, self.clip = generators, plan, shapes, clip
         self.x = torch.cat(list(xs))
         self.y = torch.cat(list(ys)).long()
@@ -108,8 +130,7 @@ class ChunkDraws:
         advanced), sample nothing and get zero noise.
         """
         k, dev, u = self.k, self.device, self.uniforms
-        noise = [torch.empty((k, *shape), device=dev) for shape in self.shapes]
-        rows = [buffer.unbind(0) for buffer in noise]  # client i's slice of each buffer
+        noise, rows = self.noise.buffers, self.noise.rows  # rows[j][i]: client i's slice
         for i, (g, sigma, on) in enumerate(
             zip(self.generators, self.plan.sigmas, active, strict=True)
         ):

@@ -222,6 +222,7 @@ class Vectorised:
             for cid, g in zip(cohort, c.generators(server_round, cohort), strict=True)
         ]
         held: list[tuple[ClientUpdate, list[np.ndarray]]] = []  # summed: reply, weights
+        size = sum(w.size for w in global_weights)
         for cid, result in self.trainer.run_cohort(
             global_weights=global_weights,
             members=members,
@@ -234,7 +235,7 @@ class Vectorised:
                 yield _update(cid, result)
             else:
                 held.append((_update(cid, result, with_weights=False), result.weights))
-                if len(held) * sum(w.size for w in global_weights) >= _FOLD_FLOATS:
+                if len(held) * size >= _FOLD_FLOATS:
                     yield from _folded(held, global_weights)
                     held = []
         if held:

@@ -368,8 +368,13 @@ class LocalTrainer:
             prox_mu=request.prox_mu,
             class_weights=request.class_weights or None,
         )
+        spent: dict[tuple[GaussianEvent, ...], float] = {}  # per history, as verdicts
         for cid, client, out in zip(ids, clients, results, strict=True):
-            spent = client.accountant.get_privacy_spent(delta=budget.delta)
+            history = client.accountant.events
+            epsilon = spent.get(history)
+            if epsilon is None:
+                epsilon = client.accountant.get_privacy_spent(delta=budget.delta).epsilon
+                spent[history] = epsilon
             yield (
                 cid,
                 LocalResult(
@@ -377,7 +382,7 @@ class LocalTrainer:
                     num_examples=int(client.x.shape[0]),
                     train_loss=out.train.mean_loss,
                     steps=out.train.steps,
-                    epsilon=spent.epsilon,
+                    epsilon=epsilon,
                     delta=budget.delta,
                     noise_multiplier=out.train.noise_multiplier,
                     sample_rate=out.train.sample_rate,
