@@ -120,15 +120,10 @@ class CohortDPTrainer:
         self.device = params[0].device
         self._shapes = [tuple(p.shape) for p in params]
         self._max_floats = _int("max_floats", max_floats, minimum=1)
-        # Floats one example costs in a step: its activations (forward and backward) and
-        # one per-example copy of the parameters of convolutions and GroupNorm (stacked:
-        # Linear layers never materialise one) or of every parameter (vmap, with room
-        # for the clipped copy).
-        self._per_example = (
-            _materialised_floats(model)
-            if self._stacked is not None
-            else 2 * sum(math.prod(s) for s in self._shapes)
-        )
+        # Floats one example costs in a step beyond its activations (forward and
+        # backward): what stacked clipping holds (StackedSequential.held_floats, from a
+        # probe) or, vmapped, one per-example copy of every parameter and its clipped copy.
+        self._per_example = 2 * sum(math.prod(s) for s in self._shapes)
         self._model = model
         self._noise: NoiseBuffers | None = None
 
@@ -156,9 +151,11 @@ class CohortDPTrainer:
                 weights = [torch.zeros((1, *s), device=self.device) for s in self._shapes]
                 _, records = self._stacked.forward(weights, probe)
                 activations = sum(r.z.numel() + r.a.numel() for r in records)
+                held = self._stacked.held_floats(records)
             else:
                 activations = _activation_floats(self._model, probe[0])
-        per_example = 2 * activations + self._per_example
+                held = self._per_example
+        per_example = 2 * activations + held
         return max(1, int(self._max_floats // (per_example * max(batch, 1.0))))
 
     def train(
@@ -356,16 +353,6 @@ class CohortDPTrainer:
         for p, g in zip(params, grads_now, strict=True):
             p.addcmul_(g, step.view(-1, *([1] * (p.ndim - 1))), value=-1.0)
         return buffers
-
-
-def _materialised_floats(model: nn.Module) -> int:
-    """Parameters of the layers whose per-example gradients the stacked engine holds."""
-    return sum(
-        p.numel()
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d | nn.GroupNorm)
-        for p in m.parameters(recurse=False)
-    )
 
 
 def _activation_floats(model: nn.Module, example: torch.Tensor) -> int:

@@ -20,6 +20,7 @@ so one call serves all K clients.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -145,19 +146,43 @@ class StackedSequential:
                 normed = F.group_norm(x.flatten(0, 1), layer.num_groups, eps=layer.eps)
                 normed = normed.view_as(x)
                 shape = (k, 1, -1) + (1,) * (x.ndim - 3)
-                z = normed * w.view(shape) + bias.view(shape)
+                z = torch.addcmul(bias.view(shape), normed, w.view(shape))  # one pass
                 records.append(Record(layer=layer, first=first, a=normed.detach(), z=z))
                 x = z
                 continue
             elif _identity_pool(layer, x):
                 continue  # exactly the identity, forward and backward: skip its two copies
             else:
-                y = layer(x.flatten(0, 1))
+                flat = x.flatten(0, 1)
+                if isinstance(layer, nn.MaxPool2d) and flat.ndim == 4:
+                    # The CPU kernel is ~10x faster channels-last; same maxima, same
+                    # (first) argmax on ties, so the same gradient.
+                    flat = flat.contiguous(memory_format=torch.channels_last)
+                y = layer(flat)
                 x = y.view(k, b, *y.shape[1:])
                 continue
             records.append(Record(layer=layer, first=first, a=x.detach(), z=z))
             x = z
         return x, records
+
+    def held_floats(self, records: list[Record]) -> int:
+        """Floats :meth:`clipped_sums` holds per example beyond the records' ``a`` and
+        ``z``, from the records of a one-example forward pass: each convolution's grouped
+        input, its patches and Gram matrices or per-example gradient, GroupNorm's
+        per-example gradients."""
+        total = 0
+        for rec in records:
+            layer = rec.layer
+            if isinstance(layer, nn.Conv2d):
+                positions = math.prod(rec.z.shape[3:])
+                patch = layer.in_channels * math.prod(layer.kernel_size)
+                cout = layer.out_channels
+                ghost = ghost_is_cheaper(positions=positions, out_channels=cout, patch=patch)
+                total += rec.a[0, 0].numel() + positions * patch
+                total += 2 * positions * positions if ghost else cout * (patch + 1)
+            elif isinstance(layer, nn.GroupNorm):
+                total += 2 * layer.num_channels
+        return total
 
     def clipped_sums(
         self,
@@ -181,14 +206,15 @@ class StackedSequential:
                 bias = 1.0 if rec.layer.bias is not None else 0.0
                 sq += (g * g).sum(2) * ((rec.a * rec.a).sum(2) + bias)
                 samples.append(None)
-            elif isinstance(rec.layer, nn.Conv2d):
-                sq += _conv_sq_norms(rec, g)
-                samples.append(None)
+                continue
+            if isinstance(rec.layer, nn.Conv2d):
+                conv_sq, per_sample = _conv_norms(rec, g)  # per_sample: None (ghost norm)
+                sq += conv_sq
             else:
                 per_sample = _group_norm_samples(rec, g)  # [K, B, C] each
                 for t in per_sample:
                     sq += (t * t).sum(2)
-                samples.append(per_sample)
+            samples.append(per_sample)
         # Opacus's clipping factor, to the last epsilon: min(1, C / (norm + 1e-6)).
         factors = (max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0) * valid
         sums: list[torch.Tensor | None] = [None] * self.num_params
@@ -198,12 +224,12 @@ class StackedSequential:
                 sums[rec.first] = torch.bmm(weighted.transpose(1, 2), rec.a)
                 if rec.layer.bias is not None:
                     sums[rec.first + 1] = weighted.sum(1)
-            elif isinstance(rec.layer, nn.Conv2d):
-                for offset, t in enumerate(_conv_sums(rec, g, factors)):
-                    sums[rec.first + offset] = t
             elif layer_samples is not None:
                 for offset, t in enumerate(layer_samples):
                     sums[rec.first + offset] = torch.einsum("kb,kb...->k...", factors, t)
+            else:  # a convolution whose per-example gradients were never formed
+                for offset, t in enumerate(_conv_sums(rec, g, factors)):
+                    sums[rec.first + offset] = t
         missing = [i for i, s in enumerate(sums) if s is None]
         if missing:  # cannot happen for a stackable Sequential: every layer runs
             raise RuntimeError(f"no gradient for stacked parameters {missing}")
@@ -238,29 +264,70 @@ def ghost_is_cheaper(*, positions: int, out_channels: int, patch: int) -> bool:
     return 2 * positions * positions <= out_channels * patch
 
 
-def _conv_sq_norms(rec: Record, g: torch.Tensor) -> torch.Tensor:
-    """Each example's squared gradient norm ``[K, B]`` over a convolution's parameters."""
+def _conv_norms(rec: Record, g: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """A convolution's per-example squared gradient norms ``[K, B]`` and, where forming
+    them is the cheaper way there, its per-example gradients ``[K, B, *shape]``."""
     k, b = int(g.shape[0]), int(g.shape[1])
     layer = rec.layer
     assert isinstance(layer, nn.Conv2d)
-    cols = F.unfold(
-        rec.a.flatten(0, 1),
-        layer.kernel_size,
-        dilation=layer.dilation,
-        padding=layer.padding,  # type: ignore[arg-type]  # ints or pairs; str refused
-        stride=layer.stride,
-    )  # [K*B, Cin*kh*kw, L]
     out = g.reshape(k * b, g.shape[2], -1)  # [K*B, Cout, L]
-    positions, patch = int(out.shape[2]), int(cols.shape[1])
+    positions = int(out.shape[2])
+    patch = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+    patches, channels_last = _patches(layer, rec.a.flatten(0, 1), int(g.shape[-1]))
+    bias = out.sum(2) if layer.bias is not None else None  # [K*B, Cout]
+    samples = None
     if ghost_is_cheaper(positions=positions, out_channels=int(out.shape[1]), patch=patch):
-        grams = torch.bmm(cols.transpose(1, 2), cols) * torch.bmm(out.transpose(1, 2), out)
+        grams = torch.bmm(patches, patches.transpose(1, 2)) * torch.bmm(out.transpose(1, 2), out)
         sq = grams.sum((1, 2))
     else:
+        gw = torch.bmm(out, patches)  # [K*B, Cout, patch]
         # The norm straight from the gradient: no squared copy of it.
-        sq = torch.linalg.vector_norm(torch.bmm(out, cols.transpose(1, 2)), dim=(1, 2)).square()
-    if layer.bias is not None:
-        sq = sq + out.sum(2).square().sum(1)
-    return sq.view(k, b)
+        sq = torch.linalg.vector_norm(gw, dim=(1, 2)).square()
+        if channels_last:  # (kh, kw, Cin) -> the weight's (Cin, kh, kw)
+            cout, cin, kh, kw = layer.weight.shape
+            gw = gw.view(-1, cout, kh, kw, cin).permute(0, 1, 4, 2, 3)
+        samples = [gw.reshape(k, b, *layer.weight.shape)]
+        if bias is not None:
+            samples.append(bias.view(k, b, -1))
+    if bias is not None:
+        sq = sq + (bias * bias).sum(1)
+    return sq.view(k, b), samples
+
+
+def channels_last_patches(*, cin: int, kw: int, width: int) -> bool:
+    """Whether :func:`_patches` copies from a channels-last input: it moves runs of
+    ``Cin * kw`` floats, the other layout runs of one output row (``width`` floats)."""
+    return cin * kw >= width
+
+
+def _patches(layer: nn.Conv2d, x: torch.Tensor, width: int) -> tuple[torch.Tensor, bool]:
+    """``x``'s patches as ``layer`` sees them, ``[N, L, Cin*kh*kw]``, and whether a patch
+    is ordered (kh, kw, Cin) (True) or as the weight, (Cin, kh, kw) (False).
+
+    What ``F.unfold`` computes, which on the CPU loops over examples: slow over many small
+    ones. Instead one strided copy, whichever of two layouts moves the longer contiguous
+    runs: a patch row of the padded input made channels-last (``Cin * kw`` floats) or one
+    kernel offset's output row (``width`` floats).
+    """
+    (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
+    (sh, sw), (dh, dw) = layer.stride, layer.dilation
+    n, cin = int(x.shape[0]), int(x.shape[1])
+    rows = (int(x.shape[2]) + 2 * int(ph) - dh * (kh - 1) - 1) // sh + 1
+    if channels_last_patches(cin=cin, kw=kw, width=width):
+        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph)).contiguous()
+        st = padded.stride()  # [N, Hp, Wp, Cin]
+        view = padded.as_strided(
+            (n, rows, width, kh, kw, cin),
+            (st[0], sh * st[1], sw * st[2], dh * st[1], dw * st[2], st[3]),
+        )
+        return view.reshape(n, rows * width, kh * kw * cin), True
+    padded = F.pad(x, (pw, pw, ph, ph))
+    st = padded.stride()  # [N, Cin, Hp, Wp]
+    view = padded.as_strided(
+        (n, cin, kh, kw, rows, width),
+        (st[0], st[1], dh * st[2], dw * st[3], sh * st[2], sw * st[3]),
+    )
+    return view.reshape(n, cin * kh * kw, rows * width).transpose(1, 2), False
 
 
 def _conv_sums(rec: Record, g: torch.Tensor, factors: torch.Tensor) -> list[torch.Tensor]:

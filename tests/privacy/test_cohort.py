@@ -18,12 +18,16 @@ SHAPES = {
     "cnn": (1, 8, 8),
     "tb_cnn": (1, 28, 28),
     "scatter_cnn": (6, 7, 7),
+    # cnn off the 8x8 path: its adaptive pool runs (8x8 -> 4x4), its second conv forms
+    # per-example gradients from channels-last patches; 3 channels, 9x11 (4x5 -> 4x4).
+    "cnn@16": (1, 16, 16),
+    "cnn@9x11": (3, 9, 11),
 }
 
 
 def _model(name: str) -> nn.Module:
     return build_model(
-        name=name,
+        name=name.split("@")[0],
         input_shape=SHAPES[name],
         num_classes=10,
         generator=torch.Generator().manual_seed(1),
@@ -50,6 +54,8 @@ def _gen(i: int) -> torch.Generator:
         ("mlp", 0.9, 0.0, [50, 13, 31, 3]),  # unequal data: different q, steps, batches
         ("mlp", 0.0, 0.1, [40, 40]),  # FedProx
         ("cnn", 0.5, 0.0, [24, 9, 17]),  # Conv2d + GroupNorm + pools
+        ("cnn@16", 0.5, 0.0, [12, 7]),  # a pool that is not the identity
+        ("cnn@9x11", 0.0, 0.0, [10, 5]),
         ("tb_cnn", 0.9, 0.01, [12, 30]),  # strided convolutions, 28x28
         ("scatter_cnn", 0.5, 0.0, [10, 21]),  # GroupNorm without affine map
     ],
