@@ -14,7 +14,7 @@ SUBPACKAGES := privacy client server simulations
 
 .PHONY: demo test lint typecheck unit venv clean bench-deploy bench-secagg protos bench-sim gpu-check \
 	bench-fmnist wheel-check bench-dpstep crosscheck bench-record-budget bench-secagg-stages \
-	bench-ray
+	bench-ray bench-scale
 
 venv: $(STAMP)
 
@@ -138,6 +138,11 @@ bench-secagg-stages: $(STAMP)
 # 10/100/1000 clients per round, and DP-SGD step cost per per-sample-gradient mode.
 bench-sim: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_sim --clients 10,100,1000
+
+# 1000 and 10,000 clients per round (bench-sim's federation), each in its own process:
+# s/round, x floor, peak memory and the memory one more client costs.
+bench-scale: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_scale --clients 1000,10000
 
 # --engine ray at 1 and 2 workers next to the in-process engine: wall and per-worker CPU
 # seconds per round (1000 clients x 50 examples, MLP), and the one-core-per-worker estimate.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check: on a machine with CUDA, within 8 minutes, (1) `bench-sim` on the GPU
-# (in-process engine and reference loop at 10/100/1000 clients, DP-SGD step costs) and
-# (2) one 1000-client Fashion-MNIST sweep cell (CNN, DP, every client every round) on the
+# The GPU check: on a machine with CUDA, within 10 minutes, (1) `bench-sim` on the GPU
+# (in-process engine and reference loop at 10/100/1000 clients, DP-SGD step costs),
+# (2) `bench-scale` at 1000 and 10,000 clients per round (time, peak memory, the memory
+# one client costs) and (3) one 1000-client Fashion-MNIST sweep cell (CNN, DP, every client every round) on the
 # GPU, writing every figure under OUT.
 #
 #   benchmarks/gpu_check.sh OUT              # full on CUDA; reduced without it
@@ -12,6 +13,7 @@
 # at hand. Fashion-MNIST comes from `apt-get install -y dataset-fashion-mnist` (IDX files in
 # /usr/share/datasets/fashion-mnist); where it is missing the cell uses digits and says so.
 # Outputs: OUT/summary.md (everything), OUT/bench/bench_sim.{md,json},
+# OUT/scale/bench_scale.{md,json},
 # OUT/sweep/{results.csv,report.md,accuracy_vs_epsilon.png,runs/}, OUT/env.txt.
 set -euo pipefail
 
@@ -36,11 +38,13 @@ fi
 if [[ $REDUCED == 1 ]]; then
   DEVICE=cpu; MODE=reduced
   BENCH_ARGS=(--quick)
+  SCALE_CLIENTS=50,100; SCALE_LIMIT=60
   CELL_ROUNDS=2; CELL_COHORT=20; BENCH_LIMIT=120; CELL_LIMIT=120
 else
   DEVICE=cuda; MODE=full
   # (c), Flower's engine, runs on the CPU whatever the device: `make bench-sim` has it.
   BENCH_ARGS=(--no-flower --repeats 1)
+  SCALE_CLIENTS=1000,10000; SCALE_LIMIT=120
   CELL_ROUNDS=${CELL_ROUNDS:-5}; CELL_COHORT=1000; BENCH_LIMIT=270; CELL_LIMIT=180
 fi
 if ls "$FMNIST_DIR"/train-images-idx3-ubyte* >/dev/null 2>&1; then
@@ -77,7 +81,11 @@ printf '| step | wall | status |\n|---|---|---|\n' >"$OUT/steps.md"
 step bench "$BENCH_LIMIT" "$PY" -m benchmarks.bench_sim --device "$DEVICE" \
   "${BENCH_ARGS[@]}" --out "$OUT/bench"
 
-# 2) one sweep cell: CLIENTS clients, CELL_COHORT of them every round, epsilon 3.
+# 2) 1000 and 10,000 clients per round: time and the memory one client costs.
+step scale "$SCALE_LIMIT" "$PY" -m benchmarks.bench_scale --device "$DEVICE" \
+  --clients "$SCALE_CLIENTS" --out "$OUT/scale"
+
+# 3) one sweep cell: CLIENTS clients, CELL_COHORT of them every round, epsilon 3.
 cat >"$OUT/sweep.toml" <<EOF
 epsilon = [3.0]
 seed = [0]
@@ -106,6 +114,10 @@ step sweep "$CELL_LIMIT" "$FEDGUARD" sweep --config "$OUT/sweep.toml" --overwrit
   echo "## bench-sim"
   echo
   cat "$OUT/bench/bench_sim.md" 2>/dev/null || echo "(no output: see bench.log)"
+  echo
+  echo "## bench-scale"
+  echo
+  cat "$OUT/scale/bench_scale.md" 2>/dev/null || echo "(no output: see scale.log)"
   echo
   echo "## Sweep cell: $CLIENTS clients, $DATASET, $MODEL, $CELL_ROUNDS rounds"
   echo

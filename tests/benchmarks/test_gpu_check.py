@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh in its reduced mode (the CPU stand-in for the GPU check): it
-runs the simulation benchmark and a sweep cell and writes their figures to the folder."""
+runs the simulation benchmark, the cohort-scale benchmark and a sweep cell and writes
+their figures to the folder."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def test_reduced_gpu_check_writes_the_benchmark_and_the_sweep_cell(tmp_path: Pat
     assert all(r["inprocess_s"] > 0 and r["reference_s"] > 0 for r in bench["simulation"])
     assert {c["model"] for c in bench["dp_step"]} == {"mlp", "cnn"}
     assert "a/b" in (out / "bench" / "bench_sim.md").read_text()
+    scale = json.loads((out / "scale" / "bench_scale.json").read_text())
+    assert [r["clients"] for r in scale] == [50, 100] and "| scale |" in summary
+    assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in scale)
+    assert "One more client costs" in (out / "scale" / "bench_scale.md").read_text()
     rows = (out / "sweep" / "results.csv").read_text().splitlines()
     assert len(rows) == 2  # the header and the one cell
     assert (out / "sweep" / "report.md").is_file()
