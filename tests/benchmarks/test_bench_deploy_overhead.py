@@ -5,17 +5,19 @@ the fast one the benchmark reports. Moved here from tests/deploy_flower/test_wor
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 
 from benchmarks.bench_deploy_overhead import Deployment
 
 
 @pytest.mark.deploy
-def test_patched_deployment_round_is_fast(tmp_path):
-    """SuperLink (TLS + node auth) and 2 patched SuperNodes on loopback; stock: ~6 s/round."""
+def test_the_benchmark_runs_rounds_on_a_real_patched_deployment(tmp_path):
+    """SuperLink (TLS + node auth) and 2 patched SuperNodes on loopback run every round and
+    report its time and each node's receive/reply lag. How fast a round is belongs to
+    ``make bench-deploy`` (stock ~6 s a round, patched under 2.5 s), not to a timed test."""
     # Deployment stops every process it started (SIGTERM, then SIGKILL) on the way out.
     with Deployment(tmp_path, nodes=2, config="warm") as dep:
         times = dep.run(rounds=3, timeout=90)
-    assert statistics.mean(times[1:]) < 2.5, times
+        lags = dep.lags
+    assert len(times) == 3 and all(t > 0 for t in times), times
+    assert len(lags) == 3, lags
