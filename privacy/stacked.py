@@ -12,10 +12,14 @@ Per-sample clipping is book-keeping clipping (Bu et al. 2023), as in ``bk`` mode
 (:mod:`fedguard.privacy.persample`): one backward pass for the gradients ``g`` of each
 trainable layer's OUTPUT, each layer's input ``a`` recorded on the way forward. Linear
 layers never materialise per-sample gradients (example i's squared norm is
-``|g_i|^2 (|a_i|^2 + 1)``, the clipped sum one batched product); convolutions and GroupNorm
-do, one layer at a time, from ``g`` and ``a`` as Opacus's grad samplers do. Example
-gradients depend only on ``g`` and ``a``, never on which client's weights produced them,
-so one call serves all K clients.
+``|g_i|^2 (|a_i|^2 + 1)``, the clipped sum one batched product). A convolution's norms
+come from its input's patches, by Gram matrices (the ghost norm) where that is cheaper
+than forming each example's gradient; its clipped sum is the grouped convolution's weight
+gradient for the output gradient scaled by the clipping factors, so a per-example copy of
+its weights exists only where it is small. GroupNorm's per-example gradients are formed
+(``[C]`` each). Example gradients depend only on ``g`` and ``a``, never on which client's
+weights produced them, so one call serves all K clients. Exact up to float rounding: the
+same sums as clipping each example's gradient on its own (``tests/privacy/test_stacked.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812 - conventional alias
 from torch import nn
+from torch.nn.grad import conv2d_weight
 
 __all__ = ["StackedSequential", "stacked_problems"]
 
@@ -241,7 +246,7 @@ def _identity_pool(layer: nn.Module, x: torch.Tensor) -> bool:
     if not isinstance(layer, nn.AdaptiveAvgPool2d):
         return False
     size = layer.output_size
-    wanted = (size, size) if isinstance(size, int) else tuple(size)
+    wanted = (size, size) if size is None or isinstance(size, int) else tuple(size)
     return all(w is None or w == n for w, n in zip(wanted, x.shape[-2:], strict=True))
 
 
@@ -300,6 +305,13 @@ def channels_last_patches(*, cin: int, kw: int, width: int) -> bool:
     return cin * kw >= width
 
 
+def _padding(layer: nn.Conv2d) -> tuple[int, int]:
+    """A convolution's zero padding (height, width); ``stacked_problems`` refuses 'same'."""
+    if isinstance(layer.padding, str):
+        raise ValueError(f"Conv2d padding: expected ints, got {layer.padding!r}")
+    return int(layer.padding[0]), int(layer.padding[1])
+
+
 def _patches(layer: nn.Conv2d, x: torch.Tensor, width: int) -> tuple[torch.Tensor, bool]:
     """``x``'s patches as ``layer`` sees them, ``[N, L, Cin*kh*kw]``, and whether a patch
     is ordered (kh, kw, Cin) (True) or as the weight, (Cin, kh, kw) (False).
@@ -309,10 +321,10 @@ def _patches(layer: nn.Conv2d, x: torch.Tensor, width: int) -> tuple[torch.Tenso
     runs: a patch row of the padded input made channels-last (``Cin * kw`` floats) or one
     kernel offset's output row (``width`` floats).
     """
-    (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
+    (kh, kw), (ph, pw) = layer.kernel_size, _padding(layer)
     (sh, sw), (dh, dw) = layer.stride, layer.dilation
     n, cin = int(x.shape[0]), int(x.shape[1])
-    rows = (int(x.shape[2]) + 2 * int(ph) - dh * (kh - 1) - 1) // sh + 1
+    rows = (int(x.shape[2]) + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     if channels_last_patches(cin=cin, kw=kw, width=width):
         padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph)).contiguous()
         st = padded.stride()  # [N, Hp, Wp, Cin]
@@ -343,12 +355,12 @@ def _conv_sums(rec: Record, g: torch.Tensor, factors: torch.Tensor) -> list[torc
     torch.mul(g.transpose(0, 1), factors.t().reshape(b, k, *([1] * (g.ndim - 2))), out=weighted)
     grouped_out = weighted.view(b, k * g.shape[2], *g.shape[3:])
     shape = layer.weight.shape
-    gw = torch.nn.grad.conv2d_weight(
+    gw = conv2d_weight(
         rec.grouped,
         (k * shape[0], *shape[1:]),
         grouped_out,
         stride=layer.stride,
-        padding=layer.padding,  # type: ignore[arg-type]  # ints or pairs; str refused
+        padding=_padding(layer),
         dilation=layer.dilation,
         groups=k,
     )
