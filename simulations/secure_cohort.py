@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedguard.config import SimulationConfig
-from fedguard.fl.loop import ClientUpdate, Refusal, SecureMean
+from fedguard.fl.loop import ClientUpdate, PartialSum, Refusal, SecureMean
 from fedguard.fl.seeds import Stream, stream_rng
 from fedguard.privacy.client_dp import ClientDP, clip_and_noise
 from fedguard.privacy.secagg import (
@@ -38,7 +38,7 @@ __all__ = ["SecureCohort", "secagg_settings"]
 
 _log = logging.getLogger(__name__)
 
-Reply = ClientUpdate | Refusal | SecureMean
+Reply = ClientUpdate | Refusal | SecureMean | PartialSum  # a summed trainer's; refused here
 
 
 def secagg_settings(config: SimulationConfig) -> SecAggSettings:

@@ -71,17 +71,18 @@ def stream_seeds_u64(
             ],
             dtype=np.uint64,
         )
-    head = np.random.SeedSequence([seed, int(stream), *ids]).entropy  # validates like numpy
+    head = [seed, int(stream), *ids]
+    np.random.SeedSequence(head)  # refuses what numpy refuses (negative or non-integer)
     words: list[np.ndarray] = [np.full(last.shape, w, dtype=np.uint32) for w in _words(head)]
     words.append(last.astype(np.uint32))
     pool = _mix_entropy(words)
     return _generate_u64(pool)
 
 
-def _words(entropy: int | list[int]) -> list[int]:
+def _words(entropy: list[int]) -> list[int]:
     """numpy's ``_coerce_to_uint32_array``: each integer as little-endian 32-bit words."""
     out: list[int] = []
-    for n in entropy if isinstance(entropy, list) else [entropy]:
+    for n in entropy:
         n = int(n)
         if n == 0:
             out.append(0)
@@ -99,7 +100,11 @@ def _hashmix(value: np.ndarray, const: list[int]) -> np.ndarray:
 
 
 def _mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    result = np.uint32(_MIX_L) * x - np.uint32(_MIX_R) * y
+    result: np.ndarray = np.subtract(
+        np.multiply(x, np.uint32(_MIX_L), dtype=np.uint32),
+        np.multiply(y, np.uint32(_MIX_R), dtype=np.uint32),
+        dtype=np.uint32,
+    )
     return result ^ (result >> np.uint32(16))
 
 
