@@ -25,6 +25,7 @@ from fedguard.fl.loop import FederatedData, RoundRecord, TrainCohort, initial_mo
 from fedguard.fl.strategies import server_optimizer
 from fedguard.privacy.client_dp import ClientLevelAccounting
 from fedguard.simulations.cohort_trainers import VirtualClients, cohort_trainer
+from fedguard.simulations.process import own_process
 from fedguard.task import Metrics, evaluate, get_weights, set_weights
 from fedguard.task.lazy_records import LazyDataset, evaluate_records, in_memory
 
@@ -74,9 +75,7 @@ def run_inprocess(
     on_round: Callable[[RoundRecord, list[np.ndarray]], None],
 ) -> list[np.ndarray]:
     """Run the whole federation; ``on_round`` gets each round's record and global weights."""
-    # Small models are dominated by per-op overhead: one thread is several times faster
-    # than two here. The engine owns its process, so it may choose.
-    torch.set_num_threads(config.threads)
+    own_process(threads=config.threads)  # torch's threads, glibc's heap
     device = torch.device(resolve_device(config.device))
     # Model, DP wrapping and data move to the device once; clients only load weights.
     trainer = LocalTrainer(model=initial_model(config, data).to(device), dp=not config.no_dp)

@@ -57,6 +57,7 @@ from fedguard.fl.loop import (
 from fedguard.privacy import Accountant, AccountantMethod, AccountantStore
 from fedguard.simulations.client_state import AccountantCache
 from fedguard.simulations.cohort_trainers import VirtualClients, cohort_trainer
+from fedguard.simulations.process import own_process
 from fedguard.simulations.virtual_clients import budget_for, client_state_dir
 from fedguard.simulations.virtual_scaling import reserve_scaling, scale_client_rows
 from fedguard.task.lazy_records import in_memory
@@ -162,7 +163,7 @@ class SliceWorker:
     def __init__(
         self, *, config: SimulationConfig, data: FederatedData, device: str, state_dir: Path
     ) -> None:
-        torch.set_num_threads(config.threads)
+        own_process(threads=config.threads)  # as the in-process engine's
         dev = torch.device(device)
         trainer = LocalTrainer(model=initial_model(config, data).to(dev), dp=not config.no_dp)
         self.clients = _SliceClients(config=config, data=data, device=dev, state_dir=state_dir)
