@@ -1,0 +1,71 @@
+"""Red team (#18): a convolution's clipped sum must never carry more than the clipping
+bound for one example, whatever its inputs.
+
+The attack: one example whose convolution patches cancel across positions (a large
+checkerboard, amplitude ``a``, plus small noise). Its true gradient is moderate, but the
+ghost norm sums ``|p_l . p_m| ~ a^2`` Gram terms that cancel, so in float32 the norm used
+for the clipping factor is wrong by ~``eps a^2``: too small (the example is under-clipped
+and contributes several times the bound), or negative (its factor is NaN and so is its
+client's whole update). The clipped sum itself comes from ``conv2d_weight``, a different
+computation, so nothing ties the two together. Per-example clipping (2f4dbad) measured the
+very tensor it summed and held the bound on the same inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fedguard.privacy import stacked
+from fedguard.privacy.stacked import StackedSequential
+
+CLIP = 0.1
+
+
+def _model() -> nn.Sequential:
+    # 1x1 conv, 32 -> 16 channels on 4x4: 2 * 16^2 <= 16 * 32, so the engine's own rule
+    # picks the ghost norm (asserted below); the pool spreads the output gradient evenly.
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(32, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3)
+    )
+
+
+def _cancelling_example(amplitude: float, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    checker = ((torch.arange(4)[:, None] + torch.arange(4)[None, :]) % 2) * 2 - 1
+    sign = torch.randint(0, 2, (32, 1, 1), generator=gen) * 2 - 1
+    x = amplitude * sign * checker + torch.randn(32, 4, 4, generator=gen)
+    return x.float()[None, None]  # [K=1, B=1, 32, 4, 4]
+
+
+def _contributed_norm(model: nn.Sequential, x: torch.Tensor) -> float:
+    engine = StackedSequential(model)
+    params = [p.detach()[None].clone().requires_grad_(True) for p in model.parameters()]
+    logits, records = engine.forward(params, x)
+    loss = nn.functional.cross_entropy(logits.flatten(0, 1), torch.tensor([0])).sum()
+    grads = torch.autograd.grad(loss, [r.z for r in records])
+    sums, _ = engine.clipped_sums(records, grads, max_grad_norm=CLIP, valid=torch.ones(1, 1))
+    return math.sqrt(sum(float((s.double() ** 2).sum()) for s in sums))
+
+
+def test_the_attack_uses_the_engines_own_choice_of_the_ghost_norm() -> None:
+    assert stacked.ghost_is_cheaper(positions=16, out_channels=16, patch=32)
+
+
+@pytest.mark.parametrize("ghost", [True, False])
+def test_one_cancelling_example_never_exceeds_the_clipping_bound(
+    monkeypatch: pytest.MonkeyPatch, ghost: bool
+) -> None:
+    monkeypatch.setattr(stacked, "ghost_is_cheaper", lambda **_: ghost)
+    model = _model()
+    worst = []
+    for amplitude in (6e3, 8e3, 1e4):
+        for seed in range(8):
+            norm = _contributed_norm(model, _cancelling_example(amplitude, seed))
+            if not (math.isfinite(norm) and norm <= CLIP * (1 + 1e-3)):
+                worst.append((amplitude, seed, norm / CLIP))
+    assert not worst, f"one example's clipped sum is not <= C (amplitude, seed, norm/C): {worst}"
