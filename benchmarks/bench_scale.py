@@ -66,6 +66,7 @@ def measure_one(*, clients: int, rounds: int, device: str, threads: int) -> Scal
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         summary = simulate(config, overwrite=True)
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the floor
         rows = [json.loads(x) for x in (config.out / METRICS_FILE).read_text().splitlines()]
         device_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
         data = federated_data(config)
@@ -79,7 +80,7 @@ def measure_one(*, clients: int, rounds: int, device: str, threads: int) -> Scal
             rounds=config.rounds,
             seconds=statistics.median(r["seconds"] for r in rows[1:]),
             floor_s=compute_floor_s(config),
-            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            peak_rss_mb=peak_rss,
             device_peak_mb=device_peak,
             chunk=min(chunk, clients),
             accuracy=summary.final_accuracy,
