@@ -69,3 +69,46 @@ def test_one_cancelling_example_never_exceeds_the_clipping_bound(
             if not (math.isfinite(norm) and norm <= CLIP * (1 + 1e-3)):
                 worst.append((amplitude, seed, norm / CLIP))
     assert not worst, f"one example's clipped sum is not <= C (amplitude, seed, norm/C): {worst}"
+
+
+def test_one_crafted_record_does_not_turn_its_clients_release_into_nan() -> None:
+    """End to end: a client holding one crafted record (sampled with q = 1) trains through
+    the cohort trainer. Its released weights must be finite, as DP-SGD with Opacus's
+    per-example clipping (DPTrainer) gives on the same record: a NaN release is a
+    deterministic, noise-proof signal that the record is present."""
+    import numpy as np
+
+    from fedguard.privacy import Accountant, DPTrainer
+    from fedguard.privacy.cohort import CohortClient, CohortDPTrainer
+    from fedguard.task import get_weights, set_weights
+
+    hyper = {"epochs": 1, "batch_size": 1, "lr": 0.1, "max_grad_norm": CLIP}
+    released = []
+    for amplitude, seed in [(6e3, 3), (8e3, 2), (8e3, 4), (1e4, 0)]:
+        model = _model()
+        x, y = _cancelling_example(amplitude, seed)[0], torch.tensor([0])
+        client = CohortClient(
+            x=x,
+            y=y,
+            noise_multiplier=0.5,
+            generator=torch.Generator().manual_seed(1),
+            accountant=Accountant(method="rdp"),
+        )
+        (got,) = CohortDPTrainer(model=model).train(
+            start=get_weights(model), clients=[client], **hyper
+        )
+        single = DPTrainer(model=_model())
+        set_weights(single.module, get_weights(model))
+        single.train(
+            x=x,
+            y=y,
+            noise_multiplier=0.5,
+            accountant=Accountant(method="rdp"),
+            generator=torch.Generator().manual_seed(1),
+            **hyper,
+        )
+        opacus_finite = all(np.isfinite(w).all() for w in get_weights(single.module))
+        cohort_finite = all(np.isfinite(w).all() for w in got.weights)
+        released.append((amplitude, seed, opacus_finite, cohort_finite))
+    assert all(o for _, _, o, _ in released), released  # per-example clipping holds
+    assert all(c for _, _, _, c in released), f"(amplitude, seed, opacus, cohort): {released}"
