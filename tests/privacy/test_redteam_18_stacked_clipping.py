@@ -46,9 +46,13 @@ def _contributed_norm(model: nn.Sequential, x: torch.Tensor) -> float:
     engine = StackedSequential(model)
     params = [p.detach()[None].clone().requires_grad_(True) for p in model.parameters()]
     logits, records = engine.forward(params, x)
-    loss = nn.functional.cross_entropy(logits.flatten(0, 1), torch.tensor([0])).sum()
+    loss = nn.functional.cross_entropy(
+        logits.flatten(0, 1), torch.tensor([0], device=x.device)
+    ).sum()
     grads = torch.autograd.grad(loss, [r.z for r in records])
-    sums, _ = engine.clipped_sums(records, grads, max_grad_norm=CLIP, valid=torch.ones(1, 1))
+    sums, _ = engine.clipped_sums(
+        records, grads, max_grad_norm=CLIP, valid=torch.ones(1, 1, device=x.device)
+    )
     return math.sqrt(sum(float((s.double() ** 2).sum()) for s in sums))
 
 
@@ -112,3 +116,23 @@ def test_one_crafted_record_does_not_turn_its_clients_release_into_nan() -> None
         released.append((amplitude, seed, opacus_finite, cohort_finite))
     assert all(o for _, _, o, _ in released), released  # per-example clipping holds
     assert all(c for _, _, _, c in released), f"(amplitude, seed, opacus, cohort): {released}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("ghost", [True, False])
+def test_on_cuda_the_clipped_sum_is_bounded_by_the_norm_it_was_clipped_with(
+    monkeypatch: pytest.MonkeyPatch, ghost: bool
+) -> None:
+    """Not run by the red team (no GPU): cuDNN convolutions default to TF32
+    (``torch.backends.cudnn.allow_tf32``), so ``conv2d_weight``'s clipped sum is rounded
+    to ~1e-3 while the norm that clipped it came from a float32 ``bmm``; on cancelling
+    inputs the two can disagree by far more than that."""
+    monkeypatch.setattr(stacked, "ghost_is_cheaper", lambda **_: ghost)
+    model = _model().cuda()
+    worst = []
+    for amplitude in (1e2, 1e3, 1e4):
+        for seed in range(8):
+            norm = _contributed_norm(model, _cancelling_example(amplitude, seed).cuda())
+            if not (math.isfinite(norm) and norm <= CLIP * (1 + 1e-3)):
+                worst.append((amplitude, seed, norm / CLIP))
+    assert not worst, f"one example's clipped sum is not <= C (amplitude, seed, norm/C): {worst}"
