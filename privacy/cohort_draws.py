@@ -57,11 +57,18 @@ class ChunkPlan:
             dtype=torch.float32,
             device=device,
         )
-        checked = {  # each distinct value once: a cohort's clients mostly share one
-            s: _real("noise_multiplier", s, allowed="a finite number > 0", ok=lambda v: v > 0)
-            for s in set(noise)
-        }
-        sigmas = [checked[s] for s in noise]
+        # Each distinct value checked once (a cohort's clients mostly share one), keyed by
+        # type too: True == 1.0 hashes alike, and a bool must be refused wherever it stands.
+        checked: dict[tuple[type, object], float] = {}
+        sigmas = []
+        for s in noise:
+            sigma = checked.get((type(s), s))
+            if sigma is None:
+                sigma = _real(
+                    "noise_multiplier", s, allowed="a finite number > 0", ok=lambda v: v > 0
+                )
+                checked[(type(s), s)] = sigma
+            sigmas.append(sigma)
         return cls(
             sizes=sizes,
             rates=rates,

@@ -11,15 +11,17 @@ affine map among them, as in ``scatter_cnn``) run on the flattened
 Per-sample clipping is book-keeping clipping (Bu et al. 2023), as in ``bk`` mode
 (:mod:`fedguard.privacy.persample`): one backward pass for the gradients ``g`` of each
 trainable layer's OUTPUT, each layer's input ``a`` recorded on the way forward. Linear
-layers never materialise per-sample gradients (example i's squared norm is
-``|g_i|^2 (|a_i|^2 + 1)``, the clipped sum one batched product). A convolution's norms
-come from its input's patches, by Gram matrices (the ghost norm) where that is cheaper
-than forming each example's gradient; its clipped sum is the grouped convolution's weight
-gradient for the output gradient scaled by the clipping factors, so a per-example copy of
-its weights exists only where it is small. GroupNorm's per-example gradients are formed
-(``[C]`` each). Example gradients depend only on ``g`` and ``a``, never on which client's
-weights produced them, so one call serves all K clients. Exact up to float rounding: the
-same sums as clipping each example's gradient on its own (``tests/privacy/test_stacked.py``).
+layers never materialise per-sample gradients (example i's gradient is the outer product
+``g_i a_i^T``, whose squared norm is exactly ``|g_i|^2 (|a_i|^2 + 1)``; the clipped sum is
+one batched product). A convolution's and GroupNorm's per-example gradients are formed (a
+convolution's from its input's patches, one batched product), and each example's norm is
+taken from the very tensor that is then scaled and summed. Not the ghost norm (Gram
+matrices of patches and output gradients), though it is cheaper for some layers: its sum
+cancels in float32, so for crafted inputs the norm it gives is far from the gradient's (an
+example contributed 1.9x the bound, or NaN: ``test_redteam_18_stacked_clipping.py``).
+Example gradients depend only on ``g`` and ``a``, never on which client's weights produced
+them, so one call serves all K clients. Exact up to float rounding: the same sums as
+clipping each example's gradient on its own (``tests/privacy/test_stacked.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812 - conventional alias
 from torch import nn
-from torch.nn.grad import conv2d_weight
 
 __all__ = ["StackedSequential", "stacked_problems"]
 
@@ -89,7 +90,6 @@ class Record:
     first: int  # index of the layer's weight in the stacked parameter list
     a: torch.Tensor
     z: torch.Tensor
-    grouped: torch.Tensor | None = None  # Conv2d: ``a`` as the grouped conv read it
 
 
 class StackedSequential:
@@ -141,9 +141,7 @@ class StackedSequential:
                     groups=k,
                 )
                 z = out.view(b, k, -1, *out.shape[2:]).transpose(0, 1)
-                records.append(
-                    Record(layer=layer, first=first, a=x.detach(), z=z, grouped=grouped.detach())
-                )
+                records.append(Record(layer=layer, first=first, a=x.detach(), z=z))
                 x = z
                 continue
             elif isinstance(layer, nn.GroupNorm) and layer.affine:
@@ -172,19 +170,15 @@ class StackedSequential:
 
     def held_floats(self, records: list[Record]) -> int:
         """Floats :meth:`clipped_sums` holds per example beyond the records' ``a`` and
-        ``z``, from the records of a one-example forward pass: each convolution's grouped
-        input, its patches and Gram matrices or per-example gradient, GroupNorm's
-        per-example gradients."""
+        ``z``, from the records of a one-example forward pass: each convolution's patches
+        and per-example gradient, GroupNorm's per-example gradients."""
         total = 0
         for rec in records:
             layer = rec.layer
             if isinstance(layer, nn.Conv2d):
                 positions = math.prod(rec.z.shape[3:])
                 patch = layer.in_channels * math.prod(layer.kernel_size)
-                cout = layer.out_channels
-                ghost = ghost_is_cheaper(positions=positions, out_channels=cout, patch=patch)
-                total += rec.a[0, 0].numel() + positions * patch
-                total += 2 * positions * positions if ghost else cout * (patch + 1)
+                total += positions * patch + layer.out_channels * (patch + 1)
             elif isinstance(layer, nn.GroupNorm):
                 total += 2 * layer.num_channels
         return total
@@ -205,15 +199,15 @@ class StackedSequential:
         """
         k, b = int(valid.shape[0]), int(valid.shape[1])
         sq = torch.zeros(k, b, dtype=grads[0].dtype, device=grads[0].device)
-        samples: list[list[torch.Tensor] | None] = []
+        samples: list[list[torch.Tensor]] = []
         for rec, g in zip(records, grads, strict=True):
             if isinstance(rec.layer, nn.Linear):
                 bias = 1.0 if rec.layer.bias is not None else 0.0
                 sq += (g * g).sum(2) * ((rec.a * rec.a).sum(2) + bias)
-                samples.append(None)
+                samples.append([])
                 continue
             if isinstance(rec.layer, nn.Conv2d):
-                conv_sq, per_sample = _conv_norms(rec, g)  # per_sample: None (ghost norm)
+                conv_sq, per_sample = _conv_samples(rec, g)
                 sq += conv_sq
             else:
                 per_sample = _group_norm_samples(rec, g)  # [K, B, C] each
@@ -229,12 +223,9 @@ class StackedSequential:
                 sums[rec.first] = torch.bmm(weighted.transpose(1, 2), rec.a)
                 if rec.layer.bias is not None:
                     sums[rec.first + 1] = weighted.sum(1)
-            elif layer_samples is not None:
+            else:  # the very tensors whose norms gave the factors
                 for offset, t in enumerate(layer_samples):
                     sums[rec.first + offset] = torch.einsum("kb,kb...->k...", factors, t)
-            else:  # a convolution whose per-example gradients were never formed
-                for offset, t in enumerate(_conv_sums(rec, g, factors)):
-                    sums[rec.first + offset] = t
         missing = [i for i, s in enumerate(sums) if s is None]
         if missing:  # cannot happen for a stackable Sequential: every layer runs
             raise RuntimeError(f"no gradient for stacked parameters {missing}")
@@ -258,44 +249,26 @@ def _group_norm_samples(rec: Record, g: torch.Tensor) -> list[torch.Tensor]:
     return [gw, gb]
 
 
-def ghost_is_cheaper(*, positions: int, out_channels: int, patch: int) -> bool:
-    """Whether a convolution's per-example norms are cheaper from Gram matrices.
-
-    Example i's weight gradient is ``g_i a_i^T`` (``g_i``: ``[Cout, L]``, ``a_i``: its
-    unfolded input ``[Cin*kh*kw, L]``); its squared norm is also ``<g_i^T g_i, a_i^T a_i>``,
-    two ``[L, L]`` Gram matrices (the ghost norm, Li et al. 2022). That beats forming the
-    ``[Cout, Cin*kh*kw]`` gradient where ``2 L^2 <= Cout * Cin*kh*kw`` (Opacus's rule).
-    """
-    return 2 * positions * positions <= out_channels * patch
-
-
-def _conv_norms(rec: Record, g: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-    """A convolution's per-example squared gradient norms ``[K, B]`` and, where forming
-    them is the cheaper way there, its per-example gradients ``[K, B, *shape]``."""
+def _conv_samples(rec: Record, g: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A convolution's per-example gradients ``[K, B, *shape]`` and their squared norms
+    ``[K, B]``: example i's weight gradient ``g_i a_i^T`` (``g_i``: ``[Cout, L]``, ``a_i``
+    its patches ``[L, Cin*kh*kw]``), one batched product."""
     k, b = int(g.shape[0]), int(g.shape[1])
     layer = rec.layer
     assert isinstance(layer, nn.Conv2d)
     out = g.reshape(k * b, g.shape[2], -1)  # [K*B, Cout, L]
-    positions = int(out.shape[2])
-    patch = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
     patches, channels_last = _patches(layer, rec.a.flatten(0, 1), int(g.shape[-1]))
-    bias = out.sum(2) if layer.bias is not None else None  # [K*B, Cout]
-    samples = None
-    if ghost_is_cheaper(positions=positions, out_channels=int(out.shape[1]), patch=patch):
-        grams = torch.bmm(patches, patches.transpose(1, 2)) * torch.bmm(out.transpose(1, 2), out)
-        sq = grams.sum((1, 2))
-    else:
-        gw = torch.bmm(out, patches)  # [K*B, Cout, patch]
-        # The norm straight from the gradient: no squared copy of it.
-        sq = torch.linalg.vector_norm(gw, dim=(1, 2)).square()
-        if channels_last:  # (kh, kw, Cin) -> the weight's (Cin, kh, kw)
-            cout, cin, kh, kw = layer.weight.shape
-            gw = gw.view(-1, cout, kh, kw, cin).permute(0, 1, 4, 2, 3)
-        samples = [gw.reshape(k, b, *layer.weight.shape)]
-        if bias is not None:
-            samples.append(bias.view(k, b, -1))
-    if bias is not None:
+    gw = torch.bmm(out, patches)  # [K*B, Cout, patch]
+    # The norm straight from the gradient: no squared copy of it.
+    sq = torch.linalg.vector_norm(gw, dim=(1, 2)).square()
+    if channels_last:  # (kh, kw, Cin) -> the weight's (Cin, kh, kw)
+        cout, cin, kh, kw = layer.weight.shape
+        gw = gw.view(-1, cout, kh, kw, cin).permute(0, 1, 4, 2, 3)
+    samples = [gw.reshape(k, b, *layer.weight.shape)]
+    if layer.bias is not None:
+        bias = out.sum(2)  # [K*B, Cout]
         sq = sq + (bias * bias).sum(1)
+        samples.append(bias.view(k, b, -1))
     return sq.view(k, b), samples
 
 
@@ -340,31 +313,3 @@ def _patches(layer: nn.Conv2d, x: torch.Tensor, width: int) -> tuple[torch.Tenso
         (st[0], st[1], dh * st[2], dw * st[3], sh * st[2], sw * st[3]),
     )
     return view.reshape(n, cin * kh * kw, rows * width).transpose(1, 2), False
-
-
-def _conv_sums(rec: Record, g: torch.Tensor, factors: torch.Tensor) -> list[torch.Tensor]:
-    """A convolution's clipped sums ``[K, *shape]``: sum_i f_i g_i a_i^T, never per example.
-
-    It is the weight gradient of the grouped convolution for the output gradient ``f g``,
-    which the convolution's own backward kernel computes.
-    """
-    k, b = int(g.shape[0]), int(g.shape[1])
-    layer = rec.layer
-    assert isinstance(layer, nn.Conv2d) and rec.grouped is not None
-    weighted = torch.empty((b, k, *g.shape[2:]), dtype=g.dtype, device=g.device)
-    torch.mul(g.transpose(0, 1), factors.t().reshape(b, k, *([1] * (g.ndim - 2))), out=weighted)
-    grouped_out = weighted.view(b, k * g.shape[2], *g.shape[3:])
-    shape = layer.weight.shape
-    gw = conv2d_weight(
-        rec.grouped,
-        (k * shape[0], *shape[1:]),
-        grouped_out,
-        stride=layer.stride,
-        padding=_padding(layer),
-        dilation=layer.dilation,
-        groups=k,
-    )
-    result = [gw.view(k, *shape)]
-    if layer.bias is not None:
-        result.append(weighted.sum((0, *range(3, weighted.ndim))).view(k, -1))
-    return result

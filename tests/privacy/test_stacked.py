@@ -86,12 +86,10 @@ def _one_by_one(
     return logits, sums, factors
 
 
-@pytest.mark.parametrize("ghost", [True, False])
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_clipped_sums_equal_per_example_clipping_on_every_conv_path(
-    monkeypatch: pytest.MonkeyPatch, ghost: bool, channels_last: bool
+    monkeypatch: pytest.MonkeyPatch, channels_last: bool
 ) -> None:
-    monkeypatch.setattr(stacked, "ghost_is_cheaper", lambda **_: ghost)
     monkeypatch.setattr(stacked, "channels_last_patches", lambda **_: channels_last)
     model = _model()
     params = _stacked_params(model, 3)
@@ -105,14 +103,15 @@ def test_clipped_sums_equal_per_example_clipping_on_every_conv_path(
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("ghost", [True, False])
+@pytest.mark.parametrize("channels_last", [True, False])
 def test_no_example_contributes_more_than_the_bound(
-    monkeypatch: pytest.MonkeyPatch, ghost: bool
+    monkeypatch: pytest.MonkeyPatch, channels_last: bool
 ) -> None:
     """The attack: one example with inputs 1000x larger than the rest. Were its norm under-
-    estimated (a wrong ghost norm, a missed parameter), its clipped gradient would exceed
-    the bound and dominate its client's sum; each one-example client's sum stays <= C."""
-    monkeypatch.setattr(stacked, "ghost_is_cheaper", lambda **_: ghost)
+    estimated (a missed parameter, a norm not of the summed tensor), its clipped gradient
+    would exceed the bound and dominate its client's sum; each one-example client's sum
+    stays <= C."""
+    monkeypatch.setattr(stacked, "channels_last_patches", lambda **_: channels_last)
     model = _model()
     scale = torch.ones(4, 1, 1, 1, 1)
     scale[2] = 1000.0
@@ -150,12 +149,12 @@ def test_cnn_logits_equal_the_plain_model_with_or_without_an_identity_pool(side:
 
 
 def test_held_floats_count_what_clipping_holds_per_example() -> None:
-    """Chunk sizing: a convolution's patches and Gram matrices or gradient, not its
-    parameters (the old count), whose per-example copy is no longer formed."""
+    """Chunk sizing: a convolution's patches and per-example gradient, GroupNorm's
+    per-example gradients."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8))
     engine = StackedSequential(model)
     params = [p.detach()[None] for p in model.parameters()]
     with torch.no_grad():
         _, records = engine.forward(params, torch.zeros(1, 1, 3, 5, 5))
-    positions, patch = 25, 27  # 2 * 25^2 > 8 * 27: per-example gradient [8, 27] + bias
-    assert engine.held_floats(records) == 3 * 25 + positions * patch + 8 * 28 + 2 * 8
+    positions, patch = 25, 27  # patches [25, 27], per-example gradient [8, 27] + bias [8]
+    assert engine.held_floats(records) == positions * patch + 8 * 28 + 2 * 8
