@@ -65,11 +65,11 @@ def test_the_vectorised_hash_is_numpys_seed_sequence_bit_for_bit(seed: int, ids:
 
 
 def test_a_cohorts_generators_are_each_clients_own() -> None:
-    ids = [0, 5, 699, 12]
-    many = client_generators(seed=3, server_round=4, client_ids=ids)
-    assert [g.initial_seed() for g in many] == [
-        client_generator(seed=3, server_round=4, client_id=c).initial_seed() for c in ids
-    ]
+    for ids in ([0, 5, 699, 12], [*range(0, 700, 9), 2**32 - 1]):  # numpy's / vectorised
+        many = client_generators(seed=3, server_round=4, client_ids=ids)
+        assert [g.initial_seed() for g in many] == [
+            client_generator(seed=3, server_round=4, client_id=c).initial_seed() for c in ids
+        ]
     with pytest.raises(ValueError, match="non-negative"):
         stream_seeds_u64(seed=3, stream=Stream.CLIENT, ids=(4,), last=np.array([-1]))
 
