@@ -28,7 +28,7 @@ import torch.nn.functional as F  # noqa: N812 - conventional alias
 
 from fedguard.config import SimulationConfig, resolve_device
 from fedguard.files import METRICS_FILE
-from fedguard.fl.loop import federated_data, initial_model
+from fedguard.fl.data import federated_data, initial_model
 from fedguard.simulations.runner import simulate
 from fedguard.task.lazy_records import in_memory
 

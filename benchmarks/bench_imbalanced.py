@@ -32,7 +32,7 @@ from sklearn.metrics import f1_score
 
 from fedguard.config import SimulationConfig
 from fedguard.files import MODEL_FILE
-from fedguard.fl.loop import federated_data, initial_model
+from fedguard.fl.data import federated_data, initial_model
 from fedguard.privacy.class_weights import weights_for_prevalence
 from fedguard.simulations.runner import simulate
 from fedguard.task import compute_metrics, set_weights

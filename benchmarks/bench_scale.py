@@ -51,7 +51,7 @@ def measure_one(*, clients: int, rounds: int, device: str, threads: int) -> Scal
     from benchmarks.bench_cohort import compute_floor_s
     from benchmarks.bench_sim import _config, _data_file
     from fedguard.files import METRICS_FILE
-    from fedguard.fl.loop import federated_data, initial_model
+    from fedguard.fl.data import federated_data, initial_model
     from fedguard.privacy.cohort import CohortDPTrainer
     from fedguard.simulations.runner import simulate
     from fedguard.task.lazy_records import in_memory

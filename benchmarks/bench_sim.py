@@ -46,8 +46,8 @@ from benchmarks.bench_dpstep import dp_step_costs, markdown_table
 from benchmarks.bench_reference import run_reference
 from fedguard.config import SimulationConfig, load_simulation_config, resolve_device
 from fedguard.files import METRICS_FILE
+from fedguard.fl.data import federated_data
 from fedguard.fl.local import noise_for_budget
-from fedguard.fl.loop import federated_data
 from fedguard.simulations.runner import simulate
 from fedguard.simulations.virtual_clients import budget_for
 from fedguard.task import load_dataset

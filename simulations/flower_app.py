@@ -29,6 +29,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedguard.config import SimulationConfig, load_simulation_config
 from fedguard.errors import RefusalError
 from fedguard.files import ACCOUNTANT_FILE
+from fedguard.fl.data import federated_data, initial_model
 from fedguard.fl.limits import MAX_UPDATE_NORM
 from fedguard.fl.local import LocalResult, LocalTrainer
 from fedguard.fl.loop import (
@@ -37,8 +38,6 @@ from fedguard.fl.loop import (
     RoundRecord,
     TrainRequest,
     client_generator,
-    federated_data,
-    initial_model,
     request_for,
     run_rounds,
 )

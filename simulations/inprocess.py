@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from fedguard.config import SimulationConfig, resolve_device
+from fedguard.fl.data import FederatedData, initial_model
 from fedguard.fl.local import LocalTrainer
-from fedguard.fl.loop import FederatedData, RoundRecord, TrainCohort, initial_model, run_rounds
+from fedguard.fl.loop import RoundRecord, TrainCohort, run_rounds
 from fedguard.fl.strategies import server_optimizer
 from fedguard.privacy.client_dp import ClientLevelAccounting
 from fedguard.simulations.cohort_trainers import VirtualClients, cohort_trainer

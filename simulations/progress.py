@@ -7,7 +7,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedguard.class_labels import class_mapping, default_names
 from fedguard.config import SimulationConfig
-from fedguard.fl.loop import RoundRecord, federated_data
+from fedguard.fl.data import federated_data
+from fedguard.fl.loop import RoundRecord
 from fedguard.simulations.runner import SimulationSummary, simulate
 from fedguard.task.metrics import headline
 

@@ -45,15 +45,9 @@ import torch
 from fedguard.config import SimulationConfig, resolve_device
 from fedguard.errors import ConfigError, FedguardError
 from fedguard.files import ACCOUNTANT_FILE
+from fedguard.fl.data import FederatedData, initial_model
 from fedguard.fl.local import LocalTrainer, PrivacyBudget
-from fedguard.fl.loop import (
-    ClientUpdate,
-    FederatedData,
-    PartialSum,
-    Refusal,
-    WeightedSum,
-    initial_model,
-)
+from fedguard.fl.loop import ClientUpdate, PartialSum, Refusal, WeightedSum
 from fedguard.privacy import Accountant, AccountantMethod, AccountantStore
 from fedguard.simulations.client_state import AccountantCache
 from fedguard.simulations.cohort_trainers import VirtualClients, cohort_trainer

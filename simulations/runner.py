@@ -26,13 +26,8 @@ from fedguard.class_labels import default_names
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
 from fedguard.files import METRICS_FILE, MODEL_FILE, SUMMARY_FILE
-from fedguard.fl.loop import (
-    FederatedData,
-    RoundRecord,
-    federated_data,
-    initial_model,
-    simulation_task,
-)
+from fedguard.fl.data import FederatedData, federated_data, initial_model, simulation_task
+from fedguard.fl.loop import RoundRecord
 from fedguard.task.lazy_records import LazyDataset, record_logits
 
 __all__ = ["SimulationSummary", "simulate"]

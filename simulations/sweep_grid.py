@@ -21,7 +21,7 @@ from typing import Any
 from fedguard._toml import read_toml
 from fedguard.config import SimulationConfig, load_simulation_config
 from fedguard.errors import DataError, FedguardError, invalid
-from fedguard.fl.loop import federated_data
+from fedguard.fl.data import federated_data
 from fedguard.task.partition import PARTITION_SCHEMES
 
 __all__ = [

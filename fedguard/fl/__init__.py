@@ -6,6 +6,8 @@
 (``tests/test_layers.py``).
 
 - :mod:`fedguard.fl.loop`: ``run_rounds``, the one round loop, and ``WeightedSum``.
+- :mod:`fedguard.fl.data`: a simulation's data set, partition and round-0 model, the
+  same for every engine.
 - :mod:`fedguard.fl.local`: ``LocalTrainer``, a node's local round (budget check, DP
   training, accounting).
 """

@@ -22,7 +22,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedguard.client.app import NODE_CONFIG_KEY
 from fedguard.client.app import app as client_app
 from fedguard.config import SimulationConfig
-from fedguard.fl.loop import federated_data, initial_model, request_for
+from fedguard.fl.data import federated_data, initial_model
+from fedguard.fl.loop import request_for
 from fedguard.task import get_weights
 from fedguard.transport.messages import ERROR_CLIENT_FAILED, encode_train
 

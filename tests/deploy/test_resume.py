@@ -10,7 +10,7 @@ import pytest
 from harness.federation_files import write_federation
 
 from fedguard.client.node import node_runtime
-from fedguard.fl.loop import load_federated_data
+from fedguard.fl.data import load_federated_data
 from fedguard.privacy import AccountantStore, steps_per_epoch
 
 pytestmark = pytest.mark.deploy

@@ -20,16 +20,9 @@ import torch
 from fedguard.config import SimulationConfig, load_simulation_config
 from fedguard.errors import DataError
 from fedguard.files import CHECKPOINT_FILE
+from fedguard.fl.data import federated_data, initial_model
 from fedguard.fl.local import LocalTrainer
-from fedguard.fl.loop import (
-    ClientUpdate,
-    Refusal,
-    client_generator,
-    federated_data,
-    initial_model,
-    request_for,
-    run_rounds,
-)
+from fedguard.fl.loop import ClientUpdate, Refusal, client_generator, request_for, run_rounds
 from fedguard.fl.strategies import FedAdam, FedAvgM, ServerOptimizer
 from fedguard.privacy import AccountantStore
 from fedguard.server.checkpoint import load_checkpoint, resume, save_round

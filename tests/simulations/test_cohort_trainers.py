@@ -8,16 +8,9 @@ import pytest
 import torch
 
 from fedguard.config import SimulationConfig
+from fedguard.fl.data import federated_data, initial_model
 from fedguard.fl.local import LocalTrainer
-from fedguard.fl.loop import (
-    ClientUpdate,
-    PartialSum,
-    Refusal,
-    SecureMean,
-    WeightedSum,
-    federated_data,
-    initial_model,
-)
+from fedguard.fl.loop import ClientUpdate, PartialSum, Refusal, SecureMean, WeightedSum
 from fedguard.simulations.cohort_trainers import (
     OneAtATime,
     Vectorised,

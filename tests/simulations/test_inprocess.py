@@ -8,8 +8,9 @@ import torch
 
 from fedguard.config import SimulationConfig
 from fedguard.errors import BudgetExceededError
+from fedguard.fl.data import federated_data, initial_model
 from fedguard.fl.local import LocalTrainer
-from fedguard.fl.loop import client_generator, federated_data, initial_model, request_for
+from fedguard.fl.loop import client_generator, request_for
 from fedguard.privacy import AccountantStore
 from fedguard.simulations.runner import simulate
 from fedguard.simulations.virtual_clients import budget_for

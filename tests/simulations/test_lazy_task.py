@@ -24,7 +24,7 @@ import fedguard.privacy.sampled_batches as sampled_batches
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
 from fedguard.files import METRICS_FILE, MODEL_FILE
-from fedguard.fl.loop import clear_data_cache, federated_data
+from fedguard.fl.data import clear_data_cache, federated_data
 from fedguard.simulations.runner import simulate
 from fedguard.task.lazy_records import LazyDataset
 

@@ -22,7 +22,8 @@ from safetensors.numpy import load_file
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
 from fedguard.files import ACCOUNTANT_FILE, METRICS_FILE, MODEL_FILE
-from fedguard.fl.loop import FederatedData, WeightedSum, clear_data_cache, sample_cohort
+from fedguard.fl.data import FederatedData, clear_data_cache
+from fedguard.fl.loop import WeightedSum, sample_cohort
 from fedguard.simulations import ray_engine
 from fedguard.simulations.runner import STATE_DIR, simulate
 from fedguard.simulations.virtual_clients import client_state_dir

@@ -11,15 +11,9 @@ import pytest
 import torch
 
 from fedguard.config import SimulationConfig
+from fedguard.fl.data import federated_data, initial_model
 from fedguard.fl.local import LocalTrainer
-from fedguard.fl.loop import (
-    ClientUpdate,
-    PartialSum,
-    Refusal,
-    WeightedSum,
-    federated_data,
-    initial_model,
-)
+from fedguard.fl.loop import ClientUpdate, PartialSum, Refusal, WeightedSum
 from fedguard.privacy import GaussianEvent
 from fedguard.simulations import cohort_trainers
 from fedguard.simulations.cohort_trainers import Vectorised, VirtualClients, cohort_trainer

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 
 from fedguard.config import SimulationConfig
 from fedguard.files import MODEL_FILE
-from fedguard.fl.loop import clear_data_cache, federated_data
+from fedguard.fl.data import clear_data_cache, federated_data
 from fedguard.simulations.runner import simulate
 from fedguard.task import build_model, evaluate, load_dataset
 

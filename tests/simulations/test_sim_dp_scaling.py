@@ -11,8 +11,8 @@ import pytest
 
 from fedguard.config import SimulationConfig
 from fedguard.errors import ConfigError
+from fedguard.fl.data import clear_data_cache, federated_data
 from fedguard.fl.local import PrivacyBudget, noise_for_budget
-from fedguard.fl.loop import clear_data_cache, federated_data
 from fedguard.fl.scaling import SCALING_NOISE
 from fedguard.privacy import (
     Accountant,

@@ -17,7 +17,8 @@ from matplotlib.image import imread
 import fedguard.task.data
 from fedguard.cli import main
 from fedguard.errors import ConfigError
-from fedguard.fl.loop import RoundRecord, clear_data_cache
+from fedguard.fl.data import clear_data_cache
+from fedguard.fl.loop import RoundRecord
 from fedguard.simulations.sweep import (
     Cell,
     CellResult,

@@ -10,8 +10,9 @@ import torch
 
 from fedguard.config import SimulationConfig
 from fedguard.errors import BudgetExceededError, ConfigError
+from fedguard.fl.data import federated_data, initial_model
 from fedguard.fl.local import CohortMember, LocalResult, LocalTrainer
-from fedguard.fl.loop import client_generator, federated_data, initial_model, request_for
+from fedguard.fl.loop import client_generator, request_for
 from fedguard.privacy import AccountantStore
 from fedguard.simulations.cohort_trainers import (
     OneAtATime,
