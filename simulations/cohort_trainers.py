@@ -27,10 +27,10 @@ from torch.utils.data import Subset
 
 from fedguard.config import SimulationConfig
 from fedguard.errors import BudgetExceededError, ConfigError
+from fedguard.fl.data import FederatedData
 from fedguard.fl.local import CohortMember, LocalResult, LocalTrainer, PrivacyBudget
 from fedguard.fl.loop import (
     ClientUpdate,
-    FederatedData,
     PartialSum,
     Refusal,
     SecureMean,
@@ -269,11 +269,9 @@ def cohort_trainer(
 
     ``--vectorize auto`` (and ``on``) batch every model the cohort trainer can batch:
     all the built-in models (stacked) and task models without buffers whose forward pass
-    ``torch.func.vmap`` can batch. On digits (2 shared cores, batch 16, fastest of 3 runs;
-    ``python -m benchmarks.bench_cohort``) a round of 100 and of 700 CNN clients took 0.13
-    and 0.25 s batched against 0.24 and 1.3 s one at a time, the 64-unit MLP's 700 clients
-    0.11 against 2.1 s. ``auto`` trains a model it cannot batch one client at a time,
-    saying why in one log line; ``on`` refuses it.
+    ``torch.func.vmap`` can batch (figures: ``python -m benchmarks.bench_cohort`` and
+    docs/researcher.md, "Simulation benchmarks"). ``auto`` trains a model it cannot batch
+    one client at a time, saying why in one log line; ``on`` refuses it.
     """
     one = OneAtATime(trainer=trainer, clients=clients)
     batched = _vectorised(config=config, trainer=trainer, clients=clients)
