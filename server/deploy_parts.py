@@ -18,7 +18,7 @@ from fedguard._io import read_jsonl
 from fedguard.class_labels import declared_labels
 from fedguard.deploy_config import FederationConfig
 from fedguard.errors import DataError
-from fedguard.fl.loop import standardise_eval_rows
+from fedguard.fl.data import standardise_eval_rows
 from fedguard.privacy.client_dp import ClientDP, ClientLevelAccounting
 from fedguard.privacy.secagg import SecAggParams, SecAggSettings
 from fedguard.task import Metrics, evaluate, load_dataset, set_weights
