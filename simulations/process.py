@@ -26,8 +26,9 @@ def own_process(*, threads: int) -> None:
     engine owns its process, so it may choose. A batched step allocates tens of MB of
     activations; glibc hands large freed blocks back to the OS, so every step page-faulted
     them in again (5-13k minor faults per 100-client CNN step). Kept in the heap, a round of
-    100 CNN clients on digits took 0.063 s instead of 0.073, of 700 0.17 s instead of 0.23
-    (``python -m benchmarks.bench_cohort``). The cost: the process keeps its peak heap. Both
+    100 CNN clients on digits took 0.061-0.067 s instead of 0.087, of 700 0.17-0.18 s
+    instead of 0.21-0.23 (``python -m benchmarks.bench_cohort``); MLP rounds, whose
+    activations are small, did not change. The cost: the process keeps its peak heap. Both
     thresholds are set, as one alone disables glibc's dynamic threshold and was slower.
     Outside glibc nothing is changed.
     """

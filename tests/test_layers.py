@@ -21,7 +21,8 @@ fl-rules     fedguard.fl's rules that need no more than    util                 
 config       fedguard.config (the simulation's config)     util, privacy, task,        no
                                                            fl-rules
 fl           fedguard.fl: what a round means (run_rounds,  util, privacy, task,        no
-             LocalTrainer, the dp-scaling release)         fl-rules, config
+             LocalTrainer, the dp-scaling release, a       fl-rules, config
+             simulation's data and round-0 model)
 transport    fedguard.transport: the message codec         util, proto, privacy,       yes
              (messages, records, serde, receipts), the     task, fl-rules, config, fl
              exchange with one reply vetting (grid), the
