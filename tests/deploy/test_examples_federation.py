@@ -21,7 +21,9 @@ from harness.federation_files import FederationFiles, fedguard_cmd, write_federa
 from fedguard.deploy.procs import start
 from fedguard.task import load_schema
 
-pytestmark = pytest.mark.deploy
+# slow: `make wheel-check` (CI runs it after `make test`) runs this file from the installed
+# wheel; running it from the checkout in `make test` too cost ~2 minutes of its 15.
+pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE = EXAMPLES / "credit-tabular"
