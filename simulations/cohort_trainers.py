@@ -274,16 +274,15 @@ def cohort_trainer(
     one client at a time, saying why in one log line; ``on`` refuses it.
     """
     one = OneAtATime(trainer=trainer, clients=clients)
-    batched = _vectorised(config=config, trainer=trainer, clients=clients)
-    if batched is not None and not config.secagg:
-        batched.summed = True  # the loop sees the sum only; see Vectorised
+    # Without secure aggregation the loop sees the sum only; see Vectorised.
+    batched = _vectorised(config=config, trainer=trainer, clients=clients, summed=not config.secagg)
     if config.secagg:
         return SecureCohort(one=one, batched=batched, config=config)
     return batched if batched is not None else one
 
 
 def _vectorised(
-    *, config: SimulationConfig, trainer: LocalTrainer, clients: VirtualClients
+    *, config: SimulationConfig, trainer: LocalTrainer, clients: VirtualClients, summed: bool
 ) -> Vectorised | None:
     """The batched trainer, or None where the model or the configuration rules it out."""
     budget = clients.budget  # None exactly without DP: then there is nothing to vectorise
@@ -307,4 +306,4 @@ def _vectorised(
         _log.info("training clients one at a time: %s", exc)
         return None
     _log.debug("cohort trainer: %s", cohort.engine)
-    return Vectorised(trainer=trainer, clients=clients, budget=budget)
+    return Vectorised(trainer=trainer, clients=clients, budget=budget, summed=summed)
