@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from fedguard._io import atomic_write_json
-from fedguard.deploy_config import PolicySection
 from fedguard.errors import DataError
 from fedguard.files import INDEX_FILE, SCALING_FILE
 from fedguard.fl.scaling import ReleasedScaling, apply_released, scaling_event
+from fedguard.node_config import PolicySection
 from fedguard.privacy import GaussianEvent
 from fedguard.privacy.dp_scaling import dp_centre_scale, scaling_sensitivity
 from fedguard.privacy.ledger import Ledger, LedgerEntry

@@ -89,13 +89,14 @@ def test_every_link_resolves():
 def test_the_reference_names_every_config_key_and_simulate_option():
     import dataclasses
 
-    from fedguard import deploy_config as d
+    from fedguard import federation_config as f
+    from fedguard import node_config as d
 
     text = (ROOT / "docs" / "reference.md").read_text()
     sections = {
-        "federation": d.FederationSection, "task": d.TaskSection,
-        "training": d.TrainingSection, "server": d.ServerNetwork, "secagg": d.SecAggSection,
-        "client-dp": d.ClientDPSection, "node": d.NodeSection, "data": d.DataSection,
+        "federation": f.FederationSection, "task": f.TaskSection,
+        "training": f.TrainingSection, "server": f.ServerNetwork, "secagg": f.SecAggSection,
+        "client-dp": f.ClientDPSection, "node": d.NodeSection, "data": d.DataSection,
         "privacy": d.PolicySection,
     }  # fmt: skip
     missing = [

@@ -28,8 +28,9 @@ transport    fedguard.transport: the message codec         util, proto, privacy,
              exchange with one reply vetting (grid), the
              reply poll loop (poll)
 deploy       fedguard.deploy (certs, procs, roster, the    util, proto, privacy,       yes
-             Flower adapter), deploy_config,               task, fl-rules, config, fl,
-             task_identity, budget_report                  transport
+             Flower adapter), deploy_config and its        task, fl-rules, config, fl,
+             federation_config, node_config,               transport
+             deploy_toml, task_identity, budget_report
 client       fedguard.client (a deployed node)             every layer above but       yes
                                                            server, simulations
 server       fedguard.server (the operator's ServerApp)    every layer above but       yes
@@ -149,6 +150,9 @@ LAYERS = (
         (
             "fedguard.deploy",
             "fedguard.deploy_config",
+            "fedguard.federation_config",
+            "fedguard.node_config",
+            "fedguard.deploy_toml",
             "fedguard.task_identity",
             "fedguard.budget_report",
         ),

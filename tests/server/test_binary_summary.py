@@ -15,7 +15,7 @@ import torch
 from sklearn.datasets import make_classification
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from fedguard.deploy_config import (
+from fedguard.federation_config import (
     FederationConfig,
     FederationSection,
     ServerNetwork,

@@ -4,7 +4,7 @@ from the federation's schema ([target] labels) or, without one, the class ids; a
 
 from pathlib import Path
 
-from fedguard.deploy_config import (
+from fedguard.federation_config import (
     FederationConfig,
     FederationSection,
     ServerNetwork,

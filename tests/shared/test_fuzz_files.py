@@ -31,21 +31,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedguard.config import SimulationConfig, load_simulation_config, option_name
-from fedguard.deploy_config import (
+from fedguard.deploy_config import load_federation_config, load_node_config
+from fedguard.errors import ConfigError, DataError
+from fedguard.federation_config import (
     ClientDPSection,
-    DataSection,
     FederationSection,
-    NodeSecAggSection,
-    NodeSection,
-    PolicySection,
     SecAggSection,
     ServerNetwork,
     TaskSection,
     TrainingSection,
-    load_federation_config,
-    load_node_config,
 )
-from fedguard.errors import ConfigError, DataError
+from fedguard.node_config import (
+    DataSection,
+    NodeSecAggSection,
+    NodeSection,
+    PolicySection,
+)
 from fedguard.privacy import Accountant, AccountantStore, GaussianEvent
 from fedguard.privacy.ledger import Ledger, LedgerError, VerifyReport
 from fedguard.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
