@@ -18,76 +18,50 @@ its stored reply instead of training again, so a server crash does not make it s
 twice. A round trained for a secure sum whose session ended before this node sent its
 masked input released nothing: the next request for another round gives its epsilon back
 (a ledger "void" line, :mod:`fedguard.client.void`). It does not import Flower.
+
+Here the request's path through a round; the records are loaded by
+:mod:`fedguard.client.node_records`, the policy decides in :mod:`fedguard.client.round_policy`,
+the ledger is read and written in :mod:`fedguard.client.round_ledger`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import save as st_save
 
-from fedguard._io import atomic_write_bytes
-from fedguard.client.budget import plan_run
 from fedguard.client.events import RUN_DONE, append_event
-from fedguard.client.node_data import load_node_dataset
+from fedguard.client.node_records import load_node_records
 from fedguard.client.released import HeldUpdate, update_digest
-from fedguard.client.scaling import release_to_come, scale_records
+from fedguard.client.round_ledger import read_spend, scale_before_round, write_ahead
+from fedguard.client.round_policy import check_local_epochs, plan_round
+from fedguard.client.scaling import release_to_come
 from fedguard.client.state_lock import hold_lock
-from fedguard.client.stored_reply import read_stored_reply
+from fedguard.client.stored_reply import read_stored_reply, write_stored_reply
 from fedguard.client.stored_reply import round_key as _round_key
 from fedguard.client.void import hold, release, settle
 from fedguard.deploy_config import NodeConfig, load_node_config
-from fedguard.errors import (
-    BudgetExceededError,
-    DataError,
-    PolicyRefusalError,
-    RefusalError,
-    StateFileError,
-)
-from fedguard.files import BUDGET_LOCK, INDEX_FILE, LAST_REPLY_FILE, LEDGER_FILE
+from fedguard.errors import DataError, RefusalError, StateFileError
+from fedguard.files import BUDGET_LOCK, LAST_REPLY_FILE, LEDGER_FILE
 from fedguard.fl.local import LocalResult, LocalTrainer, PrivacyBudget
 from fedguard.fl.loop import TrainRequest
-from fedguard.privacy import (
-    AccountantStore,
-    GaussianEvent,
-    sample_rate_for,
-    steps_per_epoch,
-)
+from fedguard.privacy import AccountantStore, GaussianEvent
 from fedguard.privacy.ledger import Ledger, LedgerEntry, LedgerError
 from fedguard.privacy.node_secret import load_node_secret
 from fedguard.privacy.receipts import PrivacyReceipt, receipt_for
-from fedguard.privacy.record_budget import (
-    RecordBudgetError,
-    RecordSet,
-    RecordSpend,
-    index_digest,
-    load_index,
-    record_set,
-    record_spend,
-    updated_index,
-    write_index,
-)
+from fedguard.privacy.record_budget import RecordSet, RecordSpend, record_set
 from fedguard.privacy.rng import os_entropy_generator
-from fedguard.task import Dataset, load_dataset, load_schema, set_weights
+from fedguard.task import set_weights
 from fedguard.task.builtin import build_task_model
-from fedguard.task.lazy_records import LazyDataset, TaskRecords
-from fedguard.task.records import record_partition
+from fedguard.task.lazy_records import TaskRecords
 from fedguard.task.schema import DPScalingPlan
 
-__all__ = [
-    "NodeRuntime",
-    "fallback_record_keys",
-    "node_runtime",
-    "read_stored_reply",
-]
+__all__ = ["NodeRuntime", "node_runtime", "read_stored_reply"]
 
 _log = logging.getLogger(__name__)
 
@@ -189,12 +163,7 @@ class NodeRuntime:
         request: TrainRequest,
         secure: bool,
     ) -> LocalResult:
-        policy = self.config.privacy
-        if request.local_epochs > policy.max_local_epochs:
-            raise PolicyRefusalError(
-                f"round {request.server_round} refused: local-epochs {request.local_epochs} > "
-                f"this node's max-local-epochs {policy.max_local_epochs}"
-            )
+        check_local_epochs(request, self.config.privacy)
         trainer = self._trainers.get(model_name)
         if trainer is None:
             model = build_task_model(
@@ -263,16 +232,9 @@ class NodeRuntime:
         r, run = request.server_round, request.run_key
         method, delta = policy.accountant, policy.delta
         ledger = Ledger(path=self.state_dir / LEDGER_FILE)
-        try:
-            entries = ledger.entries()
-            index, warning = load_index(
-                path=self.state_dir / INDEX_FILE, entries=entries, key_check=records.key_check
-            )
-            spend = record_spend(index=index, warning=warning, records=records, entries=entries)
-        except (LedgerError, RecordBudgetError) as exc:
-            raise StateFileError(f"round {r} refused: {exc}") from None
-        if spend.warning:
-            _log.warning("%s", spend.warning)
+        entries, spend = read_spend(
+            state_dir=self.state_dir, ledger=ledger, records=records, server_round=r
+        )
 
         # A dp-scaling release still to come is counted in every check below, so a run
         # that cannot fit is refused before the release, and the plan sees it.
@@ -280,75 +242,30 @@ class NodeRuntime:
             pre = self._scaling_to_release()
         except DataError as exc:
             raise StateFileError(f"round {r} refused: {exc}") from None
-
-        def lifetime_after(event: GaussianEvent) -> float:
-            return spend.epsilon(method=method, delta=delta, extra=(*pre, event))
-
-        def run_after(event: GaussianEvent) -> float:  # this run's events alone, per record
-            return spend.epsilon(method=method, delta=delta, extra=(event,), run=run)
-
-        n = len(self.y)
-        q = sample_rate_for(num_examples=n, batch_size=request.batch_size)
-        steps = request.local_epochs * steps_per_epoch(
-            num_examples=n, batch_size=request.batch_size
+        allowed = plan_round(
+            state_dir=self.state_dir,
+            policy=policy,
+            request=request,
+            spend=spend,
+            fingerprint=records.fingerprint,
+            num_examples=len(self.y),
+            pre=pre,
         )
-        try:
-            plan = plan_run(
-                state_dir=self.state_dir,
-                run=run,
-                fingerprint=records.fingerprint,
-                epsilon_after=lifetime_after,
-                run_epsilon_after=run_after,
-                round_event=GaussianEvent(noise_multiplier=1.0, sample_rate=q, steps=steps),
-                planned_rounds=max(1, request.total_rounds),
-                max_epsilon=policy.max_epsilon,
-                run_epsilon=policy.run_epsilon,
-                min_noise_multiplier=policy.min_noise_multiplier,
-                max_noise_multiplier=policy.max_noise_multiplier,
-                delta=delta,
-                accountant=method,
-            )
-            event = GaussianEvent(
-                noise_multiplier=plan.noise_multiplier, sample_rate=q, steps=steps
-            )
-            self._check_round(request, plan.planned_rounds, spend.rounds(run=run), run_after(event))
-            after = lifetime_after(event)
-        except RecordBudgetError as exc:  # group privacy did not converge
-            raise BudgetExceededError(f"round {r} refused: {exc}") from None
-        if after > policy.max_epsilon:
-            raise BudgetExceededError(
-                f"round {r} refused: the most-spent record would reach epsilon {after:.4f} > "
-                f"this node's max-epsilon {policy.max_epsilon:g} at delta {delta:g} ({method})"
-            )
+        plan, event, q, steps = allowed.plan, allowed.event, allowed.sample_rate, allowed.steps
+        after = allowed.epsilon_after
         if pre or self.dp_plan is not None:
             entries, spend = self._scale_locked(ledger, records, entries, spend, pre, r)
-        new_index = updated_index(spend=spend, records=records, seq=len(entries)).to_bytes()
         before = ledger.spent(dataset_fingerprint=records.fingerprint)
-        try:  # the ledger first: a round it does not hold is neither trained nor charged
-            entry = ledger.begin(
-                run=run,
-                server_round=r,
-                dataset_fingerprint=records.fingerprint,
-                sample_rate=q,
-                noise_multiplier=plan.noise_multiplier,
-                steps=steps,
-                max_grad_norm=request.max_grad_norm,
-                epsilon_after=after,
-                delta=delta,
-                accountant=method,
-                index_digest=index_digest(new_index),
-                max_multiplicity=records.max_multiplicity,
-            )
-        except (LedgerError, OSError) as exc:
-            why = " ".join(str(exc).split())
-            raise StateFileError(
-                f"round {r} refused: the privacy ledger cannot be written ({why}); nothing "
-                "was trained or charged"
-            ) from None
-        try:
-            write_index(self.state_dir / INDEX_FILE, new_index)
-        except OSError as exc:  # the ledger holds the round: it counts for every record
-            _log.warning("%s: not written (%s)", self.state_dir / INDEX_FILE, exc.strerror)
+        entry = write_ahead(
+            state_dir=self.state_dir,
+            ledger=ledger,
+            records=records,
+            entries=entries,
+            spend=spend,
+            request=request,
+            allowed=allowed,
+            policy=policy,
+        )
         budget = PrivacyBudget(
             target_epsilon=policy.max_epsilon,
             delta=delta,
@@ -380,7 +297,7 @@ class NodeRuntime:
             f"{method}, the most-spent record, every run){done}",
         )
         self._write_report(spend, event)
-        self._remember(key, result)
+        write_stored_reply(self.state_dir / LAST_REPLY_FILE, key=key, result=result)
         return result, entry
 
     def _scaling_to_release(self) -> tuple[GaussianEvent, ...]:
@@ -406,51 +323,21 @@ class NodeRuntime:
         """Release (charged first) or reload the dp columns' centre/scale; scale ``x``."""
         if self.dp_plan is None or self._scaled or self.x is None:
             return entries, spend
-        try:
-            scaled = scale_records(
-                state_dir=self.state_dir,
-                plan=self.dp_plan,
-                schema_digest=self.schema_digest,
-                policy=self.config.privacy,
-                ledger=ledger,
-                records=records,
-                entries=entries,
-                spend=spend,
-                pre=pre,
-                x=self.x.numpy(),
-            )
-        except (LedgerError, OSError, DataError) as exc:
-            why = " ".join(str(exc).split())
-            raise StateFileError(
-                f"round {r} refused: the dp scaling was not released ({why})"
-            ) from None
-        self.x, self._scaled = torch.from_numpy(scaled.x), True
-        if not scaled.released_now:
-            return entries, spend
-        entries = ledger.entries()
-        index, warning = load_index(
-            path=self.state_dir / INDEX_FILE, entries=entries, key_check=records.key_check
+        x, entries, spend = scale_before_round(
+            state_dir=self.state_dir,
+            plan=self.dp_plan,
+            schema_digest=self.schema_digest,
+            policy=self.config.privacy,
+            ledger=ledger,
+            records=records,
+            entries=entries,
+            spend=spend,
+            pre=pre,
+            x=self.x.numpy(),
+            server_round=r,
         )
-        return entries, record_spend(index=index, warning=warning, records=records, entries=entries)
-
-    def _check_round(
-        self, request: TrainRequest, planned: int, trained: int, run_epsilon: float
-    ) -> None:
-        """A run trains at most its planned rounds, each within ``run-epsilon``."""
-        r, run, cap = request.server_round, request.run_key, self.config.privacy.run_epsilon
-        why: str | None = None
-        kind: type[RefusalError] = PolicyRefusalError
-        if max(1, request.total_rounds) != planned:
-            why = f"total-rounds {request.total_rounds} differs from the {planned} rounds planned"
-        elif r > planned:
-            why = f"run {run!r} planned {planned} rounds"
-        elif trained >= planned:
-            why = f"run {run!r} already trained {trained} rounds of the {planned} it planned"
-        elif cap is not None and run_epsilon > cap:
-            why = f"run {run!r} would reach epsilon {run_epsilon:.4f} > run-epsilon {cap:g}"
-            kind = BudgetExceededError
-        if why is not None:
-            raise kind(f"round {r} refused: {why}")
+        self.x, self._scaled = torch.from_numpy(x), True
+        return entries, spend
 
     def _write_report(self, spend: RecordSpend, event: GaussianEvent) -> None:
         """Rewrite the accountant report (never read back; losing it loses nothing)."""
@@ -483,15 +370,6 @@ class NodeRuntime:
             _log.warning("%s; ignored: this round is trained (and counted) again", exc)
             return None
 
-    def _remember(self, key: str, result: LocalResult) -> None:
-        fields = {k: v for k, v in dataclasses.asdict(result).items() if k != "weights"}
-        tensors = {f"{i:05d}": np.ascontiguousarray(w) for i, w in enumerate(result.weights)}
-        atomic_write_bytes(
-            self.state_dir / LAST_REPLY_FILE,
-            st_save(tensors, metadata={"key": key, "result": json.dumps(fields)}),
-            mode=0o600,
-        )
-
 
 @functools.lru_cache(maxsize=2)
 def node_runtime(config_path: str) -> NodeRuntime:
@@ -499,66 +377,16 @@ def node_runtime(config_path: str) -> NodeRuntime:
     message; this cache only saves the loading, never privacy state)."""
     cfg = load_node_config(Path(config_path))
     cfg.node.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    d = cfg.data
-    ds: Dataset | LazyDataset
-    if d.num_partitions is not None and d.partition_id is not None:
-        # The demo: nodes share one public data set, each taking the records whose keyed
-        # hash names its share (per record: one record added moves no other), never the
-        # server's evaluation holdout.
-        ds = load_dataset(
-            name=d.dataset, seed=d.seed, target=d.target, schema=d.schema, split="holdout"
-        )
-        if ds.train_record_keys is None:
-            raise DataError(f"{d.dataset}: no record keys to decide the demo's shares by")
-        share = record_partition(ds.train_record_keys, parts=d.num_partitions, seed=d.seed)
-        idx = np.flatnonzero(share == d.partition_id)
-        x, y = ds.x_train[idx], ds.y_train[idx]
-    else:
-        ds = load_node_dataset(cfg)  # every record trains; schema, validation share (#13.1)
-        if isinstance(ds, LazyDataset):  # keys and labels from the load's one pass
-            return NodeRuntime(
-                config=cfg,
-                x=None,
-                y=torch.from_numpy(ds.y_train),
-                input_shape=ds.input_shape,
-                num_classes=ds.num_classes,
-                _trainers={},
-                record_keys=ds.train_record_keys,
-                data=ds.train,
-            )
-        x, y = ds.x_train, ds.y_train
-    plan = ds.dp_scaling
-    digest = load_schema(d.schema).digest() if plan is not None and d.schema else ""
-    keys = getattr(ds, "train_record_keys", None)  # sha256 of each record's raw bytes
-    if keys is None:
-        keys = fallback_record_keys(x, y)  # FALLBACK: remove once every loader gives keys
-    elif d.num_partitions is not None and d.partition_id is not None:
-        keys = keys[idx]
+    loaded = load_node_records(cfg)
     return NodeRuntime(
         config=cfg,
-        x=torch.from_numpy(x),
-        y=torch.from_numpy(y),
-        input_shape=ds.input_shape,
-        num_classes=ds.num_classes,
+        x=loaded.x,
+        y=loaded.y,
+        input_shape=loaded.input_shape,
+        num_classes=loaded.num_classes,
         _trainers={},
-        record_keys=np.asarray(keys),
-        dp_plan=plan,
-        schema_digest=digest,
+        record_keys=loaded.record_keys,
+        dp_plan=loaded.dp_plan,
+        schema_digest=loaded.schema_digest,
+        data=loaded.data,
     )
-
-
-def fallback_record_keys(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """FALLBACK (remove once ``Dataset.train_record_keys`` is everywhere): sha256 of each
-    training row's bytes and its label, as an (n, 32) uint8 array.
-
-    A row identifies a record only after the loader's transforms, so a record loaded with
-    other transforms gets another key; the loader's keys (raw bytes) do not have that flaw.
-    """
-    xs = np.ascontiguousarray(x).reshape(len(x), -1)
-    ys = np.ascontiguousarray(y)
-    out = np.empty((len(xs), 32), dtype=np.uint8)
-    for i in range(len(xs)):
-        h = hashlib.sha256(xs[i].tobytes())
-        h.update(ys[i].tobytes())
-        out[i] = np.frombuffer(h.digest(), dtype=np.uint8)
-    return out

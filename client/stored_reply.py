@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
+from fedguard._io import atomic_write_bytes
 from fedguard.errors import DataError
 from fedguard.fl.local import LocalResult
 from fedguard.fl.loop import TrainRequest
 from fedguard.safetensors_header import safetensors_metadata
 
-__all__ = ["read_stored_reply", "round_key"]
+__all__ = ["read_stored_reply", "round_key", "write_stored_reply"]
 
 
 _REPLY_FIELDS = {
@@ -77,6 +79,18 @@ def read_stored_reply(path: Path, *, key: str) -> LocalResult | None:
     if not tensors or any(t.dtype != np.float32 for t in tensors.values()):
         raise bad("expected float32 weight arrays")
     return LocalResult(weights=[tensors[k] for k in sorted(tensors)], **fields)
+
+
+def write_stored_reply(path: Path, *, key: str, result: LocalResult) -> None:
+    """Store ``result`` as the reply to request ``key``, in the form
+    :func:`read_stored_reply` reads (owner only: it is what the node released)."""
+    fields = {k: v for k, v in dataclasses.asdict(result).items() if k != "weights"}
+    tensors = {f"{i:05d}": np.ascontiguousarray(w) for i, w in enumerate(result.weights)}
+    atomic_write_bytes(
+        path,
+        st_save(tensors, metadata={"key": key, "result": json.dumps(fields)}),
+        mode=0o600,
+    )
 
 
 def round_key(request: TrainRequest, weights: list[np.ndarray]) -> str:

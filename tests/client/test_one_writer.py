@@ -28,6 +28,7 @@ NODE_ROUND = """
 import json, sys, time
 import torch
 from fedguard.client import node as node_module
+from fedguard.client import round_policy
 from fedguard.fl.loop import TrainRequest
 from fedguard.task import build_model, get_weights
 
@@ -35,14 +36,14 @@ torch.set_num_threads(1)
 toml, server_round, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 runtime = node_module.node_runtime(toml)
 if delay:
-    real_plan_run = node_module.plan_run
+    real_plan_run = round_policy.plan_run
 
     def slow_plan_run(**kw):  # called after the ledger is read, before it is written
         print("inside", flush=True)
         time.sleep(delay)
         return real_plan_run(**kw)
 
-    node_module.plan_run = slow_plan_run
+    round_policy.plan_run = slow_plan_run
 model = build_model(name="logreg", input_shape=runtime.input_shape, num_classes=10)
 request = TrainRequest(
     server_round=server_round, local_epochs=1, batch_size=64, lr=0.5, max_grad_norm=0.5,

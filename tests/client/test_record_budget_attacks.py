@@ -19,7 +19,8 @@ import pytest
 import torch
 from harness.federation_files import write_federation
 
-from fedguard.client.node import NodeRuntime, fallback_record_keys, node_runtime
+from fedguard.client.node import NodeRuntime, node_runtime
+from fedguard.client.node_records import fallback_record_keys
 from fedguard.errors import BudgetExceededError, PolicyRefusalError, StateFileError
 from fedguard.files import LEDGER_FILE, PLANS_FILE
 from fedguard.fl.loop import TrainRequest
