@@ -1,10 +1,12 @@
 """`fedguard client --config node.toml`: a SuperNode running fedguard's ClientApp.
 
-Before starting Flower's SuperNode it checks the TLS connection itself, so that a wrong
-CA certificate, a server certificate for another host or an expired one is reported as
-exactly that (Flower only says "connection unavailable"); a node configured without TLS
-is refused the same way when the server speaks TLS. A key the server has not enrolled is
-recognised in the SuperNode's output and reported plainly too.
+Before starting Flower's SuperNode it checks the TLS connection itself
+(:mod:`fedguard.client.server_checks`), so that a wrong CA certificate, a server
+certificate for another host or an expired one is reported as exactly that (Flower only
+says "connection unavailable"); a node configured without TLS is refused the same way
+when the server speaks TLS. A key the server has not enrolled is recognised in the
+SuperNode's output and reported plainly too. What the SuperNode and its ClientApps
+share is imported once, before they are forked (:mod:`fedguard.client.fork_preload`).
 
 A key revoked while the node runs (the operator deleted it from the server's keys-dir):
 the SuperLink then refuses the node's calls and Flower's SuperNode stops itself, with
@@ -19,16 +21,20 @@ import gc
 import os
 import signal
 import socket
-import ssl
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 from fedguard._io import private_folder
 from fedguard.class_labels import class_mapping, declared_labels
 from fedguard.client.app_bundle import bundle_refusal
+from fedguard.client.fork_preload import preload_modules, warm_up_crypto
+from fedguard.client.server_checks import (
+    NodeRefusedError,
+    check_server_plaintext,
+    check_server_tls,
+)
 from fedguard.client.state_lock import lock_file
 from fedguard.client.watch import ServeWatch, server_reachable, wait_for_server
 from fedguard.console import is_verbose
@@ -44,117 +50,16 @@ from fedguard.deploy.flower.cli_output import parse_supernode_output
 from fedguard.deploy.flower.entry import preload_supernode, supernode_main
 from fedguard.deploy.procs import fork_start, free_port, stop
 from fedguard.deploy_config import NODE_CONFIG_KEY, NodeConfig, load_node_config
-from fedguard.errors import FedguardError
 from fedguard.files import NODE_LOCK, SESSION_FILE, UPDATE_FILE
 from fedguard.task_identity import BUILTIN_TASK, installed_task
 
-__all__ = [
-    "NodeRefusedError",
-    "check_server_plaintext",
-    "check_server_tls",
-    "preload_modules",
-    "run_client",
-]
+__all__ = ["NodeRefusedError", "run_client"]
 
-CONNECT_TIMEOUT_S = 30.0
 MAX_RECONNECTS = 3  # a SuperNode that stops on its own after being accepted is restarted
 # How long the server may still hold a crashed session of this key online (it refuses to
 # activate the key again meanwhile): its heartbeat patience, plus a margin.
 SESSION_RELEASE_S = HEARTBEAT_PATIENCE * HEARTBEAT_INTERVAL_S + 15
 _LOG_HEAD, _LOG_TAIL = 65536, 16384  # bytes of a SuperNode run's log read to explain it
-
-
-class NodeRefusedError(FedguardError):
-    """The node cannot join the federation; the message says why and what to do."""
-
-
-def check_server_tls(*, server: str, ca_cert: Path, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Handshake with the server as the SuperNode will, and name what is wrong."""
-    host, _, port = server.rpartition(":")
-    context = ssl.create_default_context(cafile=str(ca_cert))
-    context.set_alpn_protocols(["h2"])
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with (
-                socket.create_connection((host, int(port)), timeout=5) as raw,
-                context.wrap_socket(raw, server_hostname=host),
-            ):
-                return
-        except ssl.SSLCertVerificationError as exc:
-            reason = (exc.verify_message or str(exc)).lower()
-            if "mismatch" in reason or "hostname" in reason:
-                raise NodeRefusedError(
-                    f"node.server: the server's certificate is not valid for host {host!r} "
-                    f"(ask the operator for a certificate naming it: fedguard certs init "
-                    f"--host {host})"
-                ) from None
-            if "expired" in reason:
-                raise NodeRefusedError(_expired(host, int(port))) from None
-            raise NodeRefusedError(
-                f"node.ca-cert: the server's certificate is not signed by the CA in "
-                f"{ca_cert} ({exc.verify_message}); get the federation's ca.crt from the "
-                f"operator"
-            ) from None
-        except ssl.SSLError as exc:
-            raise NodeRefusedError(f"TLS with {server} failed: {exc.reason or exc}") from None
-        except OSError:
-            if time.monotonic() > deadline:
-                raise NodeRefusedError(
-                    f"node.server: nothing answers at {server} (is the server running?)"
-                ) from None
-            time.sleep(0.5)
-
-
-def check_server_plaintext(*, server: str, timeout: float = 5.0) -> None:
-    """Refuse to start a plaintext node against a server that speaks TLS.
-
-    Flower's SuperNode would retry such a connection forever ("connection attempt
-    failed"); this says what is wrong instead. Nothing answering, or a server without
-    TLS, passes: the SuperNode then deals with it as configured.
-    """
-    host, _, port = server.rpartition(":")
-    try:
-        _peer_certificate(host, int(port), timeout=timeout)
-    except (ssl.SSLError, OSError, ValueError):
-        return
-    raise NodeRefusedError(
-        f"node.insecure: the server at {server} requires TLS, and this node is configured "
-        "without it (insecure = true): it would never be let in; set node.ca-cert and "
-        "node.private-key (from the operator) and remove insecure"
-    )
-
-
-def _peer_certificate(host: str, port: int, *, timeout: float) -> bytes:
-    """The server's TLS certificate (DER), read WITHOUT verifying it: only to describe
-    a server, never to trust one. Raises ``ssl.SSLError``/``OSError`` if there is none."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # nothing is sent over this connection
-    context.set_alpn_protocols(["h2"])
-    with (
-        socket.create_connection((host, port), timeout=timeout) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    if not der:
-        raise ssl.SSLError("the server sent no certificate")
-    return der
-
-
-def _expired(host: str, port: int) -> str:
-    from cryptography import x509  # only to say when: ~5 MB a launcher need not hold
-
-    when = "on an unknown date"
-    with contextlib.suppress(ssl.SSLError, OSError, ValueError):
-        cert = x509.load_der_x509_certificate(_peer_certificate(host, port, timeout=5))
-        when = f"on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
-    now = datetime.now(UTC)
-    return (
-        f"node.server: the server's certificate for {host} expired {when} (now "
-        f"{now:%Y-%m-%d %H:%M} UTC): this node does not connect to a server it cannot "
-        "verify; ask the operator to renew it"
-    )
 
 
 def _explain(output: str, cfg: NodeConfig) -> str:
@@ -280,7 +185,7 @@ def run_client(*, config_path: Path) -> None:
     patch_supernode_bundle_check(
         lambda content, run_id: bundle_refusal(content, run_id=run_id, installed=installed)
     )
-    _warm_up_crypto()
+    warm_up_crypto()
     gc.collect()
     gc.freeze()  # no collection in any of them writes to (and so copies) these pages
     history: list[str] = []  # the node's event lines this process relayed, every session
@@ -339,53 +244,6 @@ def run_client(*, config_path: Path) -> None:
         f"node {n.name}: the SuperNode stopped {MAX_RECONNECTS + 1} times after the server "
         f"accepted it; see {log_path}"
     )
-
-
-# What every ClientApp a node forks imports, so that it is imported once, before the
-# fork, and shared: a module imported in a fork is that fork's own memory (torch._dynamo,
-# which torch's optimizers import on first use: ~70 MB per training fork; measured).
-_PRELOAD = (
-    "torch",
-    "torch._dynamo",
-    "opacus",
-    "fedguard.client.app",
-    "cryptography.hazmat.backends.openssl",  # secure aggregation's key agreement
-)
-_SPLIT = "sklearn.model_selection"
-_DATA_LOADERS = {  # what fedguard.task.load_dataset imports for each kind of data
-    "sklearn": ("sklearn.datasets", _SPLIT),
-    ".csv": ("pyarrow.csv", "pyarrow.parquet", _SPLIT),
-    ".parquet": ("pyarrow.csv", "pyarrow.parquet", _SPLIT),
-    ".npz": (_SPLIT,),
-}
-
-
-def _warm_up_crypto() -> None:
-    """Initialise, once before the forks, the OpenSSL state that the SuperNode (its node
-    key) and every ClientApp of a secure round (X25519, HKDF, AES-GCM) would otherwise
-    each build for themselves: ~2.5 MB and ~6 MB per process, measured. Throwaway keys
-    from the OS generator; nothing of them is kept or used again."""
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, x25519
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    node_key = ec.generate_private_key(ec.SECP384R1()).private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    serialization.load_ssh_private_key(node_key, None)
-    a, b = x25519.X25519PrivateKey.generate(), x25519.X25519PrivateKey.generate()
-    kdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedguard/warm-up")
-    AESGCM(kdf.derive(a.exchange(b.public_key()))).encrypt(bytes(12), b"", None)
-
-
-def preload_modules(cfg: NodeConfig) -> list[str]:
-    """Modules the node's SuperNode imports before it forks its ClientApp executor."""
-    dataset = cfg.data.dataset
-    kind = "sklearn" if dataset in ("digits", "breast_cancer") else Path(dataset).suffix.lower()
-    return [*_PRELOAD, *_DATA_LOADERS.get(kind, ())]
 
 
 def _remove_round_secrets(state_dir: Path, *, name: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedguard.client.launcher import preload_modules
+from fedguard.client.fork_preload import preload_modules
 from fedguard.deploy_config import load_node_config
 
 COMMON = {"torch", "torch._dynamo", "opacus", "fedguard.client.app"}

@@ -13,7 +13,11 @@ import grpc
 import pytest
 
 from fedguard.cli import main as fedguard_main
-from fedguard.client.launcher import NodeRefusedError, check_server_plaintext, check_server_tls
+from fedguard.client.server_checks import (
+    NodeRefusedError,
+    check_server_plaintext,
+    check_server_tls,
+)
 from fedguard.deploy.certs import init_federation, make_node_keys
 
 
