@@ -48,8 +48,13 @@ typecheck: $(STAMP)
 	cd $(TYPECHECK_ROOT) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p fedguard \
 		-p benchmarks
 
+# Two pytest-xdist workers, one a core: the federation tests (tests marked deploy, ~3/4
+# of the time) wait on their processes ~1/4 of theirs. tests/conftest.py hands the
+# federation tests out first, so neither worker ends on a long one alone; `loadgroup`
+# keeps an xdist_group's tests (one shared federation) on one worker. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint typecheck unit
 
