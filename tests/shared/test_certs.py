@@ -264,6 +264,8 @@ def _ssh_public(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ec.Elliptic
         (b"", "empty"),
         (b"-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n", "is a private key"),
     ],
+    # Fixed ids: a fresh key's bytes in the id differ between pytest-xdist workers.
+    ids=["rsa", "ed25519", "p256", "text", "empty", "private-key"],
 )
 def test_load_public_key_rejects_other_keys(tmp_path: Path, content: bytes, fragment: str):
     path = tmp_path / "node.pub"
