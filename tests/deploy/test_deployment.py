@@ -21,29 +21,20 @@ pytestmark = pytest.mark.deploy
 ROUNDS = 2
 
 
-def run_client(toml: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def run_client(toml: Path) -> subprocess.Popen[str]:
+    """A ``fedguard client`` in its own process group (stopped with the federation's)."""
+    return subprocess.Popen(
         fedguard_cmd("client", "--config", str(toml)),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,
     )
 
 
 def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
     layout = write_federation(out=tmp_path / "fed", nodes=4, rounds=ROUNDS, enrol=3)
     members, outsider = layout.nodes[:3], layout.nodes[3]
-    server, ready = processes.server(layout, expect=[f"enrolled {t.parent.name}" for t in members])
-    assert ready.wait(timeout=120), "server did not enrol the nodes"
-    # A node whose key the operator never enrolled: refused, and told so. It waits out a
-    # session the server might still hold for a restarted node (~35 s), so it goes first:
-    # the server waits for its members before round 1.
-    refused = run_client(outsider, timeout=240)
-    assert refused.returncode == 2, refused.stderr
-    assert "not enrolled" in refused.stderr and "node-d.pub" in refused.stderr
-    for toml in members:
-        processes.client(toml)
-
     # A node holding another federation's CA certificate: refused before connecting.
     other = init_federation(out=tmp_path / "other-ca")
     wrong_ca = tmp_path / "wrong-ca.toml"
@@ -53,9 +44,22 @@ def test_tls_federation_trains_and_refuses_outsiders(tmp_path: Path, processes):
         .replace(str(layout.root / "certs" / "ca.crt"), str(other.ca_cert))
         .replace(str(members[0].parent / "state"), str(tmp_path / "wrong-ca-state"))
     )
-    result = run_client(wrong_ca)
-    assert result.returncode == 2
-    assert "node.ca-cert" in result.stderr and "not signed by the CA" in result.stderr
+    server, ready = processes.server(layout, expect=[f"enrolled {t.parent.name}" for t in members])
+    # A node whose key the operator never enrolled: refused, and told so. It waits out a
+    # session the server might still hold for a restarted node (~35 s), so it goes first
+    # (the server waits for its members before round 1), started with the server and with
+    # the wrong-CA node: each waits until the server answers.
+    refusals = [run_client(outsider), run_client(wrong_ca)]
+    processes.started.extend(refusals)  # type: ignore[arg-type]  # stopped alike
+    assert ready.wait(timeout=120), "server did not enrol the nodes"
+    _, refused = refusals[0].communicate(timeout=240)
+    assert refusals[0].returncode == 2, refused
+    assert "not enrolled" in refused and "node-d.pub" in refused
+    for toml in members:
+        processes.client(toml)
+    _, result = refusals[1].communicate(timeout=240)
+    assert refusals[1].returncode == 2, result
+    assert "node.ca-cert" in result and "not signed by the CA" in result
 
     server.wait(timeout=400)
     assert server.returncode == 0

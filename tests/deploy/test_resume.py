@@ -15,7 +15,7 @@ from fedguard.privacy import AccountantStore, steps_per_epoch
 
 pytestmark = pytest.mark.deploy
 
-ROUNDS = 4
+ROUNDS = 3  # killed during round 2: rounds before the kill, one cut short and one after
 
 
 def test_server_killed_mid_run_resumes_without_double_counting(tmp_path: Path, processes):
@@ -27,8 +27,8 @@ def test_server_killed_mid_run_resumes_without_double_counting(tmp_path: Path, p
         processes.client(toml)
     metrics = layout.results / "metrics.jsonl"
     deadline = time.monotonic() + 300
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        assert time.monotonic() < deadline and server.poll() is None, "round 2 never finished"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 1):
+        assert time.monotonic() < deadline and server.poll() is None, "round 1 never finished"
         time.sleep(0.2)
     server.send_signal(signal.SIGKILL)  # the launcher only; its SuperLink must follow it
     server.wait(timeout=10)
