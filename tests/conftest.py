@@ -1,6 +1,5 @@
 """Fixtures shared across the suite, and its order under pytest-xdist."""
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent import futures
 
@@ -9,15 +8,6 @@ import pytest
 from grpc_health.v1 import health, health_pb2_grpc
 
 from fedguard.deploy.certs import FederationCerts
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # A pytest-xdist worker (`make unit` runs two on two cores): one torch thread each, or
-    # two workers' intra-op pools oversubscribe the cores.
-    if hasattr(config, "workerinput") and os.environ.get("FEDGUARD_TEST_TORCH_THREADS", "1"):
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("FEDGUARD_TEST_TORCH_THREADS", "1")))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
