@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from harness.federation_files import FederationFiles, fedguard_cmd
+from harness.process_tree import kill_leftovers, tree
 from harness.processes import relay_output
 
 from fedguard.deploy.procs import start, stop
@@ -37,9 +38,12 @@ class Processes:
         return proc
 
     def stop_all(self) -> None:
-        # All at once: a node whose server is gone can take its whole grace period.
+        # Every descendant first (harness/process_tree.py says why), then all at once: a
+        # node whose server is gone can take its whole grace period.
+        descendants = [p for proc in self.started for p in tree(proc.pid)]
         with ThreadPoolExecutor(max_workers=max(1, len(self.started))) as pool:
             list(pool.map(stop, reversed(self.started)))
+        kill_leftovers(descendants)
 
 
 @pytest.fixture
