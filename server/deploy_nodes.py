@@ -21,7 +21,7 @@ from fedguard.fl.participants import Cohort
 from fedguard.server.cohort import task_query
 from fedguard.server.enrolment import Enrolment, Revocation
 from fedguard.server.run_files import RunStoppedError
-from fedguard.transport.grid import NodeWaitError, describe_nodes, wait_for_nodes
+from fedguard.transport.grid import Describer, NodeWaitError, wait_for_nodes
 
 __all__ = [
     "NODE_GRACE_S",
@@ -101,6 +101,7 @@ def gather_nodes(
     deadline = time.monotonic() + f.round_timeout
     grace_end: float | None = None
     info: dict[int, dict[str, Any]] = {}
+    describer = Describer(grid, task=task_query(cfg))
     asked = 0
     said = False
     while True:
@@ -110,12 +111,12 @@ def gather_nodes(
             nodes = sorted(grid.get_node_ids())
         missing = [n for n in nodes if n not in info]
         if missing:
-            # A reply to an earlier ask is not counted: a node that answers each ask a bit
-            # later than the wait (busy with a killed run's last message, seen after a
-            # server restart) is given longer each time.
+            # A node busy with a killed run's last message (after a server restart) may
+            # answer each ask later than its wait: a reply to an earlier ask counts too
+            # (Describer), and each ask waits longer.
             asked += 1
             wait = min(NODE_GRACE_S * asked, max(1.0, deadline - time.monotonic()))
-            info.update(describe_nodes(grid, missing, timeout=wait, task=task_query(cfg)))
+            info.update(describer.ask(missing, timeout=wait))
         enough = len(info) >= f.min_nodes and fit_count(info) >= f.min_nodes
         absent = sorted(name for n, name in (expected or {}).items() if n not in info)
         if enough:

@@ -41,6 +41,7 @@ from fedguard.transport.receipts import read_receipt
 
 __all__ = [
     "Answered",
+    "Describer",
     "Exchanged",
     "Failed",
     "SUPERLINK_NODE_ID",
@@ -206,18 +207,59 @@ def describe_nodes(
     the values are the node's own claims: print them only through ``printable``. A node
     whose reply is an error or not a description is left out (and logged).
     """
-    content = RecordDict({"task": ConfigRecord(dict(task))}) if task else RecordDict()
-    msgs = [Message(content, dst_node_id=n, message_type="query.describe") for n in nodes]
-    info: dict[int, dict[str, Any]] = {}
-    for reply in exchange(grid, msgs, timeout=timeout, what="describe").replies:
-        if isinstance(reply, Failed):
-            _log.warning("node %s did not describe itself: %s", reply.node_id, reply.reason)
-            continue
-        try:
-            info[reply.node_id] = decode_description(reply.content)
-        except ValueError as exc:
-            _log.warning("node %s described itself badly: %s", reply.node_id, printable(exc))
-    return info
+    return Describer(grid, task=task).ask(nodes, timeout=timeout)
+
+
+class Describer:
+    """:func:`describe_nodes` asked again and again, where a reply to an earlier ask counts.
+
+    After a server restart a node may still be busy with the killed run's last message
+    and answer each ask later than its wait; counting only the latest ask's replies, a
+    node that answered every ask was never counted (a CI run: three asks over 120 s, two
+    replies, "only 2 of 3 nodes answered").
+    """
+
+    def __init__(self, grid: Grid, *, task: dict[str, int] | None = None) -> None:
+        self.grid = grid
+        self.content = RecordDict({"task": ConfigRecord(dict(task))}) if task else RecordDict()
+        self.asked: list[Message] = []
+        self.pending: set[str] = set()
+        self.described: set[int] = set()
+
+    def ask(
+        self, nodes: list[int], *, timeout: float, poll_interval: float = 0.05
+    ) -> dict[int, dict[str, Any]]:
+        """Ask ``nodes``; wait up to ``timeout`` s for each to reply. Returns every
+        description that came in meanwhile, to this ask or an earlier one, each node's
+        first only (an error or a bad description leaves the node to be asked again)."""
+        msgs = [Message(self.content, dst_node_id=n, message_type="query.describe") for n in nodes]
+        self.pending.update(self.grid.push_messages(msgs))
+        self.asked.extend(msgs)
+        deadline = time.monotonic() + timeout
+        info: dict[int, dict[str, Any]] = {}
+        replied: set[int] = set()
+        while True:
+            got = list(self.grid.pull_messages(self.pending)) if self.pending else []
+            self.pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            for reply in vet_replies(self.asked, got, what="describe"):
+                replied.add(reply.node_id)
+                if reply.node_id in self.described:
+                    continue
+                if isinstance(reply, Failed):
+                    _log.warning("node %s did not describe itself: %s", reply.node_id, reply.reason)
+                    continue
+                try:
+                    info[reply.node_id] = decode_description(reply.content)
+                except ValueError as exc:
+                    _log.warning(
+                        "node %s described itself badly: %s", reply.node_id, printable(exc)
+                    )
+                    continue
+                self.described.add(reply.node_id)
+            remaining = deadline - time.monotonic()
+            if replied.issuperset(nodes) or remaining <= 0:
+                return info
+            time.sleep(min(poll_interval, remaining))
 
 
 def exchange_round(
