@@ -214,9 +214,8 @@ class Describer:
     """:func:`describe_nodes` asked again and again, where a reply to an earlier ask counts.
 
     After a server restart a node may still be busy with the killed run's last message
-    and answer each ask later than its wait; counting only the latest ask's replies, a
-    node that answered every ask was never counted (a CI run: three asks over 120 s, two
-    replies, "only 2 of 3 nodes answered").
+    and answer each ask after its wait: counting only the latest ask's replies, a node
+    that answered all three asks in 120 s was never counted (seen in CI).
     """
 
     def __init__(self, grid: Grid, *, task: dict[str, int] | None = None) -> None:
@@ -232,34 +231,42 @@ class Describer:
         """Ask ``nodes``; wait up to ``timeout`` s for each to reply. Returns every
         description that came in meanwhile, to this ask or an earlier one, each node's
         first only (an error or a bad description leaves the node to be asked again)."""
+        if not timeout >= 0:
+            raise ValueError(f"timeout: expected a number of seconds >= 0, got {timeout!r}")
         msgs = [Message(self.content, dst_node_id=n, message_type="query.describe") for n in nodes]
-        self.pending.update(self.grid.push_messages(msgs))
+        ids = set(self.grid.push_messages(msgs))
+        self.pending.update(ids)
         self.asked.extend(msgs)
         deadline = time.monotonic() + timeout
         info: dict[int, dict[str, Any]] = {}
-        replied: set[int] = set()
+        heard: set[int] = set()  # nodes that answered this ask's own message
         while True:
             got = list(self.grid.pull_messages(self.pending)) if self.pending else []
             self.pending.difference_update(m.metadata.reply_to_message_id for m in got)
-            for reply in vet_replies(self.asked, got, what="describe"):
-                replied.add(reply.node_id)
-                if reply.node_id in self.described:
-                    continue
-                if isinstance(reply, Failed):
-                    _log.warning("node %s did not describe itself: %s", reply.node_id, reply.reason)
-                    continue
-                try:
-                    info[reply.node_id] = decode_description(reply.content)
-                except ValueError as exc:
-                    _log.warning(
-                        "node %s described itself badly: %s", reply.node_id, printable(exc)
-                    )
-                    continue
-                self.described.add(reply.node_id)
+            for message in got:  # one by one: a node may answer two asks in one pull
+                for reply in vet_replies(self.asked, [message], what="describe"):
+                    if message.metadata.reply_to_message_id in ids:
+                        heard.add(reply.node_id)
+                    if reply.node_id not in self.described:
+                        info.update(self._described(reply))
             remaining = deadline - time.monotonic()
-            if replied.issuperset(nodes) or remaining <= 0:
+            done = all(n in heard or n in self.described for n in nodes)
+            if done or not self.pending or remaining <= 0:
                 return info
             time.sleep(min(poll_interval, remaining))
+
+    def _described(self, reply: Answered | Failed) -> dict[int, dict[str, Any]]:
+        """{node: its description}, or nothing (logged) for an error or a bad one."""
+        if isinstance(reply, Failed):
+            _log.warning("node %s did not describe itself: %s", reply.node_id, reply.reason)
+            return {}
+        try:
+            description = decode_description(reply.content)
+        except ValueError as exc:
+            _log.warning("node %s described itself badly: %s", reply.node_id, printable(exc))
+            return {}
+        self.described.add(reply.node_id)
+        return {reply.node_id: description}
 
 
 def exchange_round(

@@ -13,13 +13,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from harness.describe_grid import DescribeGrid
 
 from fedguard.deploy_config import load_federation_config
 from fedguard.server import deploy_nodes
 from fedguard.server.run_files import RunStoppedError
+from fedguard.transport.grid import Describer
 
 FEDERATION = """state-dir = "state"
 out = "results"
@@ -108,3 +109,33 @@ def _never_releasing(grid: OneAskBehind):
         return ids
 
     return push_and_drop
+
+
+class Scripted(DescribeGrid):
+    """Replies only when the test releases them, in the order it releases them."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        super().__init__({n: f"node-{n}" for n in nodes})
+        self.sent: list[dict[int, Message]] = []
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        batch = list(messages)
+        for m in batch:
+            m.metadata.__dict__["_message_id"] = m.object_id
+        self.sent.append({m.metadata.dst_node_id: m for m in batch})
+        if len(self.sent) == 2:  # node 22's error to ask 2, then its late answer to ask 1
+            self._queue.append(Message(Error(code=0, reason="busy"), reply_to=self.sent[1][22]))
+            desc = {"name": "node-22", "client-id": -1, "input-shape": [1, 8, 8]}
+            reply = Message(RecordDict({"node": ConfigRecord(desc)}), reply_to=self.sent[0][22])  # type: ignore[arg-type]
+            self._queue.append(reply)
+        return [m.metadata.message_id for m in batch]
+
+
+def test_an_error_and_a_late_answer_in_one_pull_both_count():
+    describer = Describer(Scripted([22]))
+    assert describer.ask([22], timeout=0.05) == {}
+    # Vetted together, the error took the node's one reply of the pull and the answer was
+    # dropped as a repeat, its message id gone: the node had to be asked once more.
+    assert describer.ask([22], timeout=5.0) == {
+        22: {"name": "node-22", "client-id": -1, "input-shape": [1, 8, 8]}
+    }
