@@ -1,14 +1,60 @@
-"""A Flower Grid whose nodes answer fedguard's describe query at once, in process: the
-server's gathering and naming of nodes tested without a SuperLink."""
+"""The server's gathering and naming of nodes tested without a SuperLink: a Flower Grid
+whose nodes answer fedguard's describe query in process, a small federation file, and the
+task identity Flower's messages need outside a ServerApp."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
+import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
 
-__all__ = ["DescribeGrid"]
+from fedguard.deploy_config import FederationConfig, load_federation_config
+
+__all__ = ["FEDERATION", "DescribeGrid", "describe_reply", "federation", "flower_task"]
+
+FEDERATION = """state-dir = "state"
+out = "results"
+[federation]
+name = "card"
+rounds = 3
+min-nodes = 2
+round-timeout = 5.0
+[task]
+model = "logreg"
+input-shape = [1, 8, 8]
+num-classes = 10
+[training]
+local-epochs = 1
+batch-size = 8
+lr = 0.1
+[secagg]
+enabled = false
+[server]
+insecure = true
+"""
+
+
+def federation(tmp_path: Path, text: str = FEDERATION) -> FederationConfig:
+    path = tmp_path / "federation.toml"
+    path.write_text(text)
+    return load_federation_config(path)
+
+
+def flower_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ids Flower stamps on a message, as inside a ServerApp's task."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 3)
+
+
+def describe_reply(to: Message, name: str) -> Message:
+    """A node's answer to ``to``: a description that fits the task of :data:`FEDERATION`."""
+    desc = {"name": name, "client-id": -1, "input-shape": [1, 8, 8], "labels-fit": True}
+    return Message(RecordDict({"node": ConfigRecord(desc)}), reply_to=to)  # type: ignore[arg-type]
 
 
 class DescribeGrid(Grid):
@@ -34,15 +80,7 @@ class DescribeGrid(Grid):
         batch = list(messages)
         for m in batch:
             m.metadata.__dict__["_message_id"] = m.object_id
-            desc = {
-                "name": self.claims[m.metadata.dst_node_id],
-                "client-id": -1,
-                "input-shape": [1, 8, 8],
-                "labels-fit": True,
-            }
-            self._queue.append(
-                Message(RecordDict({"node": ConfigRecord(desc)}), reply_to=m)  # type: ignore[arg-type]
-            )
+            self._queue.append(describe_reply(m, self.claims[m.metadata.dst_node_id]))
         return [m.metadata.message_id for m in batch]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

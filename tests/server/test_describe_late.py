@@ -14,43 +14,16 @@ from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord, Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
-from harness.describe_grid import DescribeGrid
+from harness.describe_grid import DescribeGrid, describe_reply, federation, flower_task
 
-from fedguard.deploy_config import load_federation_config
 from fedguard.server import deploy_nodes
 from fedguard.server.run_files import RunStoppedError
 from fedguard.transport.grid import Describer
 
-FEDERATION = """state-dir = "state"
-out = "results"
-[federation]
-name = "card"
-rounds = 3
-min-nodes = 2
-round-timeout = 5.0
-[task]
-model = "logreg"
-input-shape = [1, 8, 8]
-num-classes = 10
-[secagg]
-enabled = false
-[server]
-insecure = true
-"""
-
-
-def _federation(tmp_path: Path):
-    path = tmp_path / "federation.toml"
-    path.write_text(FEDERATION)
-    return load_federation_config(path)
-
 
 @pytest.fixture(autouse=True)
 def _flower_task(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 3)
+    flower_task(monkeypatch)
 
 
 class OneAskBehind(DescribeGrid):
@@ -69,13 +42,7 @@ class OneAskBehind(DescribeGrid):
         ids = []
         for m in batch:
             m.metadata.__dict__["_message_id"] = m.object_id
-            desc = {
-                "name": self.claims[m.metadata.dst_node_id],
-                "client-id": -1,
-                "input-shape": [1, 8, 8],
-                "labels-fit": True,
-            }
-            reply = Message(RecordDict({"node": ConfigRecord(desc)}), reply_to=m)  # type: ignore[arg-type]
+            reply = describe_reply(m, self.claims[m.metadata.dst_node_id])
             (self.held if m.metadata.dst_node_id == self.late else self._queue).append(reply)
             ids.append(m.metadata.message_id)
         return ids
@@ -83,7 +50,7 @@ class OneAskBehind(DescribeGrid):
 
 def test_a_node_one_ask_behind_is_counted(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(deploy_nodes, "NODE_GRACE_S", 0.2)  # round-timeout is 5 s
-    cfg = _federation(tmp_path)
+    cfg = federation(tmp_path)
     grid = OneAskBehind({11: "node-a", 22: "node-b"}, late=22)
     info = deploy_nodes.gather_nodes(grid, cfg, expected={11: "node-a", 22: "node-b"})
     assert sorted(info) == [11, 22]
@@ -93,7 +60,7 @@ def test_a_node_one_ask_behind_is_counted(tmp_path: Path, monkeypatch):
 
 def test_a_node_that_never_answers_still_stops_the_run(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(deploy_nodes, "NODE_GRACE_S", 0.2)
-    cfg = _federation(tmp_path)
+    cfg = federation(tmp_path)
     grid = OneAskBehind({11: "node-a", 22: "node-b"}, late=22)
     grid.push_messages = _never_releasing(grid)  # type: ignore[method-assign]
     with pytest.raises(RunStoppedError, match=r"only 1 of 2 nodes answered within 5s"):

@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Context, Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
-from harness.describe_grid import DescribeGrid
+from harness.describe_grid import FEDERATION, DescribeGrid, federation, flower_task
 
 from fedguard.console import printable
-from fedguard.deploy_config import CONFIG_KEY, load_federation_config, load_node_config
+from fedguard.deploy_config import CONFIG_KEY, load_node_config
 from fedguard.errors import ConfigError, DataError
 from fedguard.fl.loop import ClientUpdate, Refusal, RoundShortError, run_rounds
 from fedguard.fl.participants import Participants
@@ -41,39 +40,12 @@ from fedguard.server.run_files import (
 from fedguard.task import Metrics
 from fedguard.transport.grid import exchange_round
 
-FEDERATION = """state-dir = "state"
-out = "results"
-[federation]
-name = "card"
-rounds = 3
-min-nodes = 2
-round-timeout = 5.0
-[task]
-model = "logreg"
-input-shape = [1, 8, 8]
-num-classes = 10
-[training]
-local-epochs = 1
-batch-size = 8
-lr = 0.1
-[secagg]
-enabled = false
-[server]
-insecure = true
-"""
-
-
-def _federation(tmp_path: Path, text: str = FEDERATION):
-    path = tmp_path / "federation.toml"
-    path.write_text(text)
-    return load_federation_config(path)
+_federation = federation
 
 
 @pytest.fixture(autouse=True)
 def _flower_task(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 3)
+    flower_task(monkeypatch)
 
 
 # ---------------------------------------------------------------- names (#15.1)
