@@ -52,7 +52,7 @@ typecheck: $(STAMP)
 # of the time) wait on their processes ~1/4 of theirs. tests/conftest.py hands the
 # federation tests out first, so neither worker ends on a long one alone; `loadgroup`
 # keeps an xdist_group's tests (one shared federation) on one worker. TEST_WORKERS=0: serial.
-# Measured on 2 cores: pytest 549-633 s with 2 workers, 614 s with 3, 1044-1062 s serial.
+# Measured on 2 cores: pytest 549-693 s with 2 workers, 614 s with 3, 1044-1062 s serial.
 TEST_WORKERS ?= 2
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadgroup
